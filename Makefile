@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each sets up what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+INSTALLED := $(VENV)/.installed
+MANIFEST := dbt_project/target/manifest.json
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install demo dev test clean-data
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Dagster reads dbt's manifest; prepare it here so that nothing parses dbt at import time.
+$(MANIFEST): $(INSTALLED) $(shell find dbt_project -name '*.sql' -o -name '*.yml' | grep -v target/)
+	$(BIN)/dagster-dbt project prepare-and-package --file census_stripe/defs/dbt.py
+
+demo: $(MANIFEST)  ## seed, build the dbt models, sync them to a local Stripe server, print a summary
+	$(BIN)/python -m census_stripe.demo run
+
+dev: $(MANIFEST)  ## the Dagster UI (http://127.0.0.1:3000) on the demo's warehouse and Stripe data
+	$(BIN)/python -m census_stripe.demo dev
+
+test: $(MANIFEST)  ## the test suite: real DuckDB, real dbt, a real local Stripe server
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean-data:  ## forget the demo's warehouse, Stripe data and Dagster runs
+	rm -rf data

@@ -1,0 +1,36 @@
+"""Everything Dagster loads: the dbt models, one Stripe sync asset per file in syncs/, resources."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from census_stripe.defs.dbt import dbt_resource, warehouse_models
+from census_stripe.defs.resources import DuckDBWarehouseResource, StripeResource
+from census_stripe.defs.sync_asset import build_sync_asset, load_sync
+from census_stripe.settings import SYNCS_DIR, duckdb_path
+
+warehouse = DuckDBWarehouseResource(duckdb=DuckDBResource(database=str(duckdb_path())))
+syncs = [load_sync(path) for path in sorted(SYNCS_DIR.glob("*.yaml"))]
+sync_assets = [build_sync_asset(sync, warehouse.kind) for sync in syncs]
+
+sync_job = dg.define_asset_job(
+    "sync_to_stripe",
+    selection=dg.AssetSelection.assets(*sync_assets).upstream(),
+    description="Build the dbt models, then push them to Stripe: the whole pipeline.",
+)
+
+defs = dg.Definitions(
+    assets=[warehouse_models, *sync_assets],
+    jobs=[sync_job],
+    resources={
+        "dbt": dbt_resource(),
+        "stripe": StripeResource(
+            api_key=dg.EnvVar("STRIPE_API_KEY"),
+            api_base=dg.EnvVar("STRIPE_API_BASE") if os.environ.get("STRIPE_API_BASE") else None,
+        ),
+        "warehouse": warehouse,
+    },
+)

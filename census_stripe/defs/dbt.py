@@ -1,0 +1,75 @@
+"""The dbt project as Dagster assets: models, seeds and snapshots; dbt tests become asset checks."""
+
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from census_stripe.settings import DBT_PROJECT_DIR, duckdb_path
+from census_stripe.warehouse.base import Relation
+
+dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)
+# Under `dagster dev` this parses the project; elsewhere the manifest must have been prepared
+# (`dagster-dbt project prepare-and-package`, which `make` runs) — never at import in production.
+dbt_project.prepare_if_dev()
+
+WAREHOUSE_GROUP = "warehouse"
+
+
+def dbt_resource() -> DbtCliResource:
+    # The dbt installed beside this Python, so that an un-activated virtualenv works too.
+    beside_python = Path(sys.executable).parent / "dbt"
+    return DbtCliResource(
+        project_dir=dbt_project, dbt_executable=str(beside_python) if beside_python.exists() else "dbt"
+    )
+
+
+class Translator(DagsterDbtTranslator):
+    def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        return spec.replace_attributes(group_name=WAREHOUSE_GROUP, kinds={"dbt", "duckdb"})
+
+
+@dbt_assets(manifest=dbt_project.manifest_path, project=dbt_project, dagster_dbt_translator=Translator())
+def warehouse_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+    duckdb_path().parent.mkdir(parents=True, exist_ok=True)
+    yield from dbt.cli(["build"], context=context).stream()
+
+
+@dataclass(frozen=True)
+class DbtModel:
+    """What a sync needs to know about its source model, from the manifest alone."""
+
+    name: str
+    asset_key: dg.AssetKey
+    relation: Relation
+    columns: tuple[str, ...]
+    description: str
+
+
+@cache
+def _manifest() -> dict:
+    return json.loads(dbt_project.manifest_path.read_text())
+
+
+def find_model(name: str) -> DbtModel | None:
+    for node in _manifest()["nodes"].values():
+        if node["resource_type"] == "model" and node["name"] == name:
+            return DbtModel(
+                name=name,
+                asset_key=Translator().get_asset_key(node),
+                relation=Relation(node["schema"], node.get("alias") or name),
+                columns=tuple(node["columns"]),
+                description=node.get("description", ""),
+            )
+    return None
+
+
+def model_names() -> list[str]:
+    return sorted(n["name"] for n in _manifest()["nodes"].values() if n["resource_type"] == "model")

@@ -1,0 +1,84 @@
+"""A local Stripe server (localstripe) for the demo and the tests, run as a separate process.
+
+localstripe is GPL and only ever runs as its own process; nothing here imports it. It keeps its
+store in the fixed file /tmp/localstripe.pickle, so `saved_data` lets the demo keep its customers
+between runs by copying that file in before start and out after stop.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LOCALSTRIPE_STORE = Path("/tmp/localstripe.pickle")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalStripe:
+    """`with LocalStripe() as server: server.url` — a fresh localstripe on a free port."""
+
+    def __init__(self, port: int | None = None, saved_data: Path | None = None, log_path: Path | None = None):
+        self.port = port or free_port()
+        self.saved_data = saved_data
+        self.log_path = log_path
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LocalStripe:
+        command = [sys.executable, "-m", "localstripe", "--port", str(self.port)]
+        if self.saved_data and self.saved_data.exists():
+            shutil.copyfile(self.saved_data, LOCALSTRIPE_STORE)
+        else:
+            command.append("--from-scratch")
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self._process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self._wait_until_listening()
+        return self
+
+    def _wait_until_listening(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"localstripe exited with code {self._process.returncode} (port {self.port})")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"localstripe did not listen on port {self.port} within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        os.killpg(self._process.pid, signal.SIGTERM)
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+        if self.saved_data and LOCALSTRIPE_STORE.exists():
+            self.saved_data.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(LOCALSTRIPE_STORE, self.saved_data)
+
+    def __enter__(self) -> LocalStripe:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

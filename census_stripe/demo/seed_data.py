@@ -1,0 +1,156 @@
+"""Deterministic demo data: the raw tables a loader would land in the warehouse.
+
+Writes `raw_users.csv`, `raw_subscriptions.csv` and `raw_orders.csv` into the dbt project's seeds
+folder. The same size always gives the same bytes, so a second `make demo` finds nothing to sync.
+
+A handful of users are deliberately bad, because real customer tables are: invalid emails, a null
+email, one email present twice in different case, and a name longer than Stripe accepts. The sync
+must reject exactly those rows, with a reason each, and sync everything else.
+
+    python -m census_stripe.demo.seed_data            # DEMO_CUSTOMERS users, 300 by default
+    DEMO_CUSTOMERS=50000 python -m census_stripe.demo.seed_data
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from census_stripe.settings import DBT_PROJECT_DIR
+
+DEFAULT_CUSTOMERS = 300
+SEED_DIR = DBT_PROJECT_DIR / "seeds"
+EPOCH = datetime(2023, 1, 1)
+
+FIRST_NAMES = [
+    "Ada", "Grace", "Alan", "Linus", "Margaret", "Dennis", "Barbara", "Ken", "Frances", "Edsger",
+    "Radia", "Tim", "Hedy", "Guido", "Katherine", "Donald", "Sophie", "John", "Mary", "Yukihiro",
+    "Anita", "Bjarne", "Shafi", "Leslie", "Jean", "Niklaus", "Carol", "Vint", "Lynn", "Ward",
+]
+LAST_NAMES = [
+    "Lovelace", "Hopper", "Turing", "Torvalds", "Hamilton", "Ritchie", "Liskov", "Thompson",
+    "Allen", "Dijkstra", "Perlman", "Berners-Lee", "Lamarr", "van Rossum", "Johnson", "Knuth",
+    "Wilson", "McCarthy", "Kenneth", "Matsumoto", "Borg", "Stroustrup", "Goldwasser", "Lamport",
+    "Sammet", "Wirth", "Shaw", "Cerf", "Conway", "Cunningham",
+]
+# country, region, [(city, state, postal code prefix)], phone prefix
+GEOGRAPHY = [
+    ("US", "NA", [("San Francisco", "CA", "941"), ("Austin", "TX", "787"), ("Brooklyn", "NY", "112")], "+1 415"),
+    ("CA", "NA", [("Toronto", "ON", "M5V"), ("Vancouver", "BC", "V6B")], "+1 604"),
+    ("GB", "EU", [("London", "", "EC1"), ("Manchester", "", "M1 ")], "+44 20"),
+    ("DE", "EU", [("Berlin", "BE", "101"), ("Munich", "BY", "803")], "+49 30"),
+    ("FR", "EU", [("Paris", "", "750"), ("Lyon", "", "690")], "+33 1"),
+    ("AU", "APAC", [("Sydney", "NSW", "200"), ("Melbourne", "VIC", "300")], "+61 2"),
+    ("JP", "APAC", [("Tokyo", "", "100"), ("Osaka", "", "530")], "+81 3"),
+]
+STREETS = ["Market St", "Main St", "High Street", "Hauptstrasse", "Rue de Rivoli", "George St", "Ginza"]
+PLANS = [("starter", 29), ("growth", 99), ("pro", 249), ("enterprise", 999)]
+DOMAINS = ["example.com", "example.org", "example.net", "mail.example.com"]
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A deliberately broken user, and the reason the sync must give for rejecting it."""
+
+    email: str | None
+    first_name: str
+    why: str
+
+
+# Placed at fixed user ids so tests can name them; the sync rejects each of these.
+BAD_ROWS = {
+    7: BadRow("not-an-email", "Ivy", "invalid email"),
+    13: BadRow("jane.doe@", "Jane", "invalid email"),
+    21: BadRow(None, "Nemo", "null email"),
+    34: BadRow("Casey.Jordan@Example.com", "Casey", "duplicate email, first spelling"),
+    35: BadRow("casey.jordan@example.com", "Casey", "duplicate email, second spelling"),
+    55: BadRow("maximilian.long@example.com", "Maximilian" + " Alexander" * 30, "name too long"),
+}
+# Valid rows a careless sync would mangle: surrounding spaces and capitals are fine after trimming.
+MESSY_EMAILS = {10: "  Grace.Hopper10@Example.COM ", 20: "LINUS.TORVALDS20@EXAMPLE.ORG"}
+
+
+def generate(customers: int = DEFAULT_CUSTOMERS, seed: int = 42) -> dict[str, list[dict]]:
+    """The raw tables as lists of rows; identical for identical arguments."""
+    rng = random.Random(seed)
+    users, subscriptions, orders = [], [], []
+    for user_id in range(1, customers + 1):
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        country, region, places, phone_prefix = rng.choice(GEOGRAPHY)
+        city, state, postal_prefix = rng.choice(places)
+        signup_at = EPOCH + timedelta(minutes=rng.randrange(0, 60 * 24 * 700))
+        email = f"{first}.{last.replace(' ', '')}{user_id}@{rng.choice(DOMAINS)}".lower()
+        bad = BAD_ROWS.get(user_id)
+        if bad:
+            email, first = bad.email, bad.first_name
+        email = MESSY_EMAILS.get(user_id, email)
+        users.append(
+            {
+                "user_id": user_id,
+                "email": email,
+                "first_name": first,
+                "last_name": last,
+                "phone": f"{phone_prefix} {rng.randrange(100, 999)} {rng.randrange(1000, 9999)}",
+                "street": f"{rng.randrange(1, 999)} {rng.choice(STREETS)}",
+                "unit": f"Suite {rng.randrange(100, 900)}" if rng.random() < 0.3 else None,
+                "city": city,
+                "state": state or None,
+                "postal_code": f"{postal_prefix}{rng.randrange(10, 99)}",
+                "country": country,
+                "region": region,
+                "signup_at": signup_at,
+                "updated_at": signup_at + timedelta(days=rng.randrange(0, 30)),
+            }
+        )
+        if rng.random() < 0.8:
+            plan, monthly_price = rng.choice(PLANS)
+            started_at = signup_at + timedelta(days=rng.randrange(0, 14))
+            canceled = rng.random() < 0.15
+            subscriptions.append(
+                {
+                    "subscription_id": len(subscriptions) + 1,
+                    "user_id": user_id,
+                    "plan": plan,
+                    "status": "canceled" if canceled else "active",
+                    "monthly_price": monthly_price,
+                    "started_at": started_at,
+                    "canceled_at": started_at + timedelta(days=rng.randrange(30, 200)) if canceled else None,
+                }
+            )
+            for month in range(rng.randrange(1, 12)):
+                orders.append(
+                    {
+                        "order_id": len(orders) + 1,
+                        "user_id": user_id,
+                        "amount_cents": monthly_price * 100,
+                        "status": "refunded" if rng.random() < 0.05 else "paid",
+                        "ordered_at": started_at + timedelta(days=30 * month),
+                    }
+                )
+    return {"raw_users": users, "raw_subscriptions": subscriptions, "raw_orders": orders}
+
+
+def write_seeds(customers: int = DEFAULT_CUSTOMERS, seed_dir: Path = SEED_DIR) -> dict[str, int]:
+    """Write the raw tables as dbt seed CSVs; returns the row count of each."""
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for table, rows in generate(customers).items():
+        with open(seed_dir / f"{table}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        counts[table] = len(rows)
+    return counts
+
+
+def demo_customer_count() -> int:
+    return int(os.environ.get("DEMO_CUSTOMERS", DEFAULT_CUSTOMERS))
+
+
+if __name__ == "__main__":
+    for table, count in write_seeds(demo_customer_count()).items():
+        print(f"{table}: {count} rows")

@@ -1,0 +1,139 @@
+"""The plan: for every row that needs a look, what to do in Stripe and why. No I/O here.
+
+A row is created, updated (only the fields that differ), left unchanged, rejected with a reason,
+or — under Update Only — skipped because Stripe has no such customer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from census_stripe.fields import lookup_field
+from census_stripe.plan.rows import Candidate, rejection_reason
+from census_stripe.spec import SyncSpec
+from census_stripe.stripe_api import StripeCustomer, blank_to_none
+
+
+class Action(str, Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    UNCHANGED = "unchanged"
+    REJECT = "reject"
+    SKIP_NOT_FOUND = "skip_not_found"
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    field: str
+    before: str | None
+    after: str | None
+
+
+@dataclass(frozen=True)
+class PlannedRow:
+    action: Action
+    candidate: Candidate
+    stripe_id: str | None = None
+    changes: tuple[FieldChange, ...] = ()
+    reason: str | None = None
+
+    def values_to_send(self) -> dict[str, str | None]:
+        """A create sends every value; an update the changed ones, plus the rest of any object
+        (address, shipping) they belong to, since Stripe replaces those whole."""
+        desired = self.candidate.values
+        if self.action is Action.CREATE:
+            return dict(desired)
+        changed = {change.field for change in self.changes}
+        objects = {lookup_field(name).object_name for name in changed} - {None}
+        return {
+            name: value
+            for name, value in desired.items()
+            if name in changed or lookup_field(name).object_name in objects
+        }
+
+
+@dataclass
+class Plan:
+    rows_read: int
+    rows: list[PlannedRow] = field(default_factory=list)
+
+    def counts(self) -> dict[Action, int]:
+        counted = Counter(row.action for row in self.rows)
+        # Rows the warehouse found unchanged never reached Python; they count as unchanged too.
+        counted[Action.UNCHANGED] += self.rows_read - len(self.rows)
+        return {action: counted[action] for action in Action}
+
+    def of(self, *actions: Action) -> list[PlannedRow]:
+        return [row for row in self.rows if row.action in actions]
+
+    @property
+    def writes(self) -> list[PlannedRow]:
+        return self.of(Action.CREATE, Action.UPDATE)
+
+
+def diff(current: Mapping[str, str | None], desired: Mapping[str, str | None]) -> tuple[FieldChange, ...]:
+    """The desired fields whose value differs from what Stripe holds; unmapped fields are not ours."""
+    changes = []
+    for name, after in desired.items():
+        before, after = blank_to_none(current.get(name)), blank_to_none(after)
+        if before != after:
+            changes.append(FieldChange(name, before, after))
+    return tuple(changes)
+
+
+def _compare(candidate: Candidate, customer_id: str, current: Mapping[str, str | None]) -> PlannedRow:
+    changes = diff(current, candidate.values)
+    action = Action.UPDATE if changes else Action.UNCHANGED
+    return PlannedRow(action, candidate, stripe_id=customer_id, changes=changes)
+
+
+Lookup = Callable[[list[str]], Mapping[str, list[StripeCustomer]]]
+
+
+def build_plan(
+    spec: SyncSpec,
+    candidates: Iterable[Candidate],
+    rows_read: int,
+    lookup: Lookup,
+    live_customers: Mapping[str, StripeCustomer] | None = None,
+) -> Plan:
+    """Decide every candidate.
+
+    A candidate whose Stripe id the state table knows is compared with the values last synced, or,
+    when `live_customers` (id -> customer, read from Stripe for a full resync) is given, with what
+    Stripe holds now. Others are looked up by key, all in one `lookup` call.
+    """
+    plan = Plan(rows_read=rows_read)
+    unmatched: list[Candidate] = []
+    for candidate in candidates:
+        reason = rejection_reason(spec, candidate)
+        known_id = candidate.prior.stripe_id if candidate.prior else None
+        if reason:
+            plan.rows.append(PlannedRow(Action.REJECT, candidate, stripe_id=known_id, reason=reason))
+        elif known_id and live_customers is None:
+            plan.rows.append(_compare(candidate, known_id, candidate.prior.synced_values or {}))
+        elif known_id and known_id in live_customers:
+            plan.rows.append(_compare(candidate, known_id, live_customers[known_id].values))
+        else:
+            # Never matched, or deleted in Stripe since: find it by key like a new row.
+            unmatched.append(candidate)
+    if not unmatched:
+        return plan
+    found = lookup([candidate.key for candidate in unmatched])
+    for candidate in unmatched:
+        matches = found.get(candidate.key, [])
+        if len(matches) > 1:
+            ids = ", ".join(sorted(customer.id for customer in matches))
+            reason = f"several Stripe customers share this {spec.key.field}: {ids}"
+            plan.rows.append(PlannedRow(Action.REJECT, candidate, reason=reason))
+        elif matches:
+            plan.rows.append(_compare(candidate, matches[0].id, matches[0].values))
+        elif spec.behavior == "update_or_create":
+            plan.rows.append(PlannedRow(Action.CREATE, candidate, changes=diff({}, candidate.values)))
+        else:
+            reason = f"no Stripe customer has this {spec.key.field} (Update Only never creates)"
+            plan.rows.append(PlannedRow(Action.SKIP_NOT_FOUND, candidate, reason=reason))
+    return plan

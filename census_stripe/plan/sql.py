@@ -1,0 +1,114 @@
+"""The warehouse half of the plan: SQL that finds the rows worth looking at.
+
+The model is joined to the sync's state table on a hash of the mapped columns, so rows that did not
+change since Stripe last accepted them never leave the warehouse. The SQL is built as a sqlglot
+tree and rendered per dialect; every identifier that comes from a sync file is quoted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from sqlglot import exp
+
+from census_stripe.spec import SyncSpec
+from census_stripe.warehouse.base import Relation
+
+# Both separators are control characters no warehouse value is expected to contain, so that
+# ("a", "bc") and ("ab", "c") hash differently, and so do NULL and "".
+FIELD_SEPARATOR = "\x1f"
+NULL_MARKER = "\x1e"
+
+# Result column names; model columns are read under positional aliases so that any column name
+# (a keyword, a quote, mixed case) survives every dialect.
+KEY = "__key"
+ROW_HASH = "__row_hash"
+KEY_ROWS = "__key_rows"
+STATE_PREFIX = "__state_"
+
+
+def value_alias(position: int) -> str:
+    return f"c{position}"
+
+
+def mapping_fingerprint(spec: SyncSpec) -> str:
+    """Changes whenever what a row turns into changes, so that a new mapping re-examines every row."""
+    shape = {"mapping": spec.columns_by_field, "constants": spec.constant_values}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _text(column: str) -> exp.Expression:
+    return exp.cast(exp.column(column, quoted=True), "text")
+
+
+def key_expression(spec: SyncSpec) -> exp.Expression:
+    """The key as matched: trimmed, and case-folded for emails (Python's twin: rows.normalize_key)."""
+    key = exp.Trim(this=_text(spec.key.column))
+    key = exp.Lower(this=key) if spec.key.field == "email" else key
+    # An empty key is no key.
+    return exp.Nullif(this=key, expression=exp.Literal.string(""))
+
+
+def row_hash_expression(spec: SyncSpec) -> exp.Expression:
+    parts: list[exp.Expression] = [exp.Literal.string(mapping_fingerprint(spec))]
+    for column in spec.columns:
+        parts.append(exp.Literal.string(FIELD_SEPARATOR))
+        parts.append(exp.Coalesce(this=_text(column), expressions=[exp.Literal.string(NULL_MARKER)]))
+    return exp.func("MD5", exp.Concat(expressions=parts, safe=True))
+
+
+def _model_select(spec: SyncSpec, model: Relation) -> exp.Select:
+    values = [exp.alias_(_text(column), value_alias(i), quoted=True) for i, column in enumerate(spec.columns)]
+    return exp.select(
+        *values,
+        exp.alias_(key_expression(spec), KEY, quoted=True),
+        exp.alias_(row_hash_expression(spec), ROW_HASH, quoted=True),
+    ).from_(model.table())
+
+
+STATE_COLUMNS = ("stripe_customer_id", "row_hash", "synced_values", "synced_at")
+
+
+def changed_rows_query(spec: SyncSpec, model: Relation, state: Relation, dialect: str, everything: bool = False) -> str:
+    """Model rows that need a look, with what the state table knows of each.
+
+    A row needs a look when its hash differs from the one Stripe last accepted, when it has no key,
+    or when its key repeats in the model (so every copy can be rejected). `everything` selects all
+    rows, for a full resync.
+    """
+    key, row_hash, key_rows = (exp.column(name, "model", quoted=True) for name in (KEY, ROW_HASH, KEY_ROWS))
+    state_column = lambda name: exp.column(name, "state", quoted=True)  # noqa: E731
+    counted = exp.select(
+        exp.Star(),
+        exp.alias_(
+            exp.Window(this=exp.Count(this=exp.Star()), partition_by=[exp.column(KEY, quoted=True)]),
+            KEY_ROWS,
+            quoted=True,
+        ),
+    ).from_(_model_select(spec, model).subquery("model_rows", copy=False))
+    join_on = exp.and_(
+        exp.EQ(this=state_column("sync_name"), expression=exp.Literal.string(spec.name)),
+        exp.EQ(this=state_column("customer_key"), expression=key),
+    )
+    needs_look = exp.or_(
+        exp.Is(this=state_column("row_hash"), expression=exp.Null()),
+        exp.NEQ(this=state_column("row_hash"), expression=row_hash),
+        exp.Is(this=key, expression=exp.Null()),
+        exp.GT(this=key_rows, expression=exp.Literal.number(1)),
+    )
+    query = (
+        exp.select(
+            exp.Column(this=exp.Star(), table=exp.to_identifier("model", quoted=True)),
+            *(exp.alias_(state_column(name), STATE_PREFIX + name, quoted=True) for name in STATE_COLUMNS),
+        )
+        .from_(exp.alias_(counted.subquery(), "model", quoted=True))
+        .join(state.table().as_("state", quoted=True), on=join_on, join_type="left")
+    )
+    if not everything:
+        query = query.where(needs_look)
+    return query.sql(dialect=dialect)
+
+
+def row_count_query(model: Relation, dialect: str) -> str:
+    return exp.select(exp.alias_(exp.Count(this=exp.Star()), "n", quoted=True)).from_(model.table()).sql(dialect=dialect)

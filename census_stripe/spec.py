@@ -1,0 +1,163 @@
+"""The sync file: one YAML per sync, validated before anything runs.
+
+A bad file fails at load time with `SyncConfigError`, whose message names the file, the field and
+what is wrong, e.g. `syncs/customers.yaml: mapping.nmae: unknown Stripe customer field 'nmae'`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import pydantic
+import yaml
+
+from census_stripe.fields import (
+    METADATA_MAX_KEYS,
+    METADATA_PREFIX,
+    StripeField,
+    lookup_field,
+)
+
+Behavior = Literal["update_or_create", "update_only"]
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SyncConfigError(ValueError):
+    """A sync file that cannot be used; the message lists every problem as `file: field: problem`."""
+
+    def __init__(self, path: Path | str, problems: Iterable[tuple[str, str]]):
+        self.path = str(path)
+        self.problems = list(problems)
+        super().__init__("\n".join(f"{self.path}: {field}: {problem}" for field, problem in self.problems))
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class SyncKey(_Strict):
+    """How a model row finds its Stripe customer."""
+
+    field: str = pydantic.Field(description="`email`, or `metadata.<name>` for an external id.")
+    column: str = pydantic.Field(description="The model column holding the key.")
+
+
+class SyncSpec(_Strict):
+    name: str = pydantic.Field(description="Names the sync asset; defaults to the file name.")
+    description: str | None = None
+    model: str = pydantic.Field(description="The dbt model to read; the sync runs downstream of it.")
+    object: Literal["customer"] = "customer"
+    behavior: Behavior
+    key: SyncKey
+    mapping: dict[str, str] = pydantic.Field(
+        default_factory=dict, description="Stripe field <- model column."
+    )
+    constants: dict[str, str | int | float | bool] = pydantic.Field(
+        default_factory=dict, description="Stripe field <- the same value on every customer."
+    )
+
+    @property
+    def columns_by_field(self) -> dict[str, str]:
+        """Every Stripe field read from the model, the key's included, to its column."""
+        return {self.key.field: self.key.column, **self.mapping}
+
+    @property
+    def constant_values(self) -> dict[str, str]:
+        """Constants as the strings Stripe stores."""
+        return {field: _as_text(value) for field, value in self.constants.items()}
+
+    @property
+    def columns(self) -> list[str]:
+        """The model columns the sync reads, each once, in a stable order."""
+        return list(dict.fromkeys(self.columns_by_field.values()))
+
+
+def _as_text(value: str | int | float | bool) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _semantic_problems(spec: SyncSpec) -> list[tuple[str, str]]:
+    problems = []
+    if not _NAME.match(spec.name):
+        problems.append(("name", f"use letters, digits and underscores, starting with a letter, got {spec.name!r}"))
+    key = spec.key.field
+    if key != "email" and not key.startswith(METADATA_PREFIX):
+        problems.append(("key.field", f"the mapping key is `email` or `metadata.<name>`, got {key!r}"))
+    fields: dict[str, StripeField] = {}
+    for section, names in (("key.field", [key]), ("mapping", spec.mapping), ("constants", spec.constants)):
+        for name in names:
+            where = section if section == "key.field" else f"{section}.{name}"
+            try:
+                fields[name] = lookup_field(name)
+            except ValueError as error:
+                problems.append((where, str(error)))
+    for name in spec.mapping:
+        if name == key:
+            problems.append((f"mapping.{name}", "the key field is sent from key.column; remove it from mapping"))
+        if name in spec.constants:
+            problems.append((f"constants.{name}", "this field is already mapped from a column"))
+    if key in spec.constants:
+        problems.append((f"constants.{key}", "the key field cannot be a constant"))
+    for name, value in spec.constant_values.items():
+        field = fields.get(name)
+        if field and (problem := value_problem(field, value)):
+            problems.append((f"constants.{name}", problem))
+    metadata_keys = {name for name in fields if name.startswith(METADATA_PREFIX)}
+    if len(metadata_keys) > METADATA_MAX_KEYS:
+        problems.append(("mapping", f"Stripe allows {METADATA_MAX_KEYS} metadata keys, this sync writes {len(metadata_keys)}"))
+    return problems
+
+
+def value_problem(field: StripeField, value: str) -> str | None:
+    """Why Stripe would refuse `value` for `field`, or None. Used on constants and on every row."""
+    if len(value) > field.max_length:
+        return f"value too long: {field.path} has {len(value)} characters, Stripe allows {field.max_length}"
+    if field.choices and value not in field.choices:
+        return f"{field.path} must be one of {', '.join(field.choices)}, got {value!r}"
+    if field.integer:
+        try:
+            int(value)
+        except ValueError:
+            return f"{field.path} must be a whole number, got {value!r}"
+    return None
+
+
+def parse_sync_spec(text: str, path: Path | str) -> SyncSpec:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SyncConfigError(path, [("(file)", f"not valid YAML: {error}")]) from None
+    if not isinstance(raw, dict):
+        raise SyncConfigError(path, [("(file)", "expected a mapping of settings at the top level")])
+    raw.setdefault("name", Path(path).stem)
+    try:
+        spec = SyncSpec.model_validate(raw)
+    except pydantic.ValidationError as error:
+        raise SyncConfigError(
+            path, [(".".join(str(part) for part in e["loc"]) or "(file)", e["msg"]) for e in error.errors()]
+        ) from None
+    problems = _semantic_problems(spec)
+    if problems:
+        raise SyncConfigError(path, problems)
+    return spec
+
+
+def load_sync_spec(path: Path) -> SyncSpec:
+    return parse_sync_spec(path.read_text(), path)
+
+
+def check_model_columns(spec: SyncSpec, model_columns: Iterable[str], path: Path | str) -> None:
+    """Fail, naming the file and field, when the sync reads a column its model does not have."""
+    available = list(model_columns)
+    known = {column.lower() for column in available}
+    problems = [
+        ("key.column" if field == spec.key.field else f"mapping.{field}",
+         f"column {column!r} is not in model {spec.model!r} (columns: {', '.join(available)})")
+        for field, column in spec.columns_by_field.items()
+        if column.lower() not in known
+    ]
+    if problems:
+        raise SyncConfigError(path, problems)

@@ -1,0 +1,159 @@
+"""Stripe Customers through the official SDK: reads for matching, writes for applying a plan.
+
+Everything here speaks in flat field values (`{"address.city": "Paris"}`), the sync's own
+vocabulary; `to_params` and `flatten_customer` translate to and from Stripe's nested objects.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import stripe
+
+from census_stripe.fields import METADATA_PREFIX, WHOLE_OBJECTS, lookup_field
+
+FieldValues = Mapping[str, "str | None"]
+PAGE_SIZE = 100
+
+
+def make_client(api_key: str, api_base: str | None = None, max_network_retries: int = 2) -> stripe.StripeClient:
+    """One client per process; the SDK is thread-safe and retries network errors and 5xx itself."""
+    return stripe.StripeClient(
+        api_key,
+        base_addresses={"api": api_base} if api_base else None,
+        max_network_retries=max_network_retries,
+    )
+
+
+def is_live_key(api_key: str) -> bool:
+    return api_key.startswith(("sk_live_", "rk_live_"))
+
+
+def dashboard_url(customer_id: str, api_key: str, api_base: str | None) -> str:
+    """Where a person looks at a customer: Stripe's dashboard, or the local server's API."""
+    if api_base:
+        return f"{api_base.rstrip('/')}/v1/customers/{customer_id}"
+    mode = "" if is_live_key(api_key) else "test/"
+    return f"https://dashboard.stripe.com/{mode}customers/{customer_id}"
+
+
+def blank_to_none(value: str | None) -> str | None:
+    """Stripe reads an empty string as "unset": both spellings of nothing compare equal."""
+    return value if value not in ("", None) else None
+
+
+def flatten_customer(customer: Mapping) -> dict[str, str | None]:
+    """A customer's fields as dotted paths, the way sync files name them."""
+    flat: dict[str, str | None] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, Mapping):
+            for key, child in value.items():
+                walk(f"{prefix}{key}.", child)
+        else:
+            flat[prefix[:-1]] = None if value is None else str(value)
+
+    for name in ("email", "name", "phone", "description", "tax_exempt", "balance", *WHOLE_OBJECTS):
+        if name in customer:
+            walk(f"{name}.", customer[name])
+    for key, value in (customer.get("metadata") or {}).items():
+        flat[METADATA_PREFIX + key] = value
+    return {path: blank_to_none(value) for path, value in flat.items()}
+
+
+def to_params(values: FieldValues, unset_missing: bool) -> dict:
+    """Stripe request parameters for flat field values.
+
+    On create (`unset_missing=False`) empty values are left out. On update they become "" so that
+    Stripe clears them, and an object whose mapped parts are all empty is cleared whole.
+    """
+    params: dict = {}
+    objects_with_content: set[str] = set()
+    for path, value in values.items():
+        value = blank_to_none(value)
+        field = lookup_field(path)
+        if value is None and (not unset_missing or field.object_name):
+            continue
+        if field.object_name:
+            objects_with_content.add(field.object_name)
+        *parents, leaf = path.split(".")
+        target = params
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = "" if value is None else int(value) if field.integer else value
+    if unset_missing:
+        touched_objects = {lookup_field(path).object_name for path in values} - {None}
+        for name in touched_objects - objects_with_content:
+            params[name] = ""
+    return params
+
+
+@dataclass(frozen=True)
+class StripeCustomer:
+    id: str
+    values: dict[str, str | None]
+
+
+class CallCounter:
+    """Stripe API calls made, by kind; shared across threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, kind: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[kind] += n
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class StripeCustomers:
+    """The customer endpoints a sync uses, counting every call it makes."""
+
+    def __init__(self, client: stripe.StripeClient):
+        self._customers = client.v1.customers
+        self.calls = CallCounter()
+
+    def iter_all(self) -> Iterator[StripeCustomer]:
+        """Every customer, 100 per call; strongly consistent, unlike Search."""
+        starting_after = None
+        while True:
+            params: dict = {"limit": PAGE_SIZE}
+            if starting_after:
+                params["starting_after"] = starting_after
+            page = self._customers.list(params=params)
+            self.calls.add("list")
+            for customer in page.data:
+                yield StripeCustomer(customer.id, flatten_customer(customer.to_dict()))
+            if not page.has_more or not page.data:
+                return
+            starting_after = page.data[-1].id
+
+    def create(self, values: FieldValues, idempotency_key: str) -> str:
+        self.calls.add("create")
+        customer = self._customers.create(
+            params=to_params(values, unset_missing=False), options={"idempotency_key": idempotency_key}
+        )
+        return customer.id
+
+    def update(self, customer_id: str, values: FieldValues, idempotency_key: str) -> None:
+        self.calls.add("update")
+        self._customers.update(
+            customer_id, params=to_params(values, unset_missing=True), options={"idempotency_key": idempotency_key}
+        )
+
+
+def index_by_key(customers: Iterable[StripeCustomer], key_field: str, normalize) -> dict[str, list[StripeCustomer]]:
+    """Customers grouped by their normalized key value; a list, because Stripe keys are not unique."""
+    index: dict[str, list[StripeCustomer]] = defaultdict(list)
+    for customer in customers:
+        value = customer.values.get(key_field)
+        if value is not None:
+            index[normalize(value)].append(customer)
+    return index

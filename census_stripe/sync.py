@@ -1,0 +1,182 @@
+"""One run of one sync, end to end and without Dagster: warehouse -> plan -> apply -> state.
+
+    report = run_sync(spec, model, warehouse, customers, run_id="...", api_key=key)
+
+The Dagster asset (census_stripe/defs/) only gathers these arguments and turns the report into
+metadata; tests and benchmarks call this directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from itertools import chain
+
+from census_stripe.apply.writer import Outcome, StripeWriter
+from census_stripe.plan import sql
+from census_stripe.plan.planner import Action, Plan, PlannedRow, build_plan
+from census_stripe.plan.rows import candidates_from_chunk, normalize_key
+from census_stripe.spec import SyncSpec
+from census_stripe.stripe_api import StripeCustomer, StripeCustomers
+from census_stripe.warehouse.base import Relation, Warehouse
+from census_stripe.warehouse.state import Rejection, StateRecord, SyncStateStore, utc_now
+
+log = logging.getLogger(__name__)
+CHUNK_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    dry_run: bool = False
+    full_resync: bool = False
+
+
+@dataclass
+class SyncReport:
+    spec: SyncSpec
+    options: RunOptions
+    plan: Plan
+    outcomes: list[Outcome] = field(default_factory=list)
+    stripe_calls: dict[str, int] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        """Stable names: the UI plots each over runs."""
+        planned = self.plan.counts()
+        done = defaultdict(int)
+        for outcome in self.outcomes:
+            done[outcome.status] += 1
+        return {
+            "rows_read": self.plan.rows_read,
+            "planned_creates": planned[Action.CREATE],
+            "planned_updates": planned[Action.UPDATE],
+            "unchanged": planned[Action.UNCHANGED],
+            "rejected": planned[Action.REJECT],
+            "skipped_not_found": planned[Action.SKIP_NOT_FOUND],
+            "created": done["created"],
+            "updated": done["updated"],
+            "failed": done["failed"],
+            "stripe_api_calls": sum(self.stripe_calls.values()),
+            "stripe_lookup_calls": self.stripe_calls.get("list", 0),
+        }
+
+
+def _synced(outcome_row: PlannedRow, stripe_id: str) -> StateRecord:
+    candidate = outcome_row.candidate
+    return StateRecord(candidate.key, stripe_id, candidate.row_hash, candidate.values, utc_now(), "synced", None)
+
+
+def _kept(row: PlannedRow, status: str, error: str | None) -> StateRecord:
+    """A key whose Stripe values did not change this run: keep what was last accepted, note why."""
+    prior = row.candidate.prior
+    return StateRecord(
+        row.candidate.key,
+        row.stripe_id or (prior.stripe_id if prior else None),
+        prior.row_hash if prior else None,
+        prior.synced_values if prior else None,
+        prior.synced_at if prior else None,
+        status,
+        error,
+    )
+
+
+def state_after_outcome(outcome: Outcome) -> StateRecord:
+    if outcome.status == "failed":
+        return _kept(outcome.row, "failed", outcome.error)
+    return _synced(outcome.row, outcome.stripe_id)
+
+
+def state_without_write(row: PlannedRow) -> StateRecord | None:
+    """State for rows decided without a Stripe write; None for a row with no key to file it under."""
+    if row.candidate.key is None:
+        return None
+    if row.action is Action.UNCHANGED:
+        return _synced(row, row.stripe_id)
+    return _kept(row, {Action.REJECT: "rejected", Action.SKIP_NOT_FOUND: "not_found"}[row.action], row.reason)
+
+
+def _rejection(row: PlannedRow, kind: str, reason: str) -> Rejection:
+    return Rejection(row.candidate.key, row.candidate.key_value, kind, reason, row.candidate.values)
+
+
+def _lookup_all(customers: StripeCustomers, key_field: str):
+    """Find keys by listing every customer once: one call per 100 customers, exact and consistent."""
+
+    def lookup(keys: list[str]) -> dict[str, list[StripeCustomer]]:
+        wanted = set(keys)
+        found: dict[str, list[StripeCustomer]] = defaultdict(list)
+        for customer in customers.iter_all():
+            value = customer.values.get(key_field)
+            if value is not None and (key := normalize_key(key_field, value)) in wanted:
+                found[key].append(customer)
+        return found
+
+    return lookup
+
+
+def plan_sync(
+    spec: SyncSpec, model: Relation, store: SyncStateStore, customers: StripeCustomers, options: RunOptions
+) -> Plan:
+    warehouse = store.warehouse
+    store.ensure_tables()
+    rows_read = int(warehouse.query(sql.row_count_query(model, warehouse.dialect)).iloc[0, 0])
+    query = sql.changed_rows_query(spec, model, store.state, warehouse.dialect, everything=options.full_resync)
+    candidates = chain.from_iterable(
+        candidates_from_chunk(spec, chunk) for chunk in warehouse.query_chunks(query, CHUNK_ROWS)
+    )
+    live = {customer.id: customer for customer in customers.iter_all()} if options.full_resync else None
+    return build_plan(spec, candidates, rows_read, _lookup_all(customers, spec.key.field), live)
+
+
+def run_sync(
+    spec: SyncSpec,
+    model: Relation,
+    warehouse: Warehouse,
+    customers: StripeCustomers,
+    run_id: str,
+    api_key: str,
+    options: RunOptions = RunOptions(),
+    log: logging.Logger = log,
+) -> SyncReport:
+    store = SyncStateStore(warehouse)
+    plan = plan_sync(spec, model, store, customers, options)
+    report = SyncReport(spec, options, plan)
+    counts = plan.counts()
+    log.info(
+        "plan for %s: %s",
+        spec.name,
+        ", ".join(f"{action.value}={count}" for action, count in counts.items()),
+    )
+    if options.dry_run:
+        report.stripe_calls = dict(customers.calls.counts)
+        return report
+
+    decided_without_write = plan.of(Action.UNCHANGED, Action.REJECT, Action.SKIP_NOT_FOUND)
+    store.save(spec.name, run_id, filter(None, map(state_without_write, decided_without_write)))
+
+    written = 0
+
+    def on_batch(outcomes: list[Outcome]) -> None:
+        nonlocal written
+        store.save(spec.name, run_id, map(state_after_outcome, outcomes))
+        written += len(outcomes)
+        log.info("%s: %d of %d writes done", spec.name, written, len(plan.writes))
+
+    writer = StripeWriter(
+        customers,
+        spec.name,
+        recreate_deleted=spec.behavior == "update_or_create",
+        secret=api_key,
+        on_batch=on_batch,
+    )
+    report.outcomes = writer.apply(plan.writes)
+    store.record_rejections(
+        spec.name,
+        run_id,
+        [
+            *(_rejection(row, "rejected", row.reason) for row in plan.of(Action.REJECT)),
+            *(_rejection(o.row, "failed", o.error) for o in report.outcomes if o.status == "failed"),
+        ],
+    )
+    report.stripe_calls = dict(customers.calls.counts)
+    return report

@@ -1,0 +1,3 @@
+from census_stripe.warehouse.base import Relation, Warehouse
+
+__all__ = ["Relation", "Warehouse"]

@@ -1,0 +1,62 @@
+"""DuckDB, the embedded default: a single file, no server, no account."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import duckdb
+import pandas as pd
+from sqlglot import exp
+
+from census_stripe.warehouse.base import Relation, Warehouse
+
+_VECTOR_ROWS = 2048  # DuckDB hands results out in vectors of this many rows
+
+
+class DuckDBWarehouse(Warehouse):
+    dialect = "duckdb"
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection):
+        self._connection = connection
+
+    def query(self, sql: str) -> pd.DataFrame:
+        return self._connection.execute(sql).df()
+
+    def query_chunks(self, sql: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+        cursor = self._connection.cursor()
+        cursor.execute(sql)
+        vectors = max(1, chunk_rows // _VECTOR_ROWS)
+        while not (chunk := cursor.fetch_df_chunk(vectors)).empty:
+            yield chunk
+
+    def execute(self, *statements: str) -> None:
+        self._connection.execute("BEGIN TRANSACTION")
+        try:
+            for statement in statements:
+                self._connection.execute(statement)
+        except BaseException:
+            self._connection.execute("ROLLBACK")
+            raise
+        self._connection.execute("COMMIT")
+
+    def _with_registered(self, rows: pd.DataFrame, *statements) -> None:
+        view = f"census_stripe_rows_{uuid.uuid4().hex}"
+        self._connection.register(view, rows)
+        try:
+            self.execute(*(statement(exp.to_identifier(view, quoted=True).sql("duckdb")) for statement in statements))
+        finally:
+            self._connection.unregister(view)
+
+    def replace_rows(self, table: Relation, rows: pd.DataFrame, key_columns: tuple[str, ...]) -> None:
+        target = table.table().sql("duckdb")
+        keys = ", ".join(exp.to_identifier(c, quoted=True).sql("duckdb") for c in key_columns)
+        self._with_registered(
+            rows,
+            lambda view: f"DELETE FROM {target} WHERE ({keys}) IN (SELECT {keys} FROM {view})",
+            lambda view: f"INSERT INTO {target} BY NAME SELECT * FROM {view}",
+        )
+
+    def append_rows(self, table: Relation, rows: pd.DataFrame) -> None:
+        target = table.table().sql("duckdb")
+        self._with_registered(rows, lambda view: f"INSERT INTO {target} BY NAME SELECT * FROM {view}")

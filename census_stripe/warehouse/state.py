@@ -1,0 +1,149 @@
+"""The sync's record in the warehouse, next to the models it reads.
+
+`sync_state` has one row per sync and key: the Stripe customer id (the writeback analysts join
+onto their models), the hash and values of the row Stripe last accepted, when and by which run,
+and the last status and error. `sync_rejections` keeps every run's rejected and failed rows with
+their reasons. Both are created on first use; creating them again is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pandas as pd
+from sqlglot import exp
+
+from census_stripe.warehouse.base import Relation, Warehouse
+
+DEFAULT_SCHEMA = "census_stripe"
+
+_STATE_COLUMNS = {
+    "sync_name": "text",
+    "customer_key": "text",
+    "stripe_customer_id": "text",
+    "row_hash": "text",
+    "synced_values": "text",  # JSON: field -> value, as Stripe holds them after the last sync
+    "synced_at": "timestamp",
+    "status": "text",  # synced | failed | rejected | not_found
+    "error": "text",
+    "run_id": "text",
+    "updated_at": "timestamp",
+}
+_REJECTION_COLUMNS = {
+    "run_id": "text",
+    "sync_name": "text",
+    "customer_key": "text",
+    "key_value": "text",
+    "kind": "text",  # rejected | failed
+    "reason": "text",
+    "row_values": "text",  # JSON of the values the row would have sent
+    "recorded_at": "timestamp",
+}
+STATE_KEY = ("sync_name", "customer_key")
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    """One key's state after a run."""
+
+    customer_key: str
+    stripe_customer_id: str | None
+    row_hash: str | None
+    synced_values: dict | None
+    synced_at: datetime | None
+    status: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    customer_key: str | None
+    key_value: str | None
+    kind: str
+    reason: str
+    row_values: dict
+
+
+def _create_table(table: Relation, columns: dict[str, str]) -> exp.Create:
+    definitions = [
+        exp.ColumnDef(this=exp.to_identifier(name, quoted=True), kind=exp.DataType.build(kind))
+        for name, kind in columns.items()
+    ]
+    return exp.Create(this=exp.Schema(this=table.table(), expressions=definitions), kind="TABLE", exists=True)
+
+
+class SyncStateStore:
+    """Reads and writes the state tables of one schema."""
+
+    def __init__(self, warehouse: Warehouse, schema: str = DEFAULT_SCHEMA):
+        self.warehouse = warehouse
+        self.state = Relation(schema, "sync_state")
+        self.rejections = Relation(schema, "sync_rejections")
+
+    def ensure_tables(self) -> None:
+        schema = exp.Create(this=exp.Table(db=exp.to_identifier(self.state.schema, quoted=True)), kind="SCHEMA", exists=True)
+        dialect = self.warehouse.dialect
+        self.warehouse.execute(
+            schema.sql(dialect),
+            _create_table(self.state, _STATE_COLUMNS).sql(dialect),
+            _create_table(self.rejections, _REJECTION_COLUMNS).sql(dialect),
+        )
+
+    def save(self, sync_name: str, run_id: str, records: Iterable[StateRecord]) -> None:
+        now = utc_now()
+        # One row per key: the copies of a duplicated key share a single verdict.
+        records = {r.customer_key: r for r in records}.values()
+        rows = [
+            {
+                "sync_name": sync_name,
+                "customer_key": r.customer_key,
+                "stripe_customer_id": r.stripe_customer_id,
+                "row_hash": r.row_hash,
+                "synced_values": json.dumps(r.synced_values, sort_keys=True) if r.synced_values is not None else None,
+                "synced_at": r.synced_at,
+                "status": r.status,
+                "error": r.error,
+                "run_id": run_id,
+                "updated_at": now,
+            }
+            for r in records
+        ]
+        if rows:
+            self.warehouse.replace_rows(self.state, _frame(rows, _STATE_COLUMNS), STATE_KEY)
+
+    def record_rejections(self, sync_name: str, run_id: str, rejections: Iterable[Rejection]) -> None:
+        now = utc_now()
+        rows = [
+            {
+                "run_id": run_id,
+                "sync_name": sync_name,
+                "customer_key": r.customer_key,
+                "key_value": r.key_value,
+                "kind": r.kind,
+                "reason": r.reason,
+                "row_values": json.dumps(r.row_values, sort_keys=True),
+                "recorded_at": now,
+            }
+            for r in rejections
+        ]
+        if rows:
+            self.warehouse.append_rows(self.rejections, _frame(rows, _REJECTION_COLUMNS))
+
+    def forget(self, sync_name: str) -> None:
+        """Drop what this sync remembers, for when the Stripe account behind it was reset on purpose."""
+        condition = exp.EQ(this=exp.column("sync_name", quoted=True), expression=exp.Literal.string(sync_name))
+        self.warehouse.execute(exp.delete(self.state.table(), where=condition).sql(self.warehouse.dialect))
+
+
+def _frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(columns))
+    for name, kind in columns.items():
+        frame[name] = pd.to_datetime(frame[name]) if kind == "timestamp" else frame[name].astype(object)
+    return frame
