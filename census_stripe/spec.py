@@ -113,10 +113,10 @@ def _semantic_problems(spec: SyncSpec) -> list[tuple[str, str]]:
 
 def value_problem(field: StripeField, value: str) -> str | None:
     """Why Stripe would refuse `value` for `field`, or None. Used on constants and on every row."""
-    if len(value) > field.max_length:
-        return f"value too long: {field.path} has {len(value)} characters, Stripe allows {field.max_length}"
     if field.choices and value not in field.choices:
         return f"{field.path} must be one of {', '.join(field.choices)}, got {value!r}"
+    if len(value) > field.max_length:
+        return f"value too long: {field.path} has {len(value)} characters, Stripe allows {field.max_length}"
     if field.integer:
         try:
             int(value)
@@ -129,7 +129,7 @@ def parse_sync_spec(text: str, path: Path | str) -> SyncSpec:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise SyncConfigError(path, [("(file)", f"not valid YAML: {error}")]) from None
+        raise SyncConfigError(path, [("(file)", "not valid YAML: " + " ".join(str(error).split()))]) from None
     if not isinstance(raw, dict):
         raise SyncConfigError(path, [("(file)", "expected a mapping of settings at the top level")])
     raw.setdefault("name", Path(path).stem)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import stripe
@@ -113,12 +114,37 @@ class CallCounter:
         return sum(self.counts.values())
 
 
-class StripeCustomers:
-    """The customer endpoints a sync uses, counting every call it makes."""
+class StripeAccessError(RuntimeError):
+    """Stripe refused the API key itself (401, 403): no row can succeed. The key is redacted."""
 
-    def __init__(self, client: stripe.StripeClient):
-        self._customers = client.v1.customers
+
+def redact(text: str, secret: str) -> str:
+    return text.replace(secret, "[redacted]") if secret else text
+
+
+class StripeCustomers:
+    """The customer endpoints a sync uses, counting every call it makes.
+
+    Errors leave here without the API key in them, even if a server were to echo it.
+    """
+
+    def __init__(self, api_key: str, api_base: str | None = None, max_network_retries: int = 2):
+        self._api_key = api_key
+        self._customers = make_client(api_key, api_base, max_network_retries).v1.customers
         self.calls = CallCounter()
+
+    def describe(self, error: stripe.StripeError) -> str:
+        """Stripe's own explanation of an error, fit for logs and metadata."""
+        message = error.user_message or str(error)
+        status = f" (HTTP {error.http_status})" if error.http_status else ""
+        return redact(f"{type(error).__name__}{status}: {message}", self._api_key)
+
+    @contextmanager
+    def _refused_key_stops_the_run(self) -> Iterator[None]:
+        try:
+            yield
+        except (stripe.AuthenticationError, stripe.PermissionError) as error:
+            raise StripeAccessError(self.describe(error)) from None
 
     def iter_all(self) -> Iterator[StripeCustomer]:
         """Every customer, 100 per call; strongly consistent, unlike Search."""
@@ -127,7 +153,8 @@ class StripeCustomers:
             params: dict = {"limit": PAGE_SIZE}
             if starting_after:
                 params["starting_after"] = starting_after
-            page = self._customers.list(params=params)
+            with self._refused_key_stops_the_run():
+                page = self._customers.list(params=params)
             self.calls.add("list")
             for customer in page.data:
                 yield StripeCustomer(customer.id, flatten_customer(customer.to_dict()))
@@ -137,16 +164,18 @@ class StripeCustomers:
 
     def create(self, values: FieldValues, idempotency_key: str) -> str:
         self.calls.add("create")
-        customer = self._customers.create(
-            params=to_params(values, unset_missing=False), options={"idempotency_key": idempotency_key}
-        )
+        with self._refused_key_stops_the_run():
+            customer = self._customers.create(
+                params=to_params(values, unset_missing=False), options={"idempotency_key": idempotency_key}
+            )
         return customer.id
 
     def update(self, customer_id: str, values: FieldValues, idempotency_key: str) -> None:
         self.calls.add("update")
-        self._customers.update(
-            customer_id, params=to_params(values, unset_missing=True), options={"idempotency_key": idempotency_key}
-        )
+        with self._refused_key_stops_the_run():
+            self._customers.update(
+                customer_id, params=to_params(values, unset_missing=True), options={"idempotency_key": idempotency_key}
+            )
 
 
 def index_by_key(customers: Iterable[StripeCustomer], key_field: str, normalize) -> dict[str, list[StripeCustomer]]:

@@ -1,6 +1,6 @@
 """One run of one sync, end to end and without Dagster: warehouse -> plan -> apply -> state.
 
-    report = run_sync(spec, model, warehouse, customers, run_id="...", api_key=key)
+    report = run_sync(spec, model, warehouse, StripeCustomers(api_key), run_id="...")
 
 The Dagster asset (census_stripe/defs/) only gathers these arguments and turns the report into
 metadata; tests and benchmarks call this directly.
@@ -134,7 +134,6 @@ def run_sync(
     warehouse: Warehouse,
     customers: StripeCustomers,
     run_id: str,
-    api_key: str,
     options: RunOptions = RunOptions(),
     log: logging.Logger = log,
 ) -> SyncReport:
@@ -166,7 +165,6 @@ def run_sync(
         customers,
         spec.name,
         recreate_deleted=spec.behavior == "update_or_create",
-        secret=api_key,
         on_batch=on_batch,
     )
     report.outcomes = writer.apply(plan.writes)

@@ -19,10 +19,6 @@ from census_stripe.stripe_api import StripeCustomers
 log = logging.getLogger(__name__)
 
 
-class StripeAccessError(RuntimeError):
-    """The API key was refused; the message is safe to show (the key is redacted)."""
-
-
 @dataclass(frozen=True)
 class Outcome:
     row: PlannedRow
@@ -37,17 +33,6 @@ def idempotency_key(sync_name: str, row: PlannedRow, operation: str) -> str:
     return f"census-stripe-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:40]}"
 
 
-def describe_error(error: stripe.StripeError, secret: str) -> str:
-    """Stripe's own explanation, without the API key even if a server were to echo it."""
-    message = error.user_message or str(error)
-    status = f" (HTTP {error.http_status})" if error.http_status else ""
-    return redact(f"{type(error).__name__}{status}: {message}", secret)
-
-
-def redact(text: str, secret: str) -> str:
-    return text.replace(secret, "[redacted]") if secret else text
-
-
 def _is_missing(error: stripe.StripeError) -> bool:
     return error.http_status == 404
 
@@ -58,14 +43,12 @@ class StripeWriter:
         customers: StripeCustomers,
         sync_name: str,
         recreate_deleted: bool,
-        secret: str,
         on_batch: Callable[[list[Outcome]], None],
         batch_size: int = 100,
     ):
         self.customers = customers
         self.sync_name = sync_name
         self.recreate_deleted = recreate_deleted
-        self.secret = secret
         self.on_batch = on_batch
         self.batch_size = batch_size
 
@@ -106,8 +89,5 @@ class StripeWriter:
                     return Outcome(row, "failed", row.stripe_id, f"customer {row.stripe_id} was deleted in Stripe")
                 log.info("customer %s was deleted in Stripe; creating it again", row.stripe_id)
                 return self._create(row, f"recreate:{row.stripe_id}")
-        except (stripe.AuthenticationError, stripe.PermissionError) as error:
-            # No other row can succeed with this key: stop rather than fail every row.
-            raise StripeAccessError(describe_error(error, self.secret)) from None
         except stripe.StripeError as error:
-            return Outcome(row, "failed", row.stripe_id, describe_error(error, self.secret))
+            return Outcome(row, "failed", row.stripe_id, self.customers.describe(error))

@@ -11,7 +11,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from census_stripe.stripe_api import StripeCustomers, dashboard_url, make_client
+from census_stripe.stripe_api import StripeCustomers, dashboard_url
 from census_stripe.warehouse.base import Warehouse
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 
@@ -26,7 +26,7 @@ class StripeResource(dg.ConfigurableResource):
     max_network_retries: int = Field(default=2, description="Retries of network errors and 5xx, by the SDK.")
 
     def customers(self) -> StripeCustomers:
-        return StripeCustomers(make_client(self.api_key, self.api_base, self.max_network_retries))
+        return StripeCustomers(self.api_key, self.api_base, self.max_network_retries)
 
     def customer_url(self, customer_id: str) -> str:
         return dashboard_url(customer_id, self.api_key, self.api_base)

@@ -71,7 +71,7 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
         options = RunOptions(dry_run=config.dry_run, full_resync=config.full_resync)
         with warehouse.open() as session:
             report = run_sync(
-                spec, model.relation, session, stripe.customers(), context.run_id, stripe.api_key, options, log=context.log
+                spec, model.relation, session, stripe.customers(), context.run.run_id, options, log=context.log
             )
         metadata = report_metadata(report, stripe.customer_url)
         if options.dry_run:

@@ -1,0 +1,125 @@
+"""Real parts for the tests: a DuckDB file built by a real `dbt build`, and a real localstripe process.
+
+The warehouse is built once per session through Dagster (which also exercises the dbt assets and
+their checks); every test that syncs gets its own copy of the file, so tests never see each
+other's state. The local Stripe server is one process per session, emptied before each test.
+"""
+
+import os
+import shutil
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster_duckdb import DuckDBResource
+
+from census_stripe.defs.resources import DuckDBWarehouseResource, StripeResource
+from census_stripe.defs.sync_asset import Sync, build_sync_asset, load_sync
+from census_stripe.demo.local_stripe import LocalStripe
+from census_stripe.demo.seed_data import DEFAULT_CUSTOMERS, write_seeds
+from census_stripe.settings import SYNCS_DIR
+from census_stripe.stripe_api import StripeCustomers
+
+# A key with a recognisable body, so tests can prove it never leaks.
+API_KEY = "sk_test_CANARY4f9b2e7d1c"
+DEMO_SYNC = SYNCS_DIR / "customers.yaml"
+
+
+@dataclass(frozen=True)
+class BuiltWarehouse:
+    path: Path
+    dbt_result: dg.ExecuteInProcessResult
+
+
+@pytest.fixture(scope="session")
+def built_warehouse(tmp_path_factory) -> BuiltWarehouse:
+    """A DuckDB file with the demo models, built by dbt through Dagster; never modified by tests."""
+    path = tmp_path_factory.mktemp("warehouse") / "warehouse.duckdb"
+    previous = os.environ.get("CENSUS_STRIPE_DUCKDB_PATH")
+    os.environ["CENSUS_STRIPE_DUCKDB_PATH"] = str(path)
+    try:
+        from census_stripe.defs.dbt import dbt_resource, warehouse_models
+
+        write_seeds(DEFAULT_CUSTOMERS)
+        result = dg.materialize([warehouse_models], resources={"dbt": dbt_resource()})
+        assert result.success
+    finally:
+        if previous is None:
+            os.environ.pop("CENSUS_STRIPE_DUCKDB_PATH")
+        else:
+            os.environ["CENSUS_STRIPE_DUCKDB_PATH"] = previous
+    return BuiltWarehouse(path, result)
+
+
+@pytest.fixture
+def warehouse_path(built_warehouse, tmp_path) -> Path:
+    """This test's own copy of the built warehouse."""
+    path = tmp_path / "warehouse.duckdb"
+    shutil.copyfile(built_warehouse.path, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def local_stripe_server():
+    with LocalStripe() as server:
+        yield server
+
+
+@pytest.fixture
+def stripe_url(local_stripe_server) -> str:
+    """The local Stripe server, emptied for this test."""
+    request = urllib.request.Request(f"{local_stripe_server.url}/_config/data", method="DELETE")
+    urllib.request.urlopen(request).close()
+    return local_stripe_server.url
+
+
+@pytest.fixture
+def stripe_customers(stripe_url) -> StripeCustomers:
+    return StripeCustomers(API_KEY, stripe_url)
+
+
+def resources(warehouse_path: Path, stripe_url: str, api_key=API_KEY) -> dict:
+    return {
+        "stripe": StripeResource(api_key=api_key, api_base=stripe_url),
+        "warehouse": DuckDBWarehouseResource(duckdb=DuckDBResource(database=str(warehouse_path))),
+    }
+
+
+class SyncRunner:
+    """Materializes one sync asset the way Dagster does, and reads back what it recorded."""
+
+    def __init__(self, sync: Sync, warehouse_path: Path, stripe_url: str):
+        self.asset = build_sync_asset(sync, "duckdb")
+        self.warehouse_path = warehouse_path
+        self.stripe_url = stripe_url
+
+    def run(self, instance=None, api_key=API_KEY, raise_on_error=True, **config) -> dg.ExecuteInProcessResult:
+        run_config = {"ops": {self.asset.op.name: {"config": config}}} if config else None
+        return dg.materialize(
+            [self.asset],
+            resources=resources(self.warehouse_path, self.stripe_url, api_key),
+            run_config=run_config,
+            instance=instance,
+            raise_on_error=raise_on_error,
+        )
+
+    def metadata(self, result: dg.ExecuteInProcessResult) -> dict:
+        """Metadata of the run's materialization, or of its observation for a dry run."""
+        materializations = [e.materialization for e in result.get_asset_materialization_events()]
+        observations = [e.asset_observation_data.asset_observation for e in result.get_asset_observation_events()]
+        [event] = materializations or observations
+        return {name: value.value for name, value in event.metadata.items()}
+
+    def counts(self, result) -> dict[str, int]:
+        metadata = self.metadata(result)
+        return {name: value for name, value in metadata.items() if isinstance(value, int) and not isinstance(value, bool)}
+
+
+@pytest.fixture
+def sync_runner(warehouse_path, stripe_url):
+    def make(path: Path = DEMO_SYNC) -> SyncRunner:
+        return SyncRunner(load_sync(path), warehouse_path, stripe_url)
+
+    return make

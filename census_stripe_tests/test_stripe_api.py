@@ -1,0 +1,53 @@
+"""Translating between flat sync fields and Stripe's nested parameters."""
+
+from census_stripe.stripe_api import dashboard_url, flatten_customer, to_params
+
+
+def test_create_params_nest_objects_and_leave_out_empty_values():
+    values = {"email": "a@b.co", "name": None, "address.city": "Paris", "address.line2": None,
+              "shipping.address.city": "Lyon", "shipping.name": "A", "metadata.plan": "pro", "metadata.empty": None,
+              "balance": "-500"}
+    assert to_params(values, unset_missing=False) == {
+        "email": "a@b.co",
+        "address": {"city": "Paris"},
+        "shipping": {"address": {"city": "Lyon"}, "name": "A"},
+        "metadata": {"plan": "pro"},
+        "balance": -500,
+    }
+
+
+def test_update_params_unset_with_empty_strings_and_clear_empty_objects():
+    values = {"name": None, "metadata.plan": None, "address.city": None, "address.line1": None}
+    assert to_params(values, unset_missing=True) == {"name": "", "metadata": {"plan": ""}, "address": ""}
+
+
+def test_update_keeps_an_object_with_content_and_drops_its_empty_parts():
+    values = {"address.city": "Paris", "address.line2": None}
+    assert to_params(values, unset_missing=True) == {"address": {"city": "Paris"}}
+
+
+def test_flatten_customer_reads_nested_objects_and_metadata():
+    customer = {
+        "id": "cus_1",
+        "email": "a@b.co",
+        "name": "",
+        "address": {"city": "Paris", "line1": None},
+        "shipping": None,
+        "metadata": {"plan": "pro", "gone": ""},
+        "sources": {"data": []},
+    }
+    assert flatten_customer(customer) == {
+        "email": "a@b.co",
+        "name": None,
+        "address.city": "Paris",
+        "address.line1": None,
+        "shipping": None,
+        "metadata.plan": "pro",
+        "metadata.gone": None,
+    }
+
+
+def test_dashboard_links_follow_the_mode_of_the_key():
+    assert dashboard_url("cus_1", "sk_test_x", None) == "https://dashboard.stripe.com/test/customers/cus_1"
+    assert dashboard_url("cus_1", "rk_live_x", None) == "https://dashboard.stripe.com/customers/cus_1"
+    assert dashboard_url("cus_1", "sk_test_x", "http://127.0.0.1:8420/") == "http://127.0.0.1:8420/v1/customers/cus_1"

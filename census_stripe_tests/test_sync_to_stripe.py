@@ -1,0 +1,276 @@
+"""The sync asset end to end: a dbt-built DuckDB model, materialized through Dagster into a real
+local Stripe server, checked by reading Stripe back through the API."""
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from census_stripe.demo.seed_data import BAD_ROWS, DEFAULT_CUSTOMERS, generate
+from census_stripe.stripe_api import StripeCustomers
+from census_stripe_tests.conftest import DEMO_SYNC
+
+VALID_USERS = [u for u in generate(DEFAULT_CUSTOMERS)["raw_users"] if u["user_id"] not in BAD_ROWS]
+
+
+def stripe_by_email(customers: StripeCustomers) -> dict[str, dict]:
+    everything = list(customers.iter_all())
+    by_email = {c.values["email"]: c.values | {"id": c.id} for c in everything}
+    assert len(by_email) == len(everything), "two Stripe customers share an email"
+    return by_email
+
+
+def model_row(warehouse_path: Path, external_id: str) -> dict:
+    with duckdb.connect(str(warehouse_path), read_only=True) as connection:
+        cursor = connection.execute("select * from main.stripe_customers where external_id = ?", [external_id])
+        names = [d[0] for d in cursor.description]
+        return dict(zip(names, cursor.fetchone()))
+
+
+def query(warehouse_path: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(warehouse_path), read_only=True) as connection:
+        return connection.execute(sql).fetchall()
+
+
+def execute(warehouse_path: Path, sql: str) -> None:
+    with duckdb.connect(str(warehouse_path)) as connection:
+        connection.execute(sql)
+
+
+def write_sync(tmp_path: Path, name: str, **replacements: str) -> Path:
+    text = DEMO_SYNC.read_text()
+    for old, new in replacements.items():
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_first_run_creates_every_valid_customer_with_its_mapped_fields(sync_runner, stripe_customers, warehouse_path):
+    runner = sync_runner()
+    result = runner.run()
+
+    assert runner.counts(result) == {
+        "rows_read": 300,
+        "planned_creates": 294,
+        "planned_updates": 0,
+        "unchanged": 0,
+        "rejected": 6,
+        "skipped_not_found": 0,
+        "created": 294,
+        "updated": 0,
+        "failed": 0,
+        "stripe_api_calls": 295,  # one listing of the (empty) account, then one create per customer
+        "stripe_lookup_calls": 1,
+    }
+    in_stripe = stripe_by_email(stripe_customers)
+    assert set(in_stripe) == {u["email"].strip() for u in VALID_USERS}
+
+    row = model_row(warehouse_path, "usr_000001")
+    customer = in_stripe[row["email"]]
+    assert customer["name"] == row["full_name"]
+    assert customer["phone"] == row["phone"]
+    assert customer["address.line1"] == row["address_line1"]
+    assert customer["address.city"] == row["city"]
+    assert customer["address.postal_code"] == row["postal_code"]
+    assert customer["address.country"] == row["country"]
+    assert customer["metadata.external_id"] == "usr_000001"
+    assert customer["metadata.plan"] == row["plan"]
+    assert customer["metadata.lifetime_value"] == str(row["lifetime_value"])
+    assert customer["metadata.signup_date"] == row["signup_date"].isoformat()
+    assert customer["metadata.synced_by"] == "census_stripe"
+    # Surrounding spaces are trimmed; the capitals a person typed are kept.
+    assert "Grace.Hopper10@Example.COM" in in_stripe
+
+
+def test_bad_rows_are_rejected_with_reasons_while_the_good_rows_sync(sync_runner, warehouse_path):
+    runner = sync_runner()
+    result = runner.run()
+    rejected = {(r.data["key"], r.data["reason"]) for r in runner.metadata(result)["rejected_rows"].records}
+    assert rejected == {
+        ("not-an-email", "invalid email: 'not-an-email'"),
+        ("jane.doe@", "invalid email: 'jane.doe@'"),
+        (None, "null key: column 'email' is empty"),
+        ("Casey.Jordan@Example.com", "duplicate key: 2 model rows share email 'casey.jordan@example.com'"),
+        ("casey.jordan@example.com", "duplicate key: 2 model rows share email 'casey.jordan@example.com'"),
+        ("maximilian.long@example.com", "value too long: name has 315 characters, Stripe allows 256"),
+    }
+    history = query(warehouse_path, "select kind, count(*) from census_stripe.sync_rejections group by kind")
+    assert history == [("rejected", 6)]
+
+
+def test_state_table_holds_the_stripe_ids_for_analysts_to_join(sync_runner, stripe_customers, warehouse_path):
+    sync_runner().run()
+    in_stripe = stripe_by_email(stripe_customers)
+    joined = query(
+        warehouse_path,
+        """
+        select lower(trim(m.email)), s.stripe_customer_id, s.status
+        from main.stripe_customers m
+        join census_stripe.sync_state s on s.customer_key = lower(trim(m.email)) and s.sync_name = 'customers'
+        where s.status = 'synced'
+        """,
+    )
+    assert len(joined) == 294
+    assert {stripe_id for _, stripe_id, _ in joined} == {c["id"] for c in in_stripe.values()}
+
+
+def test_second_run_writes_nothing_and_calls_stripe_zero_times(sync_runner, stripe_customers):
+    runner = sync_runner()
+    runner.run()
+    second = runner.counts(runner.run())
+    assert second["created"] == second["updated"] == second["failed"] == 0
+    assert second["stripe_api_calls"] == 0
+    assert second["unchanged"] == 294 and second["rejected"] == 6
+    assert len(stripe_by_email(stripe_customers)) == 294
+
+
+def test_a_model_change_sends_only_the_changed_fields_of_the_changed_rows(sync_runner, stripe_customers, warehouse_path):
+    runner = sync_runner()
+    runner.run()
+    first, second = model_row(warehouse_path, "usr_000001"), model_row(warehouse_path, "usr_000002")
+    customer_id = stripe_by_email(stripe_customers)[first["email"]]["id"]
+    # A field this sync does not change must survive the update: only what differs is sent.
+    stripe_customers._customers.update(customer_id, params={"description": "set by hand"})
+    execute(warehouse_path, "update main.stripe_customers set plan = 'enterprise' where external_id = 'usr_000001'")
+    execute(warehouse_path, "update main.stripe_customers set city = 'Oslo' where external_id = 'usr_000002'")
+
+    result = runner.run()
+    counts = runner.counts(result)
+    assert (counts["planned_updates"], counts["updated"], counts["created"], counts["unchanged"]) == (2, 2, 0, 292)
+    assert counts["stripe_api_calls"] == 2
+    preview = {(r.data["key"], r.data["field"], r.data["before"], r.data["after"]) for r in runner.metadata(result)["preview"].records}
+    assert preview == {
+        (first["email"], "metadata.plan", first["plan"], "enterprise"),
+        (second["email"], "address.city", second["city"], "Oslo"),
+    }
+    after = stripe_by_email(stripe_customers)
+    assert after[first["email"]]["metadata.plan"] == "enterprise"
+    assert after[first["email"]]["description"] == "set by hand"
+    assert after[second["email"]]["address.city"] == "Oslo"
+    # The rest of the address is sent with the city, because Stripe replaces addresses whole.
+    assert after[second["email"]]["address.line1"] == second["address_line1"]
+
+
+def test_dry_run_records_the_plan_and_writes_nothing(sync_runner, stripe_customers, warehouse_path):
+    runner = sync_runner()
+    result = runner.run(dry_run=True)
+    assert result.get_asset_materialization_events() == []
+    metadata = runner.metadata(result)
+    assert metadata["dry_run"] is True
+    assert (metadata["planned_creates"], metadata["created"], metadata["rejected"]) == (294, 0, 6)
+    assert len(metadata["preview"].records) == 50
+    assert "Dry run" in metadata["summary"]
+    assert list(stripe_customers.iter_all()) == []
+    assert query(warehouse_path, "select count(*) from census_stripe.sync_state") == [(0,)]
+
+
+def test_update_only_updates_matches_and_never_creates(sync_runner, stripe_customers, warehouse_path, tmp_path):
+    row = model_row(warehouse_path, "usr_000001")
+    # Stripe's email filter is case-sensitive; the sync's matching is not.
+    existing = stripe_customers._customers.create(params={"email": row["email"].upper(), "name": "Old Name"})
+    stripe_customers._customers.create(params={"email": "someone.else@example.com"})
+    runner = sync_runner(write_sync(tmp_path, "update_only", update_or_create="update_only"))
+
+    result = runner.run()
+    counts = runner.counts(result)
+    assert (counts["planned_updates"], counts["updated"], counts["created"]) == (1, 1, 0)
+    assert counts["skipped_not_found"] == 293
+    skipped = runner.metadata(result)["skipped_rows"].records
+    assert "Update Only never creates" in skipped[0].data["reason"]
+    customers = {c.id: c.values for c in stripe_customers.iter_all()}
+    assert len(customers) == 2
+    assert customers[existing.id]["name"] == row["full_name"]
+    assert customers[existing.id]["email"] == row["email"]
+
+
+def test_several_stripe_customers_with_one_email_are_never_guessed_between(sync_runner, stripe_customers, warehouse_path):
+    row = model_row(warehouse_path, "usr_000001")
+    ids = sorted(
+        stripe_customers._customers.create(params={"email": email}).id for email in (row["email"], row["email"].title())
+    )
+    runner = sync_runner()
+    result = runner.run()
+    reasons = {r.data["key"]: r.data["reason"] for r in runner.metadata(result)["rejected_rows"].records}
+    assert reasons[row["email"]] == f"several Stripe customers share this email: {ids[0]}, {ids[1]}"
+    counts = runner.counts(result)
+    assert (counts["created"], counts["rejected"]) == (293, 7)
+
+
+def test_external_id_key_matches_on_metadata(sync_runner, stripe_customers, tmp_path):
+    path = write_sync(
+        tmp_path,
+        "by_external_id",
+        **{"field: email": "field: metadata.external_id", "column: email": "column: external_id",
+           "  metadata.external_id: external_id\n": "  email: email\n"},
+    )
+    runner = sync_runner(path)
+    counts = runner.counts(runner.run())
+    # Emails are no longer keys: a missing or repeated email is allowed, an invalid one is not.
+    assert (counts["created"], counts["rejected"]) == (297, 3)
+    assert runner.counts(runner.run())["stripe_api_calls"] == 0
+    ids = [c.values["metadata.external_id"] for c in stripe_customers.iter_all()]
+    assert len(ids) == len(set(ids)) == 297
+
+
+def test_a_customer_deleted_in_stripe_is_created_again(sync_runner, stripe_customers, warehouse_path):
+    runner = sync_runner()
+    runner.run()
+    row = model_row(warehouse_path, "usr_000003")
+    deleted = stripe_by_email(stripe_customers)[row["email"]]["id"]
+    stripe_customers._customers.delete(deleted)
+    execute(warehouse_path, "update main.stripe_customers set plan = 'pro' where external_id = 'usr_000003'")
+
+    counts = runner.counts(runner.run())
+    assert (counts["planned_updates"], counts["created"], counts["failed"]) == (1, 1, 0)
+    recreated = stripe_by_email(stripe_customers)[row["email"]]
+    assert recreated["id"] != deleted and recreated["metadata.plan"] == "pro"
+    [(state_id,)] = query(
+        warehouse_path,
+        f"select stripe_customer_id from census_stripe.sync_state where customer_key = '{row['email'].lower()}'",
+    )
+    assert state_id == recreated["id"]
+
+
+def test_rows_stripe_refuses_are_recorded_and_retried_next_run(sync_runner, stripe_customers, warehouse_path, local_stripe_server):
+    runner = sync_runner()
+    runner.run()
+    row = model_row(warehouse_path, "usr_000004")
+    stripe_customers._customers.delete(stripe_by_email(stripe_customers)[row["email"]]["id"])
+    execute(warehouse_path, "update main.stripe_customers set plan = 'pro' where external_id = 'usr_000004'")
+    update_only = sync_runner(write_sync(warehouse_path.parent, "customers", update_or_create="update_only"))
+
+    result = update_only.run()
+    counts = update_only.counts(result)
+    assert (counts["updated"], counts["failed"]) == (0, 1)
+    [failed] = update_only.metadata(result)["failed_rows"].records
+    assert "was deleted in Stripe" in failed.data["reason"]
+    status = query(warehouse_path, f"select status, error from census_stripe.sync_state where customer_key = '{row['email']}'")
+    assert status[0][0] == "failed"
+    # Failed rows are not marked as synced, so the next run tries them again.
+    assert update_only.counts(update_only.run())["failed"] == 1
+    assert query(warehouse_path, "select count(*) from census_stripe.sync_rejections where kind = 'failed'") == [(2,)]
+
+
+def test_the_summary_recaps_the_run(sync_runner):
+    runner = sync_runner()
+    summary = runner.metadata(runner.run())["summary"]
+    assert "create **294**" in summary and "**6** rows are rejected" in summary
+    assert "Done: 294 created, 0 updated, 0 failed." in summary
+
+
+def test_links_point_at_the_customers_written(sync_runner, stripe_url):
+    runner = sync_runner()
+    links = runner.metadata(runner.run())["stripe_customers"]
+    lines = links.splitlines()
+    assert len(lines) == 5
+    assert all(f"({stripe_url}/v1/customers/cus_" in line for line in lines)
+
+
+@pytest.mark.parametrize("config_key", ["dry_run", "full_resync"])
+def test_run_config_is_documented_for_the_launchpad(sync_runner, config_key):
+    schema = sync_runner().asset.op.config_schema.as_field().config_type
+    assert config_key in json.dumps(sorted(schema.fields))
+    assert schema.fields[config_key].description
