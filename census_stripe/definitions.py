@@ -25,6 +25,9 @@ sync_job = dg.define_asset_job(
 defs = dg.Definitions(
     assets=[warehouse_models, *sync_assets],
     jobs=[sync_job],
+    # Steps run one after another in the run's process: DuckDB allows a single writer, and
+    # a sync waits for its model anyway.
+    executor=dg.in_process_executor,
     resources={
         "dbt": dbt_resource(),
         "stripe": StripeResource(

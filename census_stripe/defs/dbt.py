@@ -1,6 +1,7 @@
 """The dbt project as Dagster assets: models, seeds and snapshots; dbt tests become asset checks."""
 
 import json
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ class Translator(DagsterDbtTranslator):
 
 @dbt_assets(manifest=dbt_project.manifest_path, project=dbt_project, dagster_dbt_translator=Translator())
 def warehouse_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+    # dbt's profile reads this variable; resolving it here keeps dbt on the file the sync reads,
+    # also when only CENSUS_STRIPE_DATA_DIR was set.
+    os.environ["CENSUS_STRIPE_DUCKDB_PATH"] = str(duckdb_path())
     duckdb_path().parent.mkdir(parents=True, exist_ok=True)
     yield from dbt.cli(["build"], context=context).stream()
 
