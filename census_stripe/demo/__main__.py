@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from census_stripe.demo.local_stripe import LocalStripe
+from census_stripe.demo.local_stripe import LocalStripe, stop_process_group
 from census_stripe.demo.seed_data import demo_customer_count, write_seeds
 from census_stripe.settings import DATA_DIR, PROJECT_ROOT, SYNCS_DIR, duckdb_path
 
@@ -52,6 +53,8 @@ def demo_environment() -> Iterator[dict[str, str]]:
     """Environment variables for Dagster processes, with a local Stripe server running if needed."""
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    # dbt and dagster are found beside this Python, also from an un-activated virtualenv.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("DAGSTER_HOME", str(DAGSTER_HOME))
     Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     if env.get("STRIPE_API_BASE"):
@@ -103,7 +106,7 @@ def run() -> int:
         print(f"Running Dagster job {JOB!r}: dbt build, then the Stripe sync ...")
         with open(DATA_DIR / "demo.log", "w") as log:
             result = subprocess.run(
-                [sys.executable, "-m", "dagster", "job", "execute", "-m", "census_stripe.definitions", "-j", JOB],
+                ["dagster", "job", "execute", "-m", "census_stripe.definitions", "-j", JOB],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -118,15 +121,21 @@ def run() -> int:
 
 def dev() -> int:
     with demo_environment() as env:
-        command = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml")]
-        command += sys.argv[2:]
+        command = ["dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), *sys.argv[2:]]
+        # Its own process group, so that stopping reaches the webserver, daemon and code server
+        # it starts, and the local Stripe server is stopped (and its data saved) only after them.
+        process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, start_new_session=True)
         try:
-            return subprocess.run(command, env=env, cwd=PROJECT_ROOT).returncode
+            return process.wait()
         except KeyboardInterrupt:
             return 0
+        finally:
+            stop_process_group(process, signal.SIGINT, grace_seconds=30)
 
 
 def main() -> int:
+    # A plain `kill` stops the demo as Ctrl-C does: what it started is stopped and saved.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(prog="python -m census_stripe.demo", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run", "dev"])
     args, _ = parser.parse_known_args()

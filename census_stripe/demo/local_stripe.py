@@ -19,6 +19,18 @@ from pathlib import Path
 LOCALSTRIPE_STORE = Path("/tmp/localstripe.pickle")
 
 
+def stop_process_group(process: subprocess.Popen, first_signal: int, grace_seconds: float = 10) -> None:
+    """Signal a process started with `start_new_session=True` and all its children; kill what lingers."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, first_signal)
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,14 +77,9 @@ class LocalStripe:
         raise TimeoutError(f"localstripe did not listen on port {self.port} within {timeout:.0f}s")
 
     def stop(self) -> None:
-        if self._process is None or self._process.poll() is not None:
+        if self._process is None:
             return
-        os.killpg(self._process.pid, signal.SIGTERM)
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._process.pid, signal.SIGKILL)
-            self._process.wait()
+        stop_process_group(self._process, signal.SIGTERM)
         if self.saved_data and LOCALSTRIPE_STORE.exists():
             self.saved_data.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(LOCALSTRIPE_STORE, self.saved_data)
