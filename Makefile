@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 MANIFEST := dbt_project/target/manifest.json
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo dev test clean-data
+.PHONY: install demo dev test lint clean-data
 
 install: $(INSTALLED)
 
@@ -18,7 +18,7 @@ $(INSTALLED): pyproject.toml
 
 # Dagster reads dbt's manifest; prepare it here so that nothing parses dbt at import time.
 $(MANIFEST): $(INSTALLED) $(shell find dbt_project -name '*.sql' -o -name '*.yml' | grep -v target/)
-	$(BIN)/dagster-dbt project prepare-and-package --file census_stripe/defs/dbt.py
+	$(BIN)/dagster-dbt project prepare-and-package --file census_stripe/defs/dbt_project.py
 
 demo: $(MANIFEST)  ## seed, build the dbt models, sync them to a local Stripe server, print a summary
 	$(BIN)/python -m census_stripe.demo run
@@ -28,6 +28,10 @@ dev: $(MANIFEST)  ## the Dagster UI (http://127.0.0.1:3000) on the demo's wareho
 
 test: $(MANIFEST)  ## the test suite: real DuckDB, real dbt, a real local Stripe server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(INSTALLED)  ## style and static checks
+	$(BIN)/ruff check census_stripe census_stripe_tests
+	$(BIN)/ruff format --check census_stripe census_stripe_tests
 
 clean-data:  ## forget the demo's warehouse, Stripe data and Dagster runs
 	rm -rf data

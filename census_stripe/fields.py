@@ -50,16 +50,13 @@ CUSTOMER_FIELDS: dict[str, StripeField] = {
     ]
 }
 
-_METADATA_KEY = re.compile(r"^[^\[\]]{1,%d}$" % METADATA_KEY_MAX_LENGTH)
+_METADATA_KEY = re.compile(rf"^[^\[\]]{{1,{METADATA_KEY_MAX_LENGTH}}}$")
 
 
 def metadata_key_problem(key: str) -> str | None:
     """Why Stripe would refuse this metadata key, or None if it is fine."""
     if not _METADATA_KEY.match(key):
-        return (
-            f"metadata keys are 1 to {METADATA_KEY_MAX_LENGTH} characters without square brackets, "
-            f"got {key!r}"
-        )
+        return f"metadata keys are 1 to {METADATA_KEY_MAX_LENGTH} characters without square brackets, got {key!r}"
     return None
 
 

@@ -52,9 +52,7 @@ class SyncSpec(_Strict):
     object: Literal["customer"] = "customer"
     behavior: Behavior
     key: SyncKey
-    mapping: dict[str, str] = pydantic.Field(
-        default_factory=dict, description="Stripe field <- model column."
-    )
+    mapping: dict[str, str] = pydantic.Field(default_factory=dict, description="Stripe field <- model column.")
     constants: dict[str, str | int | float | bool] = pydantic.Field(
         default_factory=dict, description="Stripe field <- the same value on every customer."
     )
@@ -107,7 +105,9 @@ def _semantic_problems(spec: SyncSpec) -> list[tuple[str, str]]:
             problems.append((f"constants.{name}", problem))
     metadata_keys = {name for name in fields if name.startswith(METADATA_PREFIX)}
     if len(metadata_keys) > METADATA_MAX_KEYS:
-        problems.append(("mapping", f"Stripe allows {METADATA_MAX_KEYS} metadata keys, this sync writes {len(metadata_keys)}"))
+        problems.append(
+            ("mapping", f"Stripe allows {METADATA_MAX_KEYS} metadata keys, this sync writes {len(metadata_keys)}")
+        )
     return problems
 
 
@@ -154,8 +154,10 @@ def check_model_columns(spec: SyncSpec, model_columns: Iterable[str], path: Path
     available = list(model_columns)
     known = {column.lower() for column in available}
     problems = [
-        ("key.column" if field == spec.key.field else f"mapping.{field}",
-         f"column {column!r} is not in model {spec.model!r} (columns: {', '.join(available)})")
+        (
+            "key.column" if field == spec.key.field else f"mapping.{field}",
+            f"column {column!r} is not in model {spec.model!r} (columns: {', '.join(available)})",
+        )
         for field, column in spec.columns_by_field.items()
         if column.lower() not in known
     ]

@@ -9,7 +9,7 @@ metadata; tests and benchmarks call this directly.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -43,9 +43,7 @@ class SyncReport:
     def counts(self) -> dict[str, int]:
         """Stable names: the UI plots each over runs."""
         planned = self.plan.counts()
-        done = defaultdict(int)
-        for outcome in self.outcomes:
-            done[outcome.status] += 1
+        done = Counter(outcome.status for outcome in self.outcomes)
         return {
             "rows_read": self.plan.rows_read,
             "planned_creates": planned[Action.CREATE],

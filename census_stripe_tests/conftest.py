@@ -114,7 +114,9 @@ class SyncRunner:
 
     def counts(self, result) -> dict[str, int]:
         metadata = self.metadata(result)
-        return {name: value for name, value in metadata.items() if isinstance(value, int) and not isinstance(value, bool)}
+        return {
+            name: value for name, value in metadata.items() if isinstance(value, int) and not isinstance(value, bool)
+        }
 
 
 @pytest.fixture

@@ -13,7 +13,11 @@ def run_demo(data_dir) -> str:
     env["CENSUS_STRIPE_DATA_DIR"] = str(data_dir)
     completed = subprocess.run(
         [sys.executable, "-m", "census_stripe.demo", "run"],
-        env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     return completed.stdout
@@ -26,7 +30,12 @@ def counts(output: str) -> dict[str, int]:
 def test_demo_twice_second_run_writes_nothing_and_a_lost_stripe_resets_state(tmp_path):
     first = run_demo(tmp_path)
     assert counts(first) == {
-        "rows_read": 300, "created": 294, "updated": 0, "unchanged": 0, "rejected": 6, "failed": 0,
+        "rows_read": 300,
+        "created": 294,
+        "updated": 0,
+        "unchanged": 0,
+        "rejected": 6,
+        "failed": 0,
         "stripe_api_calls": 295,
     }
     assert "rejected 'not-an-email': invalid email" in first
@@ -34,7 +43,12 @@ def test_demo_twice_second_run_writes_nothing_and_a_lost_stripe_resets_state(tmp
 
     second = run_demo(tmp_path)
     assert counts(second) == {
-        "rows_read": 300, "created": 0, "updated": 0, "unchanged": 294, "rejected": 6, "failed": 0,
+        "rows_read": 300,
+        "created": 0,
+        "updated": 0,
+        "unchanged": 294,
+        "rejected": 6,
+        "failed": 0,
         "stripe_api_calls": 0,
     }
 

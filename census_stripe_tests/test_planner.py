@@ -23,7 +23,9 @@ def spec(behavior="update_or_create"):
     return parse_sync_spec(SPEC_TEXT.format(behavior=behavior), "test.yaml")
 
 
-def candidate(email="ada@example.com", name="Ada", city="London", plan="pro", key_rows=1, prior=None, line1="1 Main St"):
+def candidate(
+    email="ada@example.com", name="Ada", city="London", plan="pro", key_rows=1, prior=None, line1="1 Main St"
+):
     values = {"email": email, "name": name, "address.line1": line1, "address.city": city, "metadata.plan": plan}
     key = email.strip().lower() if email else None
     return Candidate(key, email, values, row_hash=f"h-{email}-{name}-{city}-{plan}", key_rows=key_rows, prior=prior)
@@ -53,8 +55,14 @@ def test_update_only_never_creates_and_says_why():
 
 
 def test_existing_customer_is_matched_and_only_differing_fields_are_sent():
-    stripe_values = {"email": "ada@example.com", "name": "Ada L.", "address.line1": "1 Main St",
-                     "address.city": "London", "metadata.plan": "pro", "metadata.other": "untouched"}
+    stripe_values = {
+        "email": "ada@example.com",
+        "name": "Ada L.",
+        "address.line1": "1 Main St",
+        "address.city": "London",
+        "metadata.plan": "pro",
+        "metadata.other": "untouched",
+    }
     lookup = lambda keys: {"ada@example.com": [StripeCustomer("cus_9", stripe_values)]}  # noqa: E731
     [row] = build_plan(spec(), [candidate()], rows_read=1, lookup=lookup).rows
     assert row.action is Action.UPDATE
@@ -64,8 +72,15 @@ def test_existing_customer_is_matched_and_only_differing_fields_are_sent():
 
 
 def test_an_address_change_sends_the_whole_address_because_stripe_replaces_it():
-    prior = synced({"email": "ada@example.com", "name": "Ada", "address.line1": "1 Main St",
-                    "address.city": "Paris", "metadata.plan": "pro"})
+    prior = synced(
+        {
+            "email": "ada@example.com",
+            "name": "Ada",
+            "address.line1": "1 Main St",
+            "address.city": "Paris",
+            "metadata.plan": "pro",
+        }
+    )
     [row] = build_plan(spec(), [candidate(prior=prior)], rows_read=1, lookup=no_lookup).rows
     assert row.changes == (FieldChange("address.city", "Paris", "London"),)
     assert row.values_to_send() == {"address.line1": "1 Main St", "address.city": "London"}

@@ -53,6 +53,8 @@ def test_key_never_recorded_when_stripe_refuses_it(monkeypatch, warehouse_path, 
         assert not result.success
         failure = result.get_step_failure_events()[0].step_failure_data.error
         recorded = everything_recorded(instance, result.run_id, tmp_path)
-    assert failure.cause.message.startswith("census_stripe.stripe_api.StripeAccessError: AuthenticationError (HTTP 401): Unauthorized")
+    assert failure.cause.message.startswith(
+        "census_stripe.stripe_api.StripeAccessError: AuthenticationError (HTTP 401): Unauthorized"
+    )
     assert key not in recorded
     assert key not in caplog.text

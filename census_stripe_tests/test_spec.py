@@ -31,7 +31,12 @@ def problems(text: str, path: str = "syncs/bad.yaml") -> list[tuple[str, str]]:
 def test_a_valid_file_loads_with_its_name_from_the_file():
     spec = parse_sync_spec(VALID, "syncs/billing_contacts.yaml")
     assert spec.name == "billing_contacts"
-    assert spec.columns_by_field == {"email": "email", "name": "full_name", "address.city": "city", "metadata.plan": "plan"}
+    assert spec.columns_by_field == {
+        "email": "email",
+        "name": "full_name",
+        "address.city": "city",
+        "metadata.plan": "plan",
+    }
     assert spec.constant_values == {"metadata.source": "warehouse", "tax_exempt": "none"}
     assert spec.columns == ["email", "full_name", "city", "plan"]
 
@@ -112,4 +117,6 @@ def test_columns_are_checked_against_the_model():
     check_model_columns(spec, ["email", "full_name", "city", "plan", "other"], "s.yaml")
     with pytest.raises(SyncConfigError) as raised:
         check_model_columns(spec, ["email", "full_name", "plan"], Path("syncs/s.yaml"))
-    assert str(raised.value).startswith("syncs/s.yaml: mapping.address.city: column 'city' is not in model 'stripe_customers'")
+    assert str(raised.value).startswith(
+        "syncs/s.yaml: mapping.address.city: column 'city' is not in model 'stripe_customers'"
+    )

@@ -4,9 +4,17 @@ from census_stripe.stripe_api import dashboard_url, flatten_customer, to_params
 
 
 def test_create_params_nest_objects_and_leave_out_empty_values():
-    values = {"email": "a@b.co", "name": None, "address.city": "Paris", "address.line2": None,
-              "shipping.address.city": "Lyon", "shipping.name": "A", "metadata.plan": "pro", "metadata.empty": None,
-              "balance": "-500"}
+    values = {
+        "email": "a@b.co",
+        "name": None,
+        "address.city": "Paris",
+        "address.line2": None,
+        "shipping.address.city": "Lyon",
+        "shipping.name": "A",
+        "metadata.plan": "pro",
+        "metadata.empty": None,
+        "balance": "-500",
+    }
     assert to_params(values, unset_missing=False) == {
         "email": "a@b.co",
         "address": {"city": "Paris"},

@@ -25,7 +25,7 @@ def model_row(warehouse_path: Path, external_id: str) -> dict:
     with duckdb.connect(str(warehouse_path), read_only=True) as connection:
         cursor = connection.execute("select * from main.stripe_customers where external_id = ?", [external_id])
         names = [d[0] for d in cursor.description]
-        return dict(zip(names, cursor.fetchone()))
+        return dict(zip(names, cursor.fetchone(), strict=True))
 
 
 def query(warehouse_path: Path, sql: str) -> list[tuple]:
@@ -127,7 +127,9 @@ def test_second_run_writes_nothing_and_calls_stripe_zero_times(sync_runner, stri
     assert len(stripe_by_email(stripe_customers)) == 294
 
 
-def test_a_model_change_sends_only_the_changed_fields_of_the_changed_rows(sync_runner, stripe_customers, warehouse_path):
+def test_a_model_change_sends_only_the_changed_fields_of_the_changed_rows(
+    sync_runner, stripe_customers, warehouse_path
+):
     runner = sync_runner()
     runner.run()
     first, second = model_row(warehouse_path, "usr_000001"), model_row(warehouse_path, "usr_000002")
@@ -141,7 +143,10 @@ def test_a_model_change_sends_only_the_changed_fields_of_the_changed_rows(sync_r
     counts = runner.counts(result)
     assert (counts["planned_updates"], counts["updated"], counts["created"], counts["unchanged"]) == (2, 2, 0, 292)
     assert counts["stripe_api_calls"] == 2
-    preview = {(r.data["key"], r.data["field"], r.data["before"], r.data["after"]) for r in runner.metadata(result)["preview"].records}
+    preview = {
+        (r.data["key"], r.data["field"], r.data["before"], r.data["after"])
+        for r in runner.metadata(result)["preview"].records
+    }
     assert preview == {
         (first["email"], "metadata.plan", first["plan"], "enterprise"),
         (second["email"], "address.city", second["city"], "Oslo"),
@@ -186,7 +191,9 @@ def test_update_only_updates_matches_and_never_creates(sync_runner, stripe_custo
     assert customers[existing.id]["email"] == row["email"]
 
 
-def test_several_stripe_customers_with_one_email_are_never_guessed_between(sync_runner, stripe_customers, warehouse_path):
+def test_several_stripe_customers_with_one_email_are_never_guessed_between(
+    sync_runner, stripe_customers, warehouse_path
+):
     row = model_row(warehouse_path, "usr_000001")
     ids = sorted(
         stripe_customers._customers.create(params={"email": email}).id for email in (row["email"], row["email"].title())
@@ -203,8 +210,11 @@ def test_external_id_key_matches_on_metadata(sync_runner, stripe_customers, tmp_
     path = write_sync(
         tmp_path,
         "by_external_id",
-        **{"field: email": "field: metadata.external_id", "column: email": "column: external_id",
-           "  metadata.external_id: external_id\n": "  email: email\n"},
+        **{
+            "field: email": "field: metadata.external_id",
+            "column: email": "column: external_id",
+            "  metadata.external_id: external_id\n": "  email: email\n",
+        },
     )
     runner = sync_runner(path)
     counts = runner.counts(runner.run())
@@ -234,7 +244,9 @@ def test_a_customer_deleted_in_stripe_is_created_again(sync_runner, stripe_custo
     assert state_id == recreated["id"]
 
 
-def test_rows_stripe_refuses_are_recorded_and_retried_next_run(sync_runner, stripe_customers, warehouse_path, local_stripe_server):
+def test_rows_stripe_refuses_are_recorded_and_retried_next_run(
+    sync_runner, stripe_customers, warehouse_path, local_stripe_server
+):
     runner = sync_runner()
     runner.run()
     row = model_row(warehouse_path, "usr_000004")
@@ -247,7 +259,9 @@ def test_rows_stripe_refuses_are_recorded_and_retried_next_run(sync_runner, stri
     assert (counts["updated"], counts["failed"]) == (0, 1)
     [failed] = update_only.metadata(result)["failed_rows"].records
     assert "was deleted in Stripe" in failed.data["reason"]
-    status = query(warehouse_path, f"select status, error from census_stripe.sync_state where customer_key = '{row['email']}'")
+    status = query(
+        warehouse_path, f"select status, error from census_stripe.sync_state where customer_key = '{row['email']}'"
+    )
     assert status[0][0] == "failed"
     # Failed rows are not marked as synced, so the next run tries them again.
     assert update_only.counts(update_only.run())["failed"] == 1

@@ -12,13 +12,9 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
-from census_stripe.settings import DBT_PROJECT_DIR, duckdb_path
+from census_stripe.defs.dbt_project import dbt_project
+from census_stripe.settings import duckdb_path
 from census_stripe.warehouse.base import Relation
-
-dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)
-# Under `dagster dev` this parses the project; elsewhere the manifest must have been prepared
-# (`dagster-dbt project prepare-and-package`, which `make` runs) — never at import in production.
-dbt_project.prepare_if_dev()
 
 WAREHOUSE_GROUP = "warehouse"
 

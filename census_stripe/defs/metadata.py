@@ -70,7 +70,11 @@ def _summary(report: SyncReport, counts: dict[str, int]) -> str:
         f"{head} create **{counts['planned_creates']}** and update **{counts['planned_updates']}** Stripe "
         f"customers, and leave **{counts['unchanged']}** unchanged, of {counts['rows_read']} model rows. "
         f"**{counts['rejected']}** rows are rejected"
-        + (f" and **{counts['skipped_not_found']}** skipped (not in Stripe)" if report.spec.behavior == "update_only" else "")
+        + (
+            f" and **{counts['skipped_not_found']}** skipped (not in Stripe)"
+            if report.spec.behavior == "update_only"
+            else ""
+        )
         + f". Stripe API calls: {counts['stripe_api_calls']}.{tail}"
     )
 

@@ -4,7 +4,6 @@ Materializing it runs the sync and records the plan and its outcome as metadata.
 writes nothing.
 """
 
-
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +40,9 @@ def load_sync(path: Path) -> Sync:
     spec = load_sync_spec(path)
     model = find_model(spec.model)
     if model is None:
-        raise SyncConfigError(path, [("model", f"no dbt model named {spec.model!r} (models: {', '.join(model_names())})")])
+        raise SyncConfigError(
+            path, [("model", f"no dbt model named {spec.model!r} (models: {', '.join(model_names())})")]
+        )
     check_model_columns(spec, model.columns, path)
     return Sync(spec, path, model)
 
@@ -67,7 +68,9 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
         },
         output_required=False,
     )
-    def _sync(context: dg.AssetExecutionContext, config: SyncRunConfig, stripe: StripeResource, warehouse: WarehouseResource):
+    def _sync(
+        context: dg.AssetExecutionContext, config: SyncRunConfig, stripe: StripeResource, warehouse: WarehouseResource
+    ):
         options = RunOptions(dry_run=config.dry_run, full_resync=config.full_resync)
         with warehouse.open() as session:
             report = run_sync(

@@ -102,4 +102,3 @@ def rejection_reason(spec: SyncSpec, candidate: Candidate) -> str | None:
         if problem := value_problem(lookup_field(field), value):
             problems.append(problem)
     return "; ".join(problems) or None
-

@@ -111,4 +111,6 @@ def changed_rows_query(spec: SyncSpec, model: Relation, state: Relation, dialect
 
 
 def row_count_query(model: Relation, dialect: str) -> str:
-    return exp.select(exp.alias_(exp.Count(this=exp.Star()), "n", quoted=True)).from_(model.table()).sql(dialect=dialect)
+    return (
+        exp.select(exp.alias_(exp.Count(this=exp.Star()), "n", quoted=True)).from_(model.table()).sql(dialect=dialect)
+    )

@@ -88,7 +88,9 @@ class SyncStateStore:
         self.rejections = Relation(schema, "sync_rejections")
 
     def ensure_tables(self) -> None:
-        schema = exp.Create(this=exp.Table(db=exp.to_identifier(self.state.schema, quoted=True)), kind="SCHEMA", exists=True)
+        schema = exp.Create(
+            this=exp.Table(db=exp.to_identifier(self.state.schema, quoted=True)), kind="SCHEMA", exists=True
+        )
         dialect = self.warehouse.dialect
         self.warehouse.execute(
             schema.sql(dialect),
