@@ -17,7 +17,9 @@ $(INSTALLED): pyproject.toml
 	touch $@
 
 # Dagster reads dbt's manifest; prepare it here so that nothing parses dbt at import time.
+# dbt only knows a seed whose CSV exists, so the demo data is generated first.
 $(MANIFEST): $(INSTALLED) $(shell find dbt_project -name '*.sql' -o -name '*.yml' | grep -v target/)
+	$(BIN)/python -m census_stripe.demo.seed_data
 	$(BIN)/dagster-dbt project prepare-and-package --file census_stripe/defs/dbt_project.py
 
 demo: $(MANIFEST)  ## seed, build the dbt models, sync them to a local Stripe server, print a summary
