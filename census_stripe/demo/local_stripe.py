@@ -31,6 +31,23 @@ def stop_process_group(process: subprocess.Popen, first_signal: int, grace_secon
         process.wait()
 
 
+def start_server(command: list[str], port: int, log_path: Path | None = None, timeout: float = 30) -> subprocess.Popen:
+    """Start a server in its own process group and return once it accepts connections on `port`."""
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{command[:3]} exited with code {process.returncode} (port {port})")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return process
+        except OSError:
+            time.sleep(0.05)
+    stop_process_group(process, signal.SIGKILL)
+    raise TimeoutError(f"{command[:3]} did not listen on port {port} within {timeout:.0f}s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
