@@ -22,6 +22,8 @@ from census_stripe.fields import (
 )
 
 Behavior = Literal["update_or_create", "update_only"]
+DuplicatesPolicy = Literal["reject", "oldest", "newest"]
+LookupStrategy = Literal["auto", "list_all", "per_key"]
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -56,6 +58,14 @@ class SyncSpec(_Strict):
     constants: dict[str, str | int | float | bool] = pydantic.Field(
         default_factory=dict, description="Stripe field <- the same value on every customer."
     )
+    duplicates_in_stripe: DuplicatesPolicy = pydantic.Field(
+        default="reject",
+        description="When several Stripe customers have a row's key: reject the row, or use the oldest or "
+        "newest of them.",
+    )
+    lookup: LookupStrategy = pydantic.Field(
+        default="auto", description="How keys new to the sync are found in Stripe; see plan/lookup.py."
+    )
 
     @property
     def columns_by_field(self) -> dict[str, str]:
@@ -84,6 +94,8 @@ def _semantic_problems(spec: SyncSpec) -> list[tuple[str, str]]:
     key = spec.key.field
     if key != "email" and not key.startswith(METADATA_PREFIX):
         problems.append(("key.field", f"the mapping key is `email` or `metadata.<name>`, got {key!r}"))
+    if spec.lookup == "per_key" and key != "email":
+        problems.append(("lookup", "per_key lookups need an email key; Stripe cannot list by metadata"))
     fields: dict[str, StripeField] = {}
     for section, names in (("key.field", [key]), ("mapping", spec.mapping), ("constants", spec.constants)):
         for name in names:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -96,6 +96,17 @@ def to_params(values: FieldValues, unset_missing: bool) -> dict:
 class StripeCustomer:
     id: str
     values: dict[str, str | None]
+    created: int = 0  # unix seconds, to tell duplicates apart
+
+
+def _customer(customer: dict) -> StripeCustomer:
+    return StripeCustomer(customer["id"], flatten_customer(customer), customer.get("created") or 0)
+
+
+@dataclass(frozen=True)
+class Page:
+    customers: list[StripeCustomer]
+    has_more: bool
 
 
 class CallCounter:
@@ -146,21 +157,24 @@ class StripeCustomers:
         except (stripe.AuthenticationError, stripe.PermissionError) as error:
             raise StripeAccessError(self.describe(error)) from None
 
-    def iter_all(self) -> Iterator[StripeCustomer]:
-        """Every customer, 100 per call; strongly consistent, unlike Search."""
-        starting_after = None
+    def iter_pages(self, email: str | None = None) -> Iterator[Page]:
+        """Customers 100 per call, optionally those with exactly this email; strongly consistent,
+        unlike Search, which lags writes."""
+        params: dict = {"limit": PAGE_SIZE} | ({"email": email} if email is not None else {})
         while True:
-            params: dict = {"limit": PAGE_SIZE}
-            if starting_after:
-                params["starting_after"] = starting_after
             with self._refused_key_stops_the_run():
                 page = self._customers.list(params=params)
             self.calls.add("list")
-            for customer in page.data:
-                yield StripeCustomer(customer.id, flatten_customer(customer.to_dict()))
-            if not page.has_more or not page.data:
+            more = bool(page.has_more and page.data)
+            customers = [_customer(c.to_dict()) for c in page.data]
+            yield Page(customers, more)
+            if not more:
                 return
-            starting_after = page.data[-1].id
+            params = params | {"starting_after": page.data[-1].id}
+
+    def iter_all(self) -> Iterator[StripeCustomer]:
+        for page in self.iter_pages():
+            yield from page.customers
 
     def create(self, values: FieldValues, idempotency_key: str) -> str:
         self.calls.add("create")
@@ -176,13 +190,3 @@ class StripeCustomers:
             self._customers.update(
                 customer_id, params=to_params(values, unset_missing=True), options={"idempotency_key": idempotency_key}
             )
-
-
-def index_by_key(customers: Iterable[StripeCustomer], key_field: str, normalize) -> dict[str, list[StripeCustomer]]:
-    """Customers grouped by their normalized key value; a list, because Stripe keys are not unique."""
-    index: dict[str, list[StripeCustomer]] = defaultdict(list)
-    for customer in customers:
-        value = customer.values.get(key_field)
-        if value is not None:
-            index[normalize(value)].append(customer)
-    return index

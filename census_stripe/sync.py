@@ -1,6 +1,6 @@
 """One run of one sync, end to end and without Dagster: warehouse -> plan -> apply -> state.
 
-    report = run_sync(spec, model, warehouse, StripeCustomers(api_key), run_id="...")
+    report = run_sync(spec, model, SyncStateStore(warehouse), StripeCustomers(api_key), run_id="...")
 
 The Dagster asset (census_stripe/defs/) only gathers these arguments and turns the report into
 metadata; tests and benchmarks call this directly.
@@ -9,17 +9,18 @@ metadata; tests and benchmarks call this directly.
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain
 
 from census_stripe.apply.writer import Outcome, StripeWriter
 from census_stripe.plan import sql
+from census_stripe.plan.lookup import CustomerLookup
 from census_stripe.plan.planner import Action, Plan, PlannedRow, build_plan
-from census_stripe.plan.rows import candidates_from_chunk, normalize_key
+from census_stripe.plan.rows import candidates_from_chunk
 from census_stripe.spec import SyncSpec
-from census_stripe.stripe_api import StripeCustomer, StripeCustomers
-from census_stripe.warehouse.base import Relation, Warehouse
+from census_stripe.stripe_api import StripeCustomers
+from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.state import Rejection, StateRecord, SyncStateStore, utc_now
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class SyncReport:
             "failed": done["failed"],
             "stripe_api_calls": sum(self.stripe_calls.values()),
             "stripe_lookup_calls": self.stripe_calls.get("list", 0),
+            "stripe_duplicate_keys": sum(1 for row in self.plan.rows if row.stripe_duplicates),
         }
 
 
@@ -97,21 +99,6 @@ def _rejection(row: PlannedRow, kind: str, reason: str) -> Rejection:
     return Rejection(row.candidate.key, row.candidate.key_value, kind, reason, row.candidate.values)
 
 
-def _lookup_all(customers: StripeCustomers, key_field: str):
-    """Find keys by listing every customer once: one call per 100 customers, exact and consistent."""
-
-    def lookup(keys: list[str]) -> dict[str, list[StripeCustomer]]:
-        wanted = set(keys)
-        found: dict[str, list[StripeCustomer]] = defaultdict(list)
-        for customer in customers.iter_all():
-            value = customer.values.get(key_field)
-            if value is not None and (key := normalize_key(key_field, value)) in wanted:
-                found[key].append(customer)
-        return found
-
-    return lookup
-
-
 def plan_sync(
     spec: SyncSpec, model: Relation, store: SyncStateStore, customers: StripeCustomers, options: RunOptions
 ) -> Plan:
@@ -122,20 +109,23 @@ def plan_sync(
     candidates = chain.from_iterable(
         candidates_from_chunk(spec, chunk) for chunk in warehouse.query_chunks(query, CHUNK_ROWS)
     )
-    live = {customer.id: customer for customer in customers.iter_all()} if options.full_resync else None
-    return build_plan(spec, candidates, rows_read, _lookup_all(customers, spec.key.field), live)
+    listed = list(customers.iter_all()) if options.full_resync else None
+    lookup = CustomerLookup(customers, spec.key.field, spec.lookup, listed)
+    live = {customer.id: customer for customer in listed} if listed is not None else None
+    plan = build_plan(spec, candidates, rows_read, lookup, live)
+    plan.lookup = lookup.used
+    return plan
 
 
 def run_sync(
     spec: SyncSpec,
     model: Relation,
-    warehouse: Warehouse,
+    store: SyncStateStore,
     customers: StripeCustomers,
     run_id: str,
     options: RunOptions = RunOptions(),
     log: logging.Logger = log,
 ) -> SyncReport:
-    store = SyncStateStore(warehouse)
     plan = plan_sync(spec, model, store, customers, options)
     report = SyncReport(spec, options, plan)
     counts = plan.counts()

@@ -2,6 +2,7 @@
 local Stripe server, checked by reading Stripe back through the API."""
 
 import json
+import time
 from pathlib import Path
 
 import duckdb
@@ -64,6 +65,7 @@ def test_first_run_creates_every_valid_customer_with_its_mapped_fields(sync_runn
         "failed": 0,
         "stripe_api_calls": 295,  # one listing of the (empty) account, then one create per customer
         "stripe_lookup_calls": 1,
+        "stripe_duplicate_keys": 0,
     }
     in_stripe = stripe_by_email(stripe_customers)
     assert set(in_stripe) == {u["email"].strip() for u in VALID_USERS}
@@ -288,3 +290,82 @@ def test_run_config_is_documented_for_the_launchpad(sync_runner, config_key):
     schema = sync_runner().asset.op.config_schema.as_field().config_type
     assert config_key in json.dumps(sorted(schema.fields))
     assert schema.fields[config_key].description
+
+
+def test_full_resync_repairs_a_customer_edited_by_hand_in_stripe(sync_runner, stripe_customers, warehouse_path):
+    runner = sync_runner()
+    runner.run()
+    row = model_row(warehouse_path, "usr_000001")
+    customer_id = stripe_by_email(stripe_customers)[row["email"]]["id"]
+    stripe_customers._customers.update(customer_id, params={"name": "Edited In Dashboard"})
+
+    # The state still matches the model, so a normal run does not notice the edit...
+    assert runner.counts(runner.run())["updated"] == 0
+    # ...a full resync compares with what Stripe holds and repairs it.
+    result = runner.run(full_resync=True)
+    counts = runner.counts(result)
+    assert (counts["planned_updates"], counts["updated"], counts["created"]) == (1, 1, 0)
+    assert counts["stripe_lookup_calls"] == 3  # 294 customers listed once, 100 per call
+    [change] = runner.metadata(result)["preview"].records
+    assert (change.data["field"], change.data["before"], change.data["after"]) == (
+        "name",
+        "Edited In Dashboard",
+        row["full_name"],
+    )
+    assert stripe_by_email(stripe_customers)[row["email"]]["name"] == row["full_name"]
+
+
+def test_full_resync_under_update_only_reports_a_customer_deleted_in_stripe(
+    sync_runner, stripe_customers, warehouse_path
+):
+    sync_runner().run()
+    row = model_row(warehouse_path, "usr_000002")
+    deleted = stripe_by_email(stripe_customers)[row["email"]]["id"]
+    stripe_customers._customers.delete(deleted)
+    update_only = sync_runner(write_sync(warehouse_path.parent, "customers", update_or_create="update_only"))
+
+    result = update_only.run(full_resync=True)
+    counts = update_only.counts(result)
+    assert (counts["skipped_not_found"], counts["created"], counts["updated"]) == (1, 0, 0)
+    [skipped] = update_only.metadata(result)["skipped_rows"].records
+    assert skipped.data["reason"] == f"customer {deleted} was deleted in Stripe (Update Only never creates)"
+
+
+@pytest.mark.parametrize("policy", ["oldest", "newest"])
+def test_duplicates_in_stripe_policy_picks_one_and_reports_them(
+    sync_runner, stripe_customers, warehouse_path, tmp_path, policy
+):
+    row = model_row(warehouse_path, "usr_000001")
+    older = stripe_customers._customers.create(params={"email": row["email"]})
+    time.sleep(1.1)  # Stripe's `created` counts seconds
+    newer = stripe_customers._customers.create(params={"email": row["email"].upper()})
+    path = write_sync(tmp_path, policy, **{"object: customer": f"object: customer\nduplicates_in_stripe: {policy}"})
+    runner = sync_runner(path)
+
+    result = runner.run()
+    counts = runner.counts(result)
+    assert (counts["stripe_duplicate_keys"], counts["rejected"], counts["created"]) == (1, 6, 293)
+    chosen = older.id if policy == "oldest" else newer.id
+    [duplicate] = runner.metadata(result)["stripe_duplicates"].records
+    assert duplicate.data == {
+        "key": row["email"],
+        "stripe_customer_ids": ", ".join(sorted([older.id, newer.id])),
+        "decision": f"used {chosen}",
+    }
+    customers = {c.id: c.values for c in stripe_customers.iter_all()}
+    assert customers[chosen]["name"] == row["full_name"]
+    assert customers[older.id if chosen == newer.id else newer.id]["name"] is None
+
+
+def test_rejected_rows_accumulate_per_run(sync_runner, warehouse_path):
+    runner = sync_runner()
+    runs = [runner.run().run_id for _ in range(2)]
+    per_run = query(
+        warehouse_path, "select run_id, count(*) from census_stripe.sync_rejections group by run_id order by 2"
+    )
+    assert sorted(per_run) == sorted((run_id, 6) for run_id in runs)
+    reasons = query(
+        warehouse_path,
+        "select distinct reason from census_stripe.sync_rejections where key_value = 'not-an-email'",
+    )
+    assert reasons == [("invalid email: 'not-an-email'",)]

@@ -29,6 +29,14 @@ _PROBLEM_SCHEMA = dg.TableSchema(
     ]
 )
 
+_DUPLICATES_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("key", "string"),
+        dg.TableColumn("stripe_customer_ids", "string", description="Every Stripe customer with this key"),
+        dg.TableColumn("decision", "string", description="By the sync's duplicates_in_stripe policy"),
+    ]
+)
+
 
 def _preview(report: SyncReport) -> dg.MetadataValue:
     records = []
@@ -99,6 +107,23 @@ def report_metadata(report: SyncReport, customer_url: Callable[[str], str]) -> d
             or "No customer was written in this run."
         ),
     }
+    if report.plan.lookup:
+        metadata["stripe_lookup"] = dg.MetadataValue.text(report.plan.lookup)
+    duplicates = [row for row in report.plan.rows if row.stripe_duplicates]
+    if duplicates:
+        metadata["stripe_duplicates"] = dg.MetadataValue.table(
+            [
+                dg.TableRecord(
+                    {
+                        "key": row.candidate.key,
+                        "stripe_customer_ids": ", ".join(row.stripe_duplicates),
+                        "decision": f"used {row.stripe_id}" if row.stripe_id else "rejected",
+                    }
+                )
+                for row in duplicates[:PREVIEW_ROWS]
+            ],
+            schema=_DUPLICATES_SCHEMA,
+        )
     if report.spec.behavior == "update_only":
         metadata["skipped_rows"] = _problems(
             [(r.candidate.key_value, None, r.reason) for r in report.plan.of(Action.SKIP_NOT_FOUND)]

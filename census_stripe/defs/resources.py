@@ -14,6 +14,7 @@ from pydantic import Field
 from census_stripe.stripe_api import StripeCustomers, dashboard_url
 from census_stripe.warehouse.base import Warehouse
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
+from census_stripe.warehouse.state import DEFAULT_SCHEMA
 
 
 class StripeResource(dg.ConfigurableResource):
@@ -36,6 +37,9 @@ class WarehouseResource(dg.ConfigurableResource):
     """Where the models live and the sync keeps its state; one subclass per kind of warehouse."""
 
     kind: ClassVar[str]  # shown on assets in the UI
+    state_schema: str = Field(
+        default=DEFAULT_SCHEMA, description="Schema of the sync's state and rejection tables (created on first use)."
+    )
 
     @contextmanager
     def open(self) -> Iterator[Warehouse]:

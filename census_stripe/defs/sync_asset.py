@@ -15,6 +15,7 @@ from census_stripe.defs.metadata import report_metadata
 from census_stripe.defs.resources import StripeResource, WarehouseResource
 from census_stripe.spec import SyncConfigError, SyncSpec, check_model_columns, load_sync_spec
 from census_stripe.sync import RunOptions, run_sync
+from census_stripe.warehouse.state import SyncStateStore
 
 SYNC_GROUP = "stripe"
 
@@ -73,9 +74,8 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
     ):
         options = RunOptions(dry_run=config.dry_run, full_resync=config.full_resync)
         with warehouse.open() as session:
-            report = run_sync(
-                spec, model.relation, session, stripe.customers(), context.run.run_id, options, log=context.log
-            )
+            store = SyncStateStore(session, warehouse.state_schema)
+            report = run_sync(spec, model.relation, store, stripe.customers(), context.run.run_id, options, context.log)
         metadata = report_metadata(report, stripe.customer_url)
         if options.dry_run:
             context.log_event(dg.AssetObservation(asset_key=context.asset_key, metadata=metadata))

@@ -39,6 +39,7 @@ class PlannedRow:
     stripe_id: str | None = None
     changes: tuple[FieldChange, ...] = ()
     reason: str | None = None
+    stripe_duplicates: tuple[str, ...] = ()  # every customer id that had this key, when several did
 
     def values_to_send(self) -> dict[str, str | None]:
         """A create sends every value; an update the changed ones, plus the rest of any object
@@ -59,6 +60,7 @@ class PlannedRow:
 class Plan:
     rows_read: int
     rows: list[PlannedRow] = field(default_factory=list)
+    lookup: str | None = None  # how keys new to the sync were found in Stripe, if any were
 
     def counts(self) -> dict[Action, int]:
         counted = Counter(row.action for row in self.rows)
@@ -84,13 +86,26 @@ def diff(current: Mapping[str, str | None], desired: Mapping[str, str | None]) -
     return tuple(changes)
 
 
-def _compare(candidate: Candidate, customer_id: str, current: Mapping[str, str | None]) -> PlannedRow:
-    changes = diff(current, candidate.values)
+def _compare(candidate: Candidate, customer: StripeCustomer, duplicates: tuple[str, ...] = ()) -> PlannedRow:
+    changes = diff(customer.values, candidate.values)
     action = Action.UPDATE if changes else Action.UNCHANGED
-    return PlannedRow(action, candidate, stripe_id=customer_id, changes=changes)
+    return PlannedRow(action, candidate, stripe_id=customer.id, changes=changes, stripe_duplicates=duplicates)
 
 
-Lookup = Callable[[list[str]], Mapping[str, list[StripeCustomer]]]
+def _matched(spec: SyncSpec, candidate: Candidate, matches: list[StripeCustomer]) -> PlannedRow:
+    """The row against the Stripe customers that have its key, by the sync's duplicates policy."""
+    if len(matches) == 1:
+        return _compare(candidate, matches[0])
+    ids = tuple(sorted(customer.id for customer in matches))
+    if spec.duplicates_in_stripe == "reject":
+        reason = f"several Stripe customers share this {spec.key.field}: {', '.join(ids)}"
+        return PlannedRow(Action.REJECT, candidate, reason=reason, stripe_duplicates=ids)
+    by_age = sorted(matches, key=lambda customer: (customer.created, customer.id))
+    chosen = by_age[0] if spec.duplicates_in_stripe == "oldest" else by_age[-1]
+    return _compare(candidate, chosen, duplicates=ids)
+
+
+Lookup = Callable[[Mapping[str, str]], Mapping[str, list[StripeCustomer]]]
 
 
 def build_plan(
@@ -114,26 +129,26 @@ def build_plan(
         if reason:
             plan.rows.append(PlannedRow(Action.REJECT, candidate, stripe_id=known_id, reason=reason))
         elif known_id and live_customers is None:
-            plan.rows.append(_compare(candidate, known_id, candidate.prior.synced_values or {}))
+            plan.rows.append(_compare(candidate, StripeCustomer(known_id, candidate.prior.synced_values or {})))
         elif known_id and known_id in live_customers:
-            plan.rows.append(_compare(candidate, known_id, live_customers[known_id].values))
+            plan.rows.append(_compare(candidate, live_customers[known_id]))
         else:
             # Never matched, or deleted in Stripe since: find it by key like a new row.
             unmatched.append(candidate)
     if not unmatched:
         return plan
-    found = lookup([candidate.key for candidate in unmatched])
+    found = lookup({candidate.key: candidate.values[spec.key.field] for candidate in unmatched})
     for candidate in unmatched:
-        matches = found.get(candidate.key, [])
-        if len(matches) > 1:
-            ids = ", ".join(sorted(customer.id for customer in matches))
-            reason = f"several Stripe customers share this {spec.key.field}: {ids}"
-            plan.rows.append(PlannedRow(Action.REJECT, candidate, reason=reason))
-        elif matches:
-            plan.rows.append(_compare(candidate, matches[0].id, matches[0].values))
+        if matches := found.get(candidate.key):
+            plan.rows.append(_matched(spec, candidate, matches))
         elif spec.behavior == "update_or_create":
             plan.rows.append(PlannedRow(Action.CREATE, candidate, changes=diff({}, candidate.values)))
         else:
-            reason = f"no Stripe customer has this {spec.key.field} (Update Only never creates)"
-            plan.rows.append(PlannedRow(Action.SKIP_NOT_FOUND, candidate, reason=reason))
+            plan.rows.append(PlannedRow(Action.SKIP_NOT_FOUND, candidate, reason=_not_found_reason(spec, candidate)))
     return plan
+
+
+def _not_found_reason(spec: SyncSpec, candidate: Candidate) -> str:
+    if candidate.prior and candidate.prior.stripe_id:
+        return f"customer {candidate.prior.stripe_id} was deleted in Stripe (Update Only never creates)"
+    return f"no Stripe customer has this {spec.key.field} (Update Only never creates)"

@@ -53,3 +53,13 @@ class Warehouse(ABC):
     @abstractmethod
     def append_rows(self, table: Relation, rows: pd.DataFrame) -> None:
         """Insert `rows` into `table`."""
+
+    def table_columns(self, table: Relation) -> list[str]:
+        """The columns `table` has now, from the SQL-standard information schema."""
+        columns = exp.table_("columns", db="information_schema")
+        condition = exp.and_(
+            exp.column("table_schema").eq(exp.Literal.string(table.schema)),
+            exp.column("table_name").eq(exp.Literal.string(table.name)),
+        )
+        query = exp.select("column_name").from_(columns).where(condition)
+        return list(self.query(query.sql(self.dialect)).iloc[:, 0])

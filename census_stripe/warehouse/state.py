@@ -79,6 +79,11 @@ def _create_table(table: Relation, columns: dict[str, str]) -> exp.Create:
     return exp.Create(this=exp.Schema(this=table.table(), expressions=definitions), kind="TABLE", exists=True)
 
 
+def _add_column(table: Relation, name: str, kind: str) -> exp.Alter:
+    column = exp.ColumnDef(this=exp.to_identifier(name, quoted=True), kind=exp.DataType.build(kind))
+    return exp.Alter(this=table.table(), kind="TABLE", actions=[column])
+
+
 class SyncStateStore:
     """Reads and writes the state tables of one schema."""
 
@@ -88,15 +93,18 @@ class SyncStateStore:
         self.rejections = Relation(schema, "sync_rejections")
 
     def ensure_tables(self) -> None:
+        """Create the schema and tables, and add any column a newer version brought. Safe to rerun."""
         schema = exp.Create(
             this=exp.Table(db=exp.to_identifier(self.state.schema, quoted=True)), kind="SCHEMA", exists=True
         )
         dialect = self.warehouse.dialect
-        self.warehouse.execute(
-            schema.sql(dialect),
-            _create_table(self.state, _STATE_COLUMNS).sql(dialect),
-            _create_table(self.rejections, _REJECTION_COLUMNS).sql(dialect),
-        )
+        tables = ((self.state, _STATE_COLUMNS), (self.rejections, _REJECTION_COLUMNS))
+        self.warehouse.execute(schema.sql(dialect), *(_create_table(t, columns).sql(dialect) for t, columns in tables))
+        for table, columns in tables:
+            existing = {name.lower() for name in self.warehouse.table_columns(table)}
+            missing = [name for name in columns if name not in existing]
+            if missing:
+                self.warehouse.execute(*(_add_column(table, name, columns[name]).sql(dialect) for name in missing))
 
     def save(self, sync_name: str, run_id: str, records: Iterable[StateRecord]) -> None:
         now = utc_now()

@@ -1,0 +1,80 @@
+"""Finding the Stripe customers of keys the state table does not know yet, at the lowest cost.
+
+Two strongly consistent ways exist (Search is not one: it lags writes by up to an hour):
+
+- listing: every customer of the account, 100 per call, indexed by key. It finds every spelling
+  of an email and works for any key, but costs one call per 100 customers in the account.
+- per key (email keys only): `list(email=...)`, one call per spelling. Stripe's email filter is
+  exact and case-sensitive, so the model's spelling and its lower-case form are both asked for; a
+  customer stored in a third spelling (`Ada@Example.com` for `ada@EXAMPLE.com`) is not found.
+
+How many customers the account has is unknown until listed, so `auto` rents before it buys: it
+lists pages while that has cost less than asking per key would, and switches to asking per key if
+the listing is not done by then. That never costs more than twice the cheaper way.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+from census_stripe.plan.rows import normalize_key
+from census_stripe.spec import LookupStrategy
+from census_stripe.stripe_api import Page, StripeCustomer, StripeCustomers
+
+Found = dict[str, list[StripeCustomer]]
+
+
+class CustomerLookup:
+    def __init__(
+        self,
+        customers: StripeCustomers,
+        key_field: str,
+        strategy: LookupStrategy = "auto",
+        listed: list[StripeCustomer] | None = None,
+    ):
+        self.customers = customers
+        self.key_field = key_field
+        self.strategy = strategy
+        self.listed = listed  # the whole account, when the run listed it already (full resync)
+        self.used: str | None = None  # the way the last call took, for the run's metadata
+
+    def __call__(self, wanted: Mapping[str, str]) -> Found:
+        """Customers for each key; `wanted` maps a normalized key to the key as the model writes it."""
+        if self.listed is not None:
+            self.used = "already_listed"
+            return self._index([Page(self.listed, has_more=False)], wanted, page_budget=None)
+        if self.key_field != "email" or self.strategy == "list_all":
+            return self._by_listing(wanted, page_budget=None)
+        spellings = {key: sorted({written, key}) for key, written in wanted.items()}
+        if self.strategy == "auto":
+            found = self._by_listing(wanted, page_budget=sum(map(len, spellings.values())))
+            if found is not None:
+                return found
+        return self._per_key(spellings)
+
+    def _by_listing(self, wanted: Mapping[str, str], page_budget: int | None) -> Found | None:
+        self.used = "list_all"
+        return self._index(self.customers.iter_pages(), wanted, page_budget)
+
+    def _index(self, pages: Iterable[Page], wanted: Mapping[str, str], page_budget: int | None) -> Found | None:
+        """Every match, or None once `page_budget` pages did not finish the listing."""
+        found: Found = defaultdict(list)
+        for count, page in enumerate(pages, start=1):
+            for customer in page.customers:
+                value = customer.values.get(self.key_field)
+                if value is not None and (key := normalize_key(self.key_field, value)) in wanted:
+                    found[key].append(customer)
+            if page.has_more and page_budget is not None and count >= page_budget:
+                return None
+        return found
+
+    def _per_key(self, spellings: Mapping[str, list[str]]) -> Found:
+        self.used = "per_key"
+        found: Found = {}
+        for key, variants in spellings.items():
+            matches = {
+                c.id: c for email in variants for page in self.customers.iter_pages(email) for c in page.customers
+            }
+            found[key] = list(matches.values())
+        return found
