@@ -76,37 +76,65 @@ def changed_rows_query(spec: SyncSpec, model: Relation, state: Relation, dialect
     A row needs a look when its hash differs from the one Stripe last accepted, when it has no key,
     or when its key repeats in the model (so every copy can be rejected). `everything` selects all
     rows, for a full resync.
+
+    Memory stays small however large the model: repeated keys are counted from the key column
+    alone, the model is compared with narrow (key, hash) state rows, and the wide state columns
+    (last synced values) are joined only to the rows that changed.
     """
-    key, row_hash, key_rows = (exp.column(name, "model", quoted=True) for name in (KEY, ROW_HASH, KEY_ROWS))
-    state_column = lambda name: exp.column(name, "state", quoted=True)  # noqa: E731
-    counted = exp.select(
-        exp.Star(),
-        exp.alias_(
-            exp.Window(this=exp.Count(this=exp.Star()), partition_by=[exp.column(KEY, quoted=True)]),
-            KEY_ROWS,
-            quoted=True,
-        ),
-    ).from_(_model_select(spec, model).subquery("model_rows", copy=False))
-    join_on = exp.and_(
-        exp.EQ(this=state_column("sync_name"), expression=exp.Literal.string(spec.name)),
-        exp.EQ(this=state_column("customer_key"), expression=key),
-    )
-    needs_look = exp.or_(
-        exp.Is(this=state_column("row_hash"), expression=exp.Null()),
-        exp.NEQ(this=state_column("row_hash"), expression=row_hash),
-        exp.Is(this=key, expression=exp.Null()),
-        exp.GT(this=key_rows, expression=exp.Literal.number(1)),
-    )
-    query = (
+
+    def col(name: str, table: str) -> exp.Column:
+        return exp.column(name, table, quoted=True)
+
+    this_sync = exp.Literal.string(spec.name)
+    repeated_keys = (
         exp.select(
-            exp.Column(this=exp.Star(), table=exp.to_identifier("model", quoted=True)),
-            *(exp.alias_(state_column(name), STATE_PREFIX + name, quoted=True) for name in STATE_COLUMNS),
+            exp.alias_(key_expression(spec), KEY, quoted=True),
+            exp.alias_(exp.Count(this=exp.Star()), KEY_ROWS, quoted=True),
         )
-        .from_(exp.alias_(counted.subquery(), "model", quoted=True))
-        .join(state.table().as_("state", quoted=True), on=join_on, join_type="left")
+        .from_(model.table())
+        .group_by(key_expression(spec))
+        .having(exp.GT(this=exp.Count(this=exp.Star()), expression=exp.Literal.number(1)))
+    )
+    last_hashes = (
+        exp.select(exp.column("customer_key", quoted=True), exp.column("row_hash", quoted=True))
+        .from_(state.table())
+        .where(exp.column("sync_name", quoted=True).eq(this_sync))
+    )
+    changed = (
+        exp.select(
+            exp.Column(this=exp.Star(), table=exp.to_identifier("m", quoted=True)),
+            exp.alias_(
+                exp.Coalesce(this=col(KEY_ROWS, "r"), expressions=[exp.Literal.number(1)]), KEY_ROWS, quoted=True
+            ),
+        )
+        .from_(exp.alias_(_model_select(spec, model).subquery(), "m", quoted=True))
+        .join(
+            exp.alias_(repeated_keys.subquery(), "r", quoted=True), on=col(KEY, "r").eq(col(KEY, "m")), join_type="left"
+        )
+        .join(
+            exp.alias_(last_hashes.subquery(), "h", quoted=True),
+            on=col("customer_key", "h").eq(col(KEY, "m")),
+            join_type="left",
+        )
     )
     if not everything:
-        query = query.where(needs_look)
+        changed = changed.where(
+            exp.or_(
+                exp.Is(this=col("row_hash", "h"), expression=exp.Null()),
+                exp.NEQ(this=col("row_hash", "h"), expression=col(ROW_HASH, "m")),
+                exp.Is(this=col(KEY, "m"), expression=exp.Null()),
+                exp.Not(this=exp.Is(this=col(KEY_ROWS, "r"), expression=exp.Null())),
+            )
+        )
+    join_state = exp.and_(col("sync_name", "s").eq(this_sync), col("customer_key", "s").eq(col(KEY, "c")))
+    query = (
+        exp.select(
+            exp.Column(this=exp.Star(), table=exp.to_identifier("c", quoted=True)),
+            *(exp.alias_(col(name, "s"), STATE_PREFIX + name, quoted=True) for name in STATE_COLUMNS),
+        )
+        .from_(exp.alias_(changed.subquery(), "c", quoted=True))
+        .join(state.table().as_("s", quoted=True), on=join_state, join_type="left")
+    )
     return query.sql(dialect=dialect)
 
 
