@@ -110,7 +110,7 @@ def plan_sync(
         candidates_from_chunk(spec, chunk) for chunk in warehouse.query_chunks(query, CHUNK_ROWS)
     )
     listed = list(customers.iter_all()) if options.full_resync else None
-    lookup = CustomerLookup(customers, spec.key.field, spec.lookup, listed)
+    lookup = CustomerLookup(customers, spec.key.field, spec.lookup, listed, store.known_customers(spec.name))
     live = {customer.id: customer for customer in listed} if listed is not None else None
     plan = build_plan(spec, candidates, rows_read, lookup, live)
     plan.lookup = lookup.used

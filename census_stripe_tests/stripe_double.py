@@ -31,7 +31,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections import Counter
+from bisect import insort
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlparse
@@ -110,6 +111,8 @@ class StripeDouble:
         with self.lock:
             self.customers: dict[str, dict] = {}
             self.order: list[str] = []  # creation order; listing walks it backwards
+            self.position: dict[str, int] = {}  # id -> index in `order`
+            self.by_email: dict[str, list[str]] = defaultdict(list)  # email -> ids, in creation order
             self.idempotent: dict[str, tuple[str, int, dict]] = {}
             self.stats: Counter = Counter()
             self.clock = 1_700_000_000
@@ -135,8 +138,23 @@ class StripeDouble:
         }
         self._apply(customer, params)
         self.customers[customer["id"]] = customer
+        self.position[customer["id"]] = len(self.order)
         self.order.append(customer["id"])
+        self.by_email[customer["email"]].append(customer["id"])
         return customer
+
+    def _update(self, customer: dict, params: dict) -> None:
+        old_email = customer["email"]
+        self._apply(customer, params)
+        if customer["email"] != old_email:
+            self.by_email[old_email].remove(customer["id"])
+            insort(self.by_email[customer["email"]], customer["id"], key=self.position.__getitem__)
+
+    def _delete(self, customer_id: str) -> None:
+        customer = self.customers.pop(customer_id)
+        self.by_email[customer["email"]].remove(customer_id)
+        self.order.remove(customer_id)
+        self.position = {id_: index for index, id_ in enumerate(self.order)}
 
     @staticmethod
     def _apply(customer: dict, params: dict) -> None:
@@ -168,19 +186,18 @@ class StripeDouble:
         limit = int(query.get("limit", 10))
         if not 1 <= limit <= 100:
             raise ApiError(400, "Invalid integer: limit must be between 1 and 100")
-        ids = list(reversed(self.order))
-        if "email" in query:
-            ids = [i for i in ids if self.customers[i]["email"] == query["email"]]
+        ids = self.by_email.get(query["email"], []) if "email" in query else self.order
+        end = len(ids)  # newest first: pages walk the creation order backwards from here
         if "starting_after" in query:
             after = query["starting_after"]
-            if after not in self.customers and after not in ids:
+            if after not in self.customers:
                 raise ApiError(404, f"No such customer: '{after}'", code="resource_missing")
-            ids = ids[ids.index(after) + 1 :] if after in ids else []
-        page = ids[:limit]
+            end = self.position[after] if ids is self.order else ids.index(after)
+        page = ids[max(0, end - limit) : end][::-1]
         return {
             "object": "list",
             "url": "/v1/customers",
-            "has_more": len(ids) > limit,
+            "has_more": end > limit,
             "data": [self.customers[i] for i in page],
         }
 
@@ -247,13 +264,12 @@ class StripeDouble:
                 body = self._new_customer(params)
             elif endpoint == "update":
                 body = self._customer(customer_id)
-                self._apply(body, params)
+                self._update(body, params)
             elif endpoint == "retrieve":
                 body = self._customer(customer_id)
             elif endpoint == "delete":
                 self._customer(customer_id)
-                del self.customers[customer_id]
-                self.order.remove(customer_id)
+                self._delete(customer_id)
                 body = {"id": customer_id, "object": "customer", "deleted": True}
             else:
                 body = self._list(query)

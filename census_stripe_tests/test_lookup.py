@@ -75,3 +75,10 @@ def test_auto_never_costs_more_than_twice_the_cheaper_way(account, new_keys):
     CustomerLookup(account, "email")(keys)
     cheaper = min(10, new_keys)  # 10 pages, or one call per (already lower-case) key
     assert account.calls.counts["list"] <= 2 * cheaper
+
+
+def test_an_account_known_to_be_large_is_asked_per_key_without_listing(account):
+    lookup = CustomerLookup(account, "email", known_customers=5_000)
+    lookup(wanted("user5@example.com", "nobody@example.com"))
+    assert lookup.used == "per_key"
+    assert account.calls.counts["list"] == 2

@@ -8,9 +8,11 @@ Two strongly consistent ways exist (Search is not one: it lags writes by up to a
   exact and case-sensitive, so the model's spelling and its lower-case form are both asked for; a
   customer stored in a third spelling (`Ada@Example.com` for `ada@EXAMPLE.com`) is not found.
 
-How many customers the account has is unknown until listed, so `auto` rents before it buys: it
-lists pages while that has cost less than asking per key would, and switches to asking per key if
-the listing is not done by then. That never costs more than twice the cheaper way.
+`auto` asks per key straight away when the account is known to hold more pages of customers than
+there are calls to make (the state table knows a floor on its size). Otherwise, as on a first
+sync, the size is unknown until listed, so `auto` rents before it buys: it lists pages while that
+has cost less than asking per key would, and switches to asking per key if the listing is not done
+by then. That never costs more than twice the cheaper way.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Iterable, Mapping
 
 from census_stripe.plan.rows import normalize_key
 from census_stripe.spec import LookupStrategy
-from census_stripe.stripe_api import Page, StripeCustomer, StripeCustomers
+from census_stripe.stripe_api import PAGE_SIZE, Page, StripeCustomer, StripeCustomers
 
 Found = dict[str, list[StripeCustomer]]
 
@@ -32,11 +34,13 @@ class CustomerLookup:
         key_field: str,
         strategy: LookupStrategy = "auto",
         listed: list[StripeCustomer] | None = None,
+        known_customers: int = 0,
     ):
         self.customers = customers
         self.key_field = key_field
         self.strategy = strategy
         self.listed = listed  # the whole account, when the run listed it already (full resync)
+        self.known_pages = -(-known_customers // PAGE_SIZE)  # listing costs at least this many calls
         self.used: str | None = None  # the way the last call took, for the run's metadata
 
     def __call__(self, wanted: Mapping[str, str]) -> Found:
@@ -47,8 +51,9 @@ class CustomerLookup:
         if self.key_field != "email" or self.strategy == "list_all":
             return self._by_listing(wanted, page_budget=None)
         spellings = {key: sorted({written, key}) for key, written in wanted.items()}
-        if self.strategy == "auto":
-            found = self._by_listing(wanted, page_budget=sum(map(len, spellings.values())))
+        per_key_calls = sum(map(len, spellings.values()))
+        if self.strategy == "auto" and per_key_calls > self.known_pages:
+            found = self._by_listing(wanted, page_budget=per_key_calls)
             if found is not None:
                 return found
         return self._per_key(spellings)

@@ -146,6 +146,13 @@ class SyncStateStore:
         if rows:
             self.warehouse.append_rows(self.rejections, _frame(rows, _REJECTION_COLUMNS))
 
+    def known_customers(self, sync_name: str) -> int:
+        """How many Stripe customers this sync has an id for: a floor on the account's size."""
+        known = exp.Count(this=exp.column("stripe_customer_id", quoted=True))
+        condition = exp.column("sync_name", quoted=True).eq(exp.Literal.string(sync_name))
+        query = exp.select(known).from_(self.state.table()).where(condition)
+        return int(self.warehouse.query(query.sql(self.warehouse.dialect)).iloc[0, 0])
+
     def forget(self, sync_name: str) -> None:
         """Drop what this sync remembers, for when the Stripe account behind it was reset on purpose."""
         condition = exp.EQ(this=exp.column("sync_name", quoted=True), expression=exp.Literal.string(sync_name))
