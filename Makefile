@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 MANIFEST := dbt_project/target/manifest.json
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo dev test lint clean-data
+.PHONY: install demo dev test bench lint clean-data
 
 install: $(INSTALLED)
 
@@ -30,6 +30,11 @@ dev: $(MANIFEST)  ## the Dagster UI (http://127.0.0.1:3000) on the demo's wareho
 
 test: $(MANIFEST)  ## the test suite: real DuckDB, real dbt, a real local Stripe server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(INSTALLED)  ## the benchmarks of BENCHMARKS.md (several minutes; figures are printed)
+	$(BIN)/python -m benchmarks.noop_rerun
+	$(BIN)/python -m benchmarks.plan_1m
+	$(BIN)/python -m benchmarks.first_sync_lookup
 
 lint: $(INSTALLED)  ## style and static checks
 	$(BIN)/ruff check census_stripe census_stripe_tests
