@@ -66,6 +66,15 @@ class SyncSpec(_Strict):
     lookup: LookupStrategy = pydantic.Field(
         default="auto", description="How keys new to the sync are found in Stripe; see plan/lookup.py."
     )
+    max_failure_rate: float = pydantic.Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="The run fails when more than this share of its Stripe writes fail for good.",
+    )
+    mask_personal_data: bool = pydantic.Field(
+        default=False, description="Mask emails, names, phones and addresses in the run's metadata."
+    )
 
     @property
     def columns_by_field(self) -> dict[str, str]:

@@ -6,22 +6,27 @@ vocabulary; `to_params` and `flatten_customer` translate to and from Stripe's ne
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import stripe
 
+from census_stripe.apply.rate_limit import RateBudget, RateLimits, shared_budget
 from census_stripe.fields import METADATA_PREFIX, WHOLE_OBJECTS, lookup_field
+
+T = TypeVar("T")
 
 FieldValues = Mapping[str, "str | None"]
 PAGE_SIZE = 100
 
 
 def make_client(api_key: str, api_base: str | None = None, max_network_retries: int = 2) -> stripe.StripeClient:
-    """One client per process; the SDK is thread-safe and retries network errors and 5xx itself."""
+    """A client of the official SDK; thread-safe (one HTTP session per thread)."""
     return stripe.StripeClient(
         api_key,
         base_addresses={"api": api_base} if api_base else None,
@@ -110,15 +115,20 @@ class Page:
 
 
 class CallCounter:
-    """Stripe API calls made, by kind; shared across threads."""
+    """Stripe API calls made, by endpoint, and the 429s among them; shared across threads."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.counts: dict[str, int] = defaultdict(int)
+        self.rate_limited = 0
 
-    def add(self, kind: str, n: int = 1) -> None:
+    def add(self, endpoint: str) -> None:
         with self._lock:
-            self.counts[kind] += n
+            self.counts[endpoint] += 1
+
+    def add_rate_limited(self) -> None:
+        with self._lock:
+            self.rate_limited += 1
 
     @property
     def total(self) -> int:
@@ -133,15 +143,32 @@ def redact(text: str, secret: str) -> str:
     return text.replace(secret, "[redacted]") if secret else text
 
 
-class StripeCustomers:
-    """The customer endpoints a sync uses, counting every call it makes.
+# 409: a request with the same idempotency key is still in flight; 5xx: Stripe's side failed.
+RETRYABLE_STATUSES = {409, 429, 500, 502, 503, 504}
+WRITE_CHECK_ID = "cus_census_stripe_write_access_check"
 
-    Errors leave here without the API key in them, even if a server were to echo it.
+
+def backoff_seconds(attempt: int) -> float:
+    """0.5 s doubling to 8 s, with full jitter, so that retrying threads do not march in step."""
+    return min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+class StripeCustomers:
+    """The customer endpoints a sync uses: within the account's rate budget, retried, counted.
+
+    Every request first waits for the account's budget (apply/rate_limit.py). 429s, 5xx and
+    connection errors are retried here with backoff, a write with its own idempotency key, so a
+    retry replays rather than repeats. Errors leave here without the API key in them.
     """
 
-    def __init__(self, api_key: str, api_base: str | None = None, max_network_retries: int = 2):
+    def __init__(
+        self, api_key: str, api_base: str | None = None, budget: RateBudget | None = None, max_attempts: int = 6
+    ):
         self._api_key = api_key
-        self._customers = make_client(api_key, api_base, max_network_retries).v1.customers
+        # Retries are ours, not the SDK's: each one must pass through the rate budget.
+        self._customers = make_client(api_key, api_base, max_network_retries=0).v1.customers
+        self.budget = budget or shared_budget(api_key, api_base, RateLimits())
+        self.max_attempts = max_attempts
         self.calls = CallCounter()
 
     def describe(self, error: stripe.StripeError) -> str:
@@ -150,24 +177,36 @@ class StripeCustomers:
         status = f" (HTTP {error.http_status})" if error.http_status else ""
         return redact(f"{type(error).__name__}{status}: {message}", self._api_key)
 
-    @contextmanager
-    def _refused_key_stops_the_run(self) -> Iterator[None]:
-        try:
-            yield
-        except (stripe.AuthenticationError, stripe.PermissionError) as error:
-            raise StripeAccessError(self.describe(error)) from None
+    def _call(self, endpoint: str, request: Callable[[], T]) -> T:
+        for attempt in range(1, self.max_attempts + 1):
+            self.budget.acquire(endpoint)
+            self.calls.add(endpoint)
+            try:
+                return request()
+            except (stripe.AuthenticationError, stripe.PermissionError) as error:
+                raise StripeAccessError(self.describe(error)) from None
+            except stripe.RateLimitError:
+                self.calls.add_rate_limited()
+                self.budget.rate_limited(endpoint)
+                if attempt == self.max_attempts:
+                    raise
+            except stripe.APIConnectionError:
+                if attempt == self.max_attempts:
+                    raise
+            except stripe.StripeError as error:
+                if error.http_status not in RETRYABLE_STATUSES or attempt == self.max_attempts:
+                    raise
+            time.sleep(backoff_seconds(attempt))
+        raise AssertionError("unreachable")
 
     def iter_pages(self, email: str | None = None) -> Iterator[Page]:
         """Customers 100 per call, optionally those with exactly this email; strongly consistent,
         unlike Search, which lags writes."""
         params: dict = {"limit": PAGE_SIZE} | ({"email": email} if email is not None else {})
         while True:
-            with self._refused_key_stops_the_run():
-                page = self._customers.list(params=params)
-            self.calls.add("list")
+            page = self._call("list", lambda params=params: self._customers.list(params=params))
             more = bool(page.has_more and page.data)
-            customers = [_customer(c.to_dict()) for c in page.data]
-            yield Page(customers, more)
+            yield Page([_customer(c.to_dict()) for c in page.data], more)
             if not more:
                 return
             params = params | {"starting_after": page.data[-1].id}
@@ -177,16 +216,20 @@ class StripeCustomers:
             yield from page.customers
 
     def create(self, values: FieldValues, idempotency_key: str) -> str:
-        self.calls.add("create")
-        with self._refused_key_stops_the_run():
-            customer = self._customers.create(
-                params=to_params(values, unset_missing=False), options={"idempotency_key": idempotency_key}
-            )
-        return customer.id
+        params = to_params(values, unset_missing=False)
+        options = {"idempotency_key": idempotency_key}
+        return self._call("create", lambda: self._customers.create(params=params, options=options)).id
 
     def update(self, customer_id: str, values: FieldValues, idempotency_key: str) -> None:
-        self.calls.add("update")
-        with self._refused_key_stops_the_run():
-            self._customers.update(
-                customer_id, params=to_params(values, unset_missing=True), options={"idempotency_key": idempotency_key}
-            )
+        params = to_params(values, unset_missing=True)
+        options = {"idempotency_key": idempotency_key}
+        self._call("update", lambda: self._customers.update(customer_id, params=params, options=options))
+
+    def check_write_access(self) -> None:
+        """Fail now, before any row, if the key may not write customers (e.g. a read-only
+        restricted key). Updates a customer that cannot exist: 404 means writes are allowed."""
+        try:
+            self._call("update", lambda: self._customers.update(WRITE_CHECK_ID, params={"description": ""}))
+        except stripe.InvalidRequestError as error:
+            if error.http_status != 404:
+                raise

@@ -40,6 +40,12 @@ class SyncReport:
     plan: Plan
     outcomes: list[Outcome] = field(default_factory=list)
     stripe_calls: dict[str, int] = field(default_factory=dict)
+    rate_limited: int = 0  # 429s Stripe answered (each was retried)
+
+    @property
+    def failure_rate(self) -> float:
+        """Failed writes over attempted writes."""
+        return sum(o.status == "failed" for o in self.outcomes) / len(self.outcomes) if self.outcomes else 0.0
 
     def counts(self) -> dict[str, int]:
         """Stable names: the UI plots each over runs."""
@@ -58,6 +64,7 @@ class SyncReport:
             "stripe_api_calls": sum(self.stripe_calls.values()),
             "stripe_lookup_calls": self.stripe_calls.get("list", 0),
             "stripe_duplicate_keys": sum(1 for row in self.plan.rows if row.stripe_duplicates),
+            "stripe_rate_limited": self.rate_limited,
         }
 
 
@@ -125,44 +132,47 @@ def run_sync(
     run_id: str,
     options: RunOptions = RunOptions(),
     log: logging.Logger = log,
+    concurrency: int = 16,
 ) -> SyncReport:
     plan = plan_sync(spec, model, store, customers, options)
+    log.info("plan for %s: %s", spec.name, ", ".join(f"{a.value}={n}" for a, n in plan.counts().items()))
     report = SyncReport(spec, options, plan)
-    counts = plan.counts()
-    log.info(
-        "plan for %s: %s",
-        spec.name,
-        ", ".join(f"{action.value}={count}" for action, count in counts.items()),
-    )
-    if options.dry_run:
-        report.stripe_calls = dict(customers.calls.counts)
-        return report
+    if not options.dry_run:
+        report.outcomes = _apply(spec, plan, store, customers, run_id, log, concurrency)
+    report.stripe_calls = dict(customers.calls.counts)
+    report.rate_limited = customers.calls.rate_limited
+    return report
 
+
+def _apply(
+    spec: SyncSpec,
+    plan: Plan,
+    store: SyncStateStore,
+    customers: StripeCustomers,
+    run_id: str,
+    log: logging.Logger,
+    concurrency: int,
+) -> list[Outcome]:
+    if plan.writes:
+        # A key that may not write customers fails here, before any row is written or recorded.
+        customers.check_write_access()
     decided_without_write = plan.of(Action.UNCHANGED, Action.REJECT, Action.SKIP_NOT_FOUND)
     store.save(spec.name, run_id, filter(None, map(state_without_write, decided_without_write)))
-
-    written = 0
-
-    def on_batch(outcomes: list[Outcome]) -> None:
-        nonlocal written
-        store.save(spec.name, run_id, map(state_after_outcome, outcomes))
-        written += len(outcomes)
-        log.info("%s: %d of %d writes done", spec.name, written, len(plan.writes))
-
     writer = StripeWriter(
         customers,
         spec.name,
         recreate_deleted=spec.behavior == "update_or_create",
-        on_batch=on_batch,
+        on_batch=lambda outcomes: store.save(spec.name, run_id, map(state_after_outcome, outcomes)),
+        concurrency=concurrency,
+        logger=log,
     )
-    report.outcomes = writer.apply(plan.writes)
+    outcomes = writer.apply(plan.writes, total=len(plan.writes))
     store.record_rejections(
         spec.name,
         run_id,
         [
             *(_rejection(row, "rejected", row.reason) for row in plan.of(Action.REJECT)),
-            *(_rejection(o.row, "failed", o.error) for o in report.outcomes if o.status == "failed"),
+            *(_rejection(o.row, "failed", o.error) for o in outcomes if o.status == "failed"),
         ],
     )
-    report.stripe_calls = dict(customers.calls.counts)
-    return report
+    return outcomes

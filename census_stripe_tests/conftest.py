@@ -82,7 +82,14 @@ def stripe_customers(stripe_url) -> StripeCustomers:
 
 def resources(warehouse_path: Path, stripe_url: str, api_key=API_KEY) -> dict:
     return {
-        "stripe": StripeResource(api_key=api_key, api_base=stripe_url),
+        # localstripe has no rate limits; Stripe's test-mode 25/s would only slow the tests down.
+        "stripe": StripeResource(
+            api_key=api_key,
+            api_base=stripe_url,
+            account_requests_per_second=1000,
+            create_requests_per_second=1000,
+            update_requests_per_second=1000,
+        ),
         "warehouse": DuckDBWarehouseResource(duckdb=DuckDBResource(database=str(warehouse_path))),
     }
 

@@ -63,9 +63,11 @@ def test_first_run_creates_every_valid_customer_with_its_mapped_fields(sync_runn
         "created": 294,
         "updated": 0,
         "failed": 0,
-        "stripe_api_calls": 295,  # one listing of the (empty) account, then one create per customer
+        # A write-access check, one listing of the (empty) account, then one create per customer.
+        "stripe_api_calls": 296,
         "stripe_lookup_calls": 1,
         "stripe_duplicate_keys": 0,
+        "stripe_rate_limited": 0,
     }
     in_stripe = stripe_by_email(stripe_customers)
     assert set(in_stripe) == {u["email"].strip() for u in VALID_USERS}
@@ -144,7 +146,7 @@ def test_a_model_change_sends_only_the_changed_fields_of_the_changed_rows(
     result = runner.run()
     counts = runner.counts(result)
     assert (counts["planned_updates"], counts["updated"], counts["created"], counts["unchanged"]) == (2, 2, 0, 292)
-    assert counts["stripe_api_calls"] == 2
+    assert counts["stripe_api_calls"] == 3  # the write-access check, then the two updates
     preview = {
         (r.data["key"], r.data["field"], r.data["before"], r.data["after"])
         for r in runner.metadata(result)["preview"].records
@@ -246,15 +248,14 @@ def test_a_customer_deleted_in_stripe_is_created_again(sync_runner, stripe_custo
     assert state_id == recreated["id"]
 
 
-def test_rows_stripe_refuses_are_recorded_and_retried_next_run(
-    sync_runner, stripe_customers, warehouse_path, local_stripe_server
-):
+def test_rows_stripe_refuses_are_recorded_and_retried_next_run(sync_runner, stripe_customers, warehouse_path):
     runner = sync_runner()
     runner.run()
     row = model_row(warehouse_path, "usr_000004")
     stripe_customers._customers.delete(stripe_by_email(stripe_customers)[row["email"]]["id"])
     execute(warehouse_path, "update main.stripe_customers set plan = 'pro' where external_id = 'usr_000004'")
-    update_only = sync_runner(write_sync(warehouse_path.parent, "customers", update_or_create="update_only"))
+    tolerant = {"update_or_create": "update_only\nmax_failure_rate: 1.0"}
+    update_only = sync_runner(write_sync(warehouse_path.parent, "customers", **tolerant))
 
     result = update_only.run()
     counts = update_only.counts(result)
@@ -268,6 +269,35 @@ def test_rows_stripe_refuses_are_recorded_and_retried_next_run(
     # Failed rows are not marked as synced, so the next run tries them again.
     assert update_only.counts(update_only.run())["failed"] == 1
     assert query(warehouse_path, "select count(*) from census_stripe.sync_rejections where kind = 'failed'") == [(2,)]
+
+
+def test_the_run_fails_visibly_when_too_many_writes_fail(sync_runner, stripe_customers, warehouse_path):
+    runner = sync_runner()
+    runner.run()
+    for external_id in ("usr_000004", "usr_000005"):
+        email = model_row(warehouse_path, external_id)["email"]
+        stripe_customers._customers.delete(stripe_by_email(stripe_customers)[email]["id"])
+    execute(
+        warehouse_path,
+        "update main.stripe_customers set plan = 'pro' where external_id in ('usr_000004', 'usr_000005', 'usr_000006')",
+    )
+    update_only = sync_runner(write_sync(warehouse_path.parent, "customers", update_or_create="update_only"))
+
+    result = update_only.run(raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data
+    assert failure.error.message.startswith(
+        "dagster._core.definitions.events.Failure: 2 of 3 Stripe writes failed (67%, more than max_failure_rate 10%)"
+    )
+    reasons = failure.user_failure_data.metadata["failure_reasons"].value.records
+    assert [(r.data["reason"], r.data["rows"]) for r in reasons] == [("the customer was deleted in Stripe", "2")]
+    # The write that succeeded is recorded all the same.
+    [(status,)] = query(
+        warehouse_path,
+        "select status from census_stripe.sync_state s join main.stripe_customers m "
+        "on s.customer_key = lower(trim(m.email)) where m.external_id = 'usr_000006'",
+    )
+    assert status == "synced"
 
 
 def test_the_summary_recaps_the_run(sync_runner):

@@ -1,14 +1,19 @@
-"""Applying a plan: one Stripe write per changed row, every result accounted for.
+"""Applying a plan: one Stripe write per changed row, many in flight, every result accounted for.
 
-A row that Stripe refuses is recorded with Stripe's message and the run goes on. Results are
-handed over in batches as Stripe accepts them, so the caller can record state then and never before.
+Writes run on a pool of threads around one shared client; the account's rate budget
+(apply/rate_limit.py) paces them, and StripeCustomers retries what can be retried. A row that
+Stripe refuses for good is recorded with Stripe's message and the run goes on. Results are handed
+to the caller in batches, on the caller's thread, as Stripe accepts them, so state is recorded
+then and never before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import stripe
@@ -28,13 +33,35 @@ class Outcome:
 
 
 def idempotency_key(sync_name: str, row: PlannedRow, operation: str) -> str:
-    """The same write of the same row gets the same key, so a retry replays instead of repeating."""
+    """The same write of the same row gets the same key, in this run or the next, so a retry
+    replays instead of repeating (within Stripe's 24 hours)."""
     parts = [sync_name, row.candidate.key or "", row.candidate.row_hash, operation, row.stripe_id or ""]
     return f"census-stripe-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:40]}"
 
 
-def _is_missing(error: stripe.StripeError) -> bool:
-    return error.http_status == 404
+class Progress:
+    """A log line every `every` seconds: done/total, rate, ETA."""
+
+    def __init__(self, name: str, total: int, logger: logging.Logger, every: float = 5.0):
+        self.name, self.total, self.logger, self.every = name, total, logger, every
+        self.started = self.last = time.monotonic()
+
+    def update(self, done: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        eta = (self.total - done) / rate if rate else float("inf")
+        self.logger.info(
+            "%s: %d/%d writes (%.0f%%), %.1f/s, ETA %s",
+            self.name,
+            done,
+            self.total,
+            100 * done / max(self.total, 1),
+            rate,
+            "-" if eta == float("inf") else f"{eta:.0f}s",
+        )
 
 
 class StripeWriter:
@@ -44,22 +71,51 @@ class StripeWriter:
         sync_name: str,
         recreate_deleted: bool,
         on_batch: Callable[[list[Outcome]], None],
+        concurrency: int = 16,
         batch_size: int = 100,
+        logger: logging.Logger = log,
     ):
         self.customers = customers
         self.sync_name = sync_name
         self.recreate_deleted = recreate_deleted
         self.on_batch = on_batch
+        self.concurrency = concurrency
         self.batch_size = batch_size
+        self.logger = logger
 
-    def apply(self, rows: Iterable[PlannedRow]) -> list[Outcome]:
+    def apply(self, rows: Iterable[PlannedRow], total: int) -> list[Outcome]:
         outcomes: list[Outcome] = []
         batch: list[Outcome] = []
-        for row in rows:
-            batch.append(self._write(row))
+        progress = Progress(self.sync_name, total, self.logger)
+        pending: set[Future] = set()
+
+        def collect(done: set[Future]) -> None:
+            for future in done:
+                batch.append(future.result())
             if len(batch) >= self.batch_size:
                 self._flush(batch, outcomes)
-        self._flush(batch, outcomes)
+            progress.update(len(outcomes) + len(batch))
+
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"stripe-{self.sync_name}") as pool:
+            try:
+                for row in rows:
+                    pending.add(pool.submit(self._write, row))
+                    # A bounded window: memory stays flat however long the plan.
+                    if len(pending) >= 2 * self.concurrency:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        collect(done)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    collect(done)
+            finally:
+                # Even when stopping on an error, what Stripe accepted is recorded: writes not
+                # started are dropped, writes in flight are waited for.
+                for future in pending:
+                    future.cancel()
+                finished, _ = wait(pending)
+                batch.extend(f.result() for f in finished if not f.cancelled() and f.exception() is None)
+                self._flush(batch, outcomes)
+        progress.update(len(outcomes), force=True)
         return outcomes
 
     def _flush(self, batch: list[Outcome], outcomes: list[Outcome]) -> None:
@@ -83,11 +139,11 @@ class StripeWriter:
                 )
                 return Outcome(row, "updated", row.stripe_id)
             except stripe.InvalidRequestError as error:
-                if not _is_missing(error):
+                if error.http_status != 404:
                     raise
                 if not self.recreate_deleted:
-                    return Outcome(row, "failed", row.stripe_id, f"customer {row.stripe_id} was deleted in Stripe")
-                log.info("customer %s was deleted in Stripe; creating it again", row.stripe_id)
+                    return Outcome(row, "failed", row.stripe_id, "the customer was deleted in Stripe")
+                self.logger.info("customer %s was deleted in Stripe; creating it again", row.stripe_id)
                 return self._create(row, f"recreate:{row.stripe_id}")
         except stripe.StripeError as error:
             return Outcome(row, "failed", row.stripe_id, self.customers.describe(error))

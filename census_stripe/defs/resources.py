@@ -11,7 +11,8 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from census_stripe.stripe_api import StripeCustomers, dashboard_url
+from census_stripe.apply.rate_limit import RateLimits, shared_budget
+from census_stripe.stripe_api import StripeAccessError, StripeCustomers, dashboard_url, is_live_key
 from census_stripe.warehouse.base import Warehouse
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import DEFAULT_SCHEMA
@@ -24,10 +25,30 @@ class StripeResource(dg.ConfigurableResource):
     api_base: str | None = Field(
         default=None, description="Another API server, e.g. a local emulator; Stripe itself when unset."
     )
-    max_network_retries: int = Field(default=2, description="Retries of network errors and 5xx, by the SDK.")
+    allow_live_mode: bool = Field(
+        default=False, description="Live keys (sk_live_, rk_live_) are refused unless this is true."
+    )
+    account_requests_per_second: float | None = Field(
+        default=None, description="The account's rate limit; Stripe's default for the key's mode (live 100, test 25)."
+    )
+    create_requests_per_second: float = Field(default=25, description="Rate limit of creating customers.")
+    update_requests_per_second: float = Field(default=25, description="Rate limit of updating customers.")
+    headroom: float = Field(
+        default=0.1, ge=0, lt=1, description="Share of every rate limit left for the account's other traffic."
+    )
+    concurrency: int = Field(default=16, ge=1, description="Stripe requests in flight at once.")
 
     def customers(self) -> StripeCustomers:
-        return StripeCustomers(self.api_key, self.api_base, self.max_network_retries)
+        if is_live_key(self.api_key) and not self.allow_live_mode:
+            raise StripeAccessError(
+                "STRIPE_API_KEY is a live-mode key; set allow_live_mode on the stripe resource to sync to live Stripe"
+            )
+        limits = RateLimits(
+            account=self.account_requests_per_second,
+            endpoints=(("create", self.create_requests_per_second), ("update", self.update_requests_per_second)),
+            headroom=self.headroom,
+        )
+        return StripeCustomers(self.api_key, self.api_base, shared_budget(self.api_key, self.api_base, limits))
 
     def customer_url(self, customer_id: str) -> str:
         return dashboard_url(customer_id, self.api_key, self.api_base)

@@ -68,6 +68,9 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
             "mapping": dg.MetadataValue.json(spec.columns_by_field | spec.constant_values),
         },
         output_required=False,
+        # One run of a sync at a time: pools cap ops in flight across runs (the instance sets the
+        # limit, e.g. `concurrency: pools: default_limit: 1` in dagster.yaml).
+        pool=f"stripe_sync_{spec.name}",
     )
     def _sync(
         context: dg.AssetExecutionContext, config: SyncRunConfig, stripe: StripeResource, warehouse: WarehouseResource
@@ -75,11 +78,27 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
         options = RunOptions(dry_run=config.dry_run, full_resync=config.full_resync)
         with warehouse.open() as session:
             store = SyncStateStore(session, warehouse.state_schema)
-            report = run_sync(spec, model.relation, store, stripe.customers(), context.run.run_id, options, context.log)
+            report = run_sync(
+                spec,
+                model.relation,
+                store,
+                stripe.customers(),
+                context.run.run_id,
+                options,
+                context.log,
+                concurrency=stripe.concurrency,
+            )
         metadata = report_metadata(report, stripe.customer_url)
         if options.dry_run:
             context.log_event(dg.AssetObservation(asset_key=context.asset_key, metadata=metadata))
             return
+        if report.failure_rate > spec.max_failure_rate:
+            raise dg.Failure(
+                description=f"{report.counts()['failed']} of {len(report.outcomes)} Stripe writes failed "
+                f"({report.failure_rate:.0%}, more than max_failure_rate {spec.max_failure_rate:.0%}); "
+                "see failed_rows and failure_reasons",
+                metadata=metadata,
+            )
         yield dg.MaterializeResult(metadata=metadata)
 
     return _sync

@@ -1,0 +1,122 @@
+"""Stripe's rate limits, respected from our side: one budget per Stripe account per process.
+
+Stripe allows about 100 requests/s per account in live mode and 25/s in test mode, and 25/s per
+endpoint (creating and updating customers are separate endpoints). A bulk sync should leave
+headroom for the account's own application, which draws on the same budget. So:
+
+- every request takes a token from the account's bucket and from its endpoint's bucket;
+- rates start at the ceiling minus the headroom;
+- a 429 means someone else is using the budget too: the rate of that endpoint, and of the
+  account, halves at once, then climbs back linearly to the ceiling over `recovery_seconds`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Requests per second. `account=None` takes Stripe's default for the key's mode."""
+
+    account: float | None = None
+    endpoints: tuple[tuple[str, float], ...] = (("create", 25.0), ("update", 25.0))
+    endpoint_default: float = 25.0
+    headroom: float = 0.1  # share of each limit left for the account's other traffic
+    recovery_seconds: float = 10.0
+    floor: float = 1.0  # never slower than this, however many 429s
+
+
+def default_account_rate(api_key: str) -> float:
+    return 100.0 if api_key.startswith(("sk_live_", "rk_live_")) else 25.0
+
+
+class AdaptiveBucket:
+    """A token bucket whose rate halves on a 429 and recovers linearly to its ceiling."""
+
+    def __init__(self, ceiling: float, floor: float, recovery_seconds: float):
+        self.ceiling = ceiling
+        self.floor = min(floor, ceiling)
+        self.recovery_seconds = recovery_seconds
+        self._lock = threading.Lock()
+        self._rate_after_throttle = ceiling
+        self._throttled_at: float | None = None
+        self._tokens = 1.0
+        self._updated = time.monotonic()
+
+    def rate(self, now: float | None = None) -> float:
+        if self._throttled_at is None:
+            return self.ceiling
+        now = time.monotonic() if now is None else now
+        climbed = (now - self._throttled_at) / self.recovery_seconds * self.ceiling
+        return min(self.ceiling, self._rate_after_throttle + climbed)
+
+    def reserve(self) -> float:
+        """Take a token; returns how long to wait before using it. Bursts stay within one token."""
+        with self._lock:
+            now = time.monotonic()
+            rate = self.rate(now)
+            self._tokens = min(1.0, self._tokens + (now - self._updated) * rate)
+            self._updated = now
+            self._tokens -= 1
+            return 0.0 if self._tokens >= 0 else -self._tokens / rate
+
+    def throttle(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._rate_after_throttle = max(self.floor, self.rate(now) / 2)
+            self._throttled_at = now
+
+
+class RateBudget:
+    """One Stripe account's budget, shared by every sync and thread in the process."""
+
+    def __init__(self, account_rate: float, limits: RateLimits):
+        self.limits = limits
+        scale = 1 - limits.headroom
+        self.account = self._bucket(account_rate * scale)
+        self._endpoints: dict[str, AdaptiveBucket] = {}
+        self._lock = threading.Lock()
+        self.throttled = 0
+
+    def _bucket(self, ceiling: float) -> AdaptiveBucket:
+        return AdaptiveBucket(ceiling, self.limits.floor, self.limits.recovery_seconds)
+
+    def endpoint(self, name: str) -> AdaptiveBucket:
+        with self._lock:
+            if name not in self._endpoints:
+                limit = dict(self.limits.endpoints).get(name, self.limits.endpoint_default)
+                ceiling = limit * (1 - self.limits.headroom)
+                self._endpoints[name] = self._bucket(ceiling)
+            return self._endpoints[name]
+
+    def acquire(self, endpoint: str) -> None:
+        """Block until a request to `endpoint` fits both the account's and the endpoint's rate."""
+        wait = max(self.account.reserve(), self.endpoint(endpoint).reserve())
+        if wait > 0:
+            time.sleep(wait)
+
+    def rate_limited(self, endpoint: str) -> None:
+        self.throttled += 1
+        self.account.throttle()
+        self.endpoint(endpoint).throttle()
+
+
+_budgets: dict[tuple[str, str | None, RateLimits], RateBudget] = {}
+_budgets_lock = threading.Lock()
+
+
+def shared_budget(api_key: str, api_base: str | None, limits: RateLimits) -> RateBudget:
+    """The budget of the account behind this key, shared by every sync that asks with the same limits.
+
+    Accounts are told apart by key (hashed, never stored) and server; two keys of one account get
+    two budgets, so give all syncs of an account the same key and the same limits.
+    """
+    identity = (hashlib.sha256(api_key.encode()).hexdigest(), api_base, limits)
+    with _budgets_lock:
+        if identity not in _budgets:
+            _budgets[identity] = RateBudget(limits.account or default_account_rate(api_key), limits)
+        return _budgets[identity]
