@@ -22,13 +22,14 @@ from pathlib import Path
 
 import duckdb
 
-from benchmarks.common import MODEL, SPEC, Stopwatch, add_customers, make_model, print_table
+from benchmarks.common import MODEL, SPEC, Stopwatch, print_table
 from census_stripe.plan.planner import Action
 from census_stripe.stripe_api import StripeCustomers, make_client
 from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
 from census_stripe_tests.stripe_double import StripeDoubleServer
+from census_stripe_tests.synthetic import add_customers, make_model
 
 MATCHING = 0.3
 

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import duckdb
 
-from benchmarks.common import MODEL, SPEC, Stopwatch, make_model, print_table
+from benchmarks.common import MODEL, SPEC, Stopwatch, print_table
 from census_stripe.stripe_api import StripeCustomers
 from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
 from census_stripe_tests.stripe_double import StripeDoubleServer
+from census_stripe_tests.synthetic import make_model
 
 
 def timed_run(db: Path, url: str, label: str, options: RunOptions) -> dict:

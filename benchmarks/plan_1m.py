@@ -28,7 +28,6 @@ from benchmarks.common import (
     SPEC,
     Stopwatch,
     change_every_hundredth_row,
-    make_model,
     peak_rss_mib,
     print_table,
     run_variant,
@@ -36,6 +35,7 @@ from benchmarks.common import (
 from census_stripe.plan import sql
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
+from census_stripe_tests.synthetic import make_model
 
 CLOSED_PORT = "http://127.0.0.1:9"
 

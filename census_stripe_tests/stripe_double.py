@@ -10,8 +10,9 @@ It is an in-memory HTTP server, run as its own process, modelled on ../shared/do
   account; a request over either gets a 429 *before* the idempotency layer sees it.
 - Idempotency: the first response to an `Idempotency-Key` is stored (400s and 500s included) and
   replayed for the same key; the same key with other parameters is a 400 `idempotency_error`.
-- Faults: a chosen share of writes fails with a 500 before doing anything, or after doing it (the
-  response is lost, the customer exists), plus a fixed latency per request.
+- Faults: a chosen share of writes fails with a 500 before the endpoint runs (nothing done,
+  nothing stored for the key), or after it ran (the response is lost: the customer exists and the
+  key replays the success), plus a fixed latency per request.
 - Keys: `sk_`/`rk_` keys are accepted; a key listed as read-only gets 403 on writes.
 
 Control endpoints (no auth): GET /_double/stats, POST /_double/config (JSON), POST /_double/reset,
@@ -232,6 +233,10 @@ class StripeDouble:
                 raise ApiError(429, "Too many requests hit the API too quickly.", code="rate_limit")
             for bucket in buckets:
                 bucket.take()
+            # A failure before the endpoint runs: nothing done, nothing stored for the key.
+            if write and self.random.random() < self.config.fail_before_rate:
+                self.stats["failed_before"] += 1
+                raise ApiError(500, "An unknown error occurred", type_="api_error")
         idempotency_key = headers.get("Idempotency-Key") if write else None
         fingerprint = json.dumps([endpoint, customer_id, params], sort_keys=True)
         with self.lock:
@@ -256,9 +261,6 @@ class StripeDouble:
 
     def _execute(self, endpoint: str, customer_id: str | None, query: dict, params: dict) -> tuple[int, dict, bool]:
         write = endpoint in ("create", "update", "delete")
-        if write and self.random.random() < self.config.fail_before_rate:
-            self.stats["failed_before"] += 1
-            return 500, ApiError(500, "An unknown error occurred", type_="api_error").body, False
         try:
             if endpoint == "create":
                 body = self._new_customer(params)

@@ -399,3 +399,21 @@ def test_rejected_rows_accumulate_per_run(sync_runner, warehouse_path):
         "select distinct reason from census_stripe.sync_rejections where key_value = 'not-an-email'",
     )
     assert reasons == [("invalid email: 'not-an-email'",)]
+
+
+def test_personal_data_can_be_masked_in_the_metadata(sync_runner, warehouse_path, tmp_path):
+    runner = sync_runner(
+        write_sync(tmp_path, "masked", **{"object: customer": "object: customer\nmask_personal_data: true"})
+    )
+    metadata = runner.metadata(runner.run(dry_run=True))
+    shown = json.dumps([r.data for name in ("preview", "rejected_rows") for r in metadata[name].records], default=str)
+    with duckdb.connect(str(warehouse_path), read_only=True) as connection:
+        personal = connection.execute(
+            "select email, full_name, phone, address_line1 from main.stripe_customers"
+        ).fetchall()
+    leaked = {value for row in personal for value in row if value and len(value) > 3 and value.strip() in shown}
+    assert leaked == set()
+    assert '"a***@example.org"' in shown or "***@example" in shown
+    assert "invalid email: 'n***'" in shown  # reasons quote values; masked too
+    # Non-personal fields stay readable.
+    assert '"field": "metadata.plan"' in shown and '"after": "free"' in shown

@@ -34,8 +34,15 @@ class Outcome:
 
 def idempotency_key(sync_name: str, row: PlannedRow, operation: str) -> str:
     """The same write of the same row gets the same key, in this run or the next, so a retry
-    replays instead of repeating (within Stripe's 24 hours)."""
-    parts = [sync_name, row.candidate.key or "", row.candidate.row_hash, operation, row.stripe_id or ""]
+    replays instead of repeating (within Stripe's 24 hours).
+
+    After a run in which the write failed for good, the key changes: Stripe replays a stored error
+    too, and would refuse the row for a day. That is safe, because the row's customer was looked up
+    again (consistently) before this run planned to create it.
+    """
+    prior = row.candidate.prior
+    after_failure = prior.run_id if prior and prior.status == "failed" else ""
+    parts = [sync_name, row.candidate.key or "", row.candidate.row_hash, operation, row.stripe_id or "", after_failure]
     return f"census-stripe-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:40]}"
 
 

@@ -27,6 +27,8 @@ from census_stripe.settings import DATA_DIR, PROJECT_ROOT, SYNCS_DIR, duckdb_pat
 LOCAL_STRIPE_DATA = DATA_DIR / "localstripe.pickle"
 DAGSTER_HOME = DATA_DIR / "dagster_home"
 DEMO_API_KEY = "sk_test_census_stripe_demo"
+# One run of a sync at a time: every sync asset is in a pool of its own, limited to 1 here.
+INSTANCE_CONFIG = "concurrency:\n  pools:\n    default_limit: 1\n"
 JOB = "sync_to_stripe"
 
 
@@ -56,7 +58,10 @@ def demo_environment() -> Iterator[dict[str, str]]:
     # dbt and dagster are found beside this Python, also from an un-activated virtualenv.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("DAGSTER_HOME", str(DAGSTER_HOME))
-    Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    home = Path(env["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(INSTANCE_CONFIG)
     if env.get("STRIPE_API_BASE"):
         print(f"Using the Stripe API at {env['STRIPE_API_BASE']}")
         yield env

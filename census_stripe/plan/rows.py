@@ -33,6 +33,8 @@ class PriorState:
     row_hash: str | None
     synced_values: dict[str, str | None] | None
     synced_at: datetime | None
+    status: str | None = None
+    run_id: str | None = None  # the run that last touched this key
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,14 @@ def candidates_from_chunk(spec: SyncSpec, chunk: pd.DataFrame) -> list[Candidate
             values[field] = values[field].strip() if values[field] else values[field]
         state = {name: record[sql.STATE_PREFIX + name] for name in sql.STATE_COLUMNS}
         prior = None
-        if state["row_hash"] is not None or state["stripe_customer_id"] is not None:
+        if any(value is not None for value in state.values()):
             prior = PriorState(
                 stripe_id=state["stripe_customer_id"],
                 row_hash=state["row_hash"],
                 synced_values=json.loads(state["synced_values"]) if state["synced_values"] else None,
                 synced_at=state["synced_at"],
+                status=state["status"],
+                run_id=state["run_id"],
             )
         out.append(
             Candidate(

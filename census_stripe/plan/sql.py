@@ -67,7 +67,7 @@ def _model_select(spec: SyncSpec, model: Relation) -> exp.Select:
     ).from_(model.table())
 
 
-STATE_COLUMNS = ("stripe_customer_id", "row_hash", "synced_values", "synced_at")
+STATE_COLUMNS = ("stripe_customer_id", "row_hash", "synced_values", "synced_at", "status", "run_id")
 
 
 def changed_rows_query(spec: SyncSpec, model: Relation, state: Relation, dialect: str, everything: bool = False) -> str:

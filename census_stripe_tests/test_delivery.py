@@ -1,0 +1,242 @@
+"""Delivery under faults, proven on the Stripe test double: 429s, lost responses, 500s, latency,
+runs killed at random points, two runs at once, a key that may not write.
+
+Every test ends by comparing what Stripe holds with the model: one customer per row, each with
+the model's values, no duplicate emails, and a state table that agrees with Stripe.
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from census_stripe.apply.rate_limit import RateLimits, shared_budget
+from census_stripe.defs.resources import StripeResource
+from census_stripe.demo.__main__ import INSTANCE_CONFIG
+from census_stripe.settings import PROJECT_ROOT
+from census_stripe.spec import load_sync_spec
+from census_stripe.stripe_api import StripeAccessError, StripeCustomers
+from census_stripe.sync import run_sync
+from census_stripe.warehouse.base import Relation
+from census_stripe.warehouse.duckdb import DuckDBWarehouse
+from census_stripe.warehouse.state import SyncStateStore
+from census_stripe_tests.conftest import DEMO_SYNC
+from census_stripe_tests.stripe_double import StripeDoubleServer
+from census_stripe_tests.synthetic import make_model
+
+ROWS = 300
+SPEC = load_sync_spec(DEMO_SYNC)
+MODEL = Relation("main", "stripe_customers")
+QUIET = {"latency": 0, "account_rate": 0, "endpoint_rate": 0, "fail_before_rate": 0, "fail_after_rate": 0}
+
+
+@pytest.fixture(scope="module")
+def double_server():
+    with StripeDoubleServer() as server:
+        yield server
+
+
+@pytest.fixture
+def double(double_server):
+    double_server.reset()
+    double_server.configure(**QUIET, read_only_keys=[])
+    return double_server
+
+
+@pytest.fixture
+def model(tmp_path) -> Path:
+    path = tmp_path / "warehouse.duckdb"
+    make_model(path, ROWS)
+    return path
+
+
+def customers_for(double, key="sk_test_delivery", rate=1000.0, **limits) -> StripeCustomers:
+    limits = RateLimits(account=rate, endpoints=(("create", rate), ("update", rate)), **limits)
+    return StripeCustomers(key, double.url, shared_budget(key, double.url, limits))
+
+
+def sync(model: Path, customers: StripeCustomers, concurrency=8):
+    with duckdb.connect(str(model)) as connection:
+        return run_sync(
+            SPEC, MODEL, SyncStateStore(DuckDBWarehouse(connection)), customers, "run", concurrency=concurrency
+        )
+
+
+def assert_stripe_equals_model(double, model: Path) -> None:
+    double.configure(**QUIET)
+    in_stripe = [c.values | {"id": c.id} for c in customers_for(double, key="sk_test_reader").iter_all()]
+    emails = [c["email"] for c in in_stripe]
+    assert len(emails) == len(set(emails)), "duplicate customers in Stripe"
+    with duckdb.connect(str(model)) as connection:
+        rows = connection.execute("select email, full_name, plan from main.stripe_customers").fetchall()
+        state = dict(
+            connection.execute(
+                "select customer_key, stripe_customer_id from census_stripe.sync_state where status = 'synced'"
+            ).fetchall()
+        )
+    assert {(c["email"], c["name"], c["metadata.plan"]) for c in in_stripe} == set(rows)
+    assert state == {c["email"]: c["id"] for c in in_stripe}
+
+
+def test_with_every_fault_on_the_run_succeeds_and_stripe_equals_the_model(double, model):
+    # Limits below what the engine is told, so 429s happen; writes fail before or after applying.
+    double.configure(latency=0.005, account_rate=80, endpoint_rate=40, fail_before_rate=0.05, fail_after_rate=0.05)
+    report = sync(model, customers_for(double, rate=120))
+    counts = report.counts()
+    assert (counts["created"], counts["failed"]) == (ROWS, 0)
+    stats = double.stats()
+    assert stats.get("rate_limited", 0) > 0 and stats["failed_before"] > 0 and stats["lost_responses"] > 0
+    assert counts["stripe_rate_limited"] == stats.get("rate_limited", 0)
+    assert_stripe_equals_model(double, model)
+
+    with duckdb.connect(str(model)) as connection:
+        connection.execute("update main.stripe_customers set plan = 'enterprise' where external_id like '%0'")
+    double.configure(latency=0.005, account_rate=80, endpoint_rate=40, fail_before_rate=0.05, fail_after_rate=0.05)
+    counts = sync(model, customers_for(double, rate=120)).counts()
+    assert (counts["updated"], counts["created"], counts["failed"]) == (ROWS // 10, 0, 0)
+    assert_stripe_equals_model(double, model)
+
+
+def run_in_process(model: Path, double, **options) -> subprocess.Popen:
+    command = [sys.executable, "-m", "census_stripe_tests.sync_process", "--db", str(model), "--url", double.url]
+    for name, value in options.items():
+        command += [f"--{name}", str(value)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_runs_killed_at_random_points_converge_without_duplicates(double, model):
+    double.configure(latency=0.01, fail_after_rate=0.02)
+    generator = random.Random(7)
+    kills = 0
+    for _ in range(5):
+        # At 40 writes/s a whole run takes over 7 s; start-up takes about 1 s.
+        process = run_in_process(model, double, concurrency=4, rate=40)
+        time.sleep(generator.uniform(1.2, 3.5))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.communicate()
+    assert kills >= 3, "the runs finished before they could be killed; make them slower"
+    assert 0 < double.stats()["customers"] <= ROWS
+
+    final = run_in_process(model, double, concurrency=4, rate=200)
+    output, errors = final.communicate(timeout=300)
+    assert final.returncode == 0, errors[-3000:]
+    counts = json.loads(output)
+    assert counts["failed"] == 0
+    assert_stripe_equals_model(double, model)
+
+
+def test_two_runs_at_once_make_no_duplicates(double, model, tmp_path):
+    # DuckDB takes one writer per file, so each run has its own copy of the same warehouse; both
+    # race to create the same customers in the same Stripe account.
+    twin = tmp_path / "twin.duckdb"
+    shutil.copyfile(model, twin)
+    double.configure(latency=0.02)
+    runs = [run_in_process(path, double, concurrency=8) for path in (model, twin)]
+    results = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [errors[-2000:] for _, errors in results]
+    assert double.stats()["customers"] == ROWS
+    assert_stripe_equals_model(double, model)
+    assert_stripe_equals_model(double, twin)
+
+
+def test_a_well_behaved_run_stays_within_the_rate_limits(double, model):
+    double.configure(latency=0.02, account_rate=100, endpoint_rate=25)
+    started = time.monotonic()
+    report = sync(model, customers_for(double, rate=25, headroom=0.1), concurrency=16)
+    elapsed = time.monotonic() - started
+    stats = double.stats()
+    assert report.counts()["created"] == ROWS
+    # A 429 or two at start-up, when client and server buckets are both full, at most.
+    assert stats.get("rate_limited", 0) <= 2
+    assert ROWS / elapsed <= 25  # never faster than the endpoint's limit
+
+
+def test_throttling_halves_the_rate_and_recovers(double, model):
+    # The engine believes in 100/s; the account allows 20/s (its own application uses the rest).
+    double.configure(latency=0.005, endpoint_rate=20)
+    customers = customers_for(double, rate=100)
+    report = sync(model, customers, concurrency=16)
+    assert report.counts()["failed"] == 0
+    rate_limited = double.stats().get("rate_limited", 0)
+    assert rate_limited > 0
+    # Halving at each 429 keeps the 429s to a small share of the requests, not one per row.
+    assert rate_limited < ROWS / 2
+    assert customers.budget.endpoint("create").rate() < 100
+
+
+def test_a_key_that_cannot_write_fails_before_any_row(double, model):
+    double.configure(read_only_keys=["rk_test_readonly"])
+    customers = customers_for(double, key="rk_test_readonly")
+    with pytest.raises(StripeAccessError, match="does not have the required permissions"):
+        sync(model, customers)
+    # The plan's one listing (reads are allowed), then the write check; no row was written.
+    assert customers.calls.counts == {"list": 1, "update": 1}
+    with duckdb.connect(str(model)) as connection:
+        assert connection.execute("select count(*) from census_stripe.sync_state").fetchone() == (0,)
+    assert double.stats()["customers"] == 0
+
+
+def test_live_keys_need_an_explicit_opt_in():
+    with pytest.raises(StripeAccessError, match="allow_live_mode"):
+        StripeResource(api_key="rk_live_0123456789").customers()
+    assert StripeResource(api_key="rk_live_0123456789", allow_live_mode=True).customers()
+
+
+def test_runs_of_one_sync_never_overlap_in_dagster(double, tmp_path):
+    """Each sync asset has its own concurrency pool; with the instance's pool limit at 1 (as the
+    demo's dagster.yaml sets it), a second run of the sync waits for the first to finish."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(INSTANCE_CONFIG)
+    dg.DagsterInstance.from_config(str(home)).dispose()  # create its storage once, before two processes race to
+    double.configure(latency=0.02)
+    runs = []
+    for name in ("first", "second"):
+        warehouse = tmp_path / f"{name}.duckdb"
+        make_model(warehouse, 60)
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "CENSUS_STRIPE_DUCKDB_PATH": str(warehouse),
+            "STRIPE_API_KEY": "sk_test_pools",
+            "STRIPE_API_BASE": double.url,
+        }
+        command = [
+            str(Path(sys.executable).parent / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "census_stripe.definitions",
+            "--select",
+            "stripe/customers",
+        ]
+        runs.append(
+            subprocess.Popen(
+                command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        spans = []
+        for record in instance.get_run_records():
+            times = {
+                entry.dagster_event.event_type_value: entry.timestamp
+                for entry in instance.all_logs(record.dagster_run.run_id)
+                if entry.dagster_event and entry.dagster_event.step_key == "stripe__customers"
+            }
+            spans.append((times["STEP_START"], times["STEP_SUCCESS"]))
+    assert len(spans) == 2
+    first, second = sorted(spans)
+    assert first[1] <= second[0], f"the two runs of one sync overlapped: {spans}"
