@@ -73,7 +73,12 @@ class Plan:
 
     @property
     def writes(self) -> list[PlannedRow]:
-        return self.of(Action.CREATE, Action.UPDATE)
+        """Creates and updates, alternating: they are separate Stripe endpoints with separate rate
+        limits, so writes in flight should draw on both at once."""
+        creates, updates = self.of(Action.CREATE), self.of(Action.UPDATE)
+        alternating = [row for pair in zip(creates, updates, strict=False) for row in pair]
+        shorter = min(len(creates), len(updates))
+        return alternating + creates[shorter:] + updates[shorter:]
 
 
 def diff(current: Mapping[str, str | None], desired: Mapping[str, str | None]) -> tuple[FieldChange, ...]:

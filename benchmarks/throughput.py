@@ -1,0 +1,154 @@
+"""Benchmark 4: write throughput against Stripe's rate limits, engine vs the naive loop.
+
+    python -m benchmarks.throughput [--rows 3000]
+
+The Stripe test double enforces Stripe's limits (25 requests/s for creating customers, 25/s for
+updating them, 100/s for the account) and answers each request after 150 ms. Half the changed
+rows are updates of existing customers, half are new customers. Side by side, in the same run:
+
+- naive loop: what a user would write with the official SDK: for each row, serially,
+  `list(email=...)`, then `create` or `update`.
+- engine: census_stripe's run, its rate budget set to the same limits with 5% headroom.
+- engine, raised limits: an account whose limits Stripe raised to 100/s per endpoint and 200/s
+  overall (and more writes in flight); the engine goes as fast as the new limits allow.
+
+The binding limit for the engine is create + update = 50 rows/s (each row is one write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import duckdb
+
+from benchmarks.common import MODEL, SPEC, Stopwatch, print_table
+from census_stripe.apply.rate_limit import RateLimits, shared_budget
+from census_stripe.stripe_api import StripeCustomers, make_client
+from census_stripe.sync import run_sync
+from census_stripe.warehouse.duckdb import DuckDBWarehouse
+from census_stripe.warehouse.state import SyncStateStore
+from census_stripe_tests.stripe_double import StripeDoubleServer
+from census_stripe_tests.synthetic import add_customers, make_model
+
+LATENCY = 0.15
+NAIVE_ROWS = 100
+
+
+def engine_run(db: Path, url: str, limits: RateLimits, concurrency: int, key: str) -> tuple[dict, float]:
+    customers = StripeCustomers(key, url, shared_budget(key, url, limits))
+    with duckdb.connect(str(db)) as connection, Stopwatch() as watch:
+        report = run_sync(
+            SPEC, MODEL, SyncStateStore(DuckDBWarehouse(connection)), customers, key, concurrency=concurrency
+        )
+    return report.counts(), watch.seconds
+
+
+def prepare(folder: Path, name: str, rows: int, double: StripeDoubleServer) -> Path:
+    """A model whose first half is already in Stripe and has since changed; the second half is new."""
+    db = folder / f"{name}.duckdb"
+    make_model(db, rows // 2)
+    double.reset()
+    double.configure(latency=0, account_rate=0, endpoint_rate=0)
+    engine_run(
+        db,
+        double.url,
+        RateLimits(account=1e6, endpoints=(("create", 1e6), ("update", 1e6))),
+        16,
+        f"sk_test_{name}_setup",
+    )
+    with duckdb.connect(str(db)) as connection:
+        connection.execute("update main.stripe_customers set plan = 'enterprise'")
+    add_customers(db, rows // 2, rows - rows // 2)
+    return db
+
+
+def naive_loop(url: str, rows: int) -> dict:
+    """For each row: find the customer by email, then create or update it; one row at a time."""
+    client = make_client("sk_test_naive", url)
+    changed = [(f"naive{i}@example.com", f"Naive {i}") for i in range(rows)]
+    writes = 0
+    with Stopwatch() as watch:
+        for email, name in changed:
+            found = client.v1.customers.list(params={"email": email, "limit": 1}).data
+            if found:
+                client.v1.customers.update(found[0].id, params={"name": name})
+            else:
+                client.v1.customers.create(params={"email": email, "name": name})
+            writes += 1
+    return {"writes": writes, "seconds": watch.seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=3000)
+    args = parser.parse_args()
+    table = []
+    with tempfile.TemporaryDirectory() as folder, StripeDoubleServer() as double:
+        stripe_limits = {"latency": LATENCY, "account_rate": 100, "endpoint_rate": 25}
+
+        double.load([{"email": f"naive{i}@example.com"} for i in range(0, NAIVE_ROWS, 2)])
+        double.configure(**stripe_limits)
+        naive = naive_loop(double.url, NAIVE_ROWS)
+        naive_rate = naive["writes"] / naive["seconds"]
+        table.append(
+            _row(
+                "naive loop (serial: list, then create or update)",
+                naive["writes"],
+                naive["seconds"],
+                naive_rate,
+                50,
+                0,
+            )
+        )
+
+        db = prepare(Path(folder), "engine", args.rows, double)
+        double.configure(**stripe_limits)
+        limits = RateLimits(account=100, endpoints=(("create", 25), ("update", 25)), headroom=0.05)
+        counts, seconds = engine_run(db, double.url, limits, 16, "sk_test_engine")
+        writes = counts["created"] + counts["updated"]
+        table.append(
+            _row(
+                "engine (25/s create, 25/s update, 100/s account)",
+                writes,
+                seconds,
+                naive_rate,
+                50,
+                counts["stripe_rate_limited"],
+            )
+        )
+
+        raised = prepare(Path(folder), "raised", args.rows, double)
+        double.configure(latency=LATENCY, account_rate=200, endpoint_rate=100)
+        limits = RateLimits(account=200, endpoints=(("create", 100), ("update", 100)), headroom=0.05)
+        counts, seconds = engine_run(raised, double.url, limits, 48, "sk_test_raised")
+        writes = counts["created"] + counts["updated"]
+        table.append(
+            _row(
+                "engine, limits raised (100/s each, 200/s account)",
+                writes,
+                seconds,
+                naive_rate,
+                200,
+                counts["stripe_rate_limited"],
+            )
+        )
+    print_table(f"Writing changed rows at {LATENCY * 1000:.0f} ms per request (half creates, half updates)", table)
+
+
+def _row(variant: str, writes: int, seconds: float, naive_rate: float, binding: float, rate_limited: int) -> dict:
+    rate = writes / seconds
+    return {
+        "variant": variant,
+        "rows written": writes,
+        "seconds": round(seconds, 1),
+        "rows/s": round(rate, 1),
+        "x naive": round(rate / naive_rate, 1),
+        "of binding limit": f"{rate / binding:.0%} of {binding:.0f}/s",
+        "429s": rate_limited,
+    }
+
+
+if __name__ == "__main__":
+    main()
