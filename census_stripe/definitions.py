@@ -1,4 +1,5 @@
-"""Everything Dagster loads: the dbt models, one Stripe sync asset per file in syncs/, resources."""
+"""Everything Dagster loads: the dbt models, one Stripe sync asset per file in syncs/, what
+triggers the syncs, and the resources."""
 
 from __future__ import annotations
 
@@ -7,24 +8,30 @@ import os
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from census_stripe.defs.dbt import dbt_resource, warehouse_models
+from census_stripe.defs.dbt import daily_partitioned_models, dbt_resource, warehouse_models
 from census_stripe.defs.resources import DuckDBWarehouseResource, StripeResource
 from census_stripe.defs.sync_asset import build_sync_asset, load_sync
+from census_stripe.defs.triggers import sync_triggers
 from census_stripe.settings import SYNCS_DIR, duckdb_path
 
 warehouse = DuckDBWarehouseResource(duckdb=DuckDBResource(database=str(duckdb_path())))
 syncs = [load_sync(path) for path in sorted(SYNCS_DIR.glob("*.yaml"))]
 sync_assets = [build_sync_asset(sync, warehouse.kind) for sync in syncs]
+sensors, schedules = sync_triggers(syncs)
 
+# The main job: partitioned syncs run per partition (from the UI, or as backfills), not here.
+whole_model_syncs = [asset for sync, asset in zip(syncs, sync_assets, strict=True) if not sync.spec.partitions]
 sync_job = dg.define_asset_job(
     "sync_to_stripe",
-    selection=dg.AssetSelection.assets(*sync_assets).upstream(),
+    selection=dg.AssetSelection.assets(*whole_model_syncs).upstream(),
     description="Build the dbt models, then push them to Stripe: the whole pipeline.",
 )
 
 defs = dg.Definitions(
-    assets=[warehouse_models, *sync_assets],
+    assets=[warehouse_models, daily_partitioned_models, *sync_assets],
     jobs=[sync_job],
+    sensors=sensors,
+    schedules=schedules,
     # Steps run one after another in the run's process: DuckDB allows a single writer, and
     # a sync waits for its model anyway.
     executor=dg.in_process_executor,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -47,6 +48,49 @@ class SyncKey(_Strict):
     column: str = pydantic.Field(description="The model column holding the key.")
 
 
+class WatchSpec(_Strict):
+    """Sync when the model's table changes outside Dagster (another scheduler, a loader)."""
+
+    interval_seconds: int = pydantic.Field(default=60, ge=5, description="How often the warehouse is asked.")
+    updated_at_column: str | None = pydantic.Field(
+        default=None, description="A last-changed timestamp column, folded into the fingerprint."
+    )
+
+
+class AutomationSpec(_Strict):
+    eager: bool = pydantic.Field(default=False, description="Sync after every materialization of the model in Dagster.")
+    watch: WatchSpec | None = None
+    cron: str | None = pydantic.Field(default=None, description="Also sync on this cron schedule (UTC).")
+
+
+class TimePartitions(_Strict):
+    column: str = pydantic.Field(description="A date or timestamp column of the model.")
+    granularity: Literal["daily", "weekly", "monthly"]
+    start: date = pydantic.Field(description="The first partition.")
+
+
+class ValuePartitions(_Strict):
+    column: str = pydantic.Field(description="A column of the model, e.g. region or segment.")
+    values: list[str] = pydantic.Field(min_length=1)
+
+
+class PartitionsSpec(_Strict):
+    """Exactly one of `time` or `values`."""
+
+    time: TimePartitions | None = None
+    values: ValuePartitions | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _exactly_one(self) -> PartitionsSpec:
+        if (self.time is None) == (self.values is None):
+            raise ValueError("give exactly one of `time` or `values`")
+        return self
+
+    @property
+    def column(self) -> str:
+        return (self.time or self.values).column
+
+
 class SyncSpec(_Strict):
     name: str = pydantic.Field(description="Names the sync asset; defaults to the file name.")
     description: str | None = None
@@ -72,9 +116,17 @@ class SyncSpec(_Strict):
         le=1,
         description="The run fails when more than this share of its Stripe writes fail for good.",
     )
+    max_rejected_rate: float = pydantic.Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="The rejected_rows check fails when more than this share of the rows read is rejected.",
+    )
     mask_personal_data: bool = pydantic.Field(
         default=False, description="Mask emails, names, phones and addresses in the run's metadata."
     )
+    automation: AutomationSpec = pydantic.Field(default_factory=AutomationSpec)
+    partitions: PartitionsSpec | None = None
 
     @property
     def columns_by_field(self) -> dict[str, str]:
@@ -90,6 +142,16 @@ class SyncSpec(_Strict):
     def columns(self) -> list[str]:
         """The model columns the sync reads, each once, in a stable order."""
         return list(dict.fromkeys(self.columns_by_field.values()))
+
+    @property
+    def other_columns(self) -> dict[str, str]:
+        """Model columns named outside the mapping, by the setting that names them."""
+        named = {}
+        if self.partitions:
+            named["partitions." + ("time" if self.partitions.time else "values") + ".column"] = self.partitions.column
+        if self.automation.watch and self.automation.watch.updated_at_column:
+            named["automation.watch.updated_at_column"] = self.automation.watch.updated_at_column
+        return named
 
 
 def _as_text(value: str | int | float | bool) -> str:
@@ -124,6 +186,10 @@ def _semantic_problems(spec: SyncSpec) -> list[tuple[str, str]]:
         field = fields.get(name)
         if field and (problem := value_problem(field, value)):
             problems.append((f"constants.{name}", problem))
+    if spec.partitions and (spec.automation.watch or spec.automation.cron):
+        problems.append(
+            ("automation", "watch and cron sync the whole model; a partitioned sync runs per partition (backfills)")
+        )
     metadata_keys = {name for name in fields if name.startswith(METADATA_PREFIX)}
     if len(metadata_keys) > METADATA_MAX_KEYS:
         problems.append(
@@ -174,12 +240,10 @@ def check_model_columns(spec: SyncSpec, model_columns: Iterable[str], path: Path
     """Fail, naming the file and field, when the sync reads a column its model does not have."""
     available = list(model_columns)
     known = {column.lower() for column in available}
+    named = {"key.column" if f == spec.key.field else f"mapping.{f}": c for f, c in spec.columns_by_field.items()}
     problems = [
-        (
-            "key.column" if field == spec.key.field else f"mapping.{field}",
-            f"column {column!r} is not in model {spec.model!r} (columns: {', '.join(available)})",
-        )
-        for field, column in spec.columns_by_field.items()
+        (setting, f"column {column!r} is not in model {spec.model!r} (columns: {', '.join(available)})")
+        for setting, column in {**named, **spec.other_columns}.items()
         if column.lower() not in known
     ]
     if problems:

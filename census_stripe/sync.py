@@ -18,6 +18,7 @@ from census_stripe.plan import sql
 from census_stripe.plan.lookup import CustomerLookup
 from census_stripe.plan.planner import Action, Plan, PlannedRow, build_plan
 from census_stripe.plan.rows import candidates_from_chunk
+from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import SyncSpec
 from census_stripe.stripe_api import StripeCustomers
 from census_stripe.warehouse.base import Relation
@@ -31,6 +32,12 @@ CHUNK_ROWS = 10_000
 class RunOptions:
     dry_run: bool = False
     full_resync: bool = False
+    # A partition: only these rows, and every one of them written again whatever Stripe holds.
+    model_slice: ModelSlice | None = None
+
+    @property
+    def repush(self) -> bool:
+        return self.model_slice is not None
 
 
 @dataclass
@@ -111,15 +118,16 @@ def plan_sync(
 ) -> Plan:
     warehouse = store.warehouse
     store.ensure_tables()
-    rows_read = int(warehouse.query(sql.row_count_query(model, warehouse.dialect)).iloc[0, 0])
-    query = sql.changed_rows_query(spec, model, store.state, warehouse.dialect, everything=options.full_resync)
+    rows_read = int(warehouse.query(sql.row_count_query(model, warehouse.dialect, options.model_slice)).iloc[0, 0])
+    everything = options.full_resync or options.repush
+    query = sql.changed_rows_query(spec, model, store.state, warehouse.dialect, everything, options.model_slice)
     candidates = chain.from_iterable(
         candidates_from_chunk(spec, chunk) for chunk in warehouse.query_chunks(query, CHUNK_ROWS)
     )
     listed = list(customers.iter_all()) if options.full_resync else None
     lookup = CustomerLookup(customers, spec.key.field, spec.lookup, listed, store.known_customers(spec.name))
     live = {customer.id: customer for customer in listed} if listed is not None else None
-    plan = build_plan(spec, candidates, rows_read, lookup, live)
+    plan = build_plan(spec, candidates, rows_read, lookup, live, repush=options.repush)
     plan.lookup = lookup.used
     return plan
 

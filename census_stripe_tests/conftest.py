@@ -102,7 +102,9 @@ class SyncRunner:
         self.warehouse_path = warehouse_path
         self.stripe_url = stripe_url
 
-    def run(self, instance=None, api_key=API_KEY, raise_on_error=True, **config) -> dg.ExecuteInProcessResult:
+    def run(
+        self, instance=None, api_key=API_KEY, raise_on_error=True, partition_key=None, tags=None, **config
+    ) -> dg.ExecuteInProcessResult:
         run_config = {"ops": {self.asset.op.name: {"config": config}}} if config else None
         return dg.materialize(
             [self.asset],
@@ -110,13 +112,16 @@ class SyncRunner:
             run_config=run_config,
             instance=instance,
             raise_on_error=raise_on_error,
+            partition_key=partition_key,
+            tags=tags,
         )
 
     def metadata(self, result: dg.ExecuteInProcessResult) -> dict:
         """Metadata of the run's materialization, or of its observation for a dry run."""
         materializations = [e.materialization for e in result.get_asset_materialization_events()]
         observations = [e.asset_observation_data.asset_observation for e in result.get_asset_observation_events()]
-        [event] = materializations or observations
+        # A run over a range of partitions records one materialization per partition, alike.
+        event = (materializations or observations)[-1]
         return {name: value.value for name, value in event.metadata.items()}
 
     def counts(self, result) -> dict[str, int]:

@@ -73,3 +73,28 @@ def test_materialize_from_the_dagster_cli(warehouse_path, stripe_url, stripe_cus
     assert "RUN_SUCCESS" in completed.stderr
     assert len(list(stripe_customers.iter_all())) == 294
     assert API_KEY not in completed.stdout + completed.stderr
+
+
+def test_triggers_are_defined_from_the_sync_files(defs):
+    sensors = {sensor.name: sensor for sensor in defs.sensors}
+    assert set(sensors) == {"customers_model_changed", "stripe_syncs_on_model_change"}
+    assert sensors["customers_model_changed"].minimum_interval_seconds == 30
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey(["stripe", "customers"])).automation_condition is not None
+    regions = graph.get(dg.AssetKey(["stripe", "customer_regions"]))
+    assert regions.partitions_def.get_partition_keys() == ["NA", "EU", "APAC"]
+    assert regions.automation_condition is None
+    # The main job runs the whole-model syncs and their models; partitions run on their own.
+    main_job = defs.resolve_job_def("sync_to_stripe").asset_layer.selected_asset_keys
+    assert dg.AssetKey(["stripe", "customers"]) in main_job
+    assert dg.AssetKey(["stripe", "customer_regions"]) not in main_job
+    assert dg.AssetKey(["daily_revenue"]) not in main_job
+
+
+def test_a_bad_cron_fails_at_load_naming_file_and_field(tmp_path):
+    from census_stripe.defs.triggers import sync_triggers
+
+    path = tmp_path / "cron.yaml"
+    path.write_text(DEMO_SYNC.read_text().replace('  # cron: "0 6 * * *"', '  cron: "61 * * * *"'))
+    with pytest.raises(ValueError, match=r"cron.yaml: automation.cron: .*61 \* \* \* \*"):
+        sync_triggers([load_sync(path)])

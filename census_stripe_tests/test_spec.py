@@ -120,3 +120,27 @@ def test_columns_are_checked_against_the_model():
     assert str(raised.value).startswith(
         "syncs/s.yaml: mapping.address.city: column 'city' is not in model 'stripe_customers'"
     )
+
+
+def test_partitions_need_exactly_one_kind_and_no_whole_model_triggers():
+    both = (
+        VALID
+        + "partitions:\n  time: {column: d, granularity: daily, start: '2024-01-01'}\n  values: {column: r, values: [a]}\n"
+    )
+    assert problems(both)[0] == ("partitions", "Value error, give exactly one of `time` or `values`")
+    watched = VALID + "partitions:\n  values: {column: region, values: [EU]}\nautomation:\n  cron: '0 * * * *'\n"
+    assert problems(watched)[0][0] == "automation"
+    assert problems(VALID + "partitions:\n  time: {column: d, granularity: hourly, start: '2024-01-01'}\n")[0][0] == (
+        "partitions.time.granularity"
+    )
+
+
+def test_partition_and_watch_columns_are_checked_against_the_model():
+    text = VALID + "partitions:\n  values: {column: regoin, values: [EU]}\n"
+    with pytest.raises(SyncConfigError) as raised:
+        check_model_columns(parse_sync_spec(text, "s.yaml"), ["email", "full_name", "city", "plan", "region"], "s.yaml")
+    assert raised.value.problems[0][0] == "partitions.values.column"
+    text = VALID + "automation:\n  watch: {updated_at_column: changed}\n"
+    with pytest.raises(SyncConfigError) as raised:
+        check_model_columns(parse_sync_spec(text, "s.yaml"), ["email", "full_name", "city", "plan"], "s.yaml")
+    assert raised.value.problems[0][0] == "automation.watch.updated_at_column"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import dagster as dg
+import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
@@ -63,7 +64,8 @@ class WarehouseResource(dg.ConfigurableResource):
     )
 
     @contextmanager
-    def open(self) -> Iterator[Warehouse]:
+    def open(self, read_only: bool = False) -> Iterator[Warehouse]:
+        """A session; `read_only` for sensors, which must not take a writer's place."""
         raise NotImplementedError
         yield
 
@@ -75,7 +77,12 @@ class DuckDBWarehouseResource(WarehouseResource):
     duckdb: DuckDBResource
 
     @contextmanager
-    def open(self) -> Iterator[Warehouse]:
+    def open(self, read_only: bool = False) -> Iterator[Warehouse]:
+        if read_only:
+            # DuckDB has one writer per file; a reader must not wait on it, nor block it for long.
+            with duckdb.connect(self.duckdb.database, read_only=True) as connection:
+                yield DuckDBWarehouse(connection)
+            return
         Path(self.duckdb.database).parent.mkdir(parents=True, exist_ok=True)
         with self.duckdb.get_connection() as connection:
             yield DuckDBWarehouse(connection)

@@ -1,7 +1,9 @@
 """One Dagster asset per sync file, downstream of the dbt model it reads.
-Materializing it runs the sync and records the plan and its outcome as metadata. With
+
+Materializing it runs the sync and records the plan and its outcome as metadata, with two asset
+checks: the share of rows rejected, and the share of writes Stripe refused (blocking). With
 `dry_run: true` in the run config (Launchpad) it records the same plan as an observation and
-writes nothing.
+writes nothing. A partitioned sync writes its partition's rows again on every run.
 """
 
 from dataclasses import dataclass
@@ -13,11 +15,14 @@ from pydantic import Field
 from census_stripe.defs.dbt import DbtModel, find_model, model_names
 from census_stripe.defs.metadata import report_metadata
 from census_stripe.defs.resources import StripeResource, WarehouseResource
-from census_stripe.spec import SyncConfigError, SyncSpec, check_model_columns, load_sync_spec
-from census_stripe.sync import RunOptions, run_sync
+from census_stripe.plan.sql import ModelSlice
+from census_stripe.spec import PartitionsSpec, SyncConfigError, SyncSpec, check_model_columns, load_sync_spec
+from census_stripe.sync import RunOptions, SyncReport, run_sync
 from census_stripe.warehouse.state import SyncStateStore
 
 SYNC_GROUP = "stripe"
+REJECTED_CHECK = "rejected_rows_below_threshold"
+FAILED_CHECK = "failed_writes_below_threshold"
 
 
 class SyncRunConfig(dg.Config):
@@ -52,11 +57,55 @@ def sync_asset_key(spec: SyncSpec) -> dg.AssetKey:
     return dg.AssetKey(["stripe", spec.name])
 
 
+def partitions_definition(partitions: PartitionsSpec | None) -> dg.PartitionsDefinition | None:
+    if partitions is None:
+        return None
+    if partitions.values:
+        return dg.StaticPartitionsDefinition(partitions.values.values)
+    by_granularity = {
+        "daily": dg.DailyPartitionsDefinition,
+        "weekly": dg.WeeklyPartitionsDefinition,
+        "monthly": dg.MonthlyPartitionsDefinition,
+    }
+    return by_granularity[partitions.time.granularity](start_date=partitions.time.start.isoformat())
+
+
+def model_slice(partitions: PartitionsSpec, context: dg.AssetExecutionContext) -> ModelSlice:
+    """The rows of the partition, or of the range of partitions a single-run backfill covers."""
+    if partitions.values:
+        return ModelSlice(partitions.column, values=tuple(context.partition_keys))
+    window = context.partition_time_window
+    return ModelSlice(partitions.column, start=window.start.replace(tzinfo=None), end=window.end.replace(tzinfo=None))
+
+
+def check_results(spec: SyncSpec, report: SyncReport) -> list[dg.AssetCheckResult]:
+    counts = report.counts()
+    rejected_share = counts["rejected"] / counts["rows_read"] if counts["rows_read"] else 0.0
+    planned = " (dry run: planned)" if report.options.dry_run else ""
+    return [
+        dg.AssetCheckResult(
+            check_name=REJECTED_CHECK,
+            passed=rejected_share <= spec.max_rejected_rate,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"{counts['rejected']} of {counts['rows_read']} rows rejected{planned}",
+            metadata={"rejected_share": rejected_share, "max_rejected_rate": spec.max_rejected_rate},
+        ),
+        dg.AssetCheckResult(
+            check_name=FAILED_CHECK,
+            passed=report.failure_rate <= spec.max_failure_rate,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=f"{counts['failed']} of {len(report.outcomes)} Stripe writes failed",
+            metadata={"failed_share": report.failure_rate, "max_failure_rate": spec.max_failure_rate},
+        ),
+    ]
+
+
 def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
     spec, model = sync.spec, sync.model
+    key = sync_asset_key(spec)
 
     @dg.asset(
-        key=sync_asset_key(spec),
+        key=key,
         deps=[model.asset_key],
         group_name=SYNC_GROUP,
         kinds={"stripe", warehouse_kind},
@@ -71,34 +120,43 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
         # One run of a sync at a time: pools cap ops in flight across runs (the instance sets the
         # limit, e.g. `concurrency: pools: default_limit: 1` in dagster.yaml).
         pool=f"stripe_sync_{spec.name}",
+        partitions_def=partitions_definition(spec.partitions),
+        # A backfill over many partitions is one run over their combined rows.
+        backfill_policy=dg.BackfillPolicy.single_run() if spec.partitions else None,
+        automation_condition=dg.AutomationCondition.eager() if spec.automation.eager else None,
+        check_specs=[
+            dg.AssetCheckSpec(
+                REJECTED_CHECK, asset=key, description=f"At most {spec.max_rejected_rate:.0%} of rows rejected."
+            ),
+            dg.AssetCheckSpec(
+                FAILED_CHECK,
+                asset=key,
+                blocking=True,
+                description=f"At most {spec.max_failure_rate:.0%} of Stripe writes failed.",
+            ),
+        ],
     )
     def _sync(
         context: dg.AssetExecutionContext, config: SyncRunConfig, stripe: StripeResource, warehouse: WarehouseResource
     ):
-        options = RunOptions(dry_run=config.dry_run, full_resync=config.full_resync)
+        options = RunOptions(
+            dry_run=config.dry_run,
+            full_resync=config.full_resync,
+            model_slice=model_slice(spec.partitions, context) if spec.partitions else None,
+        )
         with warehouse.open() as session:
             store = SyncStateStore(session, warehouse.state_schema)
+            customers = stripe.customers()
             report = run_sync(
-                spec,
-                model.relation,
-                store,
-                stripe.customers(),
-                context.run.run_id,
-                options,
-                context.log,
-                concurrency=stripe.concurrency,
+                spec, model.relation, store, customers, context.run.run_id, options, context.log, stripe.concurrency
             )
         metadata = report_metadata(report, stripe.customer_url)
         if options.dry_run:
+            # The checks judge the plan (no write failed, since none was made); the asset itself
+            # is only observed, as nothing in Stripe changed.
             context.log_event(dg.AssetObservation(asset_key=context.asset_key, metadata=metadata))
+            yield from check_results(spec, report)
             return
-        if report.failure_rate > spec.max_failure_rate:
-            raise dg.Failure(
-                description=f"{report.counts()['failed']} of {len(report.outcomes)} Stripe writes failed "
-                f"({report.failure_rate:.0%}, more than max_failure_rate {spec.max_failure_rate:.0%}); "
-                "see failed_rows and failure_reasons",
-                metadata=metadata,
-            )
-        yield dg.MaterializeResult(metadata=metadata)
+        yield dg.MaterializeResult(metadata=metadata, check_results=check_results(spec, report))
 
     return _sync

@@ -88,7 +88,13 @@ def _print_summary(dagster_home: str) -> None:
 
     with dg.DagsterInstance.from_config(dagster_home) as instance:
         for path in sorted(SYNCS_DIR.glob("*.yaml")):
-            name = load_sync_spec(path).name
+            spec = load_sync_spec(path)
+            name = spec.name
+            if spec.partitions:
+                print(
+                    f"\nSync {name!r} is partitioned by {spec.partitions.column}: materialize its partitions in the UI."
+                )
+                continue
             metadata = _latest_metadata(instance, ["stripe", name])
             print(f"\nSync {name!r} ({path.relative_to(PROJECT_ROOT)}):")
             for count in ("rows_read", "created", "updated", "unchanged", "rejected", "failed", "stripe_api_calls"):

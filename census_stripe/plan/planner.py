@@ -81,33 +81,38 @@ class Plan:
         return alternating + creates[shorter:] + updates[shorter:]
 
 
-def diff(current: Mapping[str, str | None], desired: Mapping[str, str | None]) -> tuple[FieldChange, ...]:
-    """The desired fields whose value differs from what Stripe holds; unmapped fields are not ours."""
+def diff(
+    current: Mapping[str, str | None], desired: Mapping[str, str | None], everything: bool = False
+) -> tuple[FieldChange, ...]:
+    """The desired fields whose value differs from what Stripe holds, or all of them with
+    `everything` (a re-push); unmapped fields are not ours."""
     changes = []
     for name, after in desired.items():
         before, after = blank_to_none(current.get(name)), blank_to_none(after)
-        if before != after:
+        if everything or before != after:
             changes.append(FieldChange(name, before, after))
     return tuple(changes)
 
 
-def _compare(candidate: Candidate, customer: StripeCustomer, duplicates: tuple[str, ...] = ()) -> PlannedRow:
-    changes = diff(customer.values, candidate.values)
+def _compare(
+    candidate: Candidate, customer: StripeCustomer, repush: bool, duplicates: tuple[str, ...] = ()
+) -> PlannedRow:
+    changes = diff(customer.values, candidate.values, everything=repush)
     action = Action.UPDATE if changes else Action.UNCHANGED
     return PlannedRow(action, candidate, stripe_id=customer.id, changes=changes, stripe_duplicates=duplicates)
 
 
-def _matched(spec: SyncSpec, candidate: Candidate, matches: list[StripeCustomer]) -> PlannedRow:
+def _matched(spec: SyncSpec, candidate: Candidate, matches: list[StripeCustomer], repush: bool) -> PlannedRow:
     """The row against the Stripe customers that have its key, by the sync's duplicates policy."""
     if len(matches) == 1:
-        return _compare(candidate, matches[0])
+        return _compare(candidate, matches[0], repush)
     ids = tuple(sorted(customer.id for customer in matches))
     if spec.duplicates_in_stripe == "reject":
         reason = f"several Stripe customers share this {spec.key.field}: {', '.join(ids)}"
         return PlannedRow(Action.REJECT, candidate, reason=reason, stripe_duplicates=ids)
     by_age = sorted(matches, key=lambda customer: (customer.created, customer.id))
     chosen = by_age[0] if spec.duplicates_in_stripe == "oldest" else by_age[-1]
-    return _compare(candidate, chosen, duplicates=ids)
+    return _compare(candidate, chosen, repush, duplicates=ids)
 
 
 Lookup = Callable[[Mapping[str, str]], Mapping[str, list[StripeCustomer]]]
@@ -119,12 +124,14 @@ def build_plan(
     rows_read: int,
     lookup: Lookup,
     live_customers: Mapping[str, StripeCustomer] | None = None,
+    repush: bool = False,
 ) -> Plan:
     """Decide every candidate.
 
     A candidate whose Stripe id the state table knows is compared with the values last synced, or,
     when `live_customers` (id -> customer, read from Stripe for a full resync) is given, with what
-    Stripe holds now. Others are looked up by key, all in one `lookup` call.
+    Stripe holds now. Others are looked up by key, all in one `lookup` call. With `repush`, every
+    valid row is written whatever Stripe holds (a partition run).
     """
     plan = Plan(rows_read=rows_read)
     unmatched: list[Candidate] = []
@@ -134,9 +141,10 @@ def build_plan(
         if reason:
             plan.rows.append(PlannedRow(Action.REJECT, candidate, stripe_id=known_id, reason=reason))
         elif known_id and live_customers is None:
-            plan.rows.append(_compare(candidate, StripeCustomer(known_id, candidate.prior.synced_values or {})))
+            known = StripeCustomer(known_id, candidate.prior.synced_values or {})
+            plan.rows.append(_compare(candidate, known, repush))
         elif known_id and known_id in live_customers:
-            plan.rows.append(_compare(candidate, live_customers[known_id]))
+            plan.rows.append(_compare(candidate, live_customers[known_id], repush))
         else:
             # Never matched, or deleted in Stripe since: find it by key like a new row.
             unmatched.append(candidate)
@@ -145,7 +153,7 @@ def build_plan(
     found = lookup({candidate.key: candidate.values[spec.key.field] for candidate in unmatched})
     for candidate in unmatched:
         if matches := found.get(candidate.key):
-            plan.rows.append(_matched(spec, candidate, matches))
+            plan.rows.append(_matched(spec, candidate, matches, repush))
         elif spec.behavior == "update_or_create":
             plan.rows.append(PlannedRow(Action.CREATE, candidate, changes=diff({}, candidate.values)))
         else:

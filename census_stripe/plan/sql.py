@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
+from datetime import datetime
 
+import sqlglot
 from sqlglot import exp
 
 from census_stripe.spec import SyncSpec
@@ -58,24 +61,62 @@ def row_hash_expression(spec: SyncSpec) -> exp.Expression:
     return exp.func("MD5", exp.Concat(expressions=parts, safe=True))
 
 
-def _model_select(spec: SyncSpec, model: Relation) -> exp.Select:
+@dataclass(frozen=True)
+class ModelSlice:
+    """Part of the model, for a partitioned sync: rows whose `column` lies in [start, end), or
+    whose `column` is one of `values`."""
+
+    column: str
+    start: datetime | None = None
+    end: datetime | None = None
+    values: tuple[str, ...] = ()
+
+    def condition(self) -> exp.Expression:
+        column = exp.column(self.column, quoted=True)
+        if self.values:
+            return exp.In(this=exp.cast(column, "text"), expressions=[exp.Literal.string(v) for v in self.values])
+
+        def moment(value: datetime) -> exp.Expression:
+            return exp.cast(exp.Literal.string(value.strftime("%Y-%m-%d %H:%M:%S")), "timestamp")
+
+        as_timestamp = exp.cast(column, "timestamp")
+        return exp.and_(
+            exp.GTE(this=as_timestamp, expression=moment(self.start)),
+            exp.LT(this=as_timestamp.copy(), expression=moment(self.end)),
+        )
+
+
+def _rows(model: Relation, where: ModelSlice | None) -> exp.Select:
+    query = exp.select().from_(model.table())
+    return query.where(where.condition()) if where else query
+
+
+def _model_select(spec: SyncSpec, model: Relation, where: ModelSlice | None) -> exp.Select:
     values = [exp.alias_(_text(column), value_alias(i), quoted=True) for i, column in enumerate(spec.columns)]
-    return exp.select(
+    return _rows(model, where).select(
         *values,
         exp.alias_(key_expression(spec), KEY, quoted=True),
         exp.alias_(row_hash_expression(spec), ROW_HASH, quoted=True),
-    ).from_(model.table())
+    )
 
 
 STATE_COLUMNS = ("stripe_customer_id", "row_hash", "synced_values", "synced_at", "status", "run_id")
 
 
-def changed_rows_query(spec: SyncSpec, model: Relation, state: Relation, dialect: str, everything: bool = False) -> str:
+def changed_rows_query(
+    spec: SyncSpec,
+    model: Relation,
+    state: Relation,
+    dialect: str,
+    everything: bool = False,
+    where: ModelSlice | None = None,
+) -> str:
     """Model rows that need a look, with what the state table knows of each.
 
     A row needs a look when its hash differs from the one Stripe last accepted, when it has no key,
     or when its key repeats in the model (so every copy can be rejected). `everything` selects all
-    rows, for a full resync.
+    rows, for a full resync; `where` keeps to a slice of the model (keys repeat across the whole
+    model, though).
 
     Memory stays small however large the model: repeated keys are counted from the key column
     alone, the model is compared with narrow (key, hash) state rows, and the wide state columns
@@ -107,7 +148,7 @@ def changed_rows_query(spec: SyncSpec, model: Relation, state: Relation, dialect
                 exp.Coalesce(this=col(KEY_ROWS, "r"), expressions=[exp.Literal.number(1)]), KEY_ROWS, quoted=True
             ),
         )
-        .from_(exp.alias_(_model_select(spec, model).subquery(), "m", quoted=True))
+        .from_(exp.alias_(_model_select(spec, model, where).subquery(), "m", quoted=True))
         .join(
             exp.alias_(repeated_keys.subquery(), "r", quoted=True), on=col(KEY, "r").eq(col(KEY, "m")), join_type="left"
         )
@@ -138,7 +179,30 @@ def changed_rows_query(spec: SyncSpec, model: Relation, state: Relation, dialect
     return query.sql(dialect=dialect)
 
 
-def row_count_query(model: Relation, dialect: str) -> str:
-    return (
-        exp.select(exp.alias_(exp.Count(this=exp.Star()), "n", quoted=True)).from_(model.table()).sql(dialect=dialect)
-    )
+def row_count_query(model: Relation, dialect: str, where: ModelSlice | None = None) -> str:
+    return _rows(model, where).select(exp.alias_(exp.Count(this=exp.Star()), "n", quoted=True)).sql(dialect=dialect)
+
+
+# An order-independent checksum of many hex hashes, per dialect: no row leaves the warehouse.
+_CHECKSUMS = {
+    "duckdb": "BIT_XOR(HASH({}))",
+    "postgres": "BIT_XOR(('x' || SUBSTR({}, 1, 16))::BIT(64)::BIGINT)",
+    "snowflake": "HASH_AGG({})",
+    "bigquery": "BIT_XOR(FARM_FINGERPRINT({}))",
+}
+
+
+def fingerprint_query(spec: SyncSpec, model: Relation, dialect: str, updated_at_column: str | None = None) -> str:
+    """One row that changes whenever the rows the sync would read change: their count, the latest
+    `updated_at_column`, and a checksum of every row's hash."""
+    row_hash = row_hash_expression(spec).sql(dialect=dialect)
+    if dialect not in _CHECKSUMS:
+        raise ValueError(f"no checksum for the {dialect} dialect yet (known: {', '.join(_CHECKSUMS)})")
+    parts = [
+        exp.alias_(exp.Count(this=exp.Star()), "row_count", quoted=True),
+        exp.alias_(sqlglot.parse_one(_CHECKSUMS[dialect].format(row_hash), read=dialect), "checksum", quoted=True),
+    ]
+    if updated_at_column:
+        latest = exp.Max(this=exp.cast(exp.column(updated_at_column, quoted=True), "text"))
+        parts.append(exp.alias_(latest, "updated_at", quoted=True))
+    return exp.select(*parts).from_(model.table()).sql(dialect=dialect)

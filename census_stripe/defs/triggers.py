@@ -1,0 +1,87 @@
+"""What starts a sync besides a person: the model's materialization in Dagster (declarative
+automation), a change to the model's table made outside Dagster (a sensor), and a cron schedule.
+Each is opt-in in the sync file's `automation` section.
+"""
+
+import hashlib
+import json
+
+import dagster as dg
+
+from census_stripe.defs.resources import WarehouseResource
+from census_stripe.defs.sync_asset import Sync, sync_asset_key
+from census_stripe.plan.sql import fingerprint_query
+from census_stripe.spec import SyncConfigError
+
+
+def model_fingerprint(sync: Sync, warehouse: WarehouseResource) -> str:
+    """A short digest of the model's rows as the sync reads them, computed in the warehouse."""
+    watch = sync.spec.automation.watch
+    with warehouse.open(read_only=True) as session:
+        query = fingerprint_query(sync.spec, sync.model.relation, session.dialect, watch.updated_at_column)
+        row = session.query(query).iloc[0].to_dict()
+    return hashlib.sha256(json.dumps(row, default=str, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_change_sensor(sync: Sync) -> dg.SensorDefinition:
+    """One run request per change of the model's table, none when nothing changed.
+
+    The cursor (kept by Dagster, so it survives restarts) is the last fingerprint seen; the run key
+    carries the new one, so a change is synced once however often it is seen. The first tick only
+    starts watching.
+    """
+    name, watch = sync.spec.name, sync.spec.automation.watch
+
+    @dg.sensor(
+        name=f"{name}_model_changed",
+        description=f"Syncs {name} when {sync.model.name} changes outside Dagster (checked in the warehouse).",
+        minimum_interval_seconds=watch.interval_seconds,
+        target=[sync_asset_key(sync.spec)],
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def _sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
+        try:
+            fingerprint = model_fingerprint(sync, warehouse)
+        except Exception as error:
+            return dg.SkipReason(f"could not read {sync.model.name} this time: {type(error).__name__}: {error}")
+        if context.cursor is None:
+            context.update_cursor(fingerprint)
+            return dg.SkipReason(f"watching {sync.model.name} from now on (fingerprint {fingerprint})")
+        if fingerprint == context.cursor:
+            return dg.SkipReason(f"{sync.model.name} has not changed")
+        context.update_cursor(fingerprint)
+        return dg.RunRequest(
+            run_key=f"{name}:{fingerprint}",
+            asset_selection=[sync_asset_key(sync.spec)],
+            tags={"census_stripe/model_fingerprint": fingerprint},
+        )
+
+    return _sensor
+
+
+def cron_schedule(sync: Sync) -> dg.ScheduleDefinition:
+    try:
+        return dg.ScheduleDefinition(
+            name=f"{sync.spec.name}_schedule",
+            cron_schedule=sync.spec.automation.cron,
+            target=[sync_asset_key(sync.spec)],
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+        )
+    except dg.DagsterInvalidDefinitionError as error:
+        raise SyncConfigError(sync.path, [("automation.cron", str(error))]) from None
+
+
+def sync_triggers(syncs: list[Sync]) -> tuple[list[dg.SensorDefinition], list[dg.ScheduleDefinition]]:
+    sensors = [model_change_sensor(sync) for sync in syncs if sync.spec.automation.watch]
+    schedules = [cron_schedule(sync) for sync in syncs if sync.spec.automation.cron]
+    eager = [sync_asset_key(sync.spec) for sync in syncs if sync.spec.automation.eager]
+    if eager:
+        sensors.append(
+            dg.AutomationConditionSensorDefinition(
+                "stripe_syncs_on_model_change",
+                target=dg.AssetSelection.assets(*eager),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                description="Runs the syncs whose file sets `automation.eager` after their model materializes.",
+            )
+        )
+    return sensors, schedules
