@@ -123,10 +123,8 @@ def test_columns_are_checked_against_the_model():
 
 
 def test_partitions_need_exactly_one_kind_and_no_whole_model_triggers():
-    both = (
-        VALID
-        + "partitions:\n  time: {column: d, granularity: daily, start: '2024-01-01'}\n  values: {column: r, values: [a]}\n"
-    )
+    time = "  time: {column: d, granularity: daily, start: '2024-01-01'}\n"
+    both = VALID + "partitions:\n" + time + "  values: {column: r, values: [a]}\n"
     assert problems(both)[0] == ("partitions", "Value error, give exactly one of `time` or `values`")
     watched = VALID + "partitions:\n  values: {column: region, values: [EU]}\nautomation:\n  cron: '0 * * * *'\n"
     assert problems(watched)[0][0] == "automation"
