@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 INSTALLED := $(VENV)/.installed
-MANIFEST := dbt_project/target/manifest.json
+CENSUS_STRIPE_WAREHOUSE ?= duckdb
+MANIFEST := dbt_project/target/$(CENSUS_STRIPE_WAREHOUSE)/manifest.json
 export PATH := $(BIN):$(PATH)
 
 .PHONY: install demo dev test bench lint clean-data
@@ -13,7 +14,7 @@ install: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,redshift,snowflake,bigquery]'
 	touch $@
 
 # Dagster reads dbt's manifest; prepare it here so that nothing parses dbt at import time.

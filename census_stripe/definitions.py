@@ -6,15 +6,15 @@ from __future__ import annotations
 import os
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from census_stripe.defs.dbt import daily_partitioned_models, dbt_resource, warehouse_models
-from census_stripe.defs.resources import DuckDBWarehouseResource, StripeResource
+from census_stripe.defs.resources import StripeResource
 from census_stripe.defs.sync_asset import build_sync_asset, load_sync
 from census_stripe.defs.triggers import sync_triggers
-from census_stripe.settings import SYNCS_DIR, duckdb_path
+from census_stripe.defs.warehouses import warehouse_from_env
+from census_stripe.settings import SYNCS_DIR
 
-warehouse = DuckDBWarehouseResource(duckdb=DuckDBResource(database=str(duckdb_path())))
+warehouse = warehouse_from_env()
 syncs = [load_sync(path) for path in sorted(SYNCS_DIR.glob("*.yaml"))]
 sync_assets = [build_sync_asset(sync, warehouse.kind) for sync in syncs]
 sensors, schedules = sync_triggers(syncs)

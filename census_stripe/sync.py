@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 
 from census_stripe.apply.writer import Outcome, StripeWriter
@@ -21,7 +21,7 @@ from census_stripe.plan.rows import candidates_from_chunk
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import SyncSpec
 from census_stripe.stripe_api import StripeCustomers
-from census_stripe.warehouse.base import Relation
+from census_stripe.warehouse.base import Relation, Warehouse
 from census_stripe.warehouse.state import Rejection, StateRecord, SyncStateStore, utc_now
 
 log = logging.getLogger(__name__)
@@ -113,14 +113,34 @@ def _rejection(row: PlannedRow, kind: str, reason: str) -> Rejection:
     return Rejection(row.candidate.key, row.candidate.key_value, kind, reason, row.candidate.values)
 
 
+def as_stored(spec: SyncSpec, model: Relation, warehouse: Warehouse) -> tuple[SyncSpec, Relation]:
+    """The sync's model and columns as the warehouse names what dbt created unquoted
+    (Snowflake upper-cases them); unchanged elsewhere."""
+    fold = warehouse.model_identifier
+    data = spec.model_dump()
+    data["key"]["column"] = fold(spec.key.column)
+    data["mapping"] = {field: fold(column) for field, column in spec.mapping.items()}
+    for setting, column in spec.other_columns.items():
+        *parents, leaf = setting.split(".")
+        target = data
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = fold(column)
+    return SyncSpec.model_validate(data), Relation(fold(model.schema), fold(model.name), model.database)
+
+
 def plan_sync(
     spec: SyncSpec, model: Relation, store: SyncStateStore, customers: StripeCustomers, options: RunOptions
 ) -> Plan:
     warehouse = store.warehouse
     store.ensure_tables()
-    rows_read = int(warehouse.query(sql.row_count_query(model, warehouse.dialect, options.model_slice)).iloc[0, 0])
+    spec, model = as_stored(spec, model, warehouse)
+    where = options.model_slice and replace(
+        options.model_slice, column=warehouse.model_identifier(options.model_slice.column)
+    )
+    rows_read = int(warehouse.query(sql.row_count_query(model, warehouse.dialect, where)).iloc[0, 0])
     everything = options.full_resync or options.repush
-    query = sql.changed_rows_query(spec, model, store.state, warehouse.dialect, everything, options.model_slice)
+    query = sql.changed_rows_query(spec, model, store.state, warehouse.dialect, everything, where)
     candidates = chain.from_iterable(
         candidates_from_chunk(spec, chunk) for chunk in warehouse.query_chunks(query, CHUNK_ROWS)
     )

@@ -15,8 +15,9 @@ import dagster as dg
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from census_stripe.defs.resources import DuckDBWarehouseResource, StripeResource
+from census_stripe.defs.resources import StripeResource
 from census_stripe.defs.sync_asset import Sync, build_sync_asset, load_sync
+from census_stripe.defs.warehouses import DuckDBWarehouseResource
 from census_stripe.demo.local_stripe import LocalStripe
 from census_stripe.demo.seed_data import DEFAULT_CUSTOMERS, write_seeds
 from census_stripe.settings import SYNCS_DIR

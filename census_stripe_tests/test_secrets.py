@@ -7,8 +7,9 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from census_stripe.defs.resources import DuckDBWarehouseResource, StripeResource
+from census_stripe.defs.resources import StripeResource
 from census_stripe.defs.sync_asset import build_sync_asset, load_sync
+from census_stripe.defs.warehouses import DuckDBWarehouseResource
 from census_stripe_tests.conftest import DEMO_SYNC
 
 

@@ -83,12 +83,13 @@ class DbtModel:
 
 
 @cache
-def _manifest() -> dict:
-    return json.loads(dbt_project.manifest_path.read_text())
+def _manifest(path: Path) -> dict:
+    return json.loads(path.read_text())
 
 
-def find_model(name: str) -> DbtModel | None:
-    for node in _manifest()["nodes"].values():
+def find_model(name: str, manifest_path: Path = dbt_project.manifest_path) -> DbtModel | None:
+    """The model as the manifest names it, for the target the manifest was parsed for."""
+    for node in _manifest(manifest_path)["nodes"].values():
         if node["resource_type"] == "model" and node["name"] == name:
             return DbtModel(
                 name=name,
@@ -100,5 +101,5 @@ def find_model(name: str) -> DbtModel | None:
     return None
 
 
-def model_names() -> list[str]:
-    return sorted(n["name"] for n in _manifest()["nodes"].values() if n["resource_type"] == "model")
+def model_names(manifest_path: Path = dbt_project.manifest_path) -> list[str]:
+    return sorted(n["name"] for n in _manifest(manifest_path)["nodes"].values() if n["resource_type"] == "model")

@@ -1,22 +1,12 @@
-"""Connections as Dagster resources: the Stripe key and the warehouse, configured from the environment."""
+"""The Stripe account as a Dagster resource, configured from the environment (warehouses: warehouses.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import ClassVar
-
 import dagster as dg
-import duckdb
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from census_stripe.apply.rate_limit import RateLimits, shared_budget
 from census_stripe.stripe_api import StripeAccessError, StripeCustomers, dashboard_url, is_live_key
-from census_stripe.warehouse.base import Warehouse
-from census_stripe.warehouse.duckdb import DuckDBWarehouse
-from census_stripe.warehouse.state import DEFAULT_SCHEMA
 
 
 class StripeResource(dg.ConfigurableResource):
@@ -53,36 +43,3 @@ class StripeResource(dg.ConfigurableResource):
 
     def customer_url(self, customer_id: str) -> str:
         return dashboard_url(customer_id, self.api_key, self.api_base)
-
-
-class WarehouseResource(dg.ConfigurableResource):
-    """Where the models live and the sync keeps its state; one subclass per kind of warehouse."""
-
-    kind: ClassVar[str]  # shown on assets in the UI
-    state_schema: str = Field(
-        default=DEFAULT_SCHEMA, description="Schema of the sync's state and rejection tables (created on first use)."
-    )
-
-    @contextmanager
-    def open(self, read_only: bool = False) -> Iterator[Warehouse]:
-        """A session; `read_only` for sensors, which must not take a writer's place."""
-        raise NotImplementedError
-        yield
-
-
-class DuckDBWarehouseResource(WarehouseResource):
-    """The embedded warehouse: a DuckDB file, the one dbt builds the models into."""
-
-    kind: ClassVar[str] = "duckdb"
-    duckdb: DuckDBResource
-
-    @contextmanager
-    def open(self, read_only: bool = False) -> Iterator[Warehouse]:
-        if read_only:
-            # DuckDB has one writer per file; a reader must not wait on it, nor block it for long.
-            with duckdb.connect(self.duckdb.database, read_only=True) as connection:
-                yield DuckDBWarehouse(connection)
-            return
-        Path(self.duckdb.database).parent.mkdir(parents=True, exist_ok=True)
-        with self.duckdb.get_connection() as connection:
-            yield DuckDBWarehouse(connection)

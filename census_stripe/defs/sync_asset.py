@@ -13,8 +13,10 @@ import dagster as dg
 from pydantic import Field
 
 from census_stripe.defs.dbt import DbtModel, find_model, model_names
+from census_stripe.defs.dbt_project import dbt_project
 from census_stripe.defs.metadata import report_metadata
-from census_stripe.defs.resources import StripeResource, WarehouseResource
+from census_stripe.defs.resources import StripeResource
+from census_stripe.defs.warehouses import WarehouseResource
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import PartitionsSpec, SyncConfigError, SyncSpec, check_model_columns, load_sync_spec
 from census_stripe.sync import RunOptions, SyncReport, run_sync
@@ -41,14 +43,13 @@ class Sync:
     model: DbtModel
 
 
-def load_sync(path: Path) -> Sync:
+def load_sync(path: Path, manifest_path: Path = dbt_project.manifest_path) -> Sync:
     """A sync file checked against its dbt model; SyncConfigError names the file and field if not."""
     spec = load_sync_spec(path)
-    model = find_model(spec.model)
+    model = find_model(spec.model, manifest_path)
     if model is None:
-        raise SyncConfigError(
-            path, [("model", f"no dbt model named {spec.model!r} (models: {', '.join(model_names())})")]
-        )
+        models = ", ".join(model_names(manifest_path))
+        raise SyncConfigError(path, [("model", f"no dbt model named {spec.model!r} (models: {models})")])
     check_model_columns(spec, model.columns, path)
     return Sync(spec, path, model)
 

@@ -8,17 +8,18 @@ import json
 
 import dagster as dg
 
-from census_stripe.defs.resources import WarehouseResource
 from census_stripe.defs.sync_asset import Sync, sync_asset_key
+from census_stripe.defs.warehouses import WarehouseResource
 from census_stripe.plan.sql import fingerprint_query
 from census_stripe.spec import SyncConfigError
+from census_stripe.sync import as_stored
 
 
 def model_fingerprint(sync: Sync, warehouse: WarehouseResource) -> str:
     """A short digest of the model's rows as the sync reads them, computed in the warehouse."""
-    watch = sync.spec.automation.watch
     with warehouse.open(read_only=True) as session:
-        query = fingerprint_query(sync.spec, sync.model.relation, session.dialect, watch.updated_at_column)
+        spec, model = as_stored(sync.spec, sync.model.relation, session)
+        query = fingerprint_query(spec, model, session.dialect, spec.automation.watch.updated_at_column)
         row = session.query(query).iloc[0].to_dict()
     return hashlib.sha256(json.dumps(row, default=str, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -187,6 +187,7 @@ def row_count_query(model: Relation, dialect: str, where: ModelSlice | None = No
 _CHECKSUMS = {
     "duckdb": "BIT_XOR(HASH({}))",
     "postgres": "BIT_XOR(('x' || SUBSTR({}, 1, 16))::BIT(64)::BIGINT)",
+    "redshift": "SUM(STRTOL(SUBSTRING({}, 1, 8), 16))",
     "snowflake": "HASH_AGG({})",
     "bigquery": "BIT_XOR(FARM_FINGERPRINT({}))",
 }

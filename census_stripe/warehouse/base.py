@@ -1,17 +1,23 @@
-"""What the sync needs from a warehouse: run SQL, stream results, append rows. Nothing more.
+"""What the sync needs from a warehouse: run SQL, stream results, write rows. Nothing more.
 
-Each warehouse is a small adapter over its own driver; all SQL is generated elsewhere, per dialect.
+Each warehouse is a small adapter over its own driver that runs SQL; all SQL is generated
+elsewhere, per dialect, and the rows the sync writes (state, rejections) go in as plain INSERTs
+built here, which every warehouse accepts.
 """
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import ClassVar
 
 import pandas as pd
 from sqlglot import exp
+
+ROWS_PER_INSERT = 500
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,21 @@ class Relation:
 
     def __str__(self) -> str:
         return ".".join(part for part in (self.database, self.schema, self.name) if part)
+
+
+def literal(value) -> exp.Expression:
+    """A Python value as a SQL literal; sqlglot escapes it for the dialect."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return exp.Null()
+    if isinstance(value, datetime | pd.Timestamp):
+        return exp.cast(exp.Literal.string(value.strftime("%Y-%m-%d %H:%M:%S.%f")), "timestamp")
+    if isinstance(value, date):
+        return exp.cast(exp.Literal.string(value.isoformat()), "date")
+    if isinstance(value, bool):
+        return exp.Boolean(this=value)
+    if isinstance(value, numbers.Real):
+        return exp.Literal.number(value)
+    return exp.Literal.string(str(value))
 
 
 class Warehouse(ABC):
@@ -46,13 +67,44 @@ class Warehouse(ABC):
     def execute(self, *statements: str) -> None:
         """Run statements in one transaction."""
 
-    @abstractmethod
+    def execute_ddl(self, *statements: str) -> None:
+        """Run schema changes (idempotent ones: IF NOT EXISTS). Where DDL may not sit inside a
+        transaction (Snowflake commits around it, BigQuery refuses it), each runs on its own."""
+        self.execute(*statements)
+
+    def model_identifier(self, name: str) -> str:
+        """How the warehouse stores a name dbt created unquoted (Snowflake upper-cases them)."""
+        return name
+
+    def _inserts(self, table: Relation, rows: pd.DataFrame) -> list[str]:
+        columns = [exp.to_identifier(name, quoted=True) for name in rows.columns]
+        statements = []
+        for start in range(0, len(rows), ROWS_PER_INSERT):
+            chunk = rows.iloc[start : start + ROWS_PER_INSERT]
+            values = exp.values([exp.tuple_(*map(literal, row)) for row in chunk.itertuples(index=False)])
+            statements.append(exp.insert(values, table.table(), columns=columns).sql(self.dialect))
+        return statements
+
     def replace_rows(self, table: Relation, rows: pd.DataFrame, key_columns: tuple[str, ...]) -> None:
         """Delete the rows of `table` matching `rows` on `key_columns`, then insert `rows`; atomically."""
+        matches = [
+            exp.and_(
+                *(
+                    exp.column(name, quoted=True).eq(literal(value))
+                    for name, value in zip(key_columns, key, strict=True)
+                )
+            )
+            for key in rows[list(key_columns)].drop_duplicates().itertuples(index=False)
+        ]
+        deletes = [
+            exp.delete(table.table(), where=exp.or_(*matches[start : start + ROWS_PER_INSERT])).sql(self.dialect)
+            for start in range(0, len(matches), ROWS_PER_INSERT)
+        ]
+        self.execute(*deletes, *self._inserts(table, rows))
 
-    @abstractmethod
     def append_rows(self, table: Relation, rows: pd.DataFrame) -> None:
         """Insert `rows` into `table`."""
+        self.execute(*self._inserts(table, rows))
 
     def table_columns(self, table: Relation) -> list[str]:
         """The columns `table` has now, from the SQL-standard information schema."""

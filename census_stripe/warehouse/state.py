@@ -99,12 +99,14 @@ class SyncStateStore:
         )
         dialect = self.warehouse.dialect
         tables = ((self.state, _STATE_COLUMNS), (self.rejections, _REJECTION_COLUMNS))
-        self.warehouse.execute(schema.sql(dialect), *(_create_table(t, columns).sql(dialect) for t, columns in tables))
+        self.warehouse.execute_ddl(
+            schema.sql(dialect), *(_create_table(t, columns).sql(dialect) for t, columns in tables)
+        )
         for table, columns in tables:
             existing = {name.lower() for name in self.warehouse.table_columns(table)}
             missing = [name for name in columns if name not in existing]
             if missing:
-                self.warehouse.execute(*(_add_column(table, name, columns[name]).sql(dialect) for name in missing))
+                self.warehouse.execute_ddl(*(_add_column(table, name, columns[name]).sql(dialect) for name in missing))
 
     def save(self, sync_name: str, run_id: str, records: Iterable[StateRecord]) -> None:
         now = utc_now()

@@ -1,0 +1,170 @@
+"""The warehouse as a Dagster resource: where the models live and the sync keeps its state.
+
+CENSUS_STRIPE_WAREHOUSE picks one (duckdb, postgres, redshift, snowflake, bigquery); each reads
+its credentials from the same environment variables as its dbt target in dbt_project/profiles.yml.
+Drivers are imported on use, so a DuckDB-only install needs none of the others.
+"""
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import ClassVar
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+from dagster_snowflake import SnowflakeResource
+from pydantic import Field
+
+from census_stripe.settings import duckdb_path
+from census_stripe.warehouse.base import Warehouse
+from census_stripe.warehouse.state import DEFAULT_SCHEMA
+
+WAREHOUSES = ("duckdb", "postgres", "redshift", "snowflake", "bigquery")
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """One subclass per kind of warehouse."""
+
+    kind: ClassVar[str]  # shown on assets in the UI
+    state_schema: str = Field(
+        default=DEFAULT_SCHEMA, description="Schema of the sync's state and rejection tables (created on first use)."
+    )
+
+    @contextmanager
+    def open(self, read_only: bool = False) -> Iterator[Warehouse]:
+        """A session; `read_only` for sensors, which must not take a writer's place."""
+        raise NotImplementedError
+        yield
+
+
+class DuckDBWarehouseResource(WarehouseResource):
+    """The embedded warehouse: a DuckDB file, the one dbt builds the models into."""
+
+    kind: ClassVar[str] = "duckdb"
+    duckdb: DuckDBResource
+
+    @contextmanager
+    def open(self, read_only: bool = False) -> Iterator[Warehouse]:
+        import duckdb
+
+        from census_stripe.warehouse.duckdb import DuckDBWarehouse
+
+        if read_only:
+            # DuckDB has one writer per file; a reader must not wait on it, nor block it for long.
+            with duckdb.connect(self.duckdb.database, read_only=True) as connection:
+                yield DuckDBWarehouse(connection)
+            return
+        Path(self.duckdb.database).parent.mkdir(parents=True, exist_ok=True)
+        with self.duckdb.get_connection() as connection:
+            yield DuckDBWarehouse(connection)
+
+
+class PostgresWarehouseResource(WarehouseResource):
+    """PostgreSQL. The user needs SELECT on the models and CREATE on the database (for the state schema)."""
+
+    kind: ClassVar[str] = "postgres"
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+    password: str = ""
+    database: str = "postgres"
+
+    def _connect(self):
+        import psycopg
+
+        return psycopg.connect(
+            host=self.host, port=self.port, user=self.user, password=self.password or None, dbname=self.database
+        )
+
+    @contextmanager
+    def open(self, read_only: bool = False) -> Iterator[Warehouse]:
+        from census_stripe.warehouse.postgres import PostgresWarehouse
+
+        with self._connect() as connection:
+            yield PostgresWarehouse(connection)
+
+
+class RedshiftWarehouseResource(PostgresWarehouseResource):
+    """Redshift, over its PostgreSQL-compatible protocol."""
+
+    kind: ClassVar[str] = "redshift"
+    port: int = 5439
+
+    @contextmanager
+    def open(self, read_only: bool = False) -> Iterator[Warehouse]:
+        from census_stripe.warehouse.postgres import RedshiftWarehouse
+
+        with self._connect() as connection:
+            yield RedshiftWarehouse(connection)
+
+
+class SnowflakeWarehouseResource(WarehouseResource):
+    kind: ClassVar[str] = "snowflake"
+    snowflake: SnowflakeResource
+
+    @contextmanager
+    def open(self, read_only: bool = False) -> Iterator[Warehouse]:
+        from census_stripe.warehouse.snowflake import SnowflakeWarehouse
+
+        with self.snowflake.get_connection() as connection:
+            yield SnowflakeWarehouse(connection)
+
+
+class BigQueryWarehouseResource(WarehouseResource):
+    kind: ClassVar[str] = "bigquery"
+    project: str
+    location: str | None = None
+
+    @contextmanager
+    def open(self, read_only: bool = False) -> Iterator[Warehouse]:
+        from dagster_gcp import BigQueryResource
+
+        from census_stripe.warehouse.bigquery import BigQueryWarehouse
+
+        with BigQueryResource(project=self.project, location=self.location).get_client() as client:
+            yield BigQueryWarehouse(client)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def _secret(name: str):
+    """A secret read at run time, so its value never lands in the run's config."""
+    return dg.EnvVar(name) if name in os.environ else ""
+
+
+def warehouse_from_env() -> WarehouseResource:
+    """The warehouse CENSUS_STRIPE_WAREHOUSE names, from the variables its dbt target reads too."""
+    kind = _env("CENSUS_STRIPE_WAREHOUSE", "duckdb")
+    if kind == "duckdb":
+        return DuckDBWarehouseResource(duckdb=DuckDBResource(database=str(duckdb_path())))
+    if kind in ("postgres", "redshift"):
+        prefix, resource = (
+            ("PG", PostgresWarehouseResource) if kind == "postgres" else ("REDSHIFT_", RedshiftWarehouseResource)
+        )
+        names = {"host": "HOST", "port": "PORT", "user": "USER", "database": "DATABASE"}
+        settings = {field: _env(prefix + name) for field, name in names.items() if _env(prefix + name)}
+        return resource(**settings, password=_secret(prefix + "PASSWORD"))
+    if kind == "snowflake":
+        stand_in = {
+            name.lower(): _env(f"SNOWFLAKE_{name}")
+            for name in ("HOST", "PORT", "PROTOCOL")
+            if _env(f"SNOWFLAKE_{name}")
+        }
+        return SnowflakeWarehouseResource(
+            snowflake=SnowflakeResource(
+                account=_env("SNOWFLAKE_ACCOUNT"),
+                user=_env("SNOWFLAKE_USER", ""),
+                password=_secret("SNOWFLAKE_PASSWORD"),
+                database=_env("SNOWFLAKE_DATABASE"),
+                schema=_env("CENSUS_STRIPE_SCHEMA", "PUBLIC"),
+                warehouse=_env("SNOWFLAKE_WAREHOUSE"),
+                role=_env("SNOWFLAKE_ROLE"),
+                additional_snowflake_connection_args=stand_in or None,
+            )
+        )
+    if kind == "bigquery":
+        return BigQueryWarehouseResource(project=_env("BIGQUERY_PROJECT", ""), location=_env("BIGQUERY_LOCATION"))
+    raise ValueError(f"CENSUS_STRIPE_WAREHOUSE={kind!r}; use one of {', '.join(WAREHOUSES)}")

@@ -1,0 +1,44 @@
+"""PostgreSQL, over psycopg 3. Redshift speaks the same protocol; its adapter only changes the dialect."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pandas as pd
+import psycopg
+
+from census_stripe.warehouse.base import Warehouse
+
+
+class PostgresWarehouse(Warehouse):
+    dialect = "postgres"
+
+    def __init__(self, connection: psycopg.Connection):
+        # Autocommit, so that reads hold no transaction open; `execute` opens one explicitly.
+        connection.autocommit = True
+        self._connection = connection
+
+    def query(self, sql: str) -> pd.DataFrame:
+        with self._connection.cursor() as cursor:
+            cursor.execute(sql)
+            return pd.DataFrame(cursor.fetchall(), columns=[column.name for column in cursor.description])
+
+    def query_chunks(self, sql: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+        # A server-side cursor: the warehouse holds the result, the sync takes it a chunk at a time.
+        with self._connection.transaction(), self._connection.cursor(name="census_stripe_rows") as cursor:
+            cursor.execute(sql)
+            columns = None
+            while rows := cursor.fetchmany(chunk_rows):
+                columns = columns or [column.name for column in cursor.description]
+                yield pd.DataFrame(rows, columns=columns)
+
+    def execute(self, *statements: str) -> None:
+        with self._connection.transaction():
+            for statement in statements:
+                self._connection.execute(statement)
+
+
+class RedshiftWarehouse(PostgresWarehouse):
+    """Redshift over the PostgreSQL protocol; the SQL is generated in Redshift's dialect."""
+
+    dialect = "redshift"
