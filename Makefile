@@ -7,7 +7,7 @@ CENSUS_STRIPE_WAREHOUSE ?= duckdb
 MANIFEST := dbt_project/target/$(CENSUS_STRIPE_WAREHOUSE)/manifest.json
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo dev test bench lint clean-data
+.PHONY: install demo dev test bench lint screenshots browser clean-data
 
 install: $(INSTALLED)
 
@@ -29,8 +29,17 @@ demo: $(MANIFEST)  ## seed, build the dbt models, sync them to a local Stripe se
 dev: $(MANIFEST)  ## the Dagster UI (http://127.0.0.1:3000) on the demo's warehouse and Stripe data
 	$(BIN)/python -m census_stripe.demo dev
 
-test: $(MANIFEST)  ## the test suite: real DuckDB, real dbt, a real local Stripe server
+test: $(MANIFEST) browser  ## the test suite: real DuckDB, real dbt, a real local Stripe server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The UI test drives Debian's Chromium; a test tool's own browser download does not work offline.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		{ apt-get install -y -qq chromium || { apt-get update -qq && apt-get install -y -qq chromium; }; }; } || \
+		{ echo "The UI test needs Chromium: run 'sudo apt-get install chromium'"; exit 1; }
+
+screenshots: $(MANIFEST) browser  ## regenerate docs/*.png from the UI test
+	CENSUS_STRIPE_SCREENSHOTS=docs $(BIN)/python -m pytest census_stripe_tests/test_ui.py
 
 bench: $(INSTALLED)  ## the benchmarks of BENCHMARKS.md (several minutes; figures are printed)
 	$(BIN)/python -m benchmarks.noop_rerun

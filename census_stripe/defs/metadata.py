@@ -62,26 +62,27 @@ class _Privacy:
 
 
 def _preview(report: SyncReport, privacy: _Privacy) -> dg.MetadataValue:
+    # The change first: in the UI's narrow metadata column, the first columns are the ones seen.
     records = [
         {
-            "key": privacy.key(row.candidate.key),
             "action": row.action.value,
-            "stripe_customer_id": row.stripe_id,
             "field": change.field,
             "before": privacy.value(change.field, change.before),
             "after": privacy.value(change.field, change.after),
+            "key": privacy.key(row.candidate.key),
+            "stripe_customer_id": row.stripe_id,
         }
         for row in report.plan.writes
         for change in row.changes
     ]
     return _table(
         records,
-        ("key", "The row's mapping key"),
         ("action", "create or update"),
-        ("stripe_customer_id", ""),
         ("field", "Stripe field"),
         ("before", "In Stripe now (empty for a new customer)"),
         ("after", "From the model"),
+        ("key", "The row's mapping key"),
+        ("stripe_customer_id", ""),
     )
 
 

@@ -18,6 +18,7 @@ from census_stripe.defs.metadata import report_metadata
 from census_stripe.defs.resources import StripeResource
 from census_stripe.defs.warehouses import WarehouseResource
 from census_stripe.plan.sql import ModelSlice
+from census_stripe.settings import PROJECT_ROOT
 from census_stripe.spec import PartitionsSpec, SyncConfigError, SyncSpec, check_model_columns, load_sync_spec
 from census_stripe.sync import RunOptions, SyncReport, run_sync
 from census_stripe.warehouse.state import SyncStateStore
@@ -52,6 +53,12 @@ def load_sync(path: Path, manifest_path: Path = dbt_project.manifest_path) -> Sy
         raise SyncConfigError(path, [("model", f"no dbt model named {spec.model!r} (models: {models})")])
     check_model_columns(spec, model.columns, path)
     return Sync(spec, path, model)
+
+
+def _shown_path(path: Path) -> str:
+    """The sync file as a person finds it in the repository."""
+    path = path.resolve()
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 def sync_asset_key(spec: SyncSpec) -> dg.AssetKey:
@@ -112,7 +119,7 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
         kinds={"stripe", warehouse_kind},
         description=spec.description or f"Sync of {model.name} to Stripe customers.",
         metadata={
-            "sync_file": dg.MetadataValue.path(str(sync.path)),
+            "sync_file": dg.MetadataValue.path(_shown_path(sync.path)),
             "behavior": spec.behavior,
             "mapping_key": f"{spec.key.field} <- {spec.key.column}",
             "mapping": dg.MetadataValue.json(spec.columns_by_field | spec.constant_values),

@@ -31,10 +31,12 @@ def stop_process_group(process: subprocess.Popen, first_signal: int, grace_secon
         process.wait()
 
 
-def start_server(command: list[str], port: int, log_path: Path | None = None, timeout: float = 30) -> subprocess.Popen:
+def start_server(
+    command: list[str], port: int, log_path: Path | None = None, timeout: float = 30, env=None, cwd=None
+) -> subprocess.Popen:
     """Start a server in its own process group and return once it accepts connections on `port`."""
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=cwd)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -1,0 +1,233 @@
+"""The Dagster UI, used the way a person uses it: Debian's headless Chromium, driven by
+Playwright, against a dagster-webserver this test starts on a free port, a warehouse built by
+dbt and the local Stripe server.
+
+A person looks at the lineage, previews the sync with a dry run from the Launchpad (Stripe is
+untouched), materializes it (Stripe gets the customers, the page shows the counts and the
+preview), and, after the data changes twice, reads the counts plotted over the runs.
+
+With CENSUS_STRIPE_SCREENSHOTS=docs (`make screenshots`) the screenshots land in docs/ for the
+README; otherwise in the test's temporary folder.
+"""
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from census_stripe.demo.local_stripe import free_port, start_server, stop_process_group
+from census_stripe.settings import PROJECT_ROOT
+from census_stripe_tests.conftest import API_KEY
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the networking switches, Chromium keeps dialling Google from this closed network.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+INSTANCE = (
+    "telemetry:\n  enabled: false\n"
+    # Runs launched from the UI start at once: the test runs the webserver alone, without the
+    # daemon, so no sensor or schedule starts runs of its own behind the test's back.
+    "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
+    "concurrency:\n  pools:\n    default_limit: 1\n"
+)
+SYNC_PAGE = "/assets/stripe/customers"
+
+
+@dataclass
+class Webserver:
+    url: str
+    warehouse: Path
+
+    def graphql(self, query: str) -> dict:
+        request = urllib.request.Request(
+            f"{self.url}/graphql",
+            data=json.dumps({"query": query}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["data"]
+
+    def runs(self) -> list[dict]:
+        data = self.graphql("{ runsOrError(limit: 20) { ... on Runs { results { runId status } } } }")
+        return data["runsOrError"]["results"]
+
+    def wait_for_new_run(self, known: int, timeout: float = 180) -> dict:
+        """The run launched after `known` runs existed, once it has finished."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = self.runs()
+            if len(runs) > known and runs[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+                return runs[0]
+            time.sleep(1)
+        raise TimeoutError(f"no run finished within {timeout:.0f}s: {self.runs()[:2]}")
+
+
+@pytest.fixture(scope="module")
+def webserver(built_warehouse, local_stripe_server, tmp_path_factory):
+    work = tmp_path_factory.mktemp("ui")
+    warehouse = work / "warehouse.duckdb"
+    shutil.copyfile(built_warehouse.path, warehouse)
+    home = work / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(INSTANCE)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "CENSUS_STRIPE_DUCKDB_PATH": str(warehouse),
+        "STRIPE_API_KEY": API_KEY,
+        "STRIPE_API_BASE": local_stripe_server.url,
+    }
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "dagster-webserver"),
+        "-w",
+        "workspace.yaml",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    process = start_server(command, port, work / "webserver.log", timeout=120, env=env, cwd=PROJECT_ROOT)
+    server = Webserver(f"http://127.0.0.1:{port}", warehouse)
+    deadline = time.monotonic() + 120
+    while not server.graphql("{ assetNodes { id } }")["assetNodes"]:  # the code location is loading
+        assert time.monotonic() < deadline, (work / "webserver.log").read_text()[-3000:]
+        time.sleep(1)
+    yield server
+    # The webserver may ignore SIGTERM with a run in flight: stop its whole process group.
+    stop_process_group(process, signal.SIGINT, grace_seconds=30)
+
+
+@pytest.fixture(scope="module")
+def page(webserver):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(30_000)
+        yield page
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("CENSUS_STRIPE_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def open_page(page: Page, url: str) -> None:
+    page.goto(url)
+    # On a first visit a "Join the Dagster community" dialog covers the page until skipped.
+    skip = page.get_by_role("button", name="Skip")
+    try:
+        skip.wait_for(timeout=5_000)
+        skip.click()
+    except Exception:
+        pass
+
+
+def materialize_from_the_asset_page(page: Page, webserver: Webserver, launchpad_edit: str | None = None) -> dict:
+    """Click Materialize (or open the Launchpad and edit the config); returns the finished run."""
+    open_page(page, webserver.url + SYNC_PAGE)
+    known = len(webserver.runs())
+    materialize = page.get_by_role("button", name="Materialize").first
+    if launchpad_edit:
+        box = materialize.bounding_box()
+        page.mouse.click(box["x"] + box["width"] + 12, box["y"] + box["height"] / 2)  # the ▾ beside it
+        page.get_by_text("Open launchpad").click()
+    else:
+        materialize.click()
+    # The models were built outside this Dagster instance, so it asks whether to go on.
+    confirm = page.get_by_role("button", name="Confirm")
+    try:
+        confirm.wait_for(timeout=5_000)
+        confirm.click()
+    except Exception:
+        pass
+    if launchpad_edit:
+        page.locator(".CodeMirror").wait_for()
+        old, new = launchpad_edit.split(" -> ")
+        page.evaluate(
+            "([before, after]) => { const editor = document.querySelector('.CodeMirror').CodeMirror;"
+            " editor.setValue(editor.getValue().replace(before, after)); }",
+            [old, new],
+        )
+        page.get_by_role("button", name="Materialize").last.click()
+    return webserver.wait_for_new_run(known)
+
+
+def tall_screenshot(page: Page, path: Path) -> None:
+    """The page scrolls inside its own panes, so a full-page screenshot shows no more than the
+    window: make the window tall instead."""
+    page.set_viewport_size({"width": 1600, "height": 2200})
+    page.wait_for_timeout(1_000)
+    page.screenshot(path=path)
+    page.set_viewport_size({"width": 1600, "height": 1000})
+
+
+def change_the_model(webserver: Webserver, plan: str, rows: int) -> None:
+    with duckdb.connect(str(webserver.warehouse)) as connection:
+        connection.execute(
+            f"update main.stripe_customers set plan = '{plan}' "
+            f"where external_id in (select external_id from main.stripe_customers order by external_id limit {rows})"
+        )
+
+
+def test_a_person_previews_runs_and_reads_the_sync_in_the_ui(webserver, page, screenshots, stripe_customers):
+    # The lineage: dbt's models upstream of the Stripe sync, with their kinds.
+    open_page(page, webserver.url + SYNC_PAGE + "?view=lineage&lineageScope=upstream&lineageDepth=5")
+    for name in ("stripe_customers", "stg_users", "raw_users", "customers"):
+        page.get_by_text(name, exact=True).first.wait_for()
+    page.wait_for_timeout(1_000)
+    page.screenshot(path=screenshots / "asset-lineage.png")
+
+    # A dry run from the Launchpad records the plan and writes nothing.
+    run = materialize_from_the_asset_page(page, webserver, launchpad_edit="dry_run: false -> dry_run: true")
+    assert run["status"] == "SUCCESS"
+    assert list(stripe_customers.iter_all()) == []
+    open_page(page, f"{webserver.url}/runs/{run['runId']}")
+    page.get_by_text("ASSET_OBSERVATION").first.wait_for()
+
+    # Materializing writes the customers; the page shows the counts and the preview.
+    run = materialize_from_the_asset_page(page, webserver)
+    assert run["status"] == "SUCCESS"
+    assert len(list(stripe_customers.iter_all())) == 294
+    open_page(page, webserver.url + SYNC_PAGE)
+    metadata = page.locator("table").filter(has_text="rows_read")
+    for label in ("rows_read", "created", "rejected", "preview", "rejected_rows", "summary"):
+        metadata.get_by_text(label, exact=True).first.wait_for()
+    assert "294" in metadata.inner_text()
+
+    # Two more runs after the data changed; the preview shows each change, before and after.
+    for plan, rows in (("pro", 40), ("enterprise", 90)):
+        change_the_model(webserver, plan, rows)
+        assert materialize_from_the_asset_page(page, webserver)["status"] == "SUCCESS"
+    open_page(page, webserver.url + SYNC_PAGE)
+    metadata = page.locator("table").filter(has_text="rows_read")
+    metadata.get_by_text("metadata.plan").first.wait_for()
+    assert "enterprise" in metadata.inner_text()
+    metadata.get_by_text("summary", exact=True).first.scroll_into_view_if_needed()
+    tall_screenshot(page, screenshots / "sync-metadata.png")
+
+    # The counts plot over the runs.
+    page.get_by_role("button", name="Plots").click()
+    page.get_by_text("updated", exact=True).first.wait_for()
+    page.get_by_text("planned_creates", exact=True).first.scroll_into_view_if_needed()
+    page.wait_for_timeout(2_000)
+    tall_screenshot(page, screenshots / "counts-over-runs.png")
