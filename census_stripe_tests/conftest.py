@@ -22,6 +22,7 @@ from census_stripe.demo.local_stripe import LocalStripe
 from census_stripe.demo.seed_data import DEFAULT_CUSTOMERS, write_seeds
 from census_stripe.settings import SYNCS_DIR
 from census_stripe.stripe_api import StripeCustomers
+from census_stripe_tests.stripe_double import StripeDoubleServer
 
 # A key with a recognisable body, so tests can prove it never leaks.
 API_KEY = "sk_test_CANARY4f9b2e7d1c"
@@ -74,6 +75,19 @@ def stripe_url(local_stripe_server) -> str:
     request = urllib.request.Request(f"{local_stripe_server.url}/_config/data", method="DELETE")
     urllib.request.urlopen(request).close()
     return local_stripe_server.url
+
+
+@pytest.fixture(scope="session")
+def stripe_double_server():
+    with StripeDoubleServer() as server:
+        yield server
+
+
+@pytest.fixture
+def double(stripe_double_server) -> StripeDoubleServer:
+    """The Stripe test double, empty and without faults or limits, for this test."""
+    stripe_double_server.restore()
+    return stripe_double_server
 
 
 @pytest.fixture

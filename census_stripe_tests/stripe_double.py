@@ -388,7 +388,13 @@ class StripeDoubleServer:
         self._control("POST", "config", changes)
 
     def reset(self) -> None:
+        """No customers, no stored keys, no counts; the configuration stays."""
         self._control("POST", "reset", {})
+
+    def restore(self) -> None:
+        """As new: empty, and configured as it was started."""
+        self.reset()
+        self.configure(**asdict(self.config))
 
     def load(self, customers: list[dict]) -> list[str]:
         return self._control("POST", "customers", customers)["ids"]

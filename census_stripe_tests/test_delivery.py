@@ -30,26 +30,12 @@ from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
 from census_stripe_tests.conftest import DEMO_SYNC
-from census_stripe_tests.stripe_double import StripeDoubleServer
 from census_stripe_tests.synthetic import make_model
 
 ROWS = 300
 SPEC = load_sync_spec(DEMO_SYNC)
 MODEL = Relation("main", "stripe_customers")
 QUIET = {"latency": 0, "account_rate": 0, "endpoint_rate": 0, "fail_before_rate": 0, "fail_after_rate": 0}
-
-
-@pytest.fixture(scope="module")
-def double_server():
-    with StripeDoubleServer() as server:
-        yield server
-
-
-@pytest.fixture
-def double(double_server):
-    double_server.reset()
-    double_server.configure(**QUIET, read_only_keys=[])
-    return double_server
 
 
 @pytest.fixture

@@ -4,19 +4,11 @@ import pytest
 
 from census_stripe.plan.lookup import CustomerLookup
 from census_stripe.stripe_api import StripeCustomers
-from census_stripe_tests.stripe_double import StripeDoubleServer
-
-
-@pytest.fixture(scope="module")
-def double():
-    with StripeDoubleServer() as server:
-        yield server
 
 
 @pytest.fixture
 def account(double):
     """An account of 1,000 customers (10 pages), two of which share an email."""
-    double.reset()
     double.load([{"email": f"user{i}@example.com", "metadata": {"ext": f"u{i}"}} for i in range(998)])
     double.load([{"email": "Twin@Example.com"}, {"email": "twin@example.com"}])
     return StripeCustomers("sk_test_lookup", double.url)

@@ -5,20 +5,6 @@ import pytest
 import stripe
 
 from census_stripe.stripe_api import make_client
-from census_stripe_tests.stripe_double import StripeDoubleServer
-
-
-@pytest.fixture(scope="module")
-def server():
-    with StripeDoubleServer() as double:
-        yield double
-
-
-@pytest.fixture
-def double(server):
-    server.reset()
-    server.configure(latency=0, account_rate=0, endpoint_rate=0, fail_before_rate=0, fail_after_rate=0)
-    return server
 
 
 @pytest.fixture

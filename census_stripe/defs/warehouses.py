@@ -70,19 +70,20 @@ class PostgresWarehouseResource(WarehouseResource):
     password: str = ""
     database: str = "postgres"
 
-    def _connect(self):
-        import psycopg
+    def _adapter(self) -> type[Warehouse]:
+        from census_stripe.warehouse.postgres import PostgresWarehouse
 
-        return psycopg.connect(
-            host=self.host, port=self.port, user=self.user, password=self.password or None, dbname=self.database
-        )
+        return PostgresWarehouse
 
     @contextmanager
     def open(self, read_only: bool = False) -> Iterator[Warehouse]:
-        from census_stripe.warehouse.postgres import PostgresWarehouse
+        import psycopg
 
-        with self._connect() as connection:
-            yield PostgresWarehouse(connection)
+        password = self.password or None
+        with psycopg.connect(
+            host=self.host, port=self.port, user=self.user, password=password, dbname=self.database
+        ) as connection:
+            yield self._adapter()(connection)
 
 
 class RedshiftWarehouseResource(PostgresWarehouseResource):
@@ -91,12 +92,10 @@ class RedshiftWarehouseResource(PostgresWarehouseResource):
     kind: ClassVar[str] = "redshift"
     port: int = 5439
 
-    @contextmanager
-    def open(self, read_only: bool = False) -> Iterator[Warehouse]:
+    def _adapter(self) -> type[Warehouse]:
         from census_stripe.warehouse.postgres import RedshiftWarehouse
 
-        with self._connect() as connection:
-            yield RedshiftWarehouse(connection)
+        return RedshiftWarehouse
 
 
 class SnowflakeWarehouseResource(WarehouseResource):

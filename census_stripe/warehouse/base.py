@@ -31,9 +31,6 @@ class Relation:
     def table(self) -> exp.Table:
         return exp.table_(self.name, db=self.schema, catalog=self.database, quoted=True)
 
-    def __str__(self) -> str:
-        return ".".join(part for part in (self.database, self.schema, self.name) if part)
-
 
 def literal(value) -> exp.Expression:
     """A Python value as a SQL literal; sqlglot escapes it for the dialect."""
