@@ -45,6 +45,7 @@ bench: $(INSTALLED)  ## the benchmarks of BENCHMARKS.md (several minutes; figure
 	$(BIN)/python -m benchmarks.noop_rerun
 	$(BIN)/python -m benchmarks.plan_1m
 	$(BIN)/python -m benchmarks.first_sync_lookup
+	$(BIN)/python -m benchmarks.throughput
 
 lint: $(INSTALLED)  ## style and static checks
 	$(BIN)/ruff check census_stripe census_stripe_tests
