@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 import pytest
 from dagster_duckdb import DuckDBResource
 
@@ -27,6 +28,24 @@ from census_stripe_tests.stripe_double import StripeDoubleServer
 # A key with a recognisable body, so tests can prove it never leaks.
 API_KEY = "sk_test_CANARY4f9b2e7d1c"
 DEMO_SYNC = SYNCS_DIR / "customers.yaml"
+
+
+def postgres_sql(statement: str, database: str = "test") -> list[tuple]:
+    """A statement on this machine's PostgreSQL server (127.0.0.1:5432, trust auth)."""
+    with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname=database, autocommit=True) as connection:
+        rows = connection.execute(statement)
+        return rows.fetchall() if rows.description else []
+
+
+def require_postgres() -> None:
+    """Fail, never skip, with the command that starts the server when it is not running."""
+    try:
+        postgres_sql("select 1")
+    except psycopg.OperationalError as error:
+        pytest.fail(
+            f"PostgreSQL is not reachable at 127.0.0.1:5432 ({error}). Start it with "
+            "'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start' (trust auth, database test)."
+        )
 
 
 @dataclass(frozen=True)

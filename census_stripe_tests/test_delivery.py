@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -29,7 +30,7 @@ from census_stripe.sync import run_sync
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
-from census_stripe_tests.conftest import DEMO_SYNC
+from census_stripe_tests.conftest import DEMO_SYNC, postgres_sql, require_postgres
 from census_stripe_tests.synthetic import make_model
 
 ROWS = 300
@@ -179,13 +180,34 @@ def test_live_keys_need_an_explicit_opt_in():
     assert StripeResource(api_key="rk_live_0123456789", allow_live_mode=True).customers()
 
 
-def test_runs_of_one_sync_never_overlap_in_dagster(double, tmp_path):
-    """Each sync asset has its own concurrency pool; with the instance's pool limit at 1 (as the
-    demo's dagster.yaml sets it), a second run of the sync waits for the first to finish."""
+@pytest.fixture
+def postgres_dagster_home(tmp_path):
+    """A Dagster instance on PostgreSQL storage, as deployments run it, with the demo's pool limit.
+
+    Dagster's default SQLite storage cannot lock a pool's slot row, so two runs that claim it in the
+    same instant can both get it (seen in CI); PostgreSQL storage claims with `FOR UPDATE SKIP LOCKED`.
+    """
+    require_postgres()
+    database = f"dagster_{uuid.uuid4().hex[:8]}"
+    postgres_sql(f"create database {database}")
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(INSTANCE_CONFIG)
-    dg.DagsterInstance.from_config(str(home)).dispose()  # create its storage once, before two processes race to
+    storage = f"storage:\n  postgres:\n    postgres_url: postgresql+psycopg2://postgres@127.0.0.1:5432/{database}\n"
+    (home / "dagster.yaml").write_text(storage + INSTANCE_CONFIG)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        # Dagster gives a pool its default limit at the pool's first use, and two runs that first use it in
+        # the same instant race on that (a unique-key error on PostgreSQL). A deployment has the pool
+        # already; create it here as `dagster instance concurrency set` would, but with the default limit.
+        instance.event_log_storage.initialize_concurrency_limit_to_default("stripe_sync_customers")
+        assert instance.event_log_storage.get_concurrency_info("stripe_sync_customers").slot_count == 1
+    yield home
+    postgres_sql(f"drop database {database} with (force)")
+
+
+def test_runs_of_one_sync_never_overlap_in_dagster(double, tmp_path, postgres_dagster_home):
+    """Each sync asset has its own concurrency pool; with the instance's pool limit at 1 (as the
+    demo's dagster.yaml sets it), a second run of the sync waits for the first to finish."""
+    home = postgres_dagster_home
     double.configure(latency=0.02)
     runs = []
     for name in ("first", "second"):

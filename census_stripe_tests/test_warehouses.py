@@ -41,7 +41,7 @@ from census_stripe.settings import DBT_PROJECT_DIR
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.postgres import RedshiftWarehouse
 from census_stripe.warehouse.state import StateRecord, SyncStateStore
-from census_stripe_tests.conftest import API_KEY, DEMO_SYNC
+from census_stripe_tests.conftest import API_KEY, DEMO_SYNC, postgres_sql, require_postgres
 
 POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "test"}
 STATE_SCHEMA = "census_stripe_test_state"
@@ -70,21 +70,9 @@ def dbt_build(kind: str, target: Path, env: dict[str, str]) -> Path:
     return target / "manifest.json"
 
 
-def postgres_sql(statement: str) -> list[tuple]:
-    with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", autocommit=True) as connection:
-        rows = connection.execute(statement)
-        return rows.fetchall() if rows.description else []
-
-
 @pytest.fixture(scope="module")
 def postgres_schema():
-    try:
-        postgres_sql("select 1")
-    except psycopg.OperationalError as error:
-        pytest.fail(
-            f"PostgreSQL is not reachable at 127.0.0.1:5432 ({error}). Start it with "
-            "'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start' (trust auth, database test)."
-        )
+    require_postgres()
     schema = f"cs_{uuid.uuid4().hex[:8]}"
     yield schema
     for name in (schema, f"{schema}_raw", f"{schema}_staging", f"{schema}_{STATE_SCHEMA}"):
