@@ -22,9 +22,9 @@ from pathlib import Path
 
 import duckdb
 
-from benchmarks.common import MODEL, SPEC, Stopwatch, print_table
+from benchmarks.common import MODEL, SPEC, Stopwatch, print_table, unthrottled_customers
 from census_stripe.plan.planner import Action
-from census_stripe.stripe_api import StripeCustomers, make_client
+from census_stripe.stripe_api import make_client
 from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
@@ -45,7 +45,7 @@ def existing_customers(count: int, model_rows: int) -> list[dict]:
 
 
 def engine(db: Path, url: str, label: str, options: RunOptions) -> dict:
-    customers = StripeCustomers("sk_test_benchmark", url)
+    customers = unthrottled_customers("sk_test_benchmark", url)
     with duckdb.connect(str(db)) as connection, Stopwatch() as watch:
         store = SyncStateStore(DuckDBWarehouse(connection))
         report = run_sync(SPEC, MODEL, store, customers, label, options)

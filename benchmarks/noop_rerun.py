@@ -18,8 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from benchmarks.common import MODEL, SPEC, Stopwatch, print_table
-from census_stripe.stripe_api import StripeCustomers
+from benchmarks.common import MODEL, SPEC, Stopwatch, print_table, unthrottled_customers
 from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
@@ -28,7 +27,7 @@ from census_stripe_tests.synthetic import make_model
 
 
 def timed_run(db: Path, url: str, label: str, options: RunOptions) -> dict:
-    customers = StripeCustomers("sk_test_benchmark", url)
+    customers = unthrottled_customers("sk_test_benchmark", url)
     with duckdb.connect(str(db)) as connection, Stopwatch() as watch:
         report = run_sync(SPEC, MODEL, SyncStateStore(DuckDBWarehouse(connection)), customers, label, options)
     counts = report.counts()

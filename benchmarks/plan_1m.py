@@ -31,6 +31,7 @@ from benchmarks.common import (
     peak_rss_mib,
     print_table,
     run_variant,
+    unthrottled_customers,
 )
 from census_stripe.plan import sql
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
@@ -70,10 +71,9 @@ def write_synced_state(path: Path) -> None:
 
 def engine(path: Path) -> dict:
     from census_stripe.plan.planner import Action
-    from census_stripe.stripe_api import StripeCustomers
     from census_stripe.sync import RunOptions, plan_sync
 
-    customers = StripeCustomers("sk_test_benchmark", CLOSED_PORT, max_network_retries=0)
+    customers = unthrottled_customers("sk_test_benchmark", CLOSED_PORT)
     with duckdb.connect(str(path), read_only=False) as connection, Stopwatch() as watch:
         plan = plan_sync(SPEC, MODEL, SyncStateStore(DuckDBWarehouse(connection)), customers, RunOptions())
     counts = plan.counts()

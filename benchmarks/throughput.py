@@ -23,7 +23,7 @@ from pathlib import Path
 
 import duckdb
 
-from benchmarks.common import MODEL, SPEC, Stopwatch, print_table
+from benchmarks.common import MODEL, SPEC, UNLIMITED, Stopwatch, print_table
 from census_stripe.apply.rate_limit import RateLimits, shared_budget
 from census_stripe.stripe_api import StripeCustomers, make_client
 from census_stripe.sync import run_sync
@@ -54,7 +54,7 @@ def prepare(folder: Path, name: str, rows: int, double: StripeDoubleServer) -> P
     engine_run(
         db,
         double.url,
-        RateLimits(account=1e6, endpoints=(("create", 1e6), ("update", 1e6))),
+        UNLIMITED,
         16,
         f"sk_test_{name}_setup",
     )
