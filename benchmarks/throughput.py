@@ -34,6 +34,13 @@ from census_stripe_tests.synthetic import add_customers, make_model
 
 LATENCY = 0.15
 NAIVE_ROWS = 100
+STRIPE_DEFAULT_LIMITS = {"account_rate": 100, "endpoint_rate": 25}
+RAISED_LIMITS = {"account_rate": 200, "endpoint_rate": 100}
+
+
+def binding_rate(account_rate: float, endpoint_rate: float) -> float:
+    """Each changed row is one create or one update: the two endpoints together bind, unless the account does."""
+    return min(2 * endpoint_rate, account_rate)
 
 
 def engine_run(db: Path, url: str, limits: RateLimits, concurrency: int, key: str) -> tuple[dict, float]:
@@ -51,13 +58,7 @@ def prepare(folder: Path, name: str, rows: int, double: StripeDoubleServer) -> P
     make_model(db, rows // 2)
     double.reset()
     double.configure(latency=0, account_rate=0, endpoint_rate=0)
-    engine_run(
-        db,
-        double.url,
-        UNLIMITED,
-        16,
-        f"sk_test_{name}_setup",
-    )
+    engine_run(db, double.url, UNLIMITED, 16, f"sk_test_{name}_setup")
     with duckdb.connect(str(db)) as connection:
         connection.execute("update main.stripe_customers set plan = 'enterprise'")
     add_customers(db, rows // 2, rows - rows // 2)
@@ -84,57 +85,64 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=3000)
     args = parser.parse_args()
-    table = []
     with tempfile.TemporaryDirectory() as folder, StripeDoubleServer() as double:
-        stripe_limits = {"latency": LATENCY, "account_rate": 100, "endpoint_rate": 25}
-
         double.load([{"email": f"naive{i}@example.com"} for i in range(0, NAIVE_ROWS, 2)])
-        double.configure(**stripe_limits)
+        double.configure(latency=LATENCY, **STRIPE_DEFAULT_LIMITS)
         naive = naive_loop(double.url, NAIVE_ROWS)
         naive_rate = naive["writes"] / naive["seconds"]
-        table.append(
+        table = [
             _row(
                 "naive loop (serial: list, then create or update)",
                 naive["writes"],
                 naive["seconds"],
                 naive_rate,
-                50,
+                binding_rate(**STRIPE_DEFAULT_LIMITS),
                 0,
-            )
-        )
-
-        db = prepare(Path(folder), "engine", args.rows, double)
-        double.configure(**stripe_limits)
-        limits = RateLimits(account=100, endpoints=(("create", 25), ("update", 25)), headroom=0.05)
-        counts, seconds = engine_run(db, double.url, limits, 16, "sk_test_engine")
-        writes = counts["created"] + counts["updated"]
-        table.append(
-            _row(
+            ),
+            engine_variant(
                 "engine (25/s create, 25/s update, 100/s account)",
-                writes,
-                seconds,
+                Path(folder),
+                args.rows,
+                double,
                 naive_rate,
-                50,
-                counts["stripe_rate_limited"],
-            )
-        )
-
-        raised = prepare(Path(folder), "raised", args.rows, double)
-        double.configure(latency=LATENCY, account_rate=200, endpoint_rate=100)
-        limits = RateLimits(account=200, endpoints=(("create", 100), ("update", 100)), headroom=0.05)
-        counts, seconds = engine_run(raised, double.url, limits, 48, "sk_test_raised")
-        writes = counts["created"] + counts["updated"]
-        table.append(
-            _row(
+                concurrency=16,
+                **STRIPE_DEFAULT_LIMITS,
+            ),
+            engine_variant(
                 "engine, limits raised (100/s each, 200/s account)",
-                writes,
-                seconds,
+                Path(folder),
+                args.rows,
+                double,
                 naive_rate,
-                200,
-                counts["stripe_rate_limited"],
-            )
-        )
+                concurrency=48,
+                **RAISED_LIMITS,
+            ),
+        ]
     print_table(f"Writing changed rows at {LATENCY * 1000:.0f} ms per request (half creates, half updates)", table)
+
+
+def engine_variant(
+    variant: str,
+    folder: Path,
+    rows: int,
+    double: StripeDoubleServer,
+    naive_rate: float,
+    *,
+    account_rate: float,
+    endpoint_rate: float,
+    concurrency: int,
+) -> dict:
+    """The engine against the double set to these limits, its own rate budget set to the same."""
+    name = f"engine_{endpoint_rate:.0f}"
+    db = prepare(folder, name, rows, double)
+    double.configure(latency=LATENCY, account_rate=account_rate, endpoint_rate=endpoint_rate)
+    limits = RateLimits(
+        account=account_rate, endpoints=(("create", endpoint_rate), ("update", endpoint_rate)), headroom=0.05
+    )
+    counts, seconds = engine_run(db, double.url, limits, concurrency, f"sk_test_{name}")
+    writes = counts["created"] + counts["updated"]
+    binding = binding_rate(account_rate, endpoint_rate)
+    return _row(variant, writes, seconds, naive_rate, binding, counts["stripe_rate_limited"])
 
 
 def _row(variant: str, writes: int, seconds: float, naive_rate: float, binding: float, rate_limited: int) -> dict:
