@@ -7,6 +7,7 @@ other's state. The local Stripe server is one process per session, emptied befor
 
 import os
 import shutil
+import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,29 @@ from census_stripe_tests.stripe_double import StripeDoubleServer
 # A key with a recognisable body, so tests can prove it never leaks.
 API_KEY = "sk_test_CANARY4f9b2e7d1c"
 DEMO_SYNC = SYNCS_DIR / "customers.yaml"
+
+
+# `dagster asset materialize` of the demo sync, as a person runs it from a shell.
+MATERIALIZE_DEMO_SYNC = [
+    str(Path(sys.executable).parent / "dagster"),
+    "asset",
+    "materialize",
+    "-m",
+    "census_stripe.definitions",
+    "--select",
+    "stripe/customers",
+]
+
+
+def dagster_process_env(home: Path, warehouse: Path, stripe_url: str, api_key: str = API_KEY) -> dict[str, str]:
+    """The environment of a Dagster process (the CLI, the webserver) on this instance, warehouse and Stripe."""
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "CENSUS_STRIPE_DUCKDB_PATH": str(warehouse),
+        "STRIPE_API_KEY": api_key,
+        "STRIPE_API_BASE": stripe_url,
+    }
 
 
 def postgres_sql(statement: str, database: str = "test") -> list[tuple]:

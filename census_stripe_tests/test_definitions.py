@@ -1,17 +1,14 @@
 """What Dagster loads: the dbt models as assets with their tests as checks, one sync asset per file,
 and the same definitions driven from the `dagster` command line."""
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from census_stripe.defs.sync_asset import load_sync
 from census_stripe.settings import PROJECT_ROOT
-from census_stripe_tests.conftest import API_KEY, DEMO_SYNC
+from census_stripe_tests.conftest import API_KEY, DEMO_SYNC, MATERIALIZE_DEMO_SYNC, dagster_process_env
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +56,10 @@ def test_a_sync_reading_a_column_the_model_lacks_fails_at_load(tmp_path):
 
 
 def test_materialize_from_the_dagster_cli(warehouse_path, stripe_url, stripe_customers, tmp_path):
-    env = {
-        **os.environ,
-        "CENSUS_STRIPE_DUCKDB_PATH": str(warehouse_path),
-        "STRIPE_API_KEY": API_KEY,
-        "STRIPE_API_BASE": stripe_url,
-        "DAGSTER_HOME": str(tmp_path),
-    }
-    dagster = Path(sys.executable).parent / "dagster"
-    command = [str(dagster), "asset", "materialize", "-m", "census_stripe.definitions", "--select", "stripe/customers"]
-    completed = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    env = dagster_process_env(tmp_path, warehouse_path, stripe_url)
+    completed = subprocess.run(
+        MATERIALIZE_DEMO_SYNC, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "RUN_SUCCESS" in completed.stderr
     assert len(list(stripe_customers.iter_all())) == 294

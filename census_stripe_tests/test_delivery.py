@@ -6,7 +6,6 @@ the model's values, no duplicate emails, and a state table that agrees with Stri
 """
 
 import json
-import os
 import random
 import shutil
 import signal
@@ -30,7 +29,13 @@ from census_stripe.sync import run_sync
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
-from census_stripe_tests.conftest import DEMO_SYNC, postgres_sql, require_postgres
+from census_stripe_tests.conftest import (
+    DEMO_SYNC,
+    MATERIALIZE_DEMO_SYNC,
+    dagster_process_env,
+    postgres_sql,
+    require_postgres,
+)
 from census_stripe_tests.synthetic import make_model
 
 ROWS = 300
@@ -213,25 +218,14 @@ def test_runs_of_one_sync_never_overlap_in_dagster(double, tmp_path, postgres_da
     for name in ("first", "second"):
         warehouse = tmp_path / f"{name}.duckdb"
         make_model(warehouse, 60)
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "CENSUS_STRIPE_DUCKDB_PATH": str(warehouse),
-            "STRIPE_API_KEY": "sk_test_pools",
-            "STRIPE_API_BASE": double.url,
-        }
-        command = [
-            str(Path(sys.executable).parent / "dagster"),
-            "asset",
-            "materialize",
-            "-m",
-            "census_stripe.definitions",
-            "--select",
-            "stripe/customers",
-        ]
         runs.append(
             subprocess.Popen(
-                command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                MATERIALIZE_DEMO_SYNC,
+                env=dagster_process_env(home, warehouse, double.url, api_key="sk_test_pools"),
+                cwd=PROJECT_ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
         )
     outputs = [run.communicate(timeout=600)[0] for run in runs]

@@ -23,10 +23,11 @@ from pathlib import Path
 import duckdb
 import pytest
 from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from census_stripe.demo.local_stripe import free_port, start_server, stop_process_group
 from census_stripe.settings import PROJECT_ROOT
-from census_stripe_tests.conftest import API_KEY
+from census_stripe_tests.conftest import dagster_process_env
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the networking switches, Chromium keeps dialling Google from this closed network.
@@ -86,13 +87,7 @@ def webserver(built_warehouse, local_stripe_server, tmp_path_factory):
     home = work / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(INSTANCE)
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "CENSUS_STRIPE_DUCKDB_PATH": str(warehouse),
-        "STRIPE_API_KEY": API_KEY,
-        "STRIPE_API_BASE": local_stripe_server.url,
-    }
+    env = dagster_process_env(home, warehouse, local_stripe_server.url)
     port = free_port()
     command = [
         str(Path(sys.executable).parent / "dagster-webserver"),
@@ -131,15 +126,20 @@ def screenshots(tmp_path_factory) -> Path:
     return folder
 
 
+def click_if_shown(page: Page, button: str) -> None:
+    """Click a button of a dialog that the UI shows only sometimes."""
+    shown = page.get_by_role("button", name=button)
+    try:
+        shown.wait_for(timeout=5_000)
+    except PlaywrightTimeoutError:
+        return
+    shown.click()
+
+
 def open_page(page: Page, url: str) -> None:
     page.goto(url)
     # On a first visit a "Join the Dagster community" dialog covers the page until skipped.
-    skip = page.get_by_role("button", name="Skip")
-    try:
-        skip.wait_for(timeout=5_000)
-        skip.click()
-    except Exception:
-        pass
+    click_if_shown(page, "Skip")
 
 
 def materialize_from_the_asset_page(page: Page, webserver: Webserver, launchpad_edit: str | None = None) -> dict:
@@ -154,12 +154,7 @@ def materialize_from_the_asset_page(page: Page, webserver: Webserver, launchpad_
     else:
         materialize.click()
     # The models were built outside this Dagster instance, so it asks whether to go on.
-    confirm = page.get_by_role("button", name="Confirm")
-    try:
-        confirm.wait_for(timeout=5_000)
-        confirm.click()
-    except Exception:
-        pass
+    click_if_shown(page, "Confirm")
     if launchpad_edit:
         page.locator(".CodeMirror").wait_for()
         old, new = launchpad_edit.split(" -> ")
