@@ -16,3 +16,8 @@ DATA_DIR = Path(os.environ.get("CENSUS_STRIPE_DATA_DIR", PROJECT_ROOT / "data"))
 def duckdb_path() -> Path:
     """The embedded warehouse file; dbt's profile resolves the same variable to the same default."""
     return Path(os.environ.get("CENSUS_STRIPE_DUCKDB_PATH", DATA_DIR / "warehouse.duckdb"))
+
+
+def warehouse_kind() -> str:
+    """The warehouse the models live in and the syncs read: its dbt target and its Dagster resource."""
+    return os.environ.get("CENSUS_STRIPE_WAREHOUSE", "duckdb")

@@ -26,7 +26,7 @@ def test_sync_asset_sits_downstream_of_its_dbt_model(defs):
     assert set(sync.kinds) == {"stripe", "duckdb"}
     assert sync.description == "Every product user becomes a Stripe Customer, matched on email."
     model = graph.get(dg.AssetKey(["stripe_customers"]))
-    assert model.group_name == "warehouse" and "dbt" in model.kinds
+    assert model.group_name == "warehouse" and set(model.kinds) == {"dbt", "duckdb"}
     assert defs.resolve_job_def("sync_to_stripe")
 
 

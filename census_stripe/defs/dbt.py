@@ -12,7 +12,7 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
-from census_stripe.defs.dbt_project import dbt_project
+from census_stripe.defs.dbt_project import WAREHOUSE, dbt_project
 from census_stripe.settings import duckdb_path
 from census_stripe.warehouse.base import Relation
 
@@ -30,7 +30,7 @@ def dbt_resource() -> DbtCliResource:
 class Translator(DagsterDbtTranslator):
     def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
-        return spec.replace_attributes(group_name=WAREHOUSE_GROUP, kinds={"dbt", "duckdb"})
+        return spec.replace_attributes(group_name=WAREHOUSE_GROUP, kinds={"dbt", WAREHOUSE})
 
 
 def _point_dbt_at_the_warehouse() -> None:

@@ -5,13 +5,11 @@ A manifest names each model's relation for one target (schema, database), so eac
 its own: dbt_project/target/<warehouse>/manifest.json, for CENSUS_STRIPE_WAREHOUSE's target.
 """
 
-import os
-
 from dagster_dbt import DbtProject
 
-from census_stripe.settings import DBT_PROJECT_DIR
+from census_stripe.settings import DBT_PROJECT_DIR, warehouse_kind
 
-WAREHOUSE = os.environ.get("CENSUS_STRIPE_WAREHOUSE", "duckdb")
+WAREHOUSE = warehouse_kind()
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, target=WAREHOUSE, target_path=f"target/{WAREHOUSE}")
 # Under `dagster dev` this parses the project; elsewhere the manifest must have been prepared

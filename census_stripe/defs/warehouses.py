@@ -16,7 +16,7 @@ from dagster_duckdb import DuckDBResource
 from dagster_snowflake import SnowflakeResource
 from pydantic import Field
 
-from census_stripe.settings import duckdb_path
+from census_stripe.settings import duckdb_path, warehouse_kind
 from census_stripe.warehouse.base import Warehouse
 from census_stripe.warehouse.state import DEFAULT_SCHEMA
 
@@ -125,10 +125,6 @@ class BigQueryWarehouseResource(WarehouseResource):
             yield BigQueryWarehouse(client)
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name, default)
-
-
 def _secret(name: str):
     """A secret read at run time, so its value never lands in the run's config."""
     return dg.EnvVar(name) if name in os.environ else ""
@@ -136,7 +132,7 @@ def _secret(name: str):
 
 def warehouse_from_env() -> WarehouseResource:
     """The warehouse CENSUS_STRIPE_WAREHOUSE names, from the variables its dbt target reads too."""
-    kind = _env("CENSUS_STRIPE_WAREHOUSE", "duckdb")
+    kind = warehouse_kind()
     if kind == "duckdb":
         return DuckDBWarehouseResource(duckdb=DuckDBResource(database=str(duckdb_path())))
     if kind in ("postgres", "redshift"):
@@ -144,26 +140,25 @@ def warehouse_from_env() -> WarehouseResource:
             ("PG", PostgresWarehouseResource) if kind == "postgres" else ("REDSHIFT_", RedshiftWarehouseResource)
         )
         names = {"host": "HOST", "port": "PORT", "user": "USER", "database": "DATABASE"}
-        settings = {field: _env(prefix + name) for field, name in names.items() if _env(prefix + name)}
+        settings = {field: value for field, name in names.items() if (value := os.environ.get(prefix + name))}
         return resource(**settings, password=_secret(prefix + "PASSWORD"))
     if kind == "snowflake":
-        stand_in = {
-            name.lower(): _env(f"SNOWFLAKE_{name}")
-            for name in ("HOST", "PORT", "PROTOCOL")
-            if _env(f"SNOWFLAKE_{name}")
-        }
+        names = ("HOST", "PORT", "PROTOCOL")
+        stand_in = {name.lower(): value for name in names if (value := os.environ.get(f"SNOWFLAKE_{name}"))}
         return SnowflakeWarehouseResource(
             snowflake=SnowflakeResource(
-                account=_env("SNOWFLAKE_ACCOUNT"),
-                user=_env("SNOWFLAKE_USER", ""),
+                account=os.environ.get("SNOWFLAKE_ACCOUNT"),
+                user=os.environ.get("SNOWFLAKE_USER", ""),
                 password=_secret("SNOWFLAKE_PASSWORD"),
-                database=_env("SNOWFLAKE_DATABASE"),
-                schema=_env("CENSUS_STRIPE_SCHEMA", "PUBLIC"),
-                warehouse=_env("SNOWFLAKE_WAREHOUSE"),
-                role=_env("SNOWFLAKE_ROLE"),
+                database=os.environ.get("SNOWFLAKE_DATABASE"),
+                schema=os.environ.get("CENSUS_STRIPE_SCHEMA", "PUBLIC"),
+                warehouse=os.environ.get("SNOWFLAKE_WAREHOUSE"),
+                role=os.environ.get("SNOWFLAKE_ROLE"),
                 additional_snowflake_connection_args=stand_in or None,
             )
         )
     if kind == "bigquery":
-        return BigQueryWarehouseResource(project=_env("BIGQUERY_PROJECT", ""), location=_env("BIGQUERY_LOCATION"))
+        return BigQueryWarehouseResource(
+            project=os.environ.get("BIGQUERY_PROJECT", ""), location=os.environ.get("BIGQUERY_LOCATION")
+        )
     raise ValueError(f"CENSUS_STRIPE_WAREHOUSE={kind!r}; use one of {', '.join(WAREHOUSES)}")
