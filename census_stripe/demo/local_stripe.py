@@ -35,8 +35,10 @@ def start_server(
     command: list[str], port: int, log_path: Path | None = None, timeout: float = 30, env=None, cwd=None
 ) -> subprocess.Popen:
     """Start a server in its own process group and return once it accepts connections on `port`."""
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=cwd)
+    with open(log_path or os.devnull, "ab") as log:  # the server writes to its own copy of the file
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=cwd
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -75,23 +77,8 @@ class LocalStripe:
             shutil.copyfile(self.saved_data, LOCALSTRIPE_STORE)
         else:
             command.append("--from-scratch")
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_until_listening()
+        self._process = start_server(command, self.port, self.log_path)
         return self
-
-    def _wait_until_listening(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"localstripe exited with code {self._process.returncode} (port {self.port})")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"localstripe did not listen on port {self.port} within {timeout:.0f}s")
 
     def stop(self) -> None:
         if self._process is None:
