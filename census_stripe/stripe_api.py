@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import stripe
 
-from census_stripe.apply.rate_limit import RateBudget, RateLimits, shared_budget
+from census_stripe.apply.rate_limit import RateBudget, RateLimits, is_live_key, shared_budget
 from census_stripe.fields import METADATA_PREFIX, WHOLE_OBJECTS, lookup_field
 
 T = TypeVar("T")
@@ -32,10 +32,6 @@ def make_client(api_key: str, api_base: str | None = None, max_network_retries: 
         base_addresses={"api": api_base} if api_base else None,
         max_network_retries=max_network_retries,
     )
-
-
-def is_live_key(api_key: str) -> bool:
-    return api_key.startswith(("sk_live_", "rk_live_"))
 
 
 def dashboard_url(customer_id: str, api_key: str, api_base: str | None) -> str:

@@ -30,8 +30,13 @@ class RateLimits:
     floor: float = 1.0  # never slower than this, however many 429s
 
 
+def is_live_key(api_key: str) -> bool:
+    """A live-mode key (secret or restricted); the mode decides the account's default rate limit."""
+    return api_key.startswith(("sk_live_", "rk_live_"))
+
+
 def default_account_rate(api_key: str) -> float:
-    return 100.0 if api_key.startswith(("sk_live_", "rk_live_")) else 25.0
+    return 100.0 if is_live_key(api_key) else 25.0
 
 
 class AdaptiveBucket:

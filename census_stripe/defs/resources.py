@@ -5,8 +5,8 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-from census_stripe.apply.rate_limit import RateLimits, shared_budget
-from census_stripe.stripe_api import StripeAccessError, StripeCustomers, dashboard_url, is_live_key
+from census_stripe.apply.rate_limit import RateLimits, is_live_key, shared_budget
+from census_stripe.stripe_api import StripeAccessError, StripeCustomers, dashboard_url
 
 
 class StripeResource(dg.ConfigurableResource):
