@@ -94,6 +94,25 @@ def to_params(values: FieldValues, unset_missing: bool) -> dict:
 
 
 @dataclass(frozen=True)
+class StripeAccount:
+    """The Stripe account and mode a key writes to; sync state belongs to exactly one.
+
+    `id` is Stripe's `acct_...`, or, for a server that has no account endpoint (a local
+    emulator), an identity derived from the API base and the key's mode.
+    """
+
+    id: str
+    livemode: bool
+
+    @property
+    def mode(self) -> str:
+        return "live" if self.livemode else "test"
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.mode} mode)"
+
+
+@dataclass(frozen=True)
 class StripeCustomer:
     id: str
     values: dict[str, str | None]

@@ -20,7 +20,7 @@ from census_stripe.plan.planner import Action, Plan, PlannedRow, build_plan
 from census_stripe.plan.rows import candidates_from_chunk
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import SyncSpec
-from census_stripe.stripe_api import StripeCustomers
+from census_stripe.stripe_api import StripeAccount, StripeCustomers
 from census_stripe.warehouse.base import Relation, Warehouse
 from census_stripe.warehouse.state import Rejection, StateRecord, SyncStateStore, utc_now
 
@@ -48,6 +48,7 @@ class SyncReport:
     outcomes: list[Outcome] = field(default_factory=list)
     stripe_calls: dict[str, int] = field(default_factory=dict)
     rate_limited: int = 0  # 429s Stripe answered (each was retried)
+    account: StripeAccount | None = None  # the account the run read and wrote
 
     @property
     def failure_rate(self) -> float:
