@@ -34,9 +34,12 @@ from benchmarks.common import (
     unthrottled_customers,
 )
 from census_stripe.plan import sql
+from census_stripe.stripe_api import StripeAccount
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
 from census_stripe_tests.synthetic import make_model
+
+ACCOUNT = StripeAccount("acct_benchmark", livemode=False)
 
 CLOSED_PORT = "http://127.0.0.1:9"
 
@@ -60,7 +63,7 @@ def write_synced_state(path: Path) -> None:
         connection.execute(
             f"""
             insert into census_stripe.sync_state by name
-            select '{SPEC.name}' as sync_name, {key} as customer_key,
+            select '{SPEC.name}' as sync_name, '{ACCOUNT.key}' as stripe_account, {key} as customer_key,
                    'cus_' || substr(md5({key}), 1, 14) as stripe_customer_id, {row_hash} as row_hash,
                    cast({_values_as_json()} as varchar) as synced_values, now() as synced_at,
                    'synced' as status, 'benchmark' as run_id, now() as updated_at
@@ -75,7 +78,8 @@ def engine(path: Path) -> dict:
 
     customers = unthrottled_customers("sk_test_benchmark", CLOSED_PORT)
     with duckdb.connect(str(path), read_only=False) as connection, Stopwatch() as watch:
-        plan = plan_sync(SPEC, MODEL, SyncStateStore(DuckDBWarehouse(connection)), customers, RunOptions())
+        store = SyncStateStore(DuckDBWarehouse(connection))
+        plan, _ = plan_sync(SPEC, MODEL, store, customers, RunOptions(), ACCOUNT)
     counts = plan.counts()
     return {
         "variant": "engine (SQL diff)",

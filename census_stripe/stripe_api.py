@@ -6,6 +6,7 @@ vocabulary; `to_params` and `flatten_customer` translate to and from Stripe's ne
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import time
@@ -23,6 +24,7 @@ T = TypeVar("T")
 
 FieldValues = Mapping[str, "str | None"]
 PAGE_SIZE = 100
+STRIPE_API_BASE = "https://api.stripe.com"
 
 
 def make_client(api_key: str, api_base: str | None = None, max_network_retries: int = 2) -> stripe.StripeClient:
@@ -108,8 +110,26 @@ class StripeAccount:
     def mode(self) -> str:
         return "live" if self.livemode else "test"
 
+    @property
+    def key(self) -> str:
+        """What the state tables file rows under: test and live data of one account never meet."""
+        return f"{self.id}/{self.mode}"
+
     def __str__(self) -> str:
         return f"{self.id} ({self.mode} mode)"
+
+
+def local_account(api_base: str, api_key: str) -> StripeAccount:
+    """The identity of a server that cannot name its account (a local emulator): its address."""
+    digest = hashlib.sha256(api_base.rstrip("/").encode()).hexdigest()[:12]
+    return StripeAccount(f"local_{digest}", is_live_key(api_key))
+
+
+def key_bound_account(api_key: str) -> StripeAccount:
+    """The identity of an account whose key may not read it: the key itself, never shown.
+    A new key then looks every customer up afresh, which is safe, only slower."""
+    digest = hashlib.sha256(api_key.encode()).hexdigest()[:12]
+    return StripeAccount(f"key_{digest}", is_live_key(api_key))
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,13 @@ class StripeCustomer:
 
 def _customer(customer: dict) -> StripeCustomer:
     return StripeCustomer(customer["id"], flatten_customer(customer), customer.get("created") or 0)
+
+
+@dataclass(frozen=True)
+class Created:
+    id: str
+    # Stripe answered with the stored response of an earlier request with the same key.
+    replayed: bool
 
 
 @dataclass(frozen=True)
@@ -153,6 +180,10 @@ class CallCounter:
 class StripeAccessError(RuntimeError):
     """Stripe refused the API key itself (401, 403): no row can succeed. The key is redacted."""
 
+    def __init__(self, message: str, http_status: int | None = None):
+        super().__init__(message)
+        self.http_status = http_status
+
 
 def redact(text: str, secret: str) -> str:
     return text.replace(secret, "[redacted]") if secret else text
@@ -181,7 +212,9 @@ class StripeCustomers:
     ):
         self._api_key = api_key
         # Retries are ours, not the SDK's: each one must pass through the rate budget.
-        self._customers = make_client(api_key, api_base, max_network_retries=0).v1.customers
+        self._client = make_client(api_key, api_base, max_network_retries=0)
+        self._customers = self._client.v1.customers
+        self.api_base = api_base or STRIPE_API_BASE
         self.budget = budget or shared_budget(api_key, api_base, RateLimits())
         self.max_attempts = max_attempts
         self.calls = CallCounter()
@@ -199,7 +232,7 @@ class StripeCustomers:
             try:
                 return request()
             except (stripe.AuthenticationError, stripe.PermissionError) as error:
-                raise StripeAccessError(self.describe(error)) from None
+                raise StripeAccessError(self.describe(error), error.http_status) from None
             except stripe.RateLimitError:
                 self.calls.add_rate_limited()
                 self.budget.rate_limited(endpoint)
@@ -230,10 +263,47 @@ class StripeCustomers:
         for page in self.iter_pages():
             yield from page.customers
 
-    def create(self, values: FieldValues, idempotency_key: str) -> str:
+    def identify_account(self) -> StripeAccount:
+        """The account behind the key: Stripe's `GET /v1/account`. A server without that
+        endpoint (404) is identified by its address; a key that may not read its account (403,
+        a restricted key without Account read) by the key."""
+        try:
+            account = self._call("account", lambda: self._client.v1.accounts.retrieve_current())
+        except stripe.StripeError as error:
+            # Servers without the endpoint may not even answer in Stripe's error format.
+            if error.http_status != 404:
+                raise
+            return local_account(self.api_base, self._api_key)
+        except StripeAccessError as error:
+            if error.http_status != 403:
+                raise
+            return key_bound_account(self._api_key)
+        return StripeAccount(account.id, is_live_key(self._api_key))
+
+    @property
+    def connection_fingerprint(self) -> str:
+        """Names the (server, key) pair without revealing the key: one key always reaches the same
+        account, so the account identified for it can be remembered."""
+        return hashlib.sha256(f"{self.api_base.rstrip('/')}|{self._api_key}".encode()).hexdigest()[:32]
+
+    def create(self, values: FieldValues, idempotency_key: str) -> Created:
         params = to_params(values, unset_missing=False)
         options = {"idempotency_key": idempotency_key}
-        return self._call("create", lambda: self._customers.create(params=params, options=options)).id
+        customer = self._call("create", lambda: self._customers.create(params=params, options=options))
+        headers = customer.last_response.headers if customer.last_response else {}
+        replayed = any(name.lower() == "idempotent-replayed" and value == "true" for name, value in headers.items())
+        return Created(customer.id, replayed)
+
+    def exists(self, customer_id: str) -> bool:
+        """Whether the customer is there and not deleted (Stripe still returns deleted customers,
+        marked `deleted`)."""
+        try:
+            customer = self._call("retrieve", lambda: self._customers.retrieve(customer_id))
+        except stripe.InvalidRequestError as error:
+            if error.http_status != 404:
+                raise
+            return False
+        return not customer.get("deleted")
 
     def update(self, customer_id: str, values: FieldValues, idempotency_key: str) -> None:
         params = to_params(values, unset_missing=True)

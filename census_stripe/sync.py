@@ -15,8 +15,8 @@ from itertools import chain
 
 from census_stripe.apply.writer import Outcome, StripeWriter
 from census_stripe.plan import sql
-from census_stripe.plan.lookup import CustomerLookup
-from census_stripe.plan.planner import Action, Plan, PlannedRow, build_plan
+from census_stripe.plan.lookup import CustomerLookup, index_by_key
+from census_stripe.plan.planner import Action, LiveAccount, Plan, PlannedRow, build_plan, decide_by_key
 from census_stripe.plan.rows import candidates_from_chunk
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import SyncSpec
@@ -67,13 +67,21 @@ class SyncReport:
             "rejected": planned[Action.REJECT],
             "skipped_not_found": planned[Action.SKIP_NOT_FOUND],
             "created": done["created"],
+            # creates that replaced a customer deleted in Stripe, with a new id
+            "recreated": sum(1 for outcome in self.outcomes if _recreated(outcome)),
             "updated": done["updated"],
             "failed": done["failed"],
             "stripe_api_calls": sum(self.stripe_calls.values()),
             "stripe_lookup_calls": self.stripe_calls.get("list", 0),
             "stripe_duplicate_keys": sum(1 for row in self.plan.rows if row.stripe_duplicates),
             "stripe_rate_limited": self.rate_limited,
+            "state_rows_repaired": len(self.plan.state_problems),
         }
+
+
+def _recreated(outcome: Outcome) -> bool:
+    prior = outcome.row.candidate.prior
+    return outcome.status == "created" and bool(prior and prior.stripe_id) and outcome.stripe_id != prior.stripe_id
 
 
 def _synced(outcome_row: PlannedRow, stripe_id: str) -> StateRecord:
@@ -95,7 +103,9 @@ def _kept(row: PlannedRow, status: str, error: str | None) -> StateRecord:
     )
 
 
-def state_after_outcome(outcome: Outcome) -> StateRecord:
+def state_after_outcome(outcome: Outcome) -> StateRecord | None:
+    if outcome.status == "missing":
+        return None  # decided again, by key, later in the run
     if outcome.status == "failed":
         return _kept(outcome.row, "failed", outcome.error)
     return _synced(outcome.row, outcome.stripe_id)
@@ -131,26 +141,33 @@ def as_stored(spec: SyncSpec, model: Relation, warehouse: Warehouse) -> tuple[Sy
 
 
 def plan_sync(
-    spec: SyncSpec, model: Relation, store: SyncStateStore, customers: StripeCustomers, options: RunOptions
-) -> Plan:
+    spec: SyncSpec,
+    model: Relation,
+    store: SyncStateStore,
+    customers: StripeCustomers,
+    options: RunOptions,
+    account: StripeAccount,
+) -> tuple[Plan, CustomerLookup]:
     warehouse = store.warehouse
-    store.ensure_tables()
     spec, model = as_stored(spec, model, warehouse)
     where = options.model_slice and replace(
         options.model_slice, column=warehouse.model_identifier(options.model_slice.column)
     )
     rows_read = int(warehouse.query(sql.row_count_query(model, warehouse.dialect, where)).iloc[0, 0])
     everything = options.full_resync or options.repush
-    query = sql.changed_rows_query(spec, model, store.state, warehouse.dialect, everything, where)
+    query = sql.changed_rows_query(spec, model, store.state, account.key, warehouse.dialect, everything, where)
     candidates = chain.from_iterable(
         candidates_from_chunk(spec, chunk) for chunk in warehouse.query_chunks(query, CHUNK_ROWS)
     )
     listed = list(customers.iter_all()) if options.full_resync else None
-    lookup = CustomerLookup(customers, spec.key.field, spec.lookup, listed, store.known_customers(spec.name))
-    live = {customer.id: customer for customer in listed} if listed is not None else None
+    known = store.known_customers(spec.name, account.key)
+    lookup = CustomerLookup(customers, spec.key.field, spec.lookup, listed, known)
+    live = None
+    if listed is not None:
+        live = LiveAccount({c.id: c for c in listed}, index_by_key(listed, spec.key.field))
     plan = build_plan(spec, candidates, rows_read, lookup, live, repush=options.repush)
     plan.lookup = lookup.used
-    return plan
+    return plan, lookup
 
 
 def run_sync(
@@ -163,14 +180,48 @@ def run_sync(
     log: logging.Logger = log,
     concurrency: int = 16,
 ) -> SyncReport:
-    plan = plan_sync(spec, model, store, customers, options)
+    store.ensure_tables()
+    account = store.account(customers.connection_fingerprint, customers.identify_account)
+    log.info("sync %s writes to Stripe account %s", spec.name, account)
+    plan, lookup = plan_sync(spec, model, store, customers, options, account)
     log.info("plan for %s: %s", spec.name, ", ".join(f"{a.value}={n}" for a, n in plan.counts().items()))
-    report = SyncReport(spec, options, plan)
+    _warn_about_state(plan, store, spec, account, log)
+    report = SyncReport(spec, options, plan, account=account)
     if not options.dry_run:
-        report.outcomes = _apply(spec, plan, store, customers, run_id, log, concurrency)
+        report.outcomes = _apply(spec, plan, store, customers, account.key, run_id, log, concurrency, lookup)
+        if unbound := store.drop_unbound(spec.name):
+            log.info(
+                "dropped %d state rows of %s written before state recorded its Stripe account; "
+                "their keys were matched in %s",
+                unbound,
+                spec.name,
+                account,
+            )
     report.stripe_calls = dict(customers.calls.counts)
     report.rate_limited = customers.calls.rate_limited
     return report
+
+
+STATE_WARNINGS_LOGGED = 20
+
+
+def _warn_about_state(plan: Plan, store: SyncStateStore, spec: SyncSpec, account: StripeAccount, log) -> None:
+    """Damaged state never stops a run: the keys concerned are looked up again and filed anew."""
+    table = ".".join([store.state.schema, store.state.name])
+    for key, problem in plan.state_problems[:STATE_WARNINGS_LOGGED]:
+        log.warning(
+            "%s: sync %s, account %s, key %r: %s; ignored, the key is looked up in Stripe again and its "
+            "state rewritten",
+            table,
+            spec.name,
+            account,
+            key,
+            problem,
+        )
+    if len(plan.state_problems) > STATE_WARNINGS_LOGGED:
+        log.warning(
+            "%s: %d more damaged state rows, handled alike", table, len(plan.state_problems) - STATE_WARNINGS_LOGGED
+        )
 
 
 def _apply(
@@ -178,26 +229,46 @@ def _apply(
     plan: Plan,
     store: SyncStateStore,
     customers: StripeCustomers,
+    account: str,
     run_id: str,
     log: logging.Logger,
     concurrency: int,
+    lookup: CustomerLookup,
 ) -> list[Outcome]:
     if plan.writes:
         # A key that may not write customers fails here, before any row is written or recorded.
         customers.check_write_access()
-    decided_without_write = plan.of(Action.UNCHANGED, Action.REJECT, Action.SKIP_NOT_FOUND)
-    store.save(spec.name, run_id, filter(None, map(state_without_write, decided_without_write)))
+
+    def save_decided(rows: list[PlannedRow]) -> None:
+        decided_without_write = [
+            r for r in rows if r.action in (Action.UNCHANGED, Action.REJECT, Action.SKIP_NOT_FOUND)
+        ]
+        store.save(spec.name, account, run_id, filter(None, map(state_without_write, decided_without_write)))
+
+    save_decided(plan.rows)
     writer = StripeWriter(
         customers,
         spec.name,
-        recreate_deleted=spec.behavior == "update_or_create",
-        on_batch=lambda outcomes: store.save(spec.name, run_id, map(state_after_outcome, outcomes)),
+        on_batch=lambda outcomes: store.save(
+            spec.name, account, run_id, filter(None, map(state_after_outcome, outcomes))
+        ),
         concurrency=concurrency,
         logger=log,
     )
     outcomes = writer.apply(plan.writes, total=len(plan.writes))
+    if missing := [outcome for outcome in outcomes if outcome.status == "missing"]:
+        # Customers the state knew but Stripe does not have (deleted, or edited by hand): never
+        # create before looking. Their keys are looked up, a customer found is adopted, and only
+        # a key Stripe truly lacks is created.
+        log.info("%d customers known to the state are not in Stripe; looking their keys up", len(missing))
+        decided = decide_by_key(spec, [outcome.row.candidate for outcome in missing], lookup)
+        plan.replace({id(outcome.row): row for outcome, row in zip(missing, decided, strict=True)})
+        save_decided(decided)
+        writes = [row for row in decided if row.action in (Action.CREATE, Action.UPDATE)]
+        outcomes = [o for o in outcomes if o.status != "missing"] + writer.apply(writes, total=len(writes))
     store.record_rejections(
         spec.name,
+        account,
         run_id,
         [
             *(_rejection(row, "rejected", row.reason) for row in plan.of(Action.REJECT)),

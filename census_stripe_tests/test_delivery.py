@@ -172,8 +172,8 @@ def test_a_key_that_cannot_write_fails_before_any_row(double, model):
     customers = customers_for(double, key="rk_test_readonly")
     with pytest.raises(StripeAccessError, match="does not have the required permissions"):
         sync(model, customers)
-    # The plan's one listing (reads are allowed), then the write check; no row was written.
-    assert customers.calls.counts == {"list": 1, "update": 1}
+    # The account, the plan's one listing (reads are allowed), then the write check; no row was written.
+    assert customers.calls.counts == {"account": 1, "list": 1, "update": 1}
     with duckdb.connect(str(model)) as connection:
         assert connection.execute("select count(*) from census_stripe.sync_state").fetchone() == (0,)
     assert double.stats()["customers"] == 0

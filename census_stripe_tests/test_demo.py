@@ -36,7 +36,7 @@ def test_demo_twice_second_run_writes_nothing_and_a_lost_stripe_resets_state(tmp
         "unchanged": 0,
         "rejected": 6,
         "failed": 0,
-        "stripe_api_calls": 296,
+        "stripe_api_calls": 297,
     }
     assert "rejected 'not-an-email': invalid email" in first
     assert (tmp_path / "localstripe.pickle").exists()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from census_stripe.plan.planner import Action, FieldChange, build_plan, diff
+from census_stripe.plan.planner import Action, FieldChange, LiveAccount, build_plan, diff
 from census_stripe.plan.rows import Candidate, PriorState, rejection_reason
 from census_stripe.spec import parse_sync_spec
 from census_stripe.stripe_api import StripeCustomer
@@ -143,13 +143,15 @@ def test_all_unknown_keys_are_looked_up_in_one_call():
 def test_full_resync_compares_with_what_stripe_holds_now():
     prior = synced(dict(candidate().values), stripe_id="cus_1")
     edited_by_hand = {**candidate().values, "name": "Edited In Dashboard"}
-    live = {"cus_1": StripeCustomer("cus_1", edited_by_hand)}
-    [row] = build_plan(spec(), [candidate(prior=prior)], rows_read=1, lookup=no_lookup, live_customers=live).rows
+    live = LiveAccount({"cus_1": StripeCustomer("cus_1", edited_by_hand)}, {})
+    [row] = build_plan(spec(), [candidate(prior=prior)], rows_read=1, lookup=no_lookup, live=live).rows
     assert row.action is Action.UPDATE
     assert row.changes == (FieldChange("name", "Edited In Dashboard", "Ada"),)
 
 
 def test_full_resync_finds_a_customer_deleted_in_stripe_again_by_key():
     prior = synced(dict(candidate().values), stripe_id="cus_gone")
-    [row] = build_plan(spec(), [candidate(prior=prior)], rows_read=1, lookup=lambda keys: {}, live_customers={}).rows
+    [row] = build_plan(
+        spec(), [candidate(prior=prior)], rows_read=1, lookup=lambda keys: {}, live=LiveAccount({}, {})
+    ).rows
     assert row.action is Action.CREATE

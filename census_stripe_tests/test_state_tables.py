@@ -5,12 +5,14 @@ import duckdb
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import Rejection, StateRecord, SyncStateStore
 
+ACCOUNT = "acct_1/test"
+
 
 def test_tables_are_created_once_and_creating_again_is_harmless(tmp_path):
     with duckdb.connect(str(tmp_path / "w.duckdb")) as connection:
         store = SyncStateStore(DuckDBWarehouse(connection), schema="ops sync")
         store.ensure_tables()
-        store.save("s", "run1", [StateRecord("k", "cus_1", "h", {"name": "A"}, None, "synced", None)])
+        store.save("s", ACCOUNT, "run1", [StateRecord("k", "cus_1", "h", {"name": "A"}, None, "synced", None)])
         store.ensure_tables()
         rows = connection.execute('select customer_key, stripe_customer_id from "ops sync".sync_state').fetchall()
     assert rows == [("k", "cus_1")]
@@ -35,11 +37,13 @@ def test_saving_replaces_a_keys_row_and_rejections_append(tmp_path):
     with duckdb.connect(str(tmp_path / "w.duckdb")) as connection:
         store = SyncStateStore(DuckDBWarehouse(connection))
         store.ensure_tables()
-        store.save("s", "run1", [StateRecord("k", "cus_1", "h1", {}, None, "synced", None)])
-        store.save("s", "run2", [StateRecord("k", "cus_1", "h1", {}, None, "failed", "APIError (HTTP 500): boom")])
-        store.save("other", "run2", [StateRecord("k", "cus_9", "h9", {}, None, "synced", None)])
+        store.save("s", ACCOUNT, "run1", [StateRecord("k", "cus_1", "h1", {}, None, "synced", None)])
+        store.save(
+            "s", ACCOUNT, "run2", [StateRecord("k", "cus_1", "h1", {}, None, "failed", "APIError (HTTP 500): boom")]
+        )
+        store.save("other", ACCOUNT, "run2", [StateRecord("k", "cus_9", "h9", {}, None, "synced", None)])
         for run in ("run1", "run2"):
-            store.record_rejections("s", run, [Rejection("k2", "K2", "rejected", "invalid email: 'K2'", {})])
+            store.record_rejections("s", ACCOUNT, run, [Rejection("k2", "K2", "rejected", "invalid email: 'K2'", {})])
         state = connection.execute(
             "select sync_name, status, error, run_id from census_stripe.sync_state order by sync_name"
         ).fetchall()

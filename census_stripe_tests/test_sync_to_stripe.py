@@ -61,13 +61,16 @@ def test_first_run_creates_every_valid_customer_with_its_mapped_fields(sync_runn
         "rejected": 6,
         "skipped_not_found": 0,
         "created": 294,
+        "recreated": 0,
         "updated": 0,
         "failed": 0,
-        # A write-access check, one listing of the (empty) account, then one create per customer.
-        "stripe_api_calls": 296,
+        # Which account the key reaches (asked once, then remembered), a write-access check, one
+        # listing of the (empty) account, then one create per customer.
+        "stripe_api_calls": 297,
         "stripe_lookup_calls": 1,
         "stripe_duplicate_keys": 0,
         "stripe_rate_limited": 0,
+        "state_rows_repaired": 0,
     }
     in_stripe = stripe_by_email(stripe_customers)
     assert set(in_stripe) == {u["email"].strip() for u in VALID_USERS}
@@ -238,7 +241,8 @@ def test_a_customer_deleted_in_stripe_is_created_again(sync_runner, stripe_custo
     execute(warehouse_path, "update main.stripe_customers set plan = 'pro' where external_id = 'usr_000003'")
 
     counts = runner.counts(runner.run())
-    assert (counts["planned_updates"], counts["created"], counts["failed"]) == (1, 1, 0)
+    # The update met a 404; the key was looked up, Stripe had none, so it was created anew.
+    assert (counts["planned_creates"], counts["created"], counts["recreated"], counts["failed"]) == (1, 1, 1, 0)
     recreated = stripe_by_email(stripe_customers)[row["email"]]
     assert recreated["id"] != deleted and recreated["metadata.plan"] == "pro"
     [(state_id,)] = query(
@@ -248,50 +252,75 @@ def test_a_customer_deleted_in_stripe_is_created_again(sync_runner, stripe_custo
     assert state_id == recreated["id"]
 
 
-def test_rows_stripe_refuses_are_recorded_and_retried_next_run(sync_runner, stripe_customers, warehouse_path):
-    runner = sync_runner()
-    runner.run()
+def test_update_only_reports_a_deleted_customer_as_skipped_on_every_run(sync_runner, stripe_customers, warehouse_path):
+    sync_runner().run()
     row = model_row(warehouse_path, "usr_000004")
-    stripe_customers._customers.delete(stripe_by_email(stripe_customers)[row["email"]]["id"])
+    deleted = stripe_by_email(stripe_customers)[row["email"]]["id"]
+    stripe_customers._customers.delete(deleted)
     execute(warehouse_path, "update main.stripe_customers set plan = 'pro' where external_id = 'usr_000004'")
-    tolerant = {"update_or_create": "update_only\nmax_failure_rate: 1.0"}
-    update_only = sync_runner(write_sync(warehouse_path.parent, "customers", **tolerant))
+    update_only = sync_runner(write_sync(warehouse_path.parent, "customers", update_or_create="update_only"))
 
-    result = update_only.run()
-    counts = update_only.counts(result)
-    assert (counts["updated"], counts["failed"]) == (0, 1)
-    [failed] = update_only.metadata(result)["failed_rows"].records
-    assert "was deleted in Stripe" in failed.data["reason"]
+    for _ in range(2):  # never a silent skip: the next run reports it again
+        result = update_only.run()
+        counts = update_only.counts(result)
+        assert (counts["skipped_not_found"], counts["created"], counts["failed"]) == (1, 0, 0)
+        [skipped] = update_only.metadata(result)["skipped_rows"].records
+        assert skipped.data["reason"] == f"customer {deleted} was deleted in Stripe (Update Only never creates)"
+    assert row["email"] not in stripe_by_email(stripe_customers)
+
+
+def refusing_rows(sync_runner, warehouse_path: Path, refused: list[str], **settings: str):
+    """The demo sync after a first run without the `refused` rows; then they come back, new to
+    Stripe, and the sync maps `shipping.name` from a column only they have: localstripe refuses to
+    create a customer with `shipping` (400, "Unexpected shipping")."""
+    listed = ", ".join(f"'{external_id}'" for external_id in refused)
+    execute(
+        warehouse_path,
+        f"""create table main.held as select * from main.stripe_customers where external_id in ({listed});
+        delete from main.stripe_customers where external_id in ({listed});
+        update main.stripe_customers set address_line2 = null""",
+    )
+    sync_runner().run()
+    execute(
+        warehouse_path,
+        "insert into main.stripe_customers select * replace ('Apt 4' as address_line2) from main.held",
+    )
+    path = write_sync(warehouse_path.parent, "customers", **{"address.line2:": "shipping.name:"}, **settings)
+    return sync_runner(path)
+
+
+def test_rows_stripe_refuses_are_recorded_and_retried_next_run(sync_runner, warehouse_path):
+    tolerant = {"update_or_create": "update_or_create\nmax_failure_rate: 1.0"}
+    runner = refusing_rows(sync_runner, warehouse_path, ["usr_000004"], **tolerant)
+    row = model_row(warehouse_path, "usr_000004")
+
+    result = runner.run()
+    counts = runner.counts(result)
+    assert (counts["created"], counts["failed"]) == (0, 1)
+    [failed] = runner.metadata(result)["failed_rows"].records
+    assert "Unexpected shipping" in failed.data["reason"]
     status = query(
         warehouse_path, f"select status, error from census_stripe.sync_state where customer_key = '{row['email']}'"
     )
-    assert status[0][0] == "failed"
+    assert status[0][0] == "failed" and "Unexpected shipping" in status[0][1]
     # Failed rows are not marked as synced, so the next run tries them again.
-    assert update_only.counts(update_only.run())["failed"] == 1
+    assert runner.counts(runner.run())["failed"] == 1
     assert query(warehouse_path, "select count(*) from census_stripe.sync_rejections where kind = 'failed'") == [(2,)]
 
 
-def test_the_run_fails_visibly_when_too_many_writes_fail(sync_runner, stripe_customers, warehouse_path):
-    runner = sync_runner()
-    runner.run()
-    for external_id in ("usr_000004", "usr_000005"):
-        email = model_row(warehouse_path, external_id)["email"]
-        stripe_customers._customers.delete(stripe_by_email(stripe_customers)[email]["id"])
-    execute(
-        warehouse_path,
-        "update main.stripe_customers set plan = 'pro' where external_id in ('usr_000004', 'usr_000005', 'usr_000006')",
-    )
-    update_only = sync_runner(write_sync(warehouse_path.parent, "customers", update_or_create="update_only"))
+def test_the_run_fails_visibly_when_too_many_writes_fail(sync_runner, warehouse_path):
+    runner = refusing_rows(sync_runner, warehouse_path, ["usr_000004", "usr_000005"])
+    execute(warehouse_path, "update main.stripe_customers set plan = 'pro' where external_id = 'usr_000006'")
 
-    result = update_only.run(raise_on_error=False)
+    result = runner.run(raise_on_error=False)
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data
     assert "blocking asset check failed with ERROR severity" in failure.error.message
     [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "failed_writes_below_threshold"]
     assert (check.passed, check.description) == (False, "2 of 3 Stripe writes failed")
     # The materialization is recorded all the same, with the reasons.
-    reasons = update_only.metadata(result)["failure_reasons"].records
-    assert [(r.data["reason"], r.data["rows"]) for r in reasons] == [("the customer was deleted in Stripe", "2")]
+    reasons = runner.metadata(result)["failure_reasons"].records
+    assert [r.data["rows"] for r in reasons] == ["2"] and "Unexpected shipping" in reasons[0].data["reason"]
     # The write that succeeded is in the state table.
     [(status,)] = query(
         warehouse_path,

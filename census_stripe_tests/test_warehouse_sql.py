@@ -52,8 +52,8 @@ def test_identifiers_from_config_are_quoted_and_rows_sync(odd_warehouse, stripe_
 def test_only_changed_rows_leave_the_warehouse(odd_warehouse, stripe_url):
     spec = parse_sync_spec(ODD_SPEC, "odd.yaml")
     store = SyncStateStore(odd_warehouse)
-    run_sync(spec, ODD_MODEL, SyncStateStore(odd_warehouse), StripeCustomers(API_KEY, stripe_url), run_id="r1")
-    query = changed_rows_query(spec, ODD_MODEL, store.state, "duckdb")
+    report = run_sync(spec, ODD_MODEL, store, StripeCustomers(API_KEY, stripe_url), run_id="r1")
+    query = changed_rows_query(spec, ODD_MODEL, store.state, report.account.key, "duckdb")
     assert odd_warehouse.query(query).empty
 
     odd_warehouse._connection.execute("""update "my schema"."odd table" set "na""me" = 'Robert' where "Group" = 2""")
@@ -61,7 +61,7 @@ def test_only_changed_rows_leave_the_warehouse(odd_warehouse, stripe_url):
     assert list(changed["__key"]) == ["b@example.com"]
     assert changed["__state_stripe_customer_id"].iloc[0].startswith("cus_")
 
-    everything = changed_rows_query(spec, ODD_MODEL, store.state, "duckdb", everything=True)
+    everything = changed_rows_query(spec, ODD_MODEL, store.state, report.account.key, "duckdb", everything=True)
     assert len(odd_warehouse.query(everything)) == 3
 
 
@@ -84,5 +84,6 @@ def test_dry_run_sends_nothing_and_saves_nothing(odd_warehouse, stripe_url):
         spec, ODD_MODEL, SyncStateStore(odd_warehouse), customers, run_id="r1", options=RunOptions(dry_run=True)
     )
     assert report.counts()["planned_creates"] == 3
-    assert customers.calls.counts == {"list": 1}
+    # Which account the key reaches, then one listing of it; no write.
+    assert customers.calls.counts == {"account": 1, "list": 1}
     assert odd_warehouse.query('select count(*) as n from "census_stripe"."sync_state"')["n"][0] == 0

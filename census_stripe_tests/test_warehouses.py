@@ -188,12 +188,15 @@ def test_the_redshift_adapter_runs_its_statements_over_the_postgres_protocol(pos
         store = SyncStateStore(RedshiftOverPostgres(connection), schema=f"{postgres_schema}_redshift_path")
         store.ensure_tables()
         store.save(
-            "s", "r1", [StateRecord(f"k{i}", f"cus_{i}", "h", {"a": "1"}, None, "synced", None) for i in range(250)]
+            "s",
+            "acct_1/test",
+            "r1",
+            [StateRecord(f"k{i}", f"cus_{i}", "h", {"a": "1"}, None, "synced", None) for i in range(250)],
         )
-        store.save("s", "r2", [StateRecord("k1", "cus_1", "h2", {}, None, "failed", "boom")])
+        store.save("s", "acct_1/test", "r2", [StateRecord("k1", "cus_1", "h2", {}, None, "failed", "boom")])
         chunks = list(store.warehouse.query_chunks(f'select * from "{store.state.schema}"."sync_state"', 100))
         assert [len(chunk) for chunk in chunks] == [100, 100, 50]
-        assert store.known_customers("s") == 250
+        assert store.known_customers("s", "acct_1/test") == 250
     postgres_sql(f'drop schema "{postgres_schema}_redshift_path" cascade')
 
 
@@ -207,8 +210,8 @@ def test_generated_sql_parses_in_each_dialect(dialect):
     spec = load_sync_spec(DEMO_SYNC)
     model, state = Relation("analytics", "stripe_customers"), Relation("census_stripe", "sync_state")
     statements = [
-        sql.changed_rows_query(spec, model, state, dialect),
-        sql.changed_rows_query(spec, model, state, dialect, everything=True),
+        sql.changed_rows_query(spec, model, state, "acct_1/test", dialect),
+        sql.changed_rows_query(spec, model, state, "acct_1/test", dialect, everything=True),
         sql.row_count_query(model, dialect, sql.ModelSlice("signup_date", datetime(2024, 1, 1), datetime(2024, 2, 1))),
         sql.row_count_query(model, dialect, sql.ModelSlice("region", values=("EU",))),
         sql.fingerprint_query(spec, model, dialect, "updated_at"),

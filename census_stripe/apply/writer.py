@@ -27,22 +27,30 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Outcome:
     row: PlannedRow
-    status: str  # created | updated | failed
+    # created | updated | failed | missing (an update Stripe answered 404: the customer is gone,
+    # and the key must be looked up again before anything is created)
+    status: str
     stripe_id: str | None
     error: str | None = None
 
 
-def idempotency_key(sync_name: str, row: PlannedRow, operation: str) -> str:
+def idempotency_key(sync_name: str, row: PlannedRow) -> str:
     """The same write of the same row gets the same key, in this run or the next, so a retry
     replays instead of repeating (within Stripe's 24 hours).
 
-    After a run in which the write failed for good, the key changes: Stripe replays a stored error
-    too, and would refuse the row for a day. That is safe, because the row's customer was looked up
-    again (consistently) before this run planned to create it.
+    Two things change the key. After a run in which the write failed for good: Stripe replays a
+    stored error too, and would refuse the row for a day. And a create that replaces a customer
+    gone from Stripe names that customer: otherwise Stripe would answer with the stored response of
+    the first create, the id of the very customer that is gone. Both are safe, because the row's
+    key was looked up again (consistently) before this run planned to create it.
     """
     prior = row.candidate.prior
     after_failure = prior.run_id if prior and prior.status == "failed" else ""
-    parts = [sync_name, row.candidate.key or "", row.candidate.row_hash, operation, row.stripe_id or "", after_failure]
+    if row.action is Action.CREATE:
+        target = prior.stripe_id if prior and prior.stripe_id else ""
+    else:
+        target = row.stripe_id or ""
+    parts = [sync_name, row.candidate.key or "", row.candidate.row_hash, row.action.value, target, after_failure]
     return f"census-stripe-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:40]}"
 
 
@@ -76,7 +84,6 @@ class StripeWriter:
         self,
         customers: StripeCustomers,
         sync_name: str,
-        recreate_deleted: bool,
         on_batch: Callable[[list[Outcome]], None],
         concurrency: int = 16,
         batch_size: int = 100,
@@ -84,7 +91,6 @@ class StripeWriter:
     ):
         self.customers = customers
         self.sync_name = sync_name
-        self.recreate_deleted = recreate_deleted
         self.on_batch = on_batch
         self.concurrency = concurrency
         self.batch_size = batch_size
@@ -131,26 +137,27 @@ class StripeWriter:
             outcomes.extend(batch)
             batch.clear()
 
-    def _create(self, row: PlannedRow, operation: str) -> Outcome:
+    def _create(self, row: PlannedRow) -> Outcome:
         values = row.candidate.values
-        customer_id = self.customers.create(values, idempotency_key(self.sync_name, row, operation))
-        return Outcome(row, "created", customer_id)
+        key = idempotency_key(self.sync_name, row)
+        created = self.customers.create(values, key)
+        if created.replayed and not self.customers.exists(created.id):
+            # An earlier create under this key made a customer since deleted; Stripe hands its id
+            # back for a day. Only now is it known that a new customer is wanted.
+            self.logger.info("Stripe replayed the create of %s, since deleted; creating anew", created.id)
+            created = self.customers.create(values, f"{key}-after-{created.id}")
+        return Outcome(row, "created", created.id)
 
     def _write(self, row: PlannedRow) -> Outcome:
         try:
             if row.action is Action.CREATE:
-                return self._create(row, "create")
+                return self._create(row)
             try:
-                self.customers.update(
-                    row.stripe_id, row.values_to_send(), idempotency_key(self.sync_name, row, "update")
-                )
+                self.customers.update(row.stripe_id, row.values_to_send(), idempotency_key(self.sync_name, row))
                 return Outcome(row, "updated", row.stripe_id)
             except stripe.InvalidRequestError as error:
                 if error.http_status != 404:
                     raise
-                if not self.recreate_deleted:
-                    return Outcome(row, "failed", row.stripe_id, "the customer was deleted in Stripe")
-                self.logger.info("customer %s was deleted in Stripe; creating it again", row.stripe_id)
-                return self._create(row, f"recreate:{row.stripe_id}")
+                return Outcome(row, "missing", row.stripe_id, f"customer {row.stripe_id} is not in Stripe")
         except stripe.StripeError as error:
             return Outcome(row, "failed", row.stripe_id, self.customers.describe(error))

@@ -27,6 +27,16 @@ from census_stripe.stripe_api import PAGE_SIZE, Page, StripeCustomer, StripeCust
 Found = dict[str, list[StripeCustomer]]
 
 
+def index_by_key(customers: Iterable[StripeCustomer], key_field: str) -> Found:
+    """Customers by normalized key; a key several customers share lists them all."""
+    found: Found = defaultdict(list)
+    for customer in customers:
+        value = customer.values.get(key_field)
+        if value is not None:
+            found[normalize_key(key_field, value)].append(customer)
+    return found
+
+
 class CustomerLookup:
     def __init__(
         self,
@@ -66,10 +76,9 @@ class CustomerLookup:
         """Every match, or None once `page_budget` pages did not finish the listing."""
         found: Found = defaultdict(list)
         for count, page in enumerate(pages, start=1):
-            for customer in page.customers:
-                value = customer.values.get(self.key_field)
-                if value is not None and (key := normalize_key(self.key_field, value)) in wanted:
-                    found[key].append(customer)
+            for key, customers in index_by_key(page.customers, self.key_field).items():
+                if key in wanted:
+                    found[key].extend(customers)
             if page.has_more and page_budget is not None and count >= page_budget:
                 return None
         return found

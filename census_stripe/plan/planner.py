@@ -61,12 +61,18 @@ class Plan:
     rows_read: int
     rows: list[PlannedRow] = field(default_factory=list)
     lookup: str | None = None  # how keys new to the sync were found in Stripe, if any were
+    # (key, problem) for each key whose state row(s) could not be trusted and were ignored
+    state_problems: list[tuple[str, str]] = field(default_factory=list)
 
     def counts(self) -> dict[Action, int]:
         counted = Counter(row.action for row in self.rows)
         # Rows the warehouse found unchanged never reached Python; they count as unchanged too.
         counted[Action.UNCHANGED] += self.rows_read - len(self.rows)
         return {action: counted[action] for action in Action}
+
+    def replace(self, decided_again: Mapping[int, PlannedRow]) -> None:
+        """Put rows decided again (by `id()` of the row they replace) in place of the old ones."""
+        self.rows = [decided_again.get(id(row), row) for row in self.rows]
 
     def of(self, *actions: Action) -> list[PlannedRow]:
         return [row for row in self.rows if row.action in actions]
@@ -118,47 +124,69 @@ def _matched(spec: SyncSpec, candidate: Candidate, matches: list[StripeCustomer]
 Lookup = Callable[[Mapping[str, str]], Mapping[str, list[StripeCustomer]]]
 
 
+@dataclass(frozen=True)
+class LiveAccount:
+    """Every customer of the account as Stripe holds it now, read for a full resync."""
+
+    by_id: Mapping[str, StripeCustomer]
+    by_key: Mapping[str, list[StripeCustomer]]  # normalized key -> every customer with it
+
+
 def build_plan(
     spec: SyncSpec,
     candidates: Iterable[Candidate],
     rows_read: int,
     lookup: Lookup,
-    live_customers: Mapping[str, StripeCustomer] | None = None,
+    live: LiveAccount | None = None,
     repush: bool = False,
 ) -> Plan:
     """Decide every candidate.
 
     A candidate whose Stripe id the state table knows is compared with the values last synced, or,
-    when `live_customers` (id -> customer, read from Stripe for a full resync) is given, with what
-    Stripe holds now. Others are looked up by key, all in one `lookup` call. With `repush`, every
-    valid row is written whatever Stripe holds (a partition run).
+    when `live` (the whole account, read for a full resync) is given, with what Stripe holds now;
+    other customers that share its key are then reported. Others are looked up by key, all in one
+    `lookup` call. With `repush`, every valid row is written whatever Stripe holds (a partition run).
     """
     plan = Plan(rows_read=rows_read)
     unmatched: list[Candidate] = []
     for candidate in candidates:
+        if candidate.state_problem and candidate.key is not None:
+            plan.state_problems.append((candidate.key, candidate.state_problem))
         reason = rejection_reason(spec, candidate)
         known_id = candidate.prior.stripe_id if candidate.prior else None
         if reason:
             plan.rows.append(PlannedRow(Action.REJECT, candidate, stripe_id=known_id, reason=reason))
-        elif known_id and live_customers is None:
+        elif known_id and live is None:
             known = StripeCustomer(known_id, candidate.prior.synced_values or {})
             plan.rows.append(_compare(candidate, known, repush))
-        elif known_id and known_id in live_customers:
-            plan.rows.append(_compare(candidate, live_customers[known_id], repush))
+        elif known_id and known_id in live.by_id:
+            sharing = live.by_key.get(candidate.key, [])
+            duplicates = tuple(sorted(c.id for c in sharing)) if len(sharing) > 1 else ()
+            plan.rows.append(_compare(candidate, live.by_id[known_id], repush, duplicates))
         else:
             # Never matched, or deleted in Stripe since: find it by key like a new row.
             unmatched.append(candidate)
-    if not unmatched:
-        return plan
-    found = lookup({candidate.key: candidate.values[spec.key.field] for candidate in unmatched})
-    for candidate in unmatched:
-        if matches := found.get(candidate.key):
-            plan.rows.append(_matched(spec, candidate, matches, repush))
-        elif spec.behavior == "update_or_create":
-            plan.rows.append(PlannedRow(Action.CREATE, candidate, changes=diff({}, candidate.values)))
-        else:
-            plan.rows.append(PlannedRow(Action.SKIP_NOT_FOUND, candidate, reason=_not_found_reason(spec, candidate)))
+    plan.rows.extend(decide_by_key(spec, unmatched, lookup, repush))
     return plan
+
+
+def decide_by_key(
+    spec: SyncSpec, candidates: list[Candidate], lookup: Lookup, repush: bool = False
+) -> list[PlannedRow]:
+    """Candidates without a usable Stripe id, decided by looking their keys up (one `lookup`
+    call for all): a customer found is adopted; only a key Stripe does not have is created."""
+    if not candidates:
+        return []
+    found = lookup({candidate.key: candidate.values[spec.key.field] for candidate in candidates})
+    rows = []
+    for candidate in candidates:
+        if matches := found.get(candidate.key):
+            rows.append(_matched(spec, candidate, matches, repush))
+        elif spec.behavior == "update_or_create":
+            rows.append(PlannedRow(Action.CREATE, candidate, changes=diff({}, candidate.values)))
+        else:
+            rows.append(PlannedRow(Action.SKIP_NOT_FOUND, candidate, reason=_not_found_reason(spec, candidate)))
+    return rows
 
 
 def _not_found_reason(spec: SyncSpec, candidate: Candidate) -> str:

@@ -47,6 +47,9 @@ class Candidate:
     row_hash: str
     key_rows: int
     prior: PriorState | None
+    # What was wrong with this key's state row(s), which were then ignored: the key is looked up
+    # in Stripe again, and the run files one sound row for it.
+    state_problem: str | None = None
 
 
 def _none_if_missing(value):
@@ -66,16 +69,20 @@ def candidates_from_chunk(spec: SyncSpec, chunk: pd.DataFrame) -> list[Candidate
             # Stripe would keep surrounding spaces; the match ignores them, so the value should too.
             values[field] = values[field].strip() if values[field] else values[field]
         state = {name: record[sql.STATE_PREFIX + name] for name in sql.STATE_COLUMNS}
-        prior = None
-        if any(value is not None for value in state.values()):
-            prior = PriorState(
-                stripe_id=state["stripe_customer_id"],
-                row_hash=state["row_hash"],
-                synced_values=json.loads(state["synced_values"]) if state["synced_values"] else None,
-                synced_at=state["synced_at"],
-                status=state["status"],
-                run_id=state["run_id"],
-            )
+        prior, problem = None, None
+        if int(record[sql.STATE_ROWS]) > 1:
+            problem = f"{int(record[sql.STATE_ROWS])} state rows for one key"
+        elif any(value is not None for value in state.values()):
+            synced_values, problem = _synced_values(state["synced_values"])
+            if problem is None:
+                prior = PriorState(
+                    stripe_id=state["stripe_customer_id"],
+                    row_hash=state["row_hash"],
+                    synced_values=synced_values,
+                    synced_at=state["synced_at"],
+                    status=state["status"],
+                    run_id=state["run_id"],
+                )
         out.append(
             Candidate(
                 key=record[sql.KEY],
@@ -84,9 +91,23 @@ def candidates_from_chunk(spec: SyncSpec, chunk: pd.DataFrame) -> list[Candidate
                 row_hash=record[sql.ROW_HASH],
                 key_rows=int(record[sql.KEY_ROWS]),
                 prior=prior,
+                state_problem=problem,
             )
         )
     return out
+
+
+def _synced_values(stored: str | None) -> tuple[dict[str, str | None] | None, str | None]:
+    """The values last synced, as stored in the state table, or why they cannot be read."""
+    if not stored:
+        return None, None
+    try:
+        values = json.loads(stored)
+    except ValueError:
+        return None, "synced_values is not JSON"
+    if not isinstance(values, dict) or not all(v is None or isinstance(v, str) for v in values.values()):
+        return None, "synced_values is not an object of text values"
+    return values, None
 
 
 def rejection_reason(spec: SyncSpec, candidate: Candidate) -> str | None:

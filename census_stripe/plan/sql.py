@@ -17,6 +17,7 @@ from sqlglot import exp
 
 from census_stripe.spec import SyncSpec
 from census_stripe.warehouse.base import Relation
+from census_stripe.warehouse.state import of_sync
 
 # Both separators are control characters no warehouse value is expected to contain, so that
 # ("a", "bc") and ("ab", "c") hash differently, and so do NULL and "".
@@ -28,6 +29,7 @@ NULL_MARKER = "\x1e"
 KEY = "__key"
 ROW_HASH = "__row_hash"
 KEY_ROWS = "__key_rows"
+STATE_ROWS = "__state_rows"
 STATE_PREFIX = "__state_"
 
 
@@ -107,16 +109,19 @@ def changed_rows_query(
     spec: SyncSpec,
     model: Relation,
     state: Relation,
+    account: str,
     dialect: str,
     everything: bool = False,
     where: ModelSlice | None = None,
 ) -> str:
-    """Model rows that need a look, with what the state table knows of each.
+    """Model rows that need a look, with what the state table knows of each in this account.
 
     A row needs a look when its hash differs from the one Stripe last accepted, when it has no key,
-    or when its key repeats in the model (so every copy can be rejected). `everything` selects all
-    rows, for a full resync; `where` keeps to a slice of the model (keys repeat across the whole
-    model, though).
+    when its key repeats in the model (so every copy can be rejected), or when its key has more
+    than one state row (damaged state: the run looks the key up again and files one row).
+    `everything` selects all rows, for a full resync; `where` keeps to a slice of the model (keys
+    repeat across the whole model, though). Only the account's own state rows are read: another
+    account's Stripe ids mean nothing here.
 
     Memory stays small however large the model: repeated keys are counted from the key column
     alone, the model is compared with narrow (key, hash) state rows, and the wide state columns
@@ -126,7 +131,7 @@ def changed_rows_query(
     def col(name: str, table: str) -> exp.Column:
         return exp.column(name, table, quoted=True)
 
-    this_sync = exp.Literal.string(spec.name)
+    one = exp.Literal.number(1)
     repeated_keys = (
         exp.select(
             exp.alias_(key_expression(spec), KEY, quoted=True),
@@ -134,18 +139,24 @@ def changed_rows_query(
         )
         .from_(model.table())
         .group_by(key_expression(spec))
-        .having(exp.GT(this=exp.Count(this=exp.Star()), expression=exp.Literal.number(1)))
+        .having(exp.GT(this=exp.Count(this=exp.Star()), expression=one))
     )
     last_hashes = (
-        exp.select(exp.column("customer_key", quoted=True), exp.column("row_hash", quoted=True))
+        exp.select(
+            exp.column("customer_key", quoted=True),
+            exp.alias_(exp.Min(this=exp.column("row_hash", quoted=True)), "row_hash", quoted=True),
+            exp.alias_(exp.Count(this=exp.Star()), STATE_ROWS, quoted=True),
+        )
         .from_(state.table())
-        .where(exp.column("sync_name", quoted=True).eq(this_sync))
+        .where(of_sync(spec.name, account))
+        .group_by(exp.column("customer_key", quoted=True))
     )
     changed = (
         exp.select(
             exp.Column(this=exp.Star(), table=exp.to_identifier("m", quoted=True)),
+            exp.alias_(exp.Coalesce(this=col(KEY_ROWS, "r"), expressions=[one]), KEY_ROWS, quoted=True),
             exp.alias_(
-                exp.Coalesce(this=col(KEY_ROWS, "r"), expressions=[exp.Literal.number(1)]), KEY_ROWS, quoted=True
+                exp.Coalesce(this=col(STATE_ROWS, "h"), expressions=[exp.Literal.number(0)]), STATE_ROWS, quoted=True
             ),
         )
         .from_(exp.alias_(_model_select(spec, model, where).subquery(), "m", quoted=True))
@@ -163,11 +174,17 @@ def changed_rows_query(
             exp.or_(
                 exp.Is(this=col("row_hash", "h"), expression=exp.Null()),
                 exp.NEQ(this=col("row_hash", "h"), expression=col(ROW_HASH, "m")),
+                exp.GT(this=col(STATE_ROWS, "h"), expression=one),
                 exp.Is(this=col(KEY, "m"), expression=exp.Null()),
                 exp.Not(this=exp.Is(this=col(KEY_ROWS, "r"), expression=exp.Null())),
             )
         )
-    join_state = exp.and_(col("sync_name", "s").eq(this_sync), col("customer_key", "s").eq(col(KEY, "c")))
+    # A key with several state rows gets none of them: which one is right cannot be known.
+    join_state = exp.and_(
+        of_sync(spec.name, account, table="s"),
+        col("customer_key", "s").eq(col(KEY, "c")),
+        col(STATE_ROWS, "c").eq(one),
+    )
     query = (
         exp.select(
             exp.Column(this=exp.Star(), table=exp.to_identifier("c", quoted=True)),

@@ -1,27 +1,33 @@
 """The sync's record in the warehouse, next to the models it reads.
 
-`sync_state` has one row per sync and key: the Stripe customer id (the writeback analysts join
-onto their models), the hash and values of the row Stripe last accepted, when and by which run,
-and the last status and error. `sync_rejections` keeps every run's rejected and failed rows with
-their reasons. Both are created on first use; creating them again is harmless.
+`sync_state` has one row per sync, Stripe account and key: the Stripe customer id (the writeback
+analysts join onto their models), the hash and values of the row Stripe last accepted, when and by
+which run, and the last status and error. A Stripe id means nothing in another account (or in the
+other mode of the same account), so every row names its account, and a run reads only its own
+account's rows. `sync_rejections` keeps every run's rejected and failed rows with their reasons.
+`stripe_accounts` remembers which account a (server, key) pair reaches, so a run need not ask.
+All are created on first use; creating them again is harmless.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pandas as pd
 from sqlglot import exp
 
+from census_stripe.stripe_api import StripeAccount
 from census_stripe.warehouse.base import Relation, Warehouse
 
 DEFAULT_SCHEMA = "census_stripe"
 
 _STATE_COLUMNS = {
     "sync_name": "text",
+    # `acct_.../test`; NULL on rows written before accounts were recorded, which no run reads.
+    "stripe_account": "text",
     "customer_key": "text",
     "stripe_customer_id": "text",
     "row_hash": "text",
@@ -35,6 +41,7 @@ _STATE_COLUMNS = {
 _REJECTION_COLUMNS = {
     "run_id": "text",
     "sync_name": "text",
+    "stripe_account": "text",
     "customer_key": "text",
     "key_value": "text",
     "kind": "text",  # rejected | failed
@@ -42,7 +49,13 @@ _REJECTION_COLUMNS = {
     "row_values": "text",  # JSON of the values the row would have sent
     "recorded_at": "timestamp",
 }
-STATE_KEY = ("sync_name", "customer_key")
+_ACCOUNT_COLUMNS = {
+    "connection": "text",  # a digest of the API base and key (stripe_api.connection_fingerprint)
+    "account_id": "text",
+    "livemode": "boolean",
+    "identified_at": "timestamp",
+}
+STATE_KEY = ("sync_name", "stripe_account", "customer_key")
 
 
 def utc_now() -> datetime:
@@ -91,6 +104,7 @@ class SyncStateStore:
         self.warehouse = warehouse
         self.state = Relation(schema, "sync_state")
         self.rejections = Relation(schema, "sync_rejections")
+        self.accounts = Relation(schema, "stripe_accounts")
 
     def ensure_tables(self) -> None:
         """Create the schema and tables, and add any column a newer version brought. Safe to rerun."""
@@ -98,7 +112,11 @@ class SyncStateStore:
             this=exp.Table(db=exp.to_identifier(self.state.schema, quoted=True)), kind="SCHEMA", exists=True
         )
         dialect = self.warehouse.dialect
-        tables = ((self.state, _STATE_COLUMNS), (self.rejections, _REJECTION_COLUMNS))
+        tables = (
+            (self.state, _STATE_COLUMNS),
+            (self.rejections, _REJECTION_COLUMNS),
+            (self.accounts, _ACCOUNT_COLUMNS),
+        )
         self.warehouse.execute_ddl(
             schema.sql(dialect), *(_create_table(t, columns).sql(dialect) for t, columns in tables)
         )
@@ -108,13 +126,31 @@ class SyncStateStore:
             if missing:
                 self.warehouse.execute_ddl(*(_add_column(table, name, columns[name]).sql(dialect) for name in missing))
 
-    def save(self, sync_name: str, run_id: str, records: Iterable[StateRecord]) -> None:
+    def account(self, connection: str, identify: Callable[[], StripeAccount]) -> StripeAccount:
+        """The account a (server, key) pair reaches: remembered, or identified once by `identify`."""
+        query = (
+            exp.select("account_id", "livemode")
+            .from_(self.accounts.table())
+            .where(exp.column("connection", quoted=True).eq(exp.Literal.string(connection)))
+        )
+        known = self.warehouse.query(query.sql(self.warehouse.dialect))
+        if len(known):
+            return StripeAccount(str(known.iloc[0, 0]), bool(known.iloc[0, 1]))
+        account = identify()
+        row = {"connection": connection, "account_id": account.id, "livemode": account.livemode}
+        self.warehouse.replace_rows(
+            self.accounts, _frame([row | {"identified_at": utc_now()}], _ACCOUNT_COLUMNS), ("connection",)
+        )
+        return account
+
+    def save(self, sync_name: str, account: str, run_id: str, records: Iterable[StateRecord]) -> None:
         now = utc_now()
         # One row per key: the copies of a duplicated key share a single verdict.
         records = {r.customer_key: r for r in records}.values()
         rows = [
             {
                 "sync_name": sync_name,
+                "stripe_account": account,
                 "customer_key": r.customer_key,
                 "stripe_customer_id": r.stripe_customer_id,
                 "row_hash": r.row_hash,
@@ -130,12 +166,13 @@ class SyncStateStore:
         if rows:
             self.warehouse.replace_rows(self.state, _frame(rows, _STATE_COLUMNS), STATE_KEY)
 
-    def record_rejections(self, sync_name: str, run_id: str, rejections: Iterable[Rejection]) -> None:
+    def record_rejections(self, sync_name: str, account: str, run_id: str, rejections: Iterable[Rejection]) -> None:
         now = utc_now()
         rows = [
             {
                 "run_id": run_id,
                 "sync_name": sync_name,
+                "stripe_account": account,
                 "customer_key": r.customer_key,
                 "key_value": r.key_value,
                 "kind": r.kind,
@@ -148,17 +185,37 @@ class SyncStateStore:
         if rows:
             self.warehouse.append_rows(self.rejections, _frame(rows, _REJECTION_COLUMNS))
 
-    def known_customers(self, sync_name: str) -> int:
-        """How many Stripe customers this sync has an id for: a floor on the account's size."""
+    def known_customers(self, sync_name: str, account: str) -> int:
+        """How many Stripe customers this sync has an id for in the account: a floor on its size."""
         known = exp.Count(this=exp.column("stripe_customer_id", quoted=True))
-        condition = exp.column("sync_name", quoted=True).eq(exp.Literal.string(sync_name))
-        query = exp.select(known).from_(self.state.table()).where(condition)
+        query = exp.select(known).from_(self.state.table()).where(of_sync(sync_name, account))
         return int(self.warehouse.query(query.sql(self.warehouse.dialect)).iloc[0, 0])
+
+    def drop_unbound(self, sync_name: str) -> int:
+        """Delete this sync's rows written before accounts were recorded. They cannot be told apart
+        from another account's, so no run trusts them; once a run has filed its own, they go."""
+        condition = exp.and_(
+            exp.column("sync_name", quoted=True).eq(exp.Literal.string(sync_name)),
+            exp.column("stripe_account", quoted=True).is_(exp.Null()),
+        )
+        count = exp.select(exp.Count(this=exp.Star())).from_(self.state.table()).where(condition)
+        unbound = int(self.warehouse.query(count.sql(self.warehouse.dialect)).iloc[0, 0])
+        if unbound:
+            self.warehouse.execute(exp.delete(self.state.table(), where=condition).sql(self.warehouse.dialect))
+        return unbound
 
     def forget(self, sync_name: str) -> None:
         """Drop what this sync remembers, for when the Stripe account behind it was reset on purpose."""
         condition = exp.EQ(this=exp.column("sync_name", quoted=True), expression=exp.Literal.string(sync_name))
         self.warehouse.execute(exp.delete(self.state.table(), where=condition).sql(self.warehouse.dialect))
+
+
+def of_sync(sync_name: str, account: str, table: str | None = None) -> exp.Expression:
+    """The state rows of one sync in one Stripe account."""
+    return exp.and_(
+        exp.column("sync_name", table, quoted=True).eq(exp.Literal.string(sync_name)),
+        exp.column("stripe_account", table, quoted=True).eq(exp.Literal.string(account)),
+    )
 
 
 def _frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
