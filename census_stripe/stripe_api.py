@@ -303,7 +303,7 @@ class StripeCustomers:
             if error.http_status != 404:
                 raise
             return False
-        return not customer.get("deleted")
+        return not customer.to_dict().get("deleted")
 
     def update(self, customer_id: str, values: FieldValues, idempotency_key: str) -> None:
         params = to_params(values, unset_missing=True)

@@ -1,15 +1,19 @@
 """A test double of Stripe's Customer API, for what localstripe cannot do: volume, 429s,
 idempotency, latency and lost responses.
 
-It is an in-memory HTTP server, run as its own process, modelled on ../shared/docs/STRIPE.md:
+It is an in-memory HTTP server, run as its own process, modelled on Stripe's documented behaviour
+(docs/stripe.md):
 
+- The account: `GET /v1/account` answers with the configured `account_id`.
 - Customers: create, update, retrieve, delete, and list (newest first, `limit` up to 100,
-  `starting_after`, an exact and case-sensitive `email` filter). Updates merge `metadata` (a ""
+  `starting_after`, an exact and case-sensitive `email` filter). A deleted customer is gone from
+  lists and updates (404), but retrieving it answers `{"id": ..., "deleted": true}`, as Stripe does. Updates merge `metadata` (a ""
   value deletes the key), replace `address` and `shipping` whole, and unset a field sent as "".
 - Rate limits: token buckets per endpoint (create, update, list, retrieve, delete) and one for the
   account; a request over either gets a 429 *before* the idempotency layer sees it.
 - Idempotency: the first response to an `Idempotency-Key` is stored (400s and 500s included) and
-  replayed for the same key; the same key with other parameters is a 400 `idempotency_error`.
+  replayed for the same key, with the header `Idempotent-Replayed: true`; the same key with other
+  parameters is a 400 `idempotency_error`.
 - Faults: a chosen share of writes fails with a 500 before the endpoint runs (nothing done,
   nothing stored for the key), or after it ran (the response is lost: the customer exists and the
   key replays the success), plus a fixed latency per request.
@@ -53,6 +57,7 @@ class DoubleConfig:
     fail_after_rate: float = 0.0  # share of writes done, then answered 500 (a lost response)
     read_only_keys: list[str] = field(default_factory=list)
     seed: int = 0
+    account_id: str = "acct_double"
 
 
 class TokenBucket:
@@ -114,6 +119,7 @@ class StripeDouble:
             self.order: list[str] = []  # creation order; listing walks it backwards
             self.position: dict[str, int] = {}  # id -> index in `order`
             self.by_email: dict[str, list[str]] = defaultdict(list)  # email -> ids, in creation order
+            self.deleted: set[str] = set()
             self.idempotent: dict[str, tuple[str, int, dict]] = {}
             self.stats: Counter = Counter()
             self.clock = 1_700_000_000
@@ -156,6 +162,7 @@ class StripeDouble:
         self.by_email[customer["email"]].remove(customer_id)
         self.order.remove(customer_id)
         self.position = {id_: index for index, id_ in enumerate(self.order)}
+        self.deleted.add(customer_id)
 
     @staticmethod
     def _apply(customer: dict, params: dict) -> None:
@@ -204,8 +211,11 @@ class StripeDouble:
 
     # -- request handling ------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, query: dict, params: dict, headers) -> tuple[int, dict]:
+    def handle(self, method: str, path: str, query: dict, params: dict, headers) -> tuple[int, dict, dict]:
+        """Status, body and extra response headers."""
         parts = [p for p in path.split("/") if p]
+        if parts == ["v1", "account"] and method == "GET":
+            return 200, {"id": self.config.account_id, "object": "account"}, {}
         if parts[:2] != ["v1", "customers"] or len(parts) > 3:
             raise ApiError(404, f"Unrecognized request URL ({method}: {path})")
         customer_id = parts[2] if len(parts) == 3 else None
@@ -250,14 +260,14 @@ class StripeDouble:
                         type_="idempotency_error",
                     )
                 self.stats["idempotent_replays"] += 1
-                return status, body
+                return status, body, {"Idempotent-Replayed": "true"}
             status, body, lost = self._execute(endpoint, customer_id, query, params)
             if idempotency_key:
                 self.idempotent[idempotency_key] = (fingerprint, status, body)
         if lost:
             self.stats["lost_responses"] += 1
-            return 500, ApiError(500, "An unknown error occurred (lost response)", type_="api_error").body
-        return status, body
+            return 500, ApiError(500, "An unknown error occurred (lost response)", type_="api_error").body, {}
+        return status, body, {}
 
     def _execute(self, endpoint: str, customer_id: str | None, query: dict, params: dict) -> tuple[int, dict, bool]:
         write = endpoint in ("create", "update", "delete")
@@ -267,6 +277,8 @@ class StripeDouble:
             elif endpoint == "update":
                 body = self._customer(customer_id)
                 self._update(body, params)
+            elif endpoint == "retrieve" and customer_id in self.deleted:
+                body = {"id": customer_id, "object": "customer", "deleted": True}
             elif endpoint == "retrieve":
                 body = self._customer(customer_id)
             elif endpoint == "delete":
@@ -339,11 +351,12 @@ def make_handler(double: StripeDouble):
             if double.config.latency:
                 time.sleep(double.config.latency)
             query = dict(parse_qsl(url.query, keep_blank_values=True))
+            headers = {}
             try:
-                status, payload = double.handle(method, url.path, query, parse_form(body), self.headers)
+                status, payload, headers = double.handle(method, url.path, query, parse_form(body), self.headers)
             except ApiError as error:
                 status, payload = error.status, error.body
-            self._reply(status, payload)
+            self._reply(status, payload, headers)
 
         def do_GET(self) -> None:
             self._serve("GET")

@@ -125,6 +125,7 @@ def report_metadata(report: SyncReport, customer_url: Callable[[str], str]) -> d
     metadata: dict[str, dg.MetadataValue] = {name: dg.MetadataValue.int(value) for name, value in counts.items()}
     metadata |= {
         "summary": dg.MetadataValue.md(_summary(report, counts)),
+        "stripe_account": dg.MetadataValue.text(str(report.account)),
         "dry_run": dg.MetadataValue.bool(report.options.dry_run),
         "full_resync": dg.MetadataValue.bool(report.options.full_resync),
         "preview": _preview(report, privacy),

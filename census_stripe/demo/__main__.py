@@ -20,13 +20,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from census_stripe.demo.local_stripe import LocalStripe, stop_process_group
+from census_stripe.demo.local_stripe import LocalStripe, free_port, stop_process_group
 from census_stripe.demo.seed_data import demo_customer_count, write_seeds
 from census_stripe.settings import DATA_DIR, PROJECT_ROOT, SYNCS_DIR, duckdb_path
 
 LOCAL_STRIPE_DATA = DATA_DIR / "localstripe.pickle"
 DAGSTER_HOME = DATA_DIR / "dagster_home"
 DEMO_API_KEY = "sk_test_census_stripe_demo"
+# A local server has no account id: the sync knows it by its address, so the demo keeps one.
+LOCAL_STRIPE_PORT = 8420
 # One run of a sync at a time: every sync asset is in a pool of its own, limited to 1 here.
 INSTANCE_CONFIG = "concurrency:\n  pools:\n    default_limit: 1\n"
 JOB = "sync_to_stripe"
@@ -68,7 +70,13 @@ def demo_environment() -> Iterator[dict[str, str]]:
         return
     if not LOCAL_STRIPE_DATA.exists():
         _forget_sync_state()
-    with LocalStripe(saved_data=LOCAL_STRIPE_DATA, log_path=DATA_DIR / "localstripe.log") as server:
+    port = free_port(LOCAL_STRIPE_PORT)
+    if port != LOCAL_STRIPE_PORT:
+        print(
+            f"Port {LOCAL_STRIPE_PORT} is taken; the local Stripe server runs on {port}. The sync knows a local "
+            "server by its address, so it looks every customer up there again (it duplicates none)."
+        )
+    with LocalStripe(port, saved_data=LOCAL_STRIPE_DATA, log_path=DATA_DIR / "localstripe.log") as server:
         print(f"Local Stripe server (localstripe) at {server.url}; its data is kept in {LOCAL_STRIPE_DATA}")
         yield env | {"STRIPE_API_BASE": server.url, "STRIPE_API_KEY": DEMO_API_KEY}
 
@@ -96,7 +104,9 @@ def _print_summary(dagster_home: str) -> None:
                 )
                 continue
             metadata = _latest_metadata(instance, ["stripe", name])
-            print(f"\nSync {name!r} ({path.relative_to(PROJECT_ROOT)}):")
+            print(
+                f"\nSync {name!r} ({path.relative_to(PROJECT_ROOT)}), Stripe account {metadata.get('stripe_account')}:"
+            )
             for count in ("rows_read", "created", "updated", "unchanged", "rejected", "failed", "stripe_api_calls"):
                 print(f"  {count:>18}: {metadata.get(count)}")
             for record in metadata["rejected_rows"].records if "rejected_rows" in metadata else []:

@@ -52,10 +52,16 @@ def start_server(
     raise TimeoutError(f"{command[:3]} did not listen on port {port} within {timeout:.0f}s")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(preferred: int = 0) -> int:
+    """`preferred` if it is free, else any free port."""
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise AssertionError("the OS always has a free port")
 
 
 class LocalStripe:
