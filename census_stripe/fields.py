@@ -1,7 +1,7 @@
 """The Stripe Customer fields a sync may write, with the limits Stripe enforces on them.
 
 Fields are named by dotted paths (`address.city`, `metadata.plan`), the same names a sync file uses.
-Limits come from Stripe's OpenAPI spec; see ../shared/docs/STRIPE.md and the README.
+Limits come from Stripe's API reference; see docs/stripe.md and the README.
 """
 
 from __future__ import annotations
