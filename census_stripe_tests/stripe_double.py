@@ -7,8 +7,9 @@ It is an in-memory HTTP server, run as its own process, modelled on Stripe's doc
 - The account: `GET /v1/account` answers with the configured `account_id`.
 - Customers: create, update, retrieve, delete, and list (newest first, `limit` up to 100,
   `starting_after`, an exact and case-sensitive `email` filter). A deleted customer is gone from
-  lists and updates (404), but retrieving it answers `{"id": ..., "deleted": true}`, as Stripe does. Updates merge `metadata` (a ""
-  value deletes the key), replace `address` and `shipping` whole, and unset a field sent as "".
+  lists and updates (404), but retrieving it answers `{"id": ..., "deleted": true}`, as Stripe
+  does. Updates merge `metadata` (a "" value deletes the key), replace `address` and `shipping`
+  whole, and unset a field sent as "".
 - Rate limits: token buckets per endpoint (create, update, list, retrieve, delete) and one for the
   account; a request over either gets a 429 *before* the idempotency layer sees it.
 - Idempotency: the first response to an `Idempotency-Key` is stored (400s and 500s included) and

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from census_stripe.plan.rows import normalize_key
+from census_stripe.plan.keys import normalize_key
 from census_stripe.spec import LookupStrategy
 from census_stripe.stripe_api import PAGE_SIZE, Page, StripeCustomer, StripeCustomers
 

@@ -10,19 +10,13 @@ from datetime import datetime
 import pandas as pd
 
 from census_stripe.fields import lookup_field
-from census_stripe.plan import sql
+from census_stripe.plan import keys, sql
 from census_stripe.spec import SyncSpec, value_problem
 from census_stripe.stripe_api import blank_to_none
 
 # Deliberately loose: one @, something on each side, a dot in the domain, no spaces. Stripe itself
 # accepts far worse; this catches what a person would call "not an email".
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-
-
-def normalize_key(field: str, value: str) -> str:
-    """The key as matched (SQL's twin: plan.sql.key_expression)."""
-    value = value.strip(" ")
-    return value.lower() if field == "email" else value
 
 
 @dataclass(frozen=True)
@@ -66,8 +60,8 @@ def candidates_from_chunk(spec: SyncSpec, chunk: pd.DataFrame) -> list[Candidate
         values = {field: record[positions[column]] for field, column in spec.columns_by_field.items()}
         values.update(constants)
         for field in {spec.key.field, "email"} & values.keys():
-            # Stripe would keep surrounding spaces; the match ignores them, so the value should too.
-            values[field] = values[field].strip() if values[field] else values[field]
+            # Stripe would keep surrounding whitespace; the key ignores it, so the value sent does too.
+            values[field] = keys.trim(values[field]) if values[field] else values[field]
         state = {name: record[sql.STATE_PREFIX + name] for name in sql.STATE_COLUMNS}
         prior, problem = None, None
         if int(record[sql.STATE_ROWS]) > 1:

@@ -15,6 +15,7 @@ from datetime import datetime
 import sqlglot
 from sqlglot import exp
 
+from census_stripe.plan.keys import key_sql
 from census_stripe.spec import SyncSpec
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.state import of_sync
@@ -48,11 +49,8 @@ def _text(column: str) -> exp.Expression:
 
 
 def key_expression(spec: SyncSpec) -> exp.Expression:
-    """The key as matched: trimmed, and case-folded for emails (Python's twin: rows.normalize_key)."""
-    key = exp.Trim(this=_text(spec.key.column))
-    key = exp.Lower(this=key) if spec.key.field == "email" else key
-    # An empty key is no key.
-    return exp.Nullif(this=key, expression=exp.Literal.string(""))
+    """The key of a model row, as `plan.keys` defines it (Python's twin: keys.normalize_key)."""
+    return key_sql(spec.key.field, _text(spec.key.column))
 
 
 def row_hash_expression(spec: SyncSpec) -> exp.Expression:
