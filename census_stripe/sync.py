@@ -20,7 +20,7 @@ from census_stripe.plan.planner import Action, Plan, PlannedRow, build_plan
 from census_stripe.plan.rows import candidates_from_chunk
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import SyncSpec
-from census_stripe.stripe_api import StripeAccount, StripeCustomers
+from census_stripe.stripe_api import StripeAccount, StripeCustomers, StripeUnreachableError
 from census_stripe.warehouse.base import Relation, Warehouse
 from census_stripe.warehouse.state import Rejection, StateRecord, SyncStateStore, utc_now
 
@@ -163,7 +163,10 @@ def run_sync(
     log: logging.Logger = log,
     concurrency: int = 16,
 ) -> SyncReport:
-    plan = plan_sync(spec, model, store, customers, options)
+    try:
+        plan = plan_sync(spec, model, store, customers, options)
+    except StripeUnreachableError as error:
+        raise StripeUnreachableError(f"{error}: stopped while planning, before any write") from None
     log.info("plan for %s: %s", spec.name, ", ".join(f"{a.value}={n}" for a, n in plan.counts().items()))
     report = SyncReport(spec, options, plan)
     if not options.dry_run:
@@ -182,26 +185,41 @@ def _apply(
     log: logging.Logger,
     concurrency: int,
 ) -> list[Outcome]:
-    if plan.writes:
-        # A key that may not write customers fails here, before any row is written or recorded.
-        customers.check_write_access()
-    decided_without_write = plan.of(Action.UNCHANGED, Action.REJECT, Action.SKIP_NOT_FOUND)
-    store.save(spec.name, run_id, filter(None, map(state_without_write, decided_without_write)))
+    written: list[Outcome] = []
+
+    def record(outcomes: list[Outcome]) -> None:
+        store.save(spec.name, run_id, map(state_after_outcome, outcomes))
+        written.extend(outcomes)
+
     writer = StripeWriter(
         customers,
         spec.name,
         recreate_deleted=spec.behavior == "update_or_create",
-        on_batch=lambda outcomes: store.save(spec.name, run_id, map(state_after_outcome, outcomes)),
+        on_batch=record,
         concurrency=concurrency,
         logger=log,
     )
-    outcomes = writer.apply(plan.writes, total=len(plan.writes))
+    unreachable = None
+    try:
+        if plan.writes:
+            # A key that may not write customers fails here, before any row is written or recorded.
+            customers.check_write_access()
+        decided_without_write = plan.of(Action.UNCHANGED, Action.REJECT, Action.SKIP_NOT_FOUND)
+        store.save(spec.name, run_id, filter(None, map(state_without_write, decided_without_write)))
+        writer.apply(plan.writes, total=len(plan.writes))
+    except StripeUnreachableError as error:
+        # What Stripe accepted is already recorded; rows not attempted are left for the next run,
+        # not marked failed.
+        unreachable = error
     store.record_rejections(
         spec.name,
         run_id,
         [
             *(_rejection(row, "rejected", row.reason) for row in plan.of(Action.REJECT)),
-            *(_rejection(o.row, "failed", o.error) for o in outcomes if o.status == "failed"),
+            *(_rejection(o.row, "failed", o.error) for o in written if o.status == "failed"),
         ],
     )
-    return outcomes
+    if unreachable:
+        left = len(plan.writes) - len(written)
+        raise StripeUnreachableError(f"{unreachable}: {len(written)} writes done, {left} left for the next run")
+    return written
