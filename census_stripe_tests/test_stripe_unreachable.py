@@ -114,8 +114,8 @@ def fail_every_write_after(double, writes: int) -> threading.Thread:
 
 
 def test_an_outage_mid_run_keeps_what_stripe_accepted_and_the_rerun_converges(double, model):
-    # 8 writes in flight at 50 ms each: about 160 writes/s, so the outage starts well before the end.
-    double.configure(latency=0.05)
+    # 8 writes in flight at 100 ms each: about 80 writes/s, so the outage starts well before the end.
+    double.configure(latency=0.1)
     watcher = fail_every_write_after(double, 50)
     message = sync_failing_fast(model, customers_for(double))
     watcher.join(timeout=5)
