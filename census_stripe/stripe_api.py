@@ -6,14 +6,19 @@ vocabulary; `to_params` and `flatten_customer` translate to and from Stripe's ne
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import random
+import re
+import string
 import threading
-import time
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import quote, quote_plus
 
 import stripe
 
@@ -24,7 +29,7 @@ T = TypeVar("T")
 
 FieldValues = Mapping[str, "str | None"]
 PAGE_SIZE = 100
-STRIPE_API_BASE = "https://api.stripe.com"
+STRIPE_API_BASE = stripe.DEFAULT_API_BASE
 
 
 def make_client(api_key: str, api_base: str | None = None, max_network_retries: int = 2) -> stripe.StripeClient:
@@ -185,12 +190,149 @@ class StripeAccessError(RuntimeError):
         self.http_status = http_status
 
 
+class MalformedKeyError(StripeAccessError):
+    """The API key cannot be a usable Stripe key; refused before any request. The message never quotes it."""
+
+
+class StripeRequestError(RuntimeError):
+    """Stripe refused a request for good, or it failed after every retry; the key is redacted.
+
+    Errors of the SDK never leave this module: they may quote the request's `Authorization` header.
+    """
+
+    def __init__(self, message: str, http_status: int | None = None):
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class StripeUnreachableError(RuntimeError):
+    """Stripe did not answer, or answered 5xx, too many times in a row: the run stops at once
+    instead of retrying every row to exhaustion. The key is redacted."""
+
+
+KEY_PREFIXES = ("sk_test_", "sk_live_", "rk_test_", "rk_live_")
+KEY_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_")
+_CHARACTER_NAMES = {
+    "\n": "a newline",
+    "\r": "a carriage return",
+    "\t": "a tab",
+    " ": "a space",
+    "\0": "a NUL character",
+}
+
+
+def _character_name(character: str) -> str:
+    """A character named, never shown: it may be invisible, and is part of the key."""
+    named = _CHARACTER_NAMES.get(character)
+    return named or f"U+{ord(character):04X} {unicodedata.name(character, '')}".rstrip()
+
+
+def check_api_key(api_key: str) -> None:
+    """Refuse, before any request, a key that cannot work: a stray newline or space from how the
+    variable was set would otherwise reach the SDK, whose errors quote the header that holds it."""
+    if not api_key:
+        raise MalformedKeyError("STRIPE_API_KEY is empty: check how the variable is set")
+    for position, character in enumerate(api_key, start=1):
+        if character not in KEY_CHARACTERS:
+            raise MalformedKeyError(
+                f"STRIPE_API_KEY contains {_character_name(character)} (character {position} of {len(api_key)}); "
+                "Stripe keys are a single line of letters, digits and underscores: check how the variable is set"
+            )
+    if api_key.startswith("pk_"):
+        raise MalformedKeyError(
+            "STRIPE_API_KEY is a publishable key (pk_...), which cannot write customers; "
+            "use a secret (sk_...) or restricted (rk_...) key"
+        )
+    if not api_key.startswith(KEY_PREFIXES) or api_key in KEY_PREFIXES:
+        raise MalformedKeyError(
+            "STRIPE_API_KEY does not look like a Stripe key: Stripe keys start with "
+            f"{', '.join(KEY_PREFIXES)}, followed by letters, digits and underscores"
+        )
+
+
+# Parts of a key shorter than this are not redacted on their own: too common to blank out of a
+# message, too short to be of use. Stripe's own key bodies are about 100 characters.
+MIN_REDACTED_PART = 12
+
+
+def _written_forms(text: str) -> set[str]:
+    """How a string shows up in an error message: as is, as Python, JSON or a URL escape it."""
+    url_forms = {quote(text, safe=""), quote_plus(text, safe="")}
+    return {
+        text,
+        repr(text)[1:-1],
+        repr(text.encode())[2:-1],
+        json.dumps(text)[1:-1],
+        json.dumps(text, ensure_ascii=False)[1:-1],
+        *url_forms,
+        *(re.sub(r"%[0-9A-F]{2}", lambda escape: escape.group().lower(), form) for form in url_forms),
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def _secret_pattern(secret: str) -> re.Pattern | None:
+    """Every form of the secret worth finding in a text, longest first so that no tail survives."""
+    stripped = secret.strip()
+    body = re.sub(r"^[a-z]+_(test|live)_", "", stripped)
+    parts = {secret, stripped}
+    for text in (stripped, body):
+        cleaned = "".join(c for c in text if c in KEY_CHARACTERS)
+        pieces = re.split(r"[^A-Za-z0-9_]+", text)
+        parts |= {part for part in (text, cleaned, *pieces) if len(part) >= MIN_REDACTED_PART}
+    forms = set().union(*map(_written_forms, parts)) - {""}
+    if not forms:
+        return None
+    return re.compile("|".join(map(re.escape, sorted(forms, key=len, reverse=True))))
+
+
 def redact(text: str, secret: str) -> str:
-    return text.replace(secret, "[redacted]") if secret else text
+    """`text` with the secret removed, also escaped, stripped of whitespace or without its prefix."""
+    pattern = _secret_pattern(secret) if secret else None
+    return pattern.sub("[redacted]", text) if pattern else text
 
 
-# 409: a request with the same idempotency key is still in flight; 5xx: Stripe's side failed.
-RETRYABLE_STATUSES = {409, 429, 500, 502, 503, 504}
+class CircuitBreaker:
+    """Stops every call once Stripe looks unreachable, instead of retrying each row to exhaustion.
+
+    It opens after `threshold` attempts in a row, counted across all threads, found Stripe
+    unreachable (a connection error or a 5xx) with no answer in between. Any other answer closes
+    the count again, except 429s and 409s: they say that Stripe is busy, which the rate budget and
+    the retries handle. Once open it stays open: the run stops, and the next run resumes.
+    """
+
+    def __init__(self, address: str, threshold: int):
+        self.address = address
+        self.threshold = threshold
+        self._lock = threading.Lock()
+        self._failures_in_a_row = 0
+        self._opened = threading.Event()
+        self._reason = ""
+
+    def answered(self) -> None:
+        with self._lock:
+            self._failures_in_a_row = 0
+
+    def failed(self, reason: str) -> None:
+        with self._lock:
+            self._failures_in_a_row += 1
+            if self._failures_in_a_row >= self.threshold and not self._opened.is_set():
+                self._reason = reason
+                self._opened.set()
+
+    def raise_if_open(self) -> None:
+        if self._opened.is_set():
+            raise StripeUnreachableError(f"Stripe unreachable at {self.address} ({self._reason})")
+
+    def sleep(self, seconds: float) -> None:
+        """A backoff that ends early when the breaker opens, so that no thread sleeps on a dead server."""
+        self._opened.wait(seconds)
+
+
+# Stripe's side failed: retried, and counted by the circuit breaker like a connection error.
+FAILING_STATUSES = {500, 502, 503, 504}
+# Stripe is busy, not failing: 409, a request with the same idempotency key is still in flight;
+# 429, over the rate limit. Retried, and neither trips nor resets the breaker.
+BUSY_STATUSES = {409, 429}
 WRITE_CHECK_ID = "cus_census_stripe_write_access_check"
 
 
@@ -204,12 +346,19 @@ class StripeCustomers:
 
     Every request first waits for the account's budget (apply/rate_limit.py). 429s, 5xx and
     connection errors are retried here with backoff, a write with its own idempotency key, so a
-    retry replays rather than repeats. Errors leave here without the API key in them.
+    retry replays rather than repeats; a circuit breaker stops every call once Stripe looks
+    unreachable. Errors leave here as this module's own, without the API key in them.
     """
 
     def __init__(
-        self, api_key: str, api_base: str | None = None, budget: RateBudget | None = None, max_attempts: int = 6
+        self,
+        api_key: str,
+        api_base: str | None = None,
+        budget: RateBudget | None = None,
+        max_attempts: int = 6,
+        unreachable_after: int = 5,
     ):
+        check_api_key(api_key)
         self._api_key = api_key
         # Retries are ours, not the SDK's: each one must pass through the rate budget.
         self._client = make_client(api_key, api_base, max_network_retries=0)
@@ -217,35 +366,45 @@ class StripeCustomers:
         self.api_base = api_base or STRIPE_API_BASE
         self.budget = budget or shared_budget(api_key, api_base, RateLimits())
         self.max_attempts = max_attempts
+        # Below max_attempts, so that a single call (the plan's listing) stops on a dead server
+        # after a few seconds of backoff rather than the whole series.
+        self.breaker = CircuitBreaker(self.api_base, unreachable_after)
         self.calls = CallCounter()
 
     def describe(self, error: stripe.StripeError) -> str:
-        """Stripe's own explanation of an error, fit for logs and metadata."""
-        message = error.user_message or str(error)
+        """Stripe's own explanation of an error on one line, fit for logs and metadata; the key redacted."""
+        message = " ".join((error.user_message or str(error)).split())
         status = f" (HTTP {error.http_status})" if error.http_status else ""
         return redact(f"{type(error).__name__}{status}: {message}", self._api_key)
 
     def _call(self, endpoint: str, request: Callable[[], T]) -> T:
         for attempt in range(1, self.max_attempts + 1):
+            self.breaker.raise_if_open()
             self.budget.acquire(endpoint)
             self.calls.add(endpoint)
             try:
-                return request()
-            except (stripe.AuthenticationError, stripe.PermissionError) as error:
-                raise StripeAccessError(self.describe(error), error.http_status) from None
-            except stripe.RateLimitError:
+                result = request()
+            except stripe.StripeError as error:
+                failure = error
+            else:
+                self.breaker.answered()
+                return result
+            # Raised outside the `except`, so no SDK error travels along as the context of ours.
+            if isinstance(failure, (stripe.AuthenticationError, stripe.PermissionError)):
+                raise StripeAccessError(self.describe(failure), failure.http_status)
+            failing = isinstance(failure, stripe.APIConnectionError) or failure.http_status in FAILING_STATUSES
+            if failing:
+                self.breaker.failed(self.describe(failure))
+                self.breaker.raise_if_open()
+            elif failure.http_status not in BUSY_STATUSES:
+                self.breaker.answered()
+            if isinstance(failure, stripe.RateLimitError):
                 self.calls.add_rate_limited()
                 self.budget.rate_limited(endpoint)
-                if attempt == self.max_attempts:
-                    raise
-            except stripe.APIConnectionError:
-                if attempt == self.max_attempts:
-                    raise
-            except stripe.StripeError as error:
-                if error.http_status not in RETRYABLE_STATUSES or attempt == self.max_attempts:
-                    raise
-            time.sleep(backoff_seconds(attempt))
-        raise AssertionError("unreachable")
+            if attempt == self.max_attempts or not (failing or failure.http_status in BUSY_STATUSES):
+                raise StripeRequestError(self.describe(failure), failure.http_status)
+            self.breaker.sleep(backoff_seconds(attempt))
+        raise AssertionError("the last attempt returns or raises")
 
     def iter_pages(self, email: str | None = None) -> Iterator[Page]:
         """Customers 100 per call, optionally those with exactly this email; strongly consistent,
@@ -269,7 +428,7 @@ class StripeCustomers:
         a restricted key without Account read) by the key."""
         try:
             account = self._call("account", lambda: self._client.v1.accounts.retrieve_current())
-        except stripe.StripeError as error:
+        except StripeRequestError as error:
             # Servers without the endpoint may not even answer in Stripe's error format.
             if error.http_status != 404:
                 raise
@@ -299,7 +458,7 @@ class StripeCustomers:
         marked `deleted`)."""
         try:
             customer = self._call("retrieve", lambda: self._customers.retrieve(customer_id))
-        except stripe.InvalidRequestError as error:
+        except StripeRequestError as error:
             if error.http_status != 404:
                 raise
             return False
@@ -315,6 +474,6 @@ class StripeCustomers:
         restricted key). Updates a customer that cannot exist: 404 means writes are allowed."""
         try:
             self._call("update", lambda: self._customers.update(WRITE_CHECK_ID, params={"description": ""}))
-        except stripe.InvalidRequestError as error:
+        except StripeRequestError as error:
             if error.http_status != 404:
                 raise

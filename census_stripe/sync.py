@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from itertools import chain
 
@@ -20,7 +21,7 @@ from census_stripe.plan.planner import Action, LiveAccount, Plan, PlannedRow, bu
 from census_stripe.plan.rows import candidates_from_chunk
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import SyncSpec
-from census_stripe.stripe_api import StripeAccount, StripeCustomers
+from census_stripe.stripe_api import StripeAccount, StripeCustomers, StripeUnreachableError
 from census_stripe.warehouse.base import Relation, Warehouse
 from census_stripe.warehouse.state import Rejection, StateRecord, SyncStateStore, utc_now
 
@@ -181,9 +182,12 @@ def run_sync(
     concurrency: int = 16,
 ) -> SyncReport:
     store.ensure_tables()
-    account = store.account(customers.connection_fingerprint, customers.identify_account)
-    log.info("sync %s writes to Stripe account %s", spec.name, account)
-    plan, lookup = plan_sync(spec, model, store, customers, options, account)
+    try:
+        account = store.account(customers.connection_fingerprint, customers.identify_account)
+        log.info("sync %s writes to Stripe account %s", spec.name, account)
+        plan, lookup = plan_sync(spec, model, store, customers, options, account)
+    except StripeUnreachableError as error:
+        raise StripeUnreachableError(f"{error}: stopped while planning, before any write") from None
     log.info("plan for %s: %s", spec.name, ", ".join(f"{a.value}={n}" for a, n in plan.counts().items()))
     _warn_about_state(plan, store, spec, account, log)
     report = SyncReport(spec, options, plan, account=account)
@@ -235,37 +239,41 @@ def _apply(
     concurrency: int,
     lookup: CustomerLookup,
 ) -> list[Outcome]:
-    if plan.writes:
-        # A key that may not write customers fails here, before any row is written or recorded.
-        customers.check_write_access()
+    written: list[Outcome] = []
+
+    def save(records: Iterable[StateRecord | None]) -> None:
+        store.save(spec.name, account, run_id, filter(None, records))
 
     def save_decided(rows: list[PlannedRow]) -> None:
-        decided_without_write = [
-            r for r in rows if r.action in (Action.UNCHANGED, Action.REJECT, Action.SKIP_NOT_FOUND)
-        ]
-        store.save(spec.name, account, run_id, filter(None, map(state_without_write, decided_without_write)))
+        save(state_without_write(row) for row in rows if row.action not in (Action.CREATE, Action.UPDATE))
 
-    save_decided(plan.rows)
-    writer = StripeWriter(
-        customers,
-        spec.name,
-        on_batch=lambda outcomes: store.save(
-            spec.name, account, run_id, filter(None, map(state_after_outcome, outcomes))
-        ),
-        concurrency=concurrency,
-        logger=log,
-    )
-    outcomes = writer.apply(plan.writes, total=len(plan.writes))
-    if missing := [outcome for outcome in outcomes if outcome.status == "missing"]:
-        # Customers the state knew but Stripe does not have (deleted, or edited by hand): never
-        # create before looking. Their keys are looked up, a customer found is adopted, and only
-        # a key Stripe truly lacks is created.
-        log.info("%d customers known to the state are not in Stripe; looking their keys up", len(missing))
-        decided = decide_by_key(spec, [outcome.row.candidate for outcome in missing], lookup)
-        plan.replace({id(outcome.row): row for outcome, row in zip(missing, decided, strict=True)})
-        save_decided(decided)
-        writes = [row for row in decided if row.action in (Action.CREATE, Action.UPDATE)]
-        outcomes = [o for o in outcomes if o.status != "missing"] + writer.apply(writes, total=len(writes))
+    def record(outcomes: list[Outcome]) -> None:
+        save(map(state_after_outcome, outcomes))
+        written.extend(outcomes)
+
+    writer = StripeWriter(customers, spec.name, on_batch=record, concurrency=concurrency, logger=log)
+    unreachable = None
+    try:
+        if plan.writes:
+            # A key that may not write customers fails here, before any row is written or recorded.
+            customers.check_write_access()
+        save_decided(plan.rows)
+        writer.apply(plan.writes, total=len(plan.writes))
+        if missing := [outcome for outcome in written if outcome.status == "missing"]:
+            # Customers the state knew but Stripe does not have (deleted, or edited by hand): never
+            # create before looking. Their keys are looked up, a customer found is adopted, and
+            # only a key Stripe truly lacks is created.
+            log.info("%d customers known to the state are not in Stripe; looking their keys up", len(missing))
+            decided = decide_by_key(spec, [outcome.row.candidate for outcome in missing], lookup)
+            plan.replace({id(outcome.row): row for outcome, row in zip(missing, decided, strict=True)})
+            save_decided(decided)
+            writes = [row for row in decided if row.action in (Action.CREATE, Action.UPDATE)]
+            writer.apply(writes, total=len(writes))
+    except StripeUnreachableError as error:
+        # What Stripe accepted is already recorded; rows not attempted are left for the next run,
+        # not marked failed.
+        unreachable = error
+    outcomes = [outcome for outcome in written if outcome.status != "missing"]
     store.record_rejections(
         spec.name,
         account,
@@ -275,4 +283,7 @@ def _apply(
             *(_rejection(o.row, "failed", o.error) for o in outcomes if o.status == "failed"),
         ],
     )
+    if unreachable:
+        left = len(plan.writes) - len(outcomes)
+        raise StripeUnreachableError(f"{unreachable}: {len(outcomes)} writes done, {left} left for the next run")
     return outcomes

@@ -2,9 +2,10 @@
 
 Writes run on a pool of threads around one shared client; the account's rate budget
 (apply/rate_limit.py) paces them, and StripeCustomers retries what can be retried. A row that
-Stripe refuses for good is recorded with Stripe's message and the run goes on. Results are handed
-to the caller in batches, on the caller's thread, as Stripe accepts them, so state is recorded
-then and never before.
+Stripe refuses for good is recorded with Stripe's message and the run goes on. When Stripe is
+unreachable (StripeUnreachableError) the writer stops: it submits nothing more, hands over what
+the writes in flight got, and raises. Results are handed to the caller in batches, on the caller's
+thread, as Stripe accepts them, so state is recorded then and never before.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-import stripe
-
 from census_stripe.plan.planner import Action, PlannedRow
-from census_stripe.stripe_api import StripeCustomers
+from census_stripe.stripe_api import StripeCustomers, StripeRequestError
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +102,14 @@ class StripeWriter:
         pending: set[Future] = set()
 
         def collect(done: set[Future]) -> None:
-            for future in done:
-                batch.append(future.result())
+            # Every finished write is kept before an error of another one stops the run.
+            batch.extend(future.result() for future in done if future.exception() is None)
             if len(batch) >= self.batch_size:
                 self._flush(batch, outcomes)
             progress.update(len(outcomes) + len(batch))
+            for future in done:
+                if future.exception() is not None:
+                    raise future.exception()
 
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"stripe-{self.sync_name}") as pool:
             try:
@@ -155,9 +157,9 @@ class StripeWriter:
             try:
                 self.customers.update(row.stripe_id, row.values_to_send(), idempotency_key(self.sync_name, row))
                 return Outcome(row, "updated", row.stripe_id)
-            except stripe.InvalidRequestError as error:
+            except StripeRequestError as error:
                 if error.http_status != 404:
                     raise
                 return Outcome(row, "missing", row.stripe_id, f"customer {row.stripe_id} is not in Stripe")
-        except stripe.StripeError as error:
-            return Outcome(row, "failed", row.stripe_id, self.customers.describe(error))
+        except StripeRequestError as error:
+            return Outcome(row, "failed", row.stripe_id, str(error))

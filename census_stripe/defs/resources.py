@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from census_stripe.apply.rate_limit import RateLimits, is_live_key, shared_budget
-from census_stripe.stripe_api import StripeAccessError, StripeCustomers, dashboard_url
+from census_stripe.stripe_api import StripeAccessError, StripeCustomers, check_api_key, dashboard_url
 
 
 class StripeResource(dg.ConfigurableResource):
@@ -30,6 +30,9 @@ class StripeResource(dg.ConfigurableResource):
     concurrency: int = Field(default=16, ge=1, description="Stripe requests in flight at once.")
 
     def customers(self) -> StripeCustomers:
+        # A malformed key is named as such before anything reads its mode. Not a pydantic
+        # validator: pydantic's errors quote the value they refuse.
+        check_api_key(self.api_key)
         if is_live_key(self.api_key) and not self.allow_live_mode:
             raise StripeAccessError(
                 "STRIPE_API_KEY is a live-mode key; set allow_live_mode on the stripe resource to sync to live Stripe"

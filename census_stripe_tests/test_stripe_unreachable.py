@@ -1,0 +1,187 @@
+"""Stripe unreachable: a dead server, or one answering 500 to every write, stops the run within
+seconds with one clear error, instead of retrying every row to exhaustion. What Stripe accepted
+stays recorded; rows not attempted are left for the next run, which converges without duplicates.
+"""
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from census_stripe.apply.rate_limit import RateLimits, shared_budget
+from census_stripe.defs.sync_asset import build_sync_asset, load_sync
+from census_stripe.demo.local_stripe import free_port
+from census_stripe.stripe_api import CircuitBreaker, StripeCustomers, StripeUnreachableError
+from census_stripe_tests.conftest import DEMO_SYNC, resources
+from census_stripe_tests.stripe_double import StripeDoubleServer
+from census_stripe_tests.synthetic import make_model
+from census_stripe_tests.test_delivery import assert_stripe_equals_model, customers_for, sync
+
+ROWS = 200
+# Retrying each row to exhaustion took minutes for fewer rows than this; the breaker takes seconds.
+SECONDS_TO_GIVE_UP = 20
+STOPPED_MID_RUN = re.compile(r": (\d+) writes done, (\d+) left for the next run$")
+
+
+@pytest.fixture
+def model(tmp_path) -> Path:
+    path = tmp_path / "warehouse.duckdb"
+    make_model(path, ROWS)
+    return path
+
+
+def dead_url() -> str:
+    """An address where nothing listens: every connection is refused."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def customers_at(url: str | None, rate: float = 1000, **options) -> StripeCustomers:
+    key = "sk_test_unreachable"
+    limits = RateLimits(account=rate, endpoints=(("create", rate), ("update", rate)))
+    return StripeCustomers(key, url, shared_budget(key, url, limits), **options)
+
+
+def statuses(model: Path) -> dict[str, int]:
+    with duckdb.connect(str(model)) as connection:
+        rows = connection.execute("select status, count(*) from census_stripe.sync_state group by status").fetchall()
+    return dict(rows)
+
+
+def sync_failing_fast(model: Path, customers: StripeCustomers) -> str:
+    """The message of the StripeUnreachableError a sync raises, having checked that it came quickly."""
+    started = time.monotonic()
+    with pytest.raises(StripeUnreachableError) as raised:
+        sync(model, customers)
+    assert time.monotonic() - started < SECONDS_TO_GIVE_UP
+    return str(raised.value)
+
+
+def test_a_dead_server_stops_the_plan_within_seconds(model):
+    url = dead_url()
+    message = sync_failing_fast(model, customers_at(url))
+    assert message.startswith(f"Stripe unreachable at {url} (APIConnectionError: ")
+    assert "Connection refused" in message
+    assert message.endswith(": stopped while planning, before any write")
+    assert statuses(model) == {}
+
+
+def test_the_default_address_is_stripes_own():
+    assert customers_at(None).breaker.address == "https://api.stripe.com"
+
+
+def test_a_server_dying_before_a_run_of_updates_leaves_every_row_for_the_next_run(model):
+    with StripeDoubleServer() as server:
+        assert sync(model, customers_for(server)).counts()["created"] == ROWS
+        with duckdb.connect(str(model)) as connection:
+            connection.execute("update main.stripe_customers set plan = 'enterprise'")
+    # The same address, now dead. The state knows the account and every key, so the plan needs no
+    # Stripe call; the first write meets the dead server.
+    message = sync_failing_fast(model, customers_for(server))
+    assert message.startswith(f"Stripe unreachable at {server.url} (APIConnectionError: ")
+    assert message.endswith(f": 0 writes done, {ROWS} left for the next run")
+    assert statuses(model) == {"synced": ROWS}  # still what Stripe last accepted; nothing marked failed
+
+
+def test_a_server_answering_500_to_every_write_stops_the_run_within_seconds(double, model):
+    double.configure(fail_before_rate=1.0)
+    customers = customers_for(double)
+    message = sync_failing_fast(model, customers)
+    assert message == (
+        f"Stripe unreachable at {double.url} (APIError (HTTP 500): An unknown error occurred): "
+        f"0 writes done, {ROWS} left for the next run"
+    )
+    # The write-access check's attempts up to the breaker's threshold, and nothing after them.
+    assert double.stats()["failed_before"] == customers.breaker.threshold
+    assert statuses(model) == {}
+
+
+def fail_every_write_after(double, writes: int) -> threading.Thread:
+    """Turn the double into a server answering 500 to every write once `writes` creates are done."""
+
+    def watch() -> None:
+        while double.stats().get("done_create", 0) < writes:
+            time.sleep(0.01)
+        double.configure(fail_before_rate=1.0)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
+def test_an_outage_mid_run_keeps_what_stripe_accepted_and_the_rerun_converges(double, model):
+    # 8 writes in flight at 100 ms each: about 80 writes/s, so the outage starts well before the end.
+    double.configure(latency=0.1)
+    watcher = fail_every_write_after(double, 50)
+    message = sync_failing_fast(model, customers_for(double))
+    watcher.join(timeout=5)
+    assert message.startswith(f"Stripe unreachable at {double.url} (APIError (HTTP 500): ")
+    done, left = map(int, STOPPED_MID_RUN.search(message).groups())
+    assert 50 <= done < ROWS and done + left == ROWS
+    # Every write Stripe accepted is recorded as synced; the rest are neither recorded nor failed.
+    assert statuses(model) == {"synced": done}
+    assert double.stats()["customers"] == done
+
+    double.configure(fail_before_rate=0)
+    counts = sync(model, customers_for(double)).counts()
+    assert (counts["created"], counts["failed"]) == (left, 0)
+    assert_stripe_equals_model(double, model)
+
+
+def test_429s_never_open_the_breaker(double, model):
+    # The engine believes in 200/s; the double allows 50/s per endpoint and answers the rest 429.
+    double.configure(endpoint_rate=50)
+    customers = customers_at(double.url, rate=200, unreachable_after=1)
+    report = sync(model, customers)
+    assert report.counts()["created"] == ROWS
+    assert report.rate_limited > 0
+
+
+def test_the_breaker_opens_after_failures_in_a_row_and_an_answer_resets_the_count():
+    breaker = CircuitBreaker("http://stripe.example", threshold=3)
+    for _ in range(2):
+        breaker.failed("APIError (HTTP 500): first")
+        breaker.failed("APIError (HTTP 500): second")
+        breaker.answered()
+        breaker.raise_if_open()
+    breaker.failed("APIConnectionError: one")
+    breaker.failed("APIConnectionError: two")
+    breaker.failed("APIConnectionError: three")
+    breaker.failed("APIConnectionError: four")
+    with pytest.raises(StripeUnreachableError) as raised:
+        breaker.raise_if_open()
+    # The failure that opened it is the one named.
+    assert str(raised.value) == "Stripe unreachable at http://stripe.example (APIConnectionError: three)"
+
+
+def test_a_backoff_ends_the_moment_the_breaker_opens():
+    breaker = CircuitBreaker("http://stripe.example", threshold=1)
+    threading.Timer(0.2, breaker.failed, ["APIConnectionError: gone"]).start()
+    started = time.monotonic()
+    breaker.sleep(30)
+    assert time.monotonic() - started < 5
+
+
+def test_through_dagster_the_run_fails_at_once_with_the_clear_message(warehouse_path, tmp_path):
+    url = dead_url()
+    asset = build_sync_asset(load_sync(DEMO_SYNC), "duckdb")
+    started = time.monotonic()
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = dg.materialize(
+            [asset], resources=resources(warehouse_path, url), instance=instance, raise_on_error=False
+        )
+        failures = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    assert time.monotonic() - started < SECONDS_TO_GIVE_UP
+    assert not result.success
+    assert len(failures) == 1
+    error = failures[0].dagster_event.step_failure_data.error.cause
+    assert error.cls_name == "StripeUnreachableError"
+    assert error.message.startswith(
+        f"census_stripe.stripe_api.StripeUnreachableError: Stripe unreachable at {url} (APIConnectionError: "
+    )
+    assert error.message.rstrip().endswith(": stopped while planning, before any write")
+    # One error, not one per row, and no SDK exception chained to it.
+    assert error.cause is None and error.context is None
