@@ -36,6 +36,14 @@ def worker_of(process: subprocess.Popen) -> RunWorker:
     return RunWorker(RunWorker.current().host, process.pid, round(psutil.Process(process.pid).create_time(), 2))
 
 
+def worker_of_dead_process() -> RunWorker:
+    sleeper = start_sleeper()
+    worker = worker_of(sleeper)
+    sleeper.kill()
+    sleeper.wait()
+    return worker
+
+
 # --- which processes are gone --------------------------------------------------------------------
 
 
@@ -164,14 +172,6 @@ def test_a_dead_run_queued_for_the_slot_leaves_the_queue(instance):
     finally:
         sleeper.kill()
         sleeper.wait()
-
-
-def worker_of_dead_process() -> RunWorker:
-    sleeper = start_sleeper()
-    worker = worker_of(sleeper)
-    sleeper.kill()
-    sleeper.wait()
-    return worker
 
 
 def test_a_run_without_a_recorded_worker_is_left_alone(instance):

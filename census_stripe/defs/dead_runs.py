@@ -36,7 +36,8 @@ class RunWorker:
 
     @classmethod
     def current(cls) -> RunWorker:
-        return cls(socket.gethostname(), psutil.Process().pid, round(psutil.Process().create_time(), 2))
+        process = psutil.Process()
+        return cls(socket.gethostname(), process.pid, round(process.create_time(), 2))
 
     def tag(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
