@@ -8,6 +8,7 @@ import os
 import dagster as dg
 
 from census_stripe.defs.dbt import daily_partitioned_models, dbt_resource, warehouse_models
+from census_stripe.defs.executor import sync_executor
 from census_stripe.defs.resources import StripeResource
 from census_stripe.defs.sync_asset import build_sync_asset, load_sync
 from census_stripe.defs.triggers import sync_triggers
@@ -33,8 +34,9 @@ defs = dg.Definitions(
     sensors=sensors,
     schedules=schedules,
     # Steps run one after another in the run's process: DuckDB allows a single writer, and
-    # a sync waits for its model anyway.
-    executor=dg.in_process_executor,
+    # a sync waits for its model anyway. Waiting for a sync's pool, a run sleeps, and frees the
+    # slot of a run that died holding it (census_stripe/defs/executor.py).
+    executor=sync_executor,
     resources={
         "dbt": dbt_resource(),
         "stripe": StripeResource(

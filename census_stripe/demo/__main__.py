@@ -29,8 +29,17 @@ DAGSTER_HOME = DATA_DIR / "dagster_home"
 DEMO_API_KEY = "sk_test_census_stripe_demo"
 # A local server has no account id: the sync knows it by its address, so the demo keeps one.
 LOCAL_STRIPE_PORT = 8420
-# One run of a sync at a time: every sync asset is in a pool of its own, limited to 1 here.
-INSTANCE_CONFIG = "concurrency:\n  pools:\n    default_limit: 1\n"
+# The demo instance's dagster.yaml, by top-level section.
+INSTANCE_SECTIONS = {
+    # One run of a sync at a time: every sync asset is in a pool of its own, limited to 1 here.
+    "concurrency": "concurrency:\n  pools:\n    default_limit: 1\n",
+    # Under `make dev`, the daemon fails runs stuck starting or canceling, and frees the slots of
+    # runs that ended, such as a run whose worker was killed (its code server marks it failed).
+    "run_monitoring": (
+        "run_monitoring:\n  enabled: true\n  poll_interval_seconds: 5\n  free_slots_after_run_end_seconds: 5\n"
+    ),
+}
+INSTANCE_CONFIG = "".join(INSTANCE_SECTIONS.values())
 JOB = "sync_to_stripe"
 
 
@@ -52,6 +61,17 @@ def _forget_sync_state() -> None:
     print("No saved local Stripe data: starting from an empty Stripe account and an empty sync state.")
 
 
+def write_instance_config(path: Path) -> None:
+    """The demo's dagster.yaml. A file an older demo wrote keeps what it has and gets the sections it lacks."""
+    import yaml
+
+    text = path.read_text() if path.exists() else ""
+    present = yaml.safe_load(text) or {}
+    missing = [section for name, section in INSTANCE_SECTIONS.items() if name not in present]
+    if missing:
+        path.write_text(text + ("\n" if text and not text.endswith("\n") else "") + "".join(missing))
+
+
 @contextmanager
 def demo_environment() -> Iterator[dict[str, str]]:
     """Environment variables for Dagster processes, with a local Stripe server running if needed."""
@@ -62,8 +82,7 @@ def demo_environment() -> Iterator[dict[str, str]]:
     env.setdefault("DAGSTER_HOME", str(DAGSTER_HOME))
     home = Path(env["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(INSTANCE_CONFIG)
+    write_instance_config(home / "dagster.yaml")
     if env.get("STRIPE_API_BASE"):
         print(f"Using the Stripe API at {env['STRIPE_API_BASE']}")
         yield env
