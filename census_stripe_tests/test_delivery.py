@@ -105,14 +105,24 @@ def run_in_process(model: Path, double, **options) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def write_requests(double) -> int:
+    stats = double.stats()
+    return stats.get("requests_create", 0) + stats.get("requests_update", 0)
+
+
 def test_runs_killed_at_random_points_converge_without_duplicates(double, model):
     double.configure(latency=0.01, fail_after_rate=0.02)
     generator = random.Random(7)
     kills = 0
     for _ in range(5):
-        # At 40 writes/s a whole run takes over 7 s; start-up takes about 1 s.
+        # At 40 writes/s a whole run writes for over 7 s. Start-up takes from 1 s to many on a busy
+        # machine, so the kill is timed from the run's first write request, not from its start.
+        before = write_requests(double)
         process = run_in_process(model, double, concurrency=4, rate=40)
-        time.sleep(generator.uniform(1.2, 3.5))
+        deadline = time.monotonic() + 120
+        while write_requests(double) == before and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(generator.uniform(0.0, 2.0))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
