@@ -3,7 +3,8 @@
 `sync_state` has one row per sync and key: the Stripe customer id (the writeback analysts join
 onto their models), the hash and values of the row Stripe last accepted, when and by which run,
 and the last status and error. `sync_rejections` keeps every run's rejected and failed rows with
-their reasons. Both are created on first use; creating them again is harmless.
+their reasons. `sync_changes` keeps every run's whole plan, one row per key the run did not leave
+unchanged, for a number of days. All are created on first use; creating them again is harmless.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from itertools import islice
 
 import pandas as pd
 from sqlglot import exp
 
-from census_stripe.warehouse.base import Relation, Warehouse
+from census_stripe.warehouse.base import Relation, Warehouse, literal
 
 DEFAULT_SCHEMA = "census_stripe"
 
@@ -42,7 +44,23 @@ _REJECTION_COLUMNS = {
     "row_values": "text",  # JSON of the values the row would have sent
     "recorded_at": "timestamp",
 }
+# Unchanged keys are not listed: a no-op rerun of a large model then writes nothing here.
+_CHANGE_COLUMNS = {
+    "run_id": "text",
+    "sync_name": "text",
+    "stripe_account": "text",
+    "customer_key": "text",
+    "key_value": "text",
+    "action": "text",  # create | update | reject | skip_not_found
+    "stripe_customer_id": "text",
+    "changes": "text",  # JSON: field -> {"before": ..., "after": ...}, only the fields that differ
+    "outcome": "text",  # created | updated | failed | planned (dry run) | rejected | not_found
+    "reason": "text",  # why a row was rejected or skipped, or Stripe's message for a failed write
+    "dry_run": "boolean",
+    "recorded_at": "timestamp",
+}
 STATE_KEY = ("sync_name", "customer_key")
+CHANGES_PER_WRITE = 10_000
 
 
 def utc_now() -> datetime:
@@ -71,6 +89,30 @@ class Rejection:
     row_values: dict
 
 
+@dataclass(frozen=True)
+class ChangeRecord:
+    """What one run planned, and did, for one key."""
+
+    customer_key: str | None
+    key_value: str | None
+    action: str
+    stripe_customer_id: str | None
+    changes: dict[str, dict[str, str | None]] | None
+    outcome: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Who wrote a run's changes, and where to."""
+
+    sync_name: str
+    run_id: str
+    dry_run: bool
+    stripe_account: str | None
+    keep_days: int
+
+
 def _create_table(table: Relation, columns: dict[str, str]) -> exp.Create:
     definitions = [
         exp.ColumnDef(this=exp.to_identifier(name, quoted=True), kind=exp.DataType.build(kind))
@@ -91,6 +133,7 @@ class SyncStateStore:
         self.warehouse = warehouse
         self.state = Relation(schema, "sync_state")
         self.rejections = Relation(schema, "sync_rejections")
+        self.changes = Relation(schema, "sync_changes")
 
     def ensure_tables(self) -> None:
         """Create the schema and tables, and add any column a newer version brought. Safe to rerun."""
@@ -98,7 +141,11 @@ class SyncStateStore:
             this=exp.Table(db=exp.to_identifier(self.state.schema, quoted=True)), kind="SCHEMA", exists=True
         )
         dialect = self.warehouse.dialect
-        tables = ((self.state, _STATE_COLUMNS), (self.rejections, _REJECTION_COLUMNS))
+        tables = (
+            (self.state, _STATE_COLUMNS),
+            (self.rejections, _REJECTION_COLUMNS),
+            (self.changes, _CHANGE_COLUMNS),
+        )
         self.warehouse.execute_ddl(
             schema.sql(dialect), *(_create_table(t, columns).sql(dialect) for t, columns in tables)
         )
@@ -147,6 +194,44 @@ class SyncStateStore:
         ]
         if rows:
             self.warehouse.append_rows(self.rejections, _frame(rows, _REJECTION_COLUMNS))
+
+    def record_changes(self, run: RunRecord, changes: Iterable[ChangeRecord]) -> None:
+        """Append a run's changes in batches; first drop this sync's changes older than it keeps."""
+        changes = iter(changes)
+        batch = list(islice(changes, CHANGES_PER_WRITE))
+        if not batch:
+            return
+        now = utc_now()
+        expired = exp.and_(
+            exp.column("sync_name", quoted=True).eq(exp.Literal.string(run.sync_name)),
+            exp.column("recorded_at", quoted=True) < literal(now - timedelta(days=run.keep_days)),
+        )
+        self.warehouse.execute(exp.delete(self.changes.table(), where=expired).sql(self.warehouse.dialect))
+        while batch:
+            rows = [
+                {
+                    "run_id": run.run_id,
+                    "sync_name": run.sync_name,
+                    "stripe_account": run.stripe_account,
+                    "customer_key": c.customer_key,
+                    "key_value": c.key_value,
+                    "action": c.action,
+                    "stripe_customer_id": c.stripe_customer_id,
+                    "changes": json.dumps(c.changes, sort_keys=True) if c.changes is not None else None,
+                    "outcome": c.outcome,
+                    "reason": c.reason,
+                    "dry_run": run.dry_run,
+                    "recorded_at": now,
+                }
+                for c in batch
+            ]
+            self.warehouse.append_rows(self.changes, _frame(rows, _CHANGE_COLUMNS))
+            batch = list(islice(changes, CHANGES_PER_WRITE))
+
+    def changes_query(self, run_id: str) -> str:
+        """The SQL that reads one run's changes back."""
+        condition = exp.column("run_id", quoted=True).eq(exp.Literal.string(run_id))
+        return exp.select("*").from_(self.changes.table()).where(condition).sql(self.warehouse.dialect)
 
     def known_customers(self, sync_name: str) -> int:
         """How many Stripe customers this sync has an id for: a floor on the account's size."""
