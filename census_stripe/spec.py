@@ -125,6 +125,11 @@ class SyncSpec(_Strict):
     mask_personal_data: bool = pydantic.Field(
         default=False, description="Mask emails, names, phones and addresses in the run's metadata."
     )
+    keep_changes_days: int = pydantic.Field(
+        default=30,
+        ge=1,
+        description="How long each run's changes stay in the warehouse table census_stripe.sync_changes.",
+    )
     automation: AutomationSpec = pydantic.Field(default_factory=AutomationSpec)
     partitions: PartitionsSpec | None = None
 

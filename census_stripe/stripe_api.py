@@ -41,10 +41,11 @@ def make_client(api_key: str, api_base: str | None = None, max_network_retries: 
     )
 
 
-def dashboard_url(customer_id: str, api_key: str, api_base: str | None) -> str:
-    """Where a person looks at a customer: Stripe's dashboard, or the local server's API."""
-    if api_base:
-        return f"{api_base.rstrip('/')}/v1/customers/{customer_id}"
+def dashboard_url(customer_id: str, api_key: str, api_base: str | None) -> str | None:
+    """Where a person looks at a customer in Stripe's dashboard; None for another server (a local
+    emulator has no dashboard, and its API answers a browser with 401)."""
+    if api_base and api_base.rstrip("/") != STRIPE_API_BASE:
+        return None
     mode = "" if is_live_key(api_key) else "test/"
     return f"https://dashboard.stripe.com/{mode}customers/{customer_id}"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import chain
 
@@ -23,10 +23,18 @@ from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import SyncSpec
 from census_stripe.stripe_api import StripeAccount, StripeCustomers, StripeUnreachableError
 from census_stripe.warehouse.base import Relation, Warehouse
-from census_stripe.warehouse.state import Rejection, StateRecord, SyncStateStore, utc_now
+from census_stripe.warehouse.state import (
+    ChangeRecord,
+    Rejection,
+    RunRecord,
+    StateRecord,
+    SyncStateStore,
+    utc_now,
+)
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 10_000
+STATUS_WITHOUT_WRITE = {Action.REJECT: "rejected", Action.SKIP_NOT_FOUND: "not_found"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class SyncReport:
     stripe_calls: dict[str, int] = field(default_factory=dict)
     rate_limited: int = 0  # 429s Stripe answered (each was retried)
     account: StripeAccount | None = None  # the account the run read and wrote
+    changes_query: str | None = None  # SQL that reads the run's whole plan back from the warehouse
 
     @property
     def failure_rate(self) -> float:
@@ -118,11 +127,29 @@ def state_without_write(row: PlannedRow) -> StateRecord | None:
         return None
     if row.action is Action.UNCHANGED:
         return _synced(row, row.stripe_id)
-    return _kept(row, {Action.REJECT: "rejected", Action.SKIP_NOT_FOUND: "not_found"}[row.action], row.reason)
+    return _kept(row, STATUS_WITHOUT_WRITE[row.action], row.reason)
 
 
 def _rejection(row: PlannedRow, kind: str, reason: str) -> Rejection:
     return Rejection(row.candidate.key, row.candidate.key_value, kind, reason, row.candidate.values)
+
+
+def change_records(plan: Plan, outcomes: list[Outcome]) -> Iterator[ChangeRecord]:
+    """Every row the run did not leave unchanged: what was planned for it and what became of it."""
+    written = {id(outcome.row): outcome for outcome in outcomes}
+    for row in plan.rows:
+        if row.action is Action.UNCHANGED:
+            continue
+        if row.action in (Action.CREATE, Action.UPDATE):
+            changes = {change.field: {"before": change.before, "after": change.after} for change in row.changes}
+            outcome = written.get(id(row))
+            stripe_id = (outcome and outcome.stripe_id) or row.stripe_id
+            status, reason = (outcome.status, outcome.error) if outcome else ("planned", None)
+        else:
+            changes, stripe_id = None, row.stripe_id
+            status, reason = STATUS_WITHOUT_WRITE[row.action], row.reason
+        candidate = row.candidate
+        yield ChangeRecord(candidate.key, candidate.key_value, row.action.value, stripe_id, changes, status, reason)
 
 
 def as_stored(spec: SyncSpec, model: Relation, warehouse: Warehouse) -> tuple[SyncSpec, Relation]:
@@ -190,7 +217,7 @@ def run_sync(
         raise StripeUnreachableError(f"{error}: stopped while planning, before any write") from None
     log.info("plan for %s: %s", spec.name, ", ".join(f"{a.value}={n}" for a, n in plan.counts().items()))
     _warn_about_state(plan, store, spec, account, log)
-    report = SyncReport(spec, options, plan, account=account)
+    report = SyncReport(spec, options, plan, account=account, changes_query=store.changes_query(run_id))
     if not options.dry_run:
         report.outcomes = _apply(spec, plan, store, customers, account.key, run_id, log, concurrency, lookup)
         if unbound := store.drop_unbound(spec.name):
@@ -203,6 +230,8 @@ def run_sync(
             )
     report.stripe_calls = dict(customers.calls.counts)
     report.rate_limited = customers.calls.rate_limited
+    run = RunRecord(spec.name, run_id, options.dry_run, account.key, spec.keep_changes_days)
+    store.record_changes(run, change_records(plan, report.outcomes))
     return report
 
 

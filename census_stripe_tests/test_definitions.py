@@ -24,7 +24,8 @@ def test_sync_asset_sits_downstream_of_its_dbt_model(defs):
     assert sync.parent_keys == {dg.AssetKey(["stripe_customers"])}
     assert sync.group_name == "stripe"
     assert set(sync.kinds) == {"stripe", "duckdb"}
-    assert sync.description == "Every product user becomes a Stripe Customer, matched on email."
+    assert sync.description.startswith("Every product user becomes a Stripe Customer, matched on email.\n")
+    assert "| `name` | `full_name` |" in sync.description  # the mapping, for a reviewer
     model = graph.get(dg.AssetKey(["stripe_customers"]))
     assert model.group_name == "warehouse" and set(model.kinds) == {"dbt", "duckdb"}
     assert defs.resolve_job_def("sync_to_stripe")

@@ -93,6 +93,21 @@ def test_known_stripe_id_compares_with_last_synced_values_without_any_lookup():
     assert plan.counts()[Action.UNCHANGED] == 5  # 4 never left the warehouse, 1 had only cosmetic changes
 
 
+def test_a_partition_repush_sends_every_value_but_lists_only_real_changes():
+    prior = synced(dict(candidate().values) | {"metadata.plan": "free"})
+    unchanged, changed = build_plan(
+        spec(),
+        [candidate(prior=synced(dict(candidate().values))), candidate(prior=prior)],
+        rows_read=2,
+        lookup=no_lookup,
+        repush=True,
+    ).rows
+    assert (unchanged.action, unchanged.changes) == (Action.UPDATE, ())
+    assert unchanged.values_to_send() == candidate().values
+    assert changed.changes == (FieldChange("metadata.plan", "free", "pro"),)
+    assert changed.values_to_send() == candidate().values
+
+
 def test_blank_and_missing_are_the_same_to_stripe():
     assert diff({"name": ""}, {"name": None}) == ()
     assert diff({}, {"metadata.plan": ""}) == ()

@@ -55,7 +55,10 @@ def test_flatten_customer_reads_nested_objects_and_metadata():
     }
 
 
-def test_dashboard_links_follow_the_mode_of_the_key():
+def test_dashboard_links_follow_the_mode_of_the_key_and_a_local_server_has_none():
     assert dashboard_url("cus_1", "sk_test_x", None) == "https://dashboard.stripe.com/test/customers/cus_1"
     assert dashboard_url("cus_1", "rk_live_x", None) == "https://dashboard.stripe.com/customers/cus_1"
-    assert dashboard_url("cus_1", "sk_test_x", "http://127.0.0.1:8420/") == "http://127.0.0.1:8420/v1/customers/cus_1"
+    assert (
+        dashboard_url("cus_1", "sk_live_x", "https://api.stripe.com/") == "https://dashboard.stripe.com/customers/cus_1"
+    )
+    assert dashboard_url("cus_1", "sk_test_x", "http://127.0.0.1:8420/") is None

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Locator, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from census_stripe.demo.local_stripe import free_port, start_server, stop_process_group
@@ -48,6 +48,8 @@ INSTANCE = (
     "concurrency:\n  pools:\n    default_limit: 1\n"
 )
 SYNC_PAGE = "/assets/stripe/customers"
+# A laptop's window: the metadata must read without scrolling sideways at this width.
+WIDTH = 1280
 
 
 @dataclass
@@ -113,7 +115,7 @@ def webserver(built_warehouse, local_stripe_server, tmp_path_factory):
 def page(webserver):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
         page.set_default_timeout(30_000)
         yield page
         browser.close()
@@ -170,10 +172,64 @@ def materialize_from_the_asset_page(page: Page, webserver: Webserver, launchpad_
 def tall_screenshot(page: Page, path: Path) -> None:
     """The page scrolls inside its own panes, so a full-page screenshot shows no more than the
     window: make the window tall instead."""
-    page.set_viewport_size({"width": 1600, "height": 2200})
+    page.set_viewport_size({"width": WIDTH, "height": 2200})
     page.wait_for_timeout(1_000)
     page.screenshot(path=path)
-    page.set_viewport_size({"width": 1600, "height": 1000})
+    page.set_viewport_size({"width": WIDTH, "height": 1000})
+
+
+def metadata_entry(page: Page, label: str) -> Locator:
+    """The row of the metadata entry `label`, on the Overview or the Events tab."""
+    return page.locator("tr").filter(has=page.get_by_text(label, exact=True)).first
+
+
+def markdown(entry: Locator) -> Locator:
+    return entry.locator(".dagster-markdown").first
+
+
+def first_row_cells(entry: Locator) -> Locator:
+    """The cells of the first row of a table entry."""
+    return entry.locator("table tbody tr").first.locator("td")
+
+
+def shown_whole(element: Locator) -> dict:
+    """Where the element's text lies (its text, not its boxes, which may be wider), against what
+    its scrolling boxes and the window show."""
+    return element.evaluate(
+        """element => {
+            let left = Infinity, right = -Infinity;
+            const walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+            for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+                const range = document.createRange();
+                range.selectNodeContents(node);
+                for (const line of range.getClientRects()) {
+                    left = Math.min(left, line.left);
+                    right = Math.max(right, line.right);
+                }
+            }
+            let from = 0, to = window.innerWidth, scrolled = 0;
+            for (let box = element.parentElement; box; box = box.parentElement) {
+                if (getComputedStyle(box).overflowX === "visible") continue;
+                const shown = box.getBoundingClientRect();
+                from = Math.max(from, shown.left);
+                to = Math.min(to, shown.right);
+                scrolled += box.scrollLeft;
+            }
+            return {left, right, from, to, scrolled, text: element.innerText};
+        }"""
+    )
+
+
+def assert_shown_whole(element: Locator) -> None:
+    """The whole text is on screen without scrolling sideways: not cut by its box or the window."""
+    element.wait_for()
+    where = shown_whole(element)
+    assert where["scrolled"] == 0, where
+    assert where["from"] <= where["left"] and where["right"] <= where["to"], where
+
+
+def words(text: str) -> str:
+    return " ".join(text.split())
 
 
 def change_the_model(webserver: Webserver, plan: str, rows: int) -> None:
@@ -199,28 +255,57 @@ def test_a_person_previews_runs_and_reads_the_sync_in_the_ui(webserver, page, sc
     open_page(page, f"{webserver.url}/runs/{run['runId']}")
     page.get_by_text("ASSET_OBSERVATION").first.wait_for()
 
-    # Materializing writes the customers; the page shows the counts and the preview.
+    # Materializing writes the customers; the Overview tab says so first, in full.
     run = materialize_from_the_asset_page(page, webserver)
     assert run["status"] == "SUCCESS"
     assert len(list(stripe_customers.iter_all())) == 294
     open_page(page, webserver.url + SYNC_PAGE)
-    metadata = page.locator("table").filter(has_text="rows_read")
-    for label in ("rows_read", "created", "rejected", "preview", "rejected_rows", "summary"):
-        metadata.get_by_text(label, exact=True).first.wait_for()
-    assert "294" in metadata.inner_text()
+    page.get_by_text("Created 294 Stripe customers.").wait_for()
+    summary = markdown(metadata_entry(page, "summary"))
+    assert_shown_whole(summary)
+    assert "294 created, 0 updated" in words(summary.inner_text())
+    for label in ("preview", "rejected_rows", "rows_read", "created", "rejected"):
+        page.get_by_text(label, exact=True).first.wait_for()
 
-    # Two more runs after the data changed; the preview shows each change, before and after.
+    # A run with nothing to change says so in words.
+    assert materialize_from_the_asset_page(page, webserver)["status"] == "SUCCESS"
+    open_page(page, webserver.url + SYNC_PAGE)
+    page.get_by_text("Nothing to change: 294 customers").first.wait_for()
+    summary = markdown(metadata_entry(page, "summary"))
+    assert words(summary.inner_text()).startswith("Nothing to change: 294 customers unchanged.")
+    assert_shown_whole(summary)
+    preview = markdown(metadata_entry(page, "preview"))
+    assert words(preview.inner_text()) == "nothing to change: 294 customers unchanged"
+
+    # Two more runs after the data changed.
     for plan, rows in (("pro", 40), ("enterprise", 90)):
         change_the_model(webserver, plan, rows)
         assert materialize_from_the_asset_page(page, webserver)["status"] == "SUCCESS"
     open_page(page, webserver.url + SYNC_PAGE)
-    metadata = page.locator("table").filter(has_text="rows_read")
-    metadata.get_by_text("metadata.plan").first.wait_for()
-    assert "enterprise" in metadata.inner_text()
-    metadata.get_by_text("summary", exact=True).first.scroll_into_view_if_needed()
-    tall_screenshot(page, screenshots / "sync-metadata.png")
+    page.get_by_text("preview: showing 50 of").wait_for()
+    summary = markdown(metadata_entry(page, "summary"))
+    assert words(summary.inner_text()).startswith("Updated ")
+    assert_shown_whole(summary)
+    tall_screenshot(page, screenshots / "sync-summary.png")
+
+    # The Events tab: the preview's first row shows its key, its action and a change, before →
+    # after; the first rejected row its key and reason; all without scrolling sideways.
+    open_page(page, webserver.url + SYNC_PAGE + "?view=events")
+    first_change = first_row_cells(metadata_entry(page, "preview"))
+    key, changes = first_change.nth(0), first_change.nth(1)
+    changes.wait_for()
+    assert "@" in key.inner_text()
+    assert words(changes.inner_text()).startswith("update — metadata.plan: ")
+    assert words(changes.inner_text()).endswith(" → enterprise")
+    rejection = first_row_cells(metadata_entry(page, "rejected_rows"))
+    rejected_key, reason = rejection.nth(0), rejection.nth(1)
+    assert (rejected_key.inner_text(), reason.inner_text()) == ("not-an-email", "invalid email: 'not-an-email'")
+    for cell in (key, changes, rejected_key, reason):
+        assert_shown_whole(cell)
+    tall_screenshot(page, screenshots / "sync-preview.png")
 
     # The counts plot over the runs.
+    open_page(page, webserver.url + SYNC_PAGE)
     page.get_by_role("button", name="Plots").click()
     page.get_by_text("updated", exact=True).first.wait_for()
     page.get_by_text("planned_creates", exact=True).first.scroll_into_view_if_needed()

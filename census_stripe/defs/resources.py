@@ -44,5 +44,5 @@ class StripeResource(dg.ConfigurableResource):
         )
         return StripeCustomers(self.api_key, self.api_base, shared_budget(self.api_key, self.api_base, limits))
 
-    def customer_url(self, customer_id: str) -> str:
+    def customer_url(self, customer_id: str) -> str | None:
         return dashboard_url(customer_id, self.api_key, self.api_base)

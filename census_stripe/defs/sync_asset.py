@@ -61,6 +61,32 @@ def _shown_path(path: Path) -> str:
     return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
+BEHAVIORS = {
+    "update_or_create": "updates the Stripe customers it finds and creates the others",
+    "update_only": "updates the Stripe customers it finds and never creates one",
+}
+
+
+def sync_description(spec: SyncSpec, model_name: str) -> str:
+    """The sync's contract as Markdown, for the asset page: what it reads, how it matches, what it writes."""
+    intro = spec.description or f"Sync of {model_name} to Stripe customers."
+    rows = [f"| `{spec.key.field}` (the key) | `{spec.key.column}` |"]
+    rows += [f"| `{field}` | `{column}` |" for field, column in spec.mapping.items()]
+    rows += [f"| `{field}` | `{value!r}`, a constant |" for field, value in spec.constant_values.items()]
+    return "\n".join(
+        [
+            intro,
+            "",
+            f"Reads the dbt model `{model_name}`, matches each row to a Stripe customer by `{spec.key.field}` "
+            f"(column `{spec.key.column}`), and {BEHAVIORS[spec.behavior]} (`{spec.behavior}`).",
+            "",
+            "| Stripe field | Model column |",
+            "|---|---|",
+            *rows,
+        ]
+    )
+
+
 def sync_asset_key(spec: SyncSpec) -> dg.AssetKey:
     return dg.AssetKey(["stripe", spec.name])
 
@@ -117,7 +143,7 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
         deps=[model.asset_key],
         group_name=SYNC_GROUP,
         kinds={"stripe", warehouse_kind},
-        description=spec.description or f"Sync of {model.name} to Stripe customers.",
+        description=sync_description(spec, model.name),
         metadata={
             "sync_file": dg.MetadataValue.path(_shown_path(sync.path)),
             "behavior": spec.behavior,

@@ -134,7 +134,7 @@ def _print_summary(dagster_home: str) -> None:
         "\nWhere to look:\n"
         f"  - the Dagster UI with these runs:   make dev   (then http://127.0.0.1:3000)\n"
         f"  - the warehouse and sync state:     {duckdb_path()} (tables census_stripe.sync_state, "
-        "census_stripe.sync_rejections)\n"
+        "census_stripe.sync_rejections, census_stripe.sync_changes)\n"
         f"  - the run's full log:               {DATA_DIR / 'demo.log'}"
     )
 

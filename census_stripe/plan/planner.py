@@ -40,12 +40,15 @@ class PlannedRow:
     changes: tuple[FieldChange, ...] = ()
     reason: str | None = None
     stripe_duplicates: tuple[str, ...] = ()  # every customer id that had this key, when several did
+    # A partition run writes its rows again whatever Stripe holds: every value is sent, while
+    # `changes` still names only the fields that differ.
+    send_everything: bool = False
 
     def values_to_send(self) -> dict[str, str | None]:
-        """A create sends every value; an update the changed ones, plus the rest of any object
-        (address, shipping) they belong to, since Stripe replaces those whole."""
+        """A create or a re-push sends every value; an update the changed ones, plus the rest of
+        any object (address, shipping) they belong to, since Stripe replaces those whole."""
         desired = self.candidate.values
-        if self.action is Action.CREATE:
+        if self.action is Action.CREATE or self.send_everything:
             return dict(desired)
         changed = {change.field for change in self.changes}
         objects = {lookup_field(name).object_name for name in changed} - {None}
@@ -87,15 +90,12 @@ class Plan:
         return alternating + creates[shorter:] + updates[shorter:]
 
 
-def diff(
-    current: Mapping[str, str | None], desired: Mapping[str, str | None], everything: bool = False
-) -> tuple[FieldChange, ...]:
-    """The desired fields whose value differs from what Stripe holds, or all of them with
-    `everything` (a re-push); unmapped fields are not ours."""
+def diff(current: Mapping[str, str | None], desired: Mapping[str, str | None]) -> tuple[FieldChange, ...]:
+    """The desired fields whose value differs from what Stripe holds; unmapped fields are not ours."""
     changes = []
     for name, after in desired.items():
         before, after = blank_to_none(current.get(name)), blank_to_none(after)
-        if everything or before != after:
+        if before != after:
             changes.append(FieldChange(name, before, after))
     return tuple(changes)
 
@@ -103,9 +103,16 @@ def diff(
 def _compare(
     candidate: Candidate, customer: StripeCustomer, repush: bool, duplicates: tuple[str, ...] = ()
 ) -> PlannedRow:
-    changes = diff(customer.values, candidate.values, everything=repush)
-    action = Action.UPDATE if changes else Action.UNCHANGED
-    return PlannedRow(action, candidate, stripe_id=customer.id, changes=changes, stripe_duplicates=duplicates)
+    changes = diff(customer.values, candidate.values)
+    action = Action.UPDATE if changes or repush else Action.UNCHANGED
+    return PlannedRow(
+        action,
+        candidate,
+        stripe_id=customer.id,
+        changes=changes,
+        stripe_duplicates=duplicates,
+        send_everything=repush,
+    )
 
 
 def _matched(spec: SyncSpec, candidate: Candidate, matches: list[StripeCustomer], repush: bool) -> PlannedRow:

@@ -5,6 +5,8 @@ analysts join onto their models), the hash and values of the row Stripe last acc
 which run, and the last status and error. A Stripe id means nothing in another account (or in the
 other mode of the same account), so every row names its account, and a run reads only its own
 account's rows. `sync_rejections` keeps every run's rejected and failed rows with their reasons.
+`sync_changes` keeps every run's whole plan, one row per key the run did not leave unchanged,
+for a number of days.
 `stripe_accounts` remembers which account a (server, key) pair reaches, so a run need not ask.
 All are created on first use; creating them again is harmless.
 """
@@ -14,13 +16,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from itertools import islice
 
 import pandas as pd
 from sqlglot import exp
 
 from census_stripe.stripe_api import StripeAccount
-from census_stripe.warehouse.base import Relation, Warehouse
+from census_stripe.warehouse.base import Relation, Warehouse, literal
 
 DEFAULT_SCHEMA = "census_stripe"
 
@@ -56,6 +59,22 @@ _ACCOUNT_COLUMNS = {
     "identified_at": "timestamp",
 }
 STATE_KEY = ("sync_name", "stripe_account", "customer_key")
+# Unchanged keys are not listed: a no-op rerun of a large model then writes nothing here.
+_CHANGE_COLUMNS = {
+    "run_id": "text",
+    "sync_name": "text",
+    "stripe_account": "text",
+    "customer_key": "text",
+    "key_value": "text",
+    "action": "text",  # create | update | reject | skip_not_found
+    "stripe_customer_id": "text",
+    "changes": "text",  # JSON: field -> {"before": ..., "after": ...}, only the fields that differ
+    "outcome": "text",  # created | updated | failed | planned (dry run) | rejected | not_found
+    "reason": "text",  # why a row was rejected or skipped, or Stripe's message for a failed write
+    "dry_run": "boolean",
+    "recorded_at": "timestamp",
+}
+CHANGES_PER_WRITE = 10_000
 
 
 def utc_now() -> datetime:
@@ -84,6 +103,30 @@ class Rejection:
     row_values: dict
 
 
+@dataclass(frozen=True)
+class ChangeRecord:
+    """What one run planned, and did, for one key."""
+
+    customer_key: str | None
+    key_value: str | None
+    action: str
+    stripe_customer_id: str | None
+    changes: dict[str, dict[str, str | None]] | None
+    outcome: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Who wrote a run's changes, and where to."""
+
+    sync_name: str
+    run_id: str
+    dry_run: bool
+    stripe_account: str | None
+    keep_days: int
+
+
 def _create_table(table: Relation, columns: dict[str, str]) -> exp.Create:
     definitions = [
         exp.ColumnDef(this=exp.to_identifier(name, quoted=True), kind=exp.DataType.build(kind))
@@ -105,6 +148,7 @@ class SyncStateStore:
         self.state = Relation(schema, "sync_state")
         self.rejections = Relation(schema, "sync_rejections")
         self.accounts = Relation(schema, "stripe_accounts")
+        self.changes = Relation(schema, "sync_changes")
 
     def ensure_tables(self) -> None:
         """Create the schema and tables, and add any column a newer version brought. Safe to rerun."""
@@ -116,6 +160,7 @@ class SyncStateStore:
             (self.state, _STATE_COLUMNS),
             (self.rejections, _REJECTION_COLUMNS),
             (self.accounts, _ACCOUNT_COLUMNS),
+            (self.changes, _CHANGE_COLUMNS),
         )
         self.warehouse.execute_ddl(
             schema.sql(dialect), *(_create_table(t, columns).sql(dialect) for t, columns in tables)
@@ -184,6 +229,44 @@ class SyncStateStore:
         ]
         if rows:
             self.warehouse.append_rows(self.rejections, _frame(rows, _REJECTION_COLUMNS))
+
+    def record_changes(self, run: RunRecord, changes: Iterable[ChangeRecord]) -> None:
+        """Append a run's changes in batches; first drop this sync's changes older than it keeps."""
+        changes = iter(changes)
+        batch = list(islice(changes, CHANGES_PER_WRITE))
+        if not batch:
+            return
+        now = utc_now()
+        expired = exp.and_(
+            exp.column("sync_name", quoted=True).eq(exp.Literal.string(run.sync_name)),
+            exp.column("recorded_at", quoted=True) < literal(now - timedelta(days=run.keep_days)),
+        )
+        self.warehouse.execute(exp.delete(self.changes.table(), where=expired).sql(self.warehouse.dialect))
+        while batch:
+            rows = [
+                {
+                    "run_id": run.run_id,
+                    "sync_name": run.sync_name,
+                    "stripe_account": run.stripe_account,
+                    "customer_key": c.customer_key,
+                    "key_value": c.key_value,
+                    "action": c.action,
+                    "stripe_customer_id": c.stripe_customer_id,
+                    "changes": json.dumps(c.changes, sort_keys=True) if c.changes is not None else None,
+                    "outcome": c.outcome,
+                    "reason": c.reason,
+                    "dry_run": run.dry_run,
+                    "recorded_at": now,
+                }
+                for c in batch
+            ]
+            self.warehouse.append_rows(self.changes, _frame(rows, _CHANGE_COLUMNS))
+            batch = list(islice(changes, CHANGES_PER_WRITE))
+
+    def changes_query(self, run_id: str) -> str:
+        """The SQL that reads one run's changes back."""
+        condition = exp.column("run_id", quoted=True).eq(exp.Literal.string(run_id))
+        return exp.select("*").from_(self.changes.table()).where(condition).sql(self.warehouse.dialect)
 
     def known_customers(self, sync_name: str, account: str) -> int:
         """How many Stripe customers this sync has an id for in the account: a floor on its size."""
