@@ -48,7 +48,8 @@ def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[str]:
         evaluation = entry.dagster_event.event_specific_data
         if not evaluation.passed:
             asset = evaluation.asset_key.to_user_string()
-            lines.append(f"{asset} {evaluation.check_name} ({evaluation.severity.value}): {evaluation.description}")
+            description = f": {evaluation.description}" if evaluation.description else ""
+            lines.append(f"{asset} {evaluation.check_name} ({evaluation.severity.value}){description}")
     return lines
 
 
@@ -60,22 +61,29 @@ def first_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
     return None
 
 
+def _first(records: list, total: int, indent: str, line) -> list[str]:
+    lines = [indent + line(record.data) for record in records[:ROWS_SHOWN]]
+    if total > ROWS_SHOWN:
+        lines.append(f"{indent}... and {total - ROWS_SHOWN} more (the run's metadata in the UI)")
+    return lines
+
+
 def failing_rows(instance: dg.DagsterInstance, run_id: str) -> list[str]:
-    """Per synced asset: Stripe's reasons with their row counts, then the first failed rows."""
+    """Per synced asset with failed writes: Stripe's reasons, most common first, then the first failed rows."""
     lines = []
     for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
         materialization = entry.asset_materialization
         metadata = materialization.metadata
-        if "failure_reasons" not in metadata or not metadata["failure_reasons"].value.records:
+        failed = metadata["failed"].value if "failed" in metadata else 0
+        if not failed:
             continue
-        asset = materialization.asset_key.to_user_string()
-        for record in metadata["failure_reasons"].value.records:
-            lines.append(f"{asset}: {record.data['rows']} rows failed: {record.data['reason']}")
-        rows = metadata["failed_rows"].value.records
-        for record in rows[:ROWS_SHOWN]:
-            lines.append(f"    failed {record.data['key']!r}: {record.data['reason']}")
-        if len(rows) > ROWS_SHOWN:
-            lines.append(f"    ... and {len(rows) - ROWS_SHOWN} more (the run's failed_rows metadata in the UI)")
+        reasons = metadata["failure_reasons"].value.records
+        lines.append(f"{materialization.asset_key.to_user_string()}: {failed} rows failed. Stripe's reasons:")
+        lines += _first(reasons, len(reasons), "  ", lambda data: f"{data['rows']} x {data['reason']}")
+        lines.append("The first rows:")
+        lines += _first(
+            metadata["failed_rows"].value.records, failed, "  ", lambda data: f"{data['key']!r}: {data['reason']}"
+        )
     return lines
 
 
