@@ -20,14 +20,16 @@ $(INSTALLED): pyproject.toml
 # Dagster reads dbt's manifest; prepare it here so that nothing parses dbt at import time.
 # dbt only knows a seed whose CSV exists, so the demo data is generated first.
 $(MANIFEST): $(INSTALLED) $(shell find dbt_project -name '*.sql' -o -name '*.yml' | grep -v target/)
+	@$(BIN)/python -m census_stripe.settings
 	$(BIN)/python -m census_stripe.demo.seed_data
 	$(BIN)/dagster-dbt project prepare-and-package --file census_stripe/defs/dbt_project.py
 
 demo: $(MANIFEST)  ## seed, build the dbt models, sync them to a local Stripe server, print a summary
 	$(BIN)/python -m census_stripe.demo run
 
+# DEV_ARGS go to `dagster dev`, e.g. DEV_ARGS="-p 3001". Ctrl-C stops everything it started.
 dev: $(MANIFEST)  ## the Dagster UI (http://127.0.0.1:3000) on the demo's warehouse and Stripe data
-	$(BIN)/python -m census_stripe.demo dev
+	$(BIN)/python -m census_stripe.demo dev $(DEV_ARGS)
 
 test: $(MANIFEST) browser  ## the test suite: real DuckDB, real dbt, a real local Stripe server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -18,6 +18,30 @@ def duckdb_path() -> Path:
     return Path(os.environ.get("CENSUS_STRIPE_DUCKDB_PATH", DATA_DIR / "warehouse.duckdb"))
 
 
+WAREHOUSES = ("duckdb", "postgres", "redshift", "snowflake", "bigquery")
+
+
+class UnknownWarehouseError(ValueError):
+    """CENSUS_STRIPE_WAREHOUSE names no warehouse this project supports."""
+
+
 def warehouse_kind() -> str:
-    """The warehouse the models live in and the syncs read: its dbt target and its Dagster resource."""
-    return os.environ.get("CENSUS_STRIPE_WAREHOUSE", "duckdb")
+    """The warehouse the models live in and the syncs read: its dbt target and its Dagster resource.
+
+    Checked here, where every path reads it (the demo, `make`'s manifest step, a Dagster process
+    loading the definitions), so that a typo gets this message rather than a missing dbt manifest.
+    """
+    kind = os.environ.get("CENSUS_STRIPE_WAREHOUSE", "duckdb")
+    if kind not in WAREHOUSES:
+        raise UnknownWarehouseError(
+            f"CENSUS_STRIPE_WAREHOUSE={kind!r} is not a warehouse; use one of {', '.join(WAREHOUSES)}"
+        )
+    return kind
+
+
+if __name__ == "__main__":
+    # `make` checks the variable so before it asks dbt for a manifest of that target.
+    try:
+        warehouse_kind()
+    except UnknownWarehouseError as error:
+        raise SystemExit(str(error)) from None

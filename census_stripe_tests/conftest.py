@@ -9,6 +9,8 @@ import os
 import shutil
 import sys
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +72,16 @@ def require_postgres() -> None:
             f"PostgreSQL is not reachable at 127.0.0.1:5432 ({error}). Start it with "
             "'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start' (trust auth, database test)."
         )
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A throwaway database on this machine's PostgreSQL, dropped after the test."""
+    require_postgres()
+    database = f"dagster_{uuid.uuid4().hex[:8]}"
+    postgres_sql(f"create database {database}")
+    yield database
+    postgres_sql(f"drop database {database} with (force)")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,10 @@ It is an in-memory HTTP server, run as its own process, modelled on Stripe's doc
 - Faults: a chosen share of writes fails with a 500 before the endpoint runs (nothing done,
   nothing stored for the key), or after it ran (the response is lost: the customer exists and the
   key replays the success), plus a fixed latency per request.
-- Keys: `sk_`/`rk_` keys are accepted; a key listed as read-only gets 403 on writes.
+- Invalid emails: writes of an email matching a configured pattern get a 400 `email_invalid`, as
+  Stripe answers an address it cannot accept.
+- Keys: `sk_`/`rk_` keys are accepted; a key listed as read-only gets 403 on writes. The stats
+  count the API requests made with each key, by a hash of it (`key_stat`).
 
 Control endpoints (no auth): GET /_double/stats, POST /_double/config (JSON), POST /_double/reset,
 POST /_double/customers (JSON list of customer params, created directly, for fixtures).
@@ -29,8 +32,10 @@ POST /_double/customers (JSON list of customer params, created directly, for fix
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
+import re
 import secrets
 import signal
 import sys
@@ -57,6 +62,7 @@ class DoubleConfig:
     fail_before_rate: float = 0.0  # share of writes answered 500 without doing anything
     fail_after_rate: float = 0.0  # share of writes done, then answered 500 (a lost response)
     read_only_keys: list[str] = field(default_factory=list)
+    invalid_emails: str = ""  # a regular expression: writes of a matching email get Stripe's 400 email_invalid
     seed: int = 0
     account_id: str = "acct_double"
 
@@ -86,6 +92,11 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None):
         self.status = status
         self.body = {"error": {"message": message, "type": type_, **({"code": code} if code else {})}}
+
+
+def key_stat(api_key: str) -> str:
+    """The stats entry counting API requests made with this key: a hash, so stats never hold a key."""
+    return "key_sha256_" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
 def parse_form(body: str) -> dict:
@@ -215,6 +226,9 @@ class StripeDouble:
     def handle(self, method: str, path: str, query: dict, params: dict, headers) -> tuple[int, dict, dict]:
         """Status, body and extra response headers."""
         parts = [p for p in path.split("/") if p]
+        key = (headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        with self.lock:
+            self.stats[key_stat(key)] += 1
         if parts == ["v1", "account"] and method == "GET":
             return 200, {"id": self.config.account_id, "object": "account"}, {}
         if parts[:2] != ["v1", "customers"] or len(parts) > 3:
@@ -229,12 +243,14 @@ class StripeDouble:
         }.get((method, customer_id is not None))
         if endpoint is None:
             raise ApiError(405, "Method not allowed")
-        key = (headers.get("Authorization") or "").removeprefix("Bearer ").strip()
         if not key.startswith(("sk_", "rk_")):
             raise ApiError(401, "Invalid API Key provided", type_="invalid_request_error")
         write = endpoint in ("create", "update", "delete")
         if write and key in self.config.read_only_keys:
             raise ApiError(403, "The provided key does not have the required permissions for this endpoint")
+        email = params.get("email")
+        if write and email and self.config.invalid_emails and re.search(self.config.invalid_emails, email):
+            raise ApiError(400, f"Invalid email address: {email}", code="email_invalid")
         with self.lock:
             self.stats[f"requests_{endpoint}"] += 1
             # Rate limits come first: a 429 is decided before idempotency is consulted.

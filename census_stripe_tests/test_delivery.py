@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -33,8 +32,6 @@ from census_stripe_tests.conftest import (
     DEMO_SYNC,
     MATERIALIZE_DEMO_SYNC,
     dagster_process_env,
-    postgres_sql,
-    require_postgres,
 )
 from census_stripe_tests.synthetic import make_model
 
@@ -196,15 +193,13 @@ def test_live_keys_need_an_explicit_opt_in():
 
 
 @pytest.fixture
-def postgres_dagster_home(tmp_path):
+def postgres_dagster_home(tmp_path, postgres_database):
     """A Dagster instance on PostgreSQL storage, as deployments run it, with the demo's pool limit.
 
     Dagster's default SQLite storage cannot lock a pool's slot row, so two runs that claim it in the
     same instant can both get it (seen in CI); PostgreSQL storage claims with `FOR UPDATE SKIP LOCKED`.
     """
-    require_postgres()
-    database = f"dagster_{uuid.uuid4().hex[:8]}"
-    postgres_sql(f"create database {database}")
+    database = postgres_database
     home = tmp_path / "dagster_home"
     home.mkdir()
     storage = f"storage:\n  postgres:\n    postgres_url: postgresql+psycopg2://postgres@127.0.0.1:5432/{database}\n"
@@ -215,8 +210,7 @@ def postgres_dagster_home(tmp_path):
         # already; create it here as `dagster instance concurrency set` would, but with the default limit.
         instance.event_log_storage.initialize_concurrency_limit_to_default("stripe_sync_customers")
         assert instance.event_log_storage.get_concurrency_info("stripe_sync_customers").slot_count == 1
-    yield home
-    postgres_sql(f"drop database {database} with (force)")
+    return home
 
 
 def test_runs_of_one_sync_never_overlap_in_dagster(double, tmp_path, postgres_dagster_home):

@@ -4,14 +4,22 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+from census_stripe.defs.warehouses import PostgresWarehouseResource
+from census_stripe.demo.__main__ import DEMO_API_KEY
+from census_stripe.demo.report import describe_warehouse
 from census_stripe.settings import PROJECT_ROOT
+from census_stripe_tests.stripe_double import key_stat
+
+YOUR_KEY = "sk_test_CANARYyourown0123456789"
 
 
-def run_demo(data_dir) -> str:
+def demo(data_dir, **settings) -> subprocess.CompletedProcess:
+    """`python -m census_stripe.demo run` in a shell with only these of the project's variables set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DAGSTER_", "CENSUS_STRIPE_"))}
-    env["CENSUS_STRIPE_DATA_DIR"] = str(data_dir)
-    completed = subprocess.run(
+    env |= {"CENSUS_STRIPE_DATA_DIR": str(data_dir), **settings}
+    return subprocess.run(
         [sys.executable, "-m", "census_stripe.demo", "run"],
         env=env,
         cwd=PROJECT_ROOT,
@@ -19,6 +27,10 @@ def run_demo(data_dir) -> str:
         text=True,
         timeout=600,
     )
+
+
+def run_demo(data_dir, **settings) -> str:
+    completed = demo(data_dir, **settings)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     return completed.stdout
 
@@ -39,6 +51,8 @@ def test_demo_twice_second_run_writes_nothing_and_a_lost_stripe_resets_state(tmp
         "stripe_api_calls": 297,
     }
     assert "rejected 'not-an-email': invalid email" in first
+    assert "No STRIPE_API_KEY: starting a local Stripe server (localstripe) at http://127.0.0.1:" in first
+    assert f"DuckDB file {tmp_path / 'warehouse.duckdb'} (tables census_stripe.sync_state" in first
     assert (tmp_path / "localstripe.pickle").exists()
 
     second = run_demo(tmp_path)
@@ -57,3 +71,67 @@ def test_demo_twice_second_run_writes_nothing_and_a_lost_stripe_resets_state(tmp
     third = run_demo(tmp_path)
     assert "starting from an empty Stripe account and an empty sync state" in third
     assert counts(third)["created"] == 294
+
+
+def test_your_stripe_key_is_used_as_given_and_no_local_server_starts(tmp_path, double):
+    output = run_demo(tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
+    assert f"Using the Stripe API at {double.url} with your key (test mode)" in output
+    assert "localstripe" not in output and not (tmp_path / "localstripe.pickle").exists()
+    assert counts(output)["created"] == 294
+    stats = double.stats()
+    assert stats["customers"] == 294
+    # Every request the double saw carried the user's key; the demo's own key never.
+    keys_seen = {name: n for name, n in stats.items() if name.startswith("key_sha256_")}
+    assert list(keys_seen) == [key_stat(YOUR_KEY)] and key_stat(DEMO_API_KEY) not in stats
+    assert keys_seen[key_stat(YOUR_KEY)] >= counts(output)["stripe_api_calls"]
+    assert YOUR_KEY not in output + (tmp_path / "demo.log").read_text()
+
+
+def test_a_failed_demo_shows_the_failed_checks_the_first_error_and_the_failing_rows(tmp_path, double):
+    double.configure(invalid_emails="^[a-d]")  # Stripe refuses every address that starts with a to d
+    completed = demo(tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
+    assert completed.returncode != 0
+    output = completed.stdout
+    failed, writes = map(int, re.search(r"(\d+) of (\d+) Stripe writes failed", output).groups())
+    assert failed > 0 and writes == 294 and double.stats()["customers"] == writes - failed
+    assert f"  - stripe/customers failed_writes_below_threshold (ERROR): {failed} of 294 Stripe writes failed" in output
+    assert "First error:\n  stripe__customers: " in output and "blocking asset check failed" in output
+    assert f"Failing rows:\n  stripe/customers: {failed} rows failed. Stripe's reasons:" in output
+    shown = re.findall(
+        r"^    '([a-d][^']*)': InvalidRequestError \(HTTP 400\): Invalid email address: \1$", output, re.M
+    )
+    assert len(shown) == min(failed, 5)
+    assert YOUR_KEY not in output
+
+
+def test_the_summary_names_a_postgres_warehouse_not_a_duckdb_file():
+    warehouse = PostgresWarehouseResource(host="db.internal", port=6432, user="sync", database="analytics")
+    assert describe_warehouse(warehouse) == "PostgreSQL database 'analytics' at db.internal:6432 as sync"
+
+
+def test_an_unknown_warehouse_gets_the_projects_message_on_every_path(tmp_path):
+    message = "CENSUS_STRIPE_WAREHOUSE='nonsense' is not a warehouse; use one of duckdb, postgres"
+    completed = demo(tmp_path, CENSUS_STRIPE_WAREHOUSE="nonsense")
+    assert completed.returncode == 2 and message in completed.stderr
+    venv = Path(sys.executable).parent.parent
+    for target in ("demo", "dev"):
+        # The manifest step of `make`, with the test's virtualenv taken as installed.
+        made = subprocess.run(
+            ["make", "--no-print-directory", target, f"VENV={venv}", "-o", f"{venv}/.installed"],
+            env={**os.environ, "CENSUS_STRIPE_WAREHOUSE": "nonsense", "CENSUS_STRIPE_DATA_DIR": str(tmp_path)},
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert made.returncode != 0 and message in made.stderr, made.stdout + made.stderr
+        assert not (PROJECT_ROOT / "dbt_project" / "target" / "nonsense").exists()
+    loaded = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-m", "census_stripe.definitions"],
+        env={**os.environ, "CENSUS_STRIPE_WAREHOUSE": "nonsense", "DAGSTER_HOME": str(tmp_path)},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert loaded.returncode != 0 and message in loaded.stdout + loaded.stderr

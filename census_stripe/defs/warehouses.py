@@ -16,11 +16,9 @@ from dagster_duckdb import DuckDBResource
 from dagster_snowflake import SnowflakeResource
 from pydantic import Field
 
-from census_stripe.settings import duckdb_path, warehouse_kind
+from census_stripe.settings import WAREHOUSES, duckdb_path, warehouse_kind
 from census_stripe.warehouse.base import Warehouse
 from census_stripe.warehouse.state import DEFAULT_SCHEMA
-
-WAREHOUSES = ("duckdb", "postgres", "redshift", "snowflake", "bigquery")
 
 
 class WarehouseResource(dg.ConfigurableResource):

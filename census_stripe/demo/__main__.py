@@ -3,10 +3,12 @@
     python -m census_stripe.demo run   # seed, build the models, sync to Stripe, print a summary
     python -m census_stripe.demo dev   # the Dagster UI on the same warehouse and Stripe data
 
-Unless STRIPE_API_BASE points elsewhere, a local Stripe server (localstripe) is started for the
-duration and stopped after. Its customers are kept in data/ between runs, like the sync's state in
-the warehouse, so the two always agree: a second `make demo` creates and updates nothing. If the
-saved Stripe data is gone, the sync's state is reset with it, on purpose and said out loud.
+Your STRIPE_API_KEY is used as given: with STRIPE_API_BASE unset, the demo talks to Stripe itself
+(a live key is refused unless the stripe resource allows live mode). With no key at all, a local
+Stripe server (localstripe) is started for the duration, with a demo key, and stopped after. Its
+customers are kept in data/ between runs, like the sync's state in the warehouse, so the two always
+agree: a second `make demo` creates and updates nothing. If the saved Stripe data is gone, the
+sync's state is reset with it, on purpose and said out loud.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
+from census_stripe.apply.rate_limit import is_live_key
 from census_stripe.demo.local_stripe import LocalStripe, free_port, stop_process_group
 from census_stripe.demo.seed_data import demo_customer_count, write_seeds
-from census_stripe.settings import DATA_DIR, PROJECT_ROOT, SYNCS_DIR, duckdb_path
+from census_stripe.settings import DATA_DIR, PROJECT_ROOT, SYNCS_DIR, UnknownWarehouseError, duckdb_path, warehouse_kind
 
 LOCAL_STRIPE_DATA = DATA_DIR / "localstripe.pickle"
 DAGSTER_HOME = DATA_DIR / "dagster_home"
@@ -41,6 +45,28 @@ INSTANCE_SECTIONS = {
 }
 INSTANCE_CONFIG = "".join(INSTANCE_SECTIONS.values())
 JOB = "sync_to_stripe"
+# `dagster dev` stops its webserver, daemon and code servers on SIGINT; on a loaded machine that takes a while.
+DEV_STOP_SECONDS = 60
+
+
+class DemoSetupError(Exception):
+    """Settings the demo cannot run with; the message says what to change."""
+
+
+def stripe_in_use(env: Mapping[str, str]) -> str | None:
+    """How the demo reaches Stripe with the user's own settings, said without the key; None when
+    no key is set and a local server is to be started. A given key is never replaced."""
+    key, base = env.get("STRIPE_API_KEY"), env.get("STRIPE_API_BASE")
+    if not key and base:
+        raise DemoSetupError(
+            f"STRIPE_API_BASE is {base} but STRIPE_API_KEY is not set: set the key that server accepts"
+        )
+    if not key:
+        return None
+    mode = "live mode" if is_live_key(key) else "test mode"
+    where = f"the Stripe API at {base}" if base else "Stripe's API"
+    refusal = "; the stripe resource refuses it unless allow_live_mode is set" if is_live_key(key) else ""
+    return f"Using {where} with your key ({mode}){refusal}"
 
 
 def _forget_sync_state() -> None:
@@ -83,8 +109,9 @@ def demo_environment() -> Iterator[dict[str, str]]:
     home = Path(env["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     write_instance_config(home / "dagster.yaml")
-    if env.get("STRIPE_API_BASE"):
-        print(f"Using the Stripe API at {env['STRIPE_API_BASE']}")
+    announcement = stripe_in_use(env)
+    if announcement:
+        print(announcement)
         yield env
         return
     if not LOCAL_STRIPE_DATA.exists():
@@ -95,8 +122,12 @@ def demo_environment() -> Iterator[dict[str, str]]:
             f"Port {LOCAL_STRIPE_PORT} is taken; the local Stripe server runs on {port}. The sync knows a local "
             "server by its address, so it looks every customer up there again (it duplicates none)."
         )
-    with LocalStripe(port, saved_data=LOCAL_STRIPE_DATA, log_path=DATA_DIR / "localstripe.log") as server:
-        print(f"Local Stripe server (localstripe) at {server.url}; its data is kept in {LOCAL_STRIPE_DATA}")
+    server = LocalStripe(port, saved_data=LOCAL_STRIPE_DATA, log_path=DATA_DIR / "localstripe.log")
+    print(
+        f"No STRIPE_API_KEY: starting a local Stripe server (localstripe) at {server.url} with a demo key; "
+        f"its data is kept in {LOCAL_STRIPE_DATA}"
+    )
+    with server:
         yield env | {"STRIPE_API_BASE": server.url, "STRIPE_API_KEY": DEMO_API_KEY}
 
 
@@ -111,8 +142,11 @@ def _latest_metadata(instance, asset_path: list[str]) -> dict:
 def _print_summary(dagster_home: str) -> None:
     import dagster as dg
 
+    from census_stripe.defs.warehouses import warehouse_from_env
+    from census_stripe.demo.report import describe_warehouse
     from census_stripe.spec import load_sync_spec
 
+    warehouse = warehouse_from_env()
     with dg.DagsterInstance.from_config(dagster_home) as instance:
         for path in sorted(SYNCS_DIR.glob("*.yaml")):
             spec = load_sync_spec(path)
@@ -133,10 +167,21 @@ def _print_summary(dagster_home: str) -> None:
     print(
         "\nWhere to look:\n"
         f"  - the Dagster UI with these runs:   make dev   (then http://127.0.0.1:3000)\n"
-        f"  - the warehouse and sync state:     {duckdb_path()} (tables census_stripe.sync_state, "
-        "census_stripe.sync_rejections, census_stripe.sync_changes)\n"
+        f"  - the warehouse and sync state:     {describe_warehouse(warehouse)} (tables "
+        f"{warehouse.state_schema}.sync_state, {warehouse.state_schema}.sync_rejections, "
+        f"{warehouse.state_schema}.sync_changes)\n"
         f"  - the run's full log:               {DATA_DIR / 'demo.log'}"
     )
+
+
+def _print_failure(dagster_home: str, started: datetime) -> None:
+    import dagster as dg
+
+    from census_stripe.demo.report import failure_report
+
+    with dg.DagsterInstance.from_config(dagster_home) as instance:
+        print("\n".join(failure_report(instance, JOB, started)))
+    print(f"The run's full log: {DATA_DIR / 'demo.log'}")
 
 
 def run() -> int:
@@ -144,6 +189,7 @@ def run() -> int:
     print("Demo data: " + ", ".join(f"{table} {n} rows" for table, n in counts.items()))
     with demo_environment() as env:
         print(f"Running Dagster job {JOB!r}: dbt build, then the Stripe sync ...")
+        started = datetime.now(timezone.utc)
         with open(DATA_DIR / "demo.log", "w") as log:
             result = subprocess.run(
                 ["dagster", "job", "execute", "-m", "census_stripe.definitions", "-j", JOB],
@@ -153,7 +199,7 @@ def run() -> int:
                 cwd=PROJECT_ROOT,
             )
         if result.returncode != 0:
-            print(f"The job failed; see {DATA_DIR / 'demo.log'}")
+            _print_failure(env["DAGSTER_HOME"], started)
             return result.returncode
         _print_summary(env["DAGSTER_HOME"])
     return 0
@@ -167,19 +213,31 @@ def dev() -> int:
         process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, start_new_session=True)
         try:
             return process.wait()
-        except KeyboardInterrupt:
-            return 0
         finally:
-            stop_process_group(process, signal.SIGINT, grace_seconds=30)
+            print("Stopping the Dagster webserver, daemon and code servers ...", flush=True)
+            stop_process_group(process, signal.SIGINT, grace_seconds=DEV_STOP_SECONDS)
+
+
+def _stop(signum: int, _frame) -> None:
+    """Ctrl-C or a TERM: unwind, stopping what was started. `make` passes its own TERM on to this
+    process too, and nothing may cut the stopping short, so later signals are ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
 
 
 def main() -> int:
-    # A plain `kill` stops the demo as Ctrl-C does: what it started is stopped and saved.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     parser = argparse.ArgumentParser(prog="python -m census_stripe.demo", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run", "dev"])
     args, _ = parser.parse_known_args()
-    return run() if args.command == "run" else dev()
+    try:
+        warehouse_kind()
+        return run() if args.command == "run" else dev()
+    except (UnknownWarehouseError, DemoSetupError) as error:
+        print(error, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

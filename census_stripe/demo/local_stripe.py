@@ -16,19 +16,33 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 LOCALSTRIPE_STORE = Path("/tmp/localstripe.pickle")
 
 
 def stop_process_group(process: subprocess.Popen, first_signal: int, grace_seconds: float = 10) -> None:
-    """Signal a process started with `start_new_session=True` and all its children; kill what lingers."""
+    """Signal a process started with `start_new_session=True` and all its children; kill what lingers.
+
+    Children are found before the signal, by parentage: one that moved to a group of its own, or was
+    re-parented to init when its parent exited first, is stopped all the same.
+    """
     if process.poll() is not None:
         return
+    descendants = psutil.Process(process.pid).children(recursive=True)
     os.killpg(process.pid, first_signal)
     try:
         process.wait(timeout=grace_seconds)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    _, lingering = psutil.wait_procs(descendants, timeout=grace_seconds)
+    for child in lingering:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(lingering, timeout=grace_seconds)
 
 
 def start_server(

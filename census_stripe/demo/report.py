@@ -1,0 +1,105 @@
+"""What the demo prints after its run, read back from the Dagster instance: the counts of a run that
+worked, or of one that failed, its failed checks, its first error and the reasons rows failed."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import dagster as dg
+from dagster import DagsterEventType
+
+from census_stripe.defs.warehouses import (
+    BigQueryWarehouseResource,
+    DuckDBWarehouseResource,
+    PostgresWarehouseResource,
+    RedshiftWarehouseResource,
+    SnowflakeWarehouseResource,
+    WarehouseResource,
+)
+
+# Failing rows shown in the terminal; the run's metadata in the UI has them all.
+ROWS_SHOWN = 5
+
+
+def describe_warehouse(warehouse: WarehouseResource) -> str:
+    """The warehouse a run used, by kind and location (never a password)."""
+    if isinstance(warehouse, DuckDBWarehouseResource):
+        return f"DuckDB file {warehouse.duckdb.database}"
+    if isinstance(warehouse, PostgresWarehouseResource):
+        label = "Redshift" if isinstance(warehouse, RedshiftWarehouseResource) else "PostgreSQL"
+        return f"{label} database {warehouse.database!r} at {warehouse.host}:{warehouse.port} as {warehouse.user}"
+    if isinstance(warehouse, SnowflakeWarehouseResource):
+        snowflake = warehouse.snowflake
+        return f"Snowflake account {snowflake.account}, database {snowflake.database}, schema {snowflake.schema_}"
+    if isinstance(warehouse, BigQueryWarehouseResource):
+        return f"BigQuery project {warehouse.project}"
+    return type(warehouse).__name__
+
+
+def latest_run(instance: dg.DagsterInstance, job_name: str, since: datetime) -> dg.DagsterRun | None:
+    """The job's newest run created since then; an older one is not this attempt's."""
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, created_after=since), limit=1)
+    return runs[0] if runs else None
+
+
+def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    lines = []
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION):
+        evaluation = entry.dagster_event.event_specific_data
+        if not evaluation.passed:
+            asset = evaluation.asset_key.to_user_string()
+            description = f": {evaluation.description}" if evaluation.description else ""
+            lines.append(f"{asset} {evaluation.check_name} ({evaluation.severity.value}){description}")
+    return lines
+
+
+def first_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    for entry in instance.all_logs(run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}):
+        error = entry.dagster_event.event_specific_data.error
+        if error is not None:
+            return f"{entry.step_key or 'run'}: {error.message.strip()}"
+    return None
+
+
+def _first(records: list, total: int, indent: str, line) -> list[str]:
+    lines = [indent + line(record.data) for record in records[:ROWS_SHOWN]]
+    if total > ROWS_SHOWN:
+        lines.append(f"{indent}... and {total - ROWS_SHOWN} more (the run's metadata in the UI)")
+    return lines
+
+
+def failing_rows(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """Per synced asset with failed writes: Stripe's reasons, most common first, then the first failed rows."""
+    lines = []
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
+        materialization = entry.asset_materialization
+        metadata = materialization.metadata
+        failed = metadata["failed"].value if "failed" in metadata else 0
+        if not failed:
+            continue
+        reasons = metadata["failure_reasons"].value.records
+        lines.append(f"{materialization.asset_key.to_user_string()}: {failed} rows failed. Stripe's reasons:")
+        lines += _first(reasons, len(reasons), "  ", lambda data: f"{data['rows']} x {data['reason']}")
+        lines.append("The first rows:")
+        lines += _first(
+            metadata["failed_rows"].value.records, failed, "  ", lambda data: f"{data['key']!r}: {data['reason']}"
+        )
+    return lines
+
+
+def failure_report(instance: dg.DagsterInstance, job_name: str, since: datetime) -> list[str]:
+    """The job's run since then, which failed: what a person needs to see first, in plain text."""
+    run = latest_run(instance, job_name, since)
+    if run is None:
+        return ["The job did not start (its definitions did not load)."]
+    lines = [f"Run {run.run_id} of {job_name!r} failed."]
+    checks = failed_checks(instance, run.run_id)
+    if checks:
+        lines += ["Failed checks:", *(f"  - {check}" for check in checks)]
+    error = first_error(instance, run.run_id)
+    if error:
+        lines += ["First error:", *(f"  {line}" for line in error.splitlines())]
+    rows = failing_rows(instance, run.run_id)
+    if rows:
+        lines += ["Failing rows:", *(f"  {row}" for row in rows)]
+    return lines

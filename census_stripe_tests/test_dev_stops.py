@@ -1,0 +1,71 @@
+"""`make dev` as a person runs it, stopped with Ctrl-C or a TERM to its process group: nothing it
+started (webserver, daemon, code servers, the local Stripe server) may outlive it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from census_stripe.demo.local_stripe import free_port
+from census_stripe.settings import PROJECT_ROOT
+
+STARTUP_SECONDS = 300
+STOP_SECONDS = 120
+
+
+def webserver_answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "Ctrl-C"])
+def test_make_dev_leaves_nothing_running_when_stopped(tmp_path, stop_signal):
+    venv = Path(sys.executable).parent.parent
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DAGSTER_", "CENSUS_STRIPE_"))}
+    env["CENSUS_STRIPE_DATA_DIR"] = str(tmp_path)
+    make = subprocess.Popen(
+        # The test's virtualenv is taken as installed and the manifest as prepared (`make test` made both).
+        ["make", "--no-print-directory", "dev", f"VENV={venv}", "-o", f"{venv}/.installed", f"DEV_ARGS=-p {port}"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a terminal's foreground group: Ctrl-C reaches every process in it
+    )
+    started: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + STARTUP_SECONDS
+    try:
+        while not webserver_answers(port):
+            assert make.poll() is None, make.stdout.read()
+            assert time.monotonic() < deadline, "the webserver did not answer"
+            time.sleep(1)
+        # Recorded while running: a process re-parented to init later is still known by its pid.
+        started = {child.pid: child for child in psutil.Process(make.pid).children(recursive=True)}
+        commands = [" ".join(child.cmdline()) for child in started.values()]
+        assert any("dagster_webserver" in c for c in commands) and any("dagster._daemon" in c for c in commands)
+        assert any("code-server" in c or "api grpc" in c for c in commands)
+        assert any("localstripe" in c for c in commands)
+
+        os.killpg(make.pid, stop_signal)
+        make.wait(timeout=STOP_SECONDS)
+        _, alive = psutil.wait_procs(list(started.values()), timeout=STOP_SECONDS)
+        assert alive == [], [" ".join(p.cmdline()) for p in alive]
+        assert not webserver_answers(port)
+        assert (tmp_path / "localstripe.pickle").exists()  # the local Stripe data was saved on the way out
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+        for process in started.values():
+            if process.is_running():
+                process.kill()
