@@ -28,11 +28,11 @@ from dagster_duckdb import DuckDBResource
 from dagster_snowflake import SnowflakeResource
 
 from census_stripe.defs.resources import StripeResource
+from census_stripe.defs.snowflake_warehouse import SnowflakeWarehouseResource
 from census_stripe.defs.sync_asset import build_sync_asset, load_sync
 from census_stripe.defs.warehouses import (
     DuckDBWarehouseResource,
     PostgresWarehouseResource,
-    SnowflakeWarehouseResource,
     WarehouseResource,
 )
 from census_stripe.demo.seed_data import DEFAULT_CUSTOMERS, write_seeds

@@ -15,12 +15,15 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from sqlglot import exp
 
-from census_stripe.stripe_api import StripeAccount
+from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.warehouse.base import Relation, Warehouse
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported on use: loading the code location handles no rows
 
 DEFAULT_SCHEMA = "census_stripe"
 
@@ -50,7 +53,7 @@ _REJECTION_COLUMNS = {
     "recorded_at": "timestamp",
 }
 _ACCOUNT_COLUMNS = {
-    "connection": "text",  # a digest of the API base and key (stripe_api.connection_fingerprint)
+    "connection": "text",  # a digest of the API base and key (StripeCustomers.connection_fingerprint)
     "account_id": "text",
     "livemode": "boolean",
     "identified_at": "timestamp",
@@ -219,6 +222,8 @@ def of_sync(sync_name: str, account: str, table: str | None = None) -> exp.Expre
 
 
 def _frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
+    import pandas as pd
+
     frame = pd.DataFrame(rows, columns=list(columns))
     for name, kind in columns.items():
         frame[name] = pd.to_datetime(frame[name]) if kind == "timestamp" else frame[name].astype(object)
