@@ -24,7 +24,7 @@ import duckdb
 
 from benchmarks.common import MODEL, SPEC, Stopwatch, print_table, unthrottled_customers
 from census_stripe.plan.planner import Action
-from census_stripe.stripe_api import make_client
+from census_stripe.stripe_client.client import make_client
 from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore

@@ -21,7 +21,8 @@ from census_stripe.plan.planner import Action, LiveAccount, Plan, PlannedRow, bu
 from census_stripe.plan.rows import candidates_from_chunk
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import SyncSpec
-from census_stripe.stripe_api import StripeAccount, StripeCustomers, StripeUnreachableError
+from census_stripe.stripe_client.client import StripeCustomers, StripeUnreachableError
+from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.warehouse.base import Relation, Warehouse
 from census_stripe.warehouse.state import Rejection, StateRecord, SyncStateStore, utc_now
 

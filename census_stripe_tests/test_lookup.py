@@ -3,7 +3,7 @@
 import pytest
 
 from census_stripe.plan.lookup import CustomerLookup
-from census_stripe.stripe_api import StripeCustomers
+from census_stripe.stripe_client.client import StripeCustomers
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 from census_stripe.plan.planner import Action, FieldChange, LiveAccount, build_plan, diff
 from census_stripe.plan.rows import Candidate, PriorState, rejection_reason
 from census_stripe.spec import parse_sync_spec
-from census_stripe.stripe_api import StripeCustomer
+from census_stripe.stripe_client.values import StripeCustomer
 
 SPEC_TEXT = """
 model: stripe_customers

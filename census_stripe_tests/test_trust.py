@@ -13,7 +13,8 @@ import pytest
 
 from census_stripe.defs.sync_asset import load_sync
 from census_stripe.demo.local_stripe import LocalStripe
-from census_stripe.stripe_api import StripeAccount, StripeCustomers
+from census_stripe.stripe_client.client import StripeCustomers
+from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore

@@ -6,7 +6,7 @@ import pytest
 
 from census_stripe.plan.sql import changed_rows_query
 from census_stripe.spec import parse_sync_spec
-from census_stripe.stripe_api import StripeCustomers
+from census_stripe.stripe_client.client import StripeCustomers
 from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.duckdb import DuckDBWarehouse

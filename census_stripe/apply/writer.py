@@ -1,7 +1,7 @@
 """Applying a plan: one Stripe write per changed row, many in flight, every result accounted for.
 
 Writes run on a pool of threads around one shared client; the account's rate budget
-(apply/rate_limit.py) paces them, and StripeCustomers retries what can be retried. A row that
+(stripe_client/rate_limit.py) paces them, and StripeCustomers retries what can be retried. A row that
 Stripe refuses for good is recorded with Stripe's message and the run goes on. When Stripe is
 unreachable (StripeUnreachableError) the writer stops: it submits nothing more, hands over what
 the writes in flight got, and raises. Results are handed to the caller in batches, on the caller's
@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from census_stripe.plan.planner import Action, PlannedRow
-from census_stripe.stripe_api import StripeCustomers, StripeRequestError
+from census_stripe.stripe_client.client import StripeCustomers, StripeRequestError
 
 log = logging.getLogger(__name__)
 

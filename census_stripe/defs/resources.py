@@ -5,8 +5,8 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-from census_stripe.apply.rate_limit import RateLimits, is_live_key, shared_budget
-from census_stripe.stripe_api import StripeAccessError, StripeCustomers, check_api_key, dashboard_url
+from census_stripe.stripe_client.client import StripeAccessError, StripeCustomers, check_api_key, dashboard_url
+from census_stripe.stripe_client.rate_limit import RateLimits, is_live_key, shared_budget
 
 
 class StripeResource(dg.ConfigurableResource):

@@ -19,10 +19,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from census_stripe.plan.keys import normalize_key
 from census_stripe.spec import LookupStrategy
-from census_stripe.stripe_api import PAGE_SIZE, Page, StripeCustomer, StripeCustomers
+from census_stripe.stripe_client.values import PAGE_SIZE, Page, StripeCustomer
+
+if TYPE_CHECKING:
+    # Planning never imports the SDK: the client is handed in.
+    from census_stripe.stripe_client.client import StripeCustomers
 
 Found = dict[str, list[StripeCustomer]]
 

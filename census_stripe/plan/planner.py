@@ -14,7 +14,7 @@ from enum import Enum
 from census_stripe.fields import lookup_field
 from census_stripe.plan.rows import Candidate, rejection_reason
 from census_stripe.spec import SyncSpec
-from census_stripe.stripe_api import StripeCustomer, blank_to_none
+from census_stripe.stripe_client.values import StripeCustomer, blank_to_none
 
 
 class Action(str, Enum):

@@ -1,8 +1,5 @@
-"""Stripe Customers through the official SDK: reads for matching, writes for applying a plan.
-
-Everything here speaks in flat field values (`{"address.city": "Paris"}`), the sync's own
-vocabulary; `to_params` and `flatten_customer` translate to and from Stripe's nested objects.
-"""
+"""Stripe Customers through the official SDK: reads for matching, writes for applying a plan,
+within the account's rate budget (rate_limit.py), in the flat field values of values.py."""
 
 from __future__ import annotations
 
@@ -15,20 +12,26 @@ import string
 import threading
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 from urllib.parse import quote, quote_plus
 
 import stripe
 
-from census_stripe.apply.rate_limit import RateBudget, RateLimits, is_live_key, shared_budget
-from census_stripe.fields import METADATA_PREFIX, WHOLE_OBJECTS, lookup_field
+from census_stripe.stripe_client.rate_limit import RateBudget, RateLimits, is_live_key, shared_budget
+from census_stripe.stripe_client.values import (
+    PAGE_SIZE,
+    Created,
+    FieldValues,
+    Page,
+    StripeAccount,
+    StripeCustomer,
+    flatten_customer,
+    to_params,
+)
 
 T = TypeVar("T")
 
-FieldValues = Mapping[str, "str | None"]
-PAGE_SIZE = 100
 STRIPE_API_BASE = stripe.DEFAULT_API_BASE
 
 
@@ -49,81 +52,6 @@ def dashboard_url(customer_id: str, api_key: str, api_base: str | None) -> str:
     return f"https://dashboard.stripe.com/{mode}customers/{customer_id}"
 
 
-def blank_to_none(value: str | None) -> str | None:
-    """Stripe reads an empty string as "unset": both spellings of nothing compare equal."""
-    return value if value not in ("", None) else None
-
-
-def flatten_customer(customer: Mapping) -> dict[str, str | None]:
-    """A customer's fields as dotted paths, the way sync files name them."""
-    flat: dict[str, str | None] = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, Mapping):
-            for key, child in value.items():
-                walk(f"{prefix}{key}.", child)
-        else:
-            flat[prefix[:-1]] = None if value is None else str(value)
-
-    for name in ("email", "name", "phone", "description", "tax_exempt", "balance", *WHOLE_OBJECTS):
-        if name in customer:
-            walk(f"{name}.", customer[name])
-    for key, value in (customer.get("metadata") or {}).items():
-        flat[METADATA_PREFIX + key] = value
-    return {path: blank_to_none(value) for path, value in flat.items()}
-
-
-def to_params(values: FieldValues, unset_missing: bool) -> dict:
-    """Stripe request parameters for flat field values.
-
-    On create (`unset_missing=False`) empty values are left out. On update they become "" so that
-    Stripe clears them, and an object whose mapped parts are all empty is cleared whole.
-    """
-    params: dict = {}
-    objects_with_content: set[str] = set()
-    for path, value in values.items():
-        value = blank_to_none(value)
-        field = lookup_field(path)
-        if value is None and (not unset_missing or field.object_name):
-            continue
-        if field.object_name:
-            objects_with_content.add(field.object_name)
-        *parents, leaf = path.split(".")
-        target = params
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = "" if value is None else int(value) if field.integer else value
-    if unset_missing:
-        touched_objects = {lookup_field(path).object_name for path in values} - {None}
-        for name in touched_objects - objects_with_content:
-            params[name] = ""
-    return params
-
-
-@dataclass(frozen=True)
-class StripeAccount:
-    """The Stripe account and mode a key writes to; sync state belongs to exactly one.
-
-    `id` is Stripe's `acct_...`, or, for a server that has no account endpoint (a local
-    emulator), an identity derived from the API base and the key's mode.
-    """
-
-    id: str
-    livemode: bool
-
-    @property
-    def mode(self) -> str:
-        return "live" if self.livemode else "test"
-
-    @property
-    def key(self) -> str:
-        """What the state tables file rows under: test and live data of one account never meet."""
-        return f"{self.id}/{self.mode}"
-
-    def __str__(self) -> str:
-        return f"{self.id} ({self.mode} mode)"
-
-
 def local_account(api_base: str, api_key: str) -> StripeAccount:
     """The identity of a server that cannot name its account (a local emulator): its address."""
     digest = hashlib.sha256(api_base.rstrip("/").encode()).hexdigest()[:12]
@@ -137,28 +65,8 @@ def key_bound_account(api_key: str) -> StripeAccount:
     return StripeAccount(f"key_{digest}", is_live_key(api_key))
 
 
-@dataclass(frozen=True)
-class StripeCustomer:
-    id: str
-    values: dict[str, str | None]
-    created: int = 0  # unix seconds, to tell duplicates apart
-
-
 def _customer(customer: dict) -> StripeCustomer:
     return StripeCustomer(customer["id"], flatten_customer(customer), customer.get("created") or 0)
-
-
-@dataclass(frozen=True)
-class Created:
-    id: str
-    # Stripe answered with the stored response of an earlier request with the same key.
-    replayed: bool
-
-
-@dataclass(frozen=True)
-class Page:
-    customers: list[StripeCustomer]
-    has_more: bool
 
 
 class CallCounter:
@@ -344,7 +252,7 @@ def backoff_seconds(attempt: int) -> float:
 class StripeCustomers:
     """The customer endpoints a sync uses: within the account's rate budget, retried, counted.
 
-    Every request first waits for the account's budget (apply/rate_limit.py). 429s, 5xx and
+    Every request first waits for the account's budget (rate_limit.py). 429s, 5xx and
     connection errors are retried here with backoff, a write with its own idempotency key, so a
     retry replays rather than repeats; a circuit breaker stops every call once Stripe looks
     unreachable. Errors leave here as this module's own, without the API key in them.
