@@ -47,7 +47,12 @@ def engine_run(db: Path, url: str, limits: RateLimits, concurrency: int, key: st
     customers = StripeCustomers(key, url, shared_budget(key, url, limits))
     with duckdb.connect(str(db)) as connection, Stopwatch() as watch:
         report = run_sync(
-            SPEC, MODEL, SyncStateStore(DuckDBWarehouse(connection)), customers, key, concurrency=concurrency
+            SPEC,
+            model=MODEL,
+            store=SyncStateStore(DuckDBWarehouse(connection)),
+            customers=customers,
+            run_id=key,
+            concurrency=concurrency,
         )
     return report.counts(), watch.seconds
 

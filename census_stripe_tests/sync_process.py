@@ -37,7 +37,14 @@ def main() -> None:
     spec = load_sync_spec(SYNCS_DIR / "customers.yaml")
     with duckdb.connect(args.db) as connection:
         store = SyncStateStore(DuckDBWarehouse(connection))
-        report = run_sync(spec, MODEL, store, customers, f"process-{uuid.uuid4()}", concurrency=args.concurrency)
+        report = run_sync(
+            spec,
+            model=MODEL,
+            store=store,
+            customers=customers,
+            run_id=f"process-{uuid.uuid4()}",
+            concurrency=args.concurrency,
+        )
     print(json.dumps(report.counts()))
 
 

@@ -59,7 +59,12 @@ def customers_for(double, key="sk_test_delivery", rate=1000.0, **limits) -> Stri
 def sync(model: Path, customers: StripeCustomers, concurrency=8):
     with duckdb.connect(str(model)) as connection:
         return run_sync(
-            SPEC, MODEL, SyncStateStore(DuckDBWarehouse(connection)), customers, "run", concurrency=concurrency
+            SPEC,
+            model=MODEL,
+            store=SyncStateStore(DuckDBWarehouse(connection)),
+            customers=customers,
+            run_id="run",
+            concurrency=concurrency,
         )
 
 

@@ -202,7 +202,14 @@ def test_full_resync_reports_other_customers_that_share_a_known_key(double, mode
 
 def sync_with(model, customers, options: RunOptions):
     with duckdb.connect(str(model)) as connection:
-        return run_sync(SPEC, MODEL, SyncStateStore(DuckDBWarehouse(connection)), customers, "run", options)
+        return run_sync(
+            SPEC,
+            model=MODEL,
+            store=SyncStateStore(DuckDBWarehouse(connection)),
+            customers=customers,
+            run_id="run",
+            options=options,
+        )
 
 
 # -- 5. Damaged state never stops a run --------------------------------------------------------

@@ -16,19 +16,28 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from enum import Enum
 
 from census_stripe.plan.planner import Action, PlannedRow
 from census_stripe.stripe_client.client import StripeCustomers, StripeRequestError
+from census_stripe.warehouse.state import StateStatus
 
 log = logging.getLogger(__name__)
+
+
+class WriteStatus(str, Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    FAILED = "failed"
+    # An update Stripe answered 404: the customer is gone, and the key must be looked up again
+    # before anything is created.
+    MISSING = "missing"
 
 
 @dataclass(frozen=True)
 class Outcome:
     row: PlannedRow
-    # created | updated | failed | missing (an update Stripe answered 404: the customer is gone,
-    # and the key must be looked up again before anything is created)
-    status: str
+    status: WriteStatus
     stripe_id: str | None
     error: str | None = None
 
@@ -44,7 +53,7 @@ def idempotency_key(sync_name: str, row: PlannedRow) -> str:
     key was looked up again (consistently) before this run planned to create it.
     """
     prior = row.candidate.prior
-    after_failure = prior.run_id if prior and prior.status == "failed" else ""
+    after_failure = prior.run_id if prior and prior.status is StateStatus.FAILED else ""
     if row.action is Action.CREATE:
         target = prior.stripe_id if prior and prior.stripe_id else ""
     else:
@@ -148,7 +157,7 @@ class StripeWriter:
             # back for a day. Only now is it known that a new customer is wanted.
             self.logger.info("Stripe replayed the create of %s, since deleted; creating anew", created.id)
             created = self.customers.create(values, f"{key}-after-{created.id}")
-        return Outcome(row, "created", created.id)
+        return Outcome(row, WriteStatus.CREATED, created.id)
 
     def _write(self, row: PlannedRow) -> Outcome:
         try:
@@ -156,10 +165,10 @@ class StripeWriter:
                 return self._create(row)
             try:
                 self.customers.update(row.stripe_id, row.values_to_send(), idempotency_key(self.sync_name, row))
-                return Outcome(row, "updated", row.stripe_id)
+                return Outcome(row, WriteStatus.UPDATED, row.stripe_id)
             except StripeRequestError as error:
                 if error.http_status != 404:
                     raise
-                return Outcome(row, "missing", row.stripe_id, f"customer {row.stripe_id} is not in Stripe")
+                return Outcome(row, WriteStatus.MISSING, row.stripe_id, f"customer {row.stripe_id} is not in Stripe")
         except StripeRequestError as error:
-            return Outcome(row, "failed", row.stripe_id, str(error))
+            return Outcome(row, WriteStatus.FAILED, row.stripe_id, str(error))

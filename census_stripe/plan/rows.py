@@ -13,6 +13,7 @@ from census_stripe.plan import keys, sql
 from census_stripe.spec import SyncSpec, value_problem
 from census_stripe.stripe_client.values import blank_to_none
 from census_stripe.warehouse.base import is_missing
+from census_stripe.warehouse.state import StateStatus
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where rows are read: loading the code location reads none
@@ -30,7 +31,7 @@ class PriorState:
     row_hash: str | None
     synced_values: dict[str, str | None] | None
     synced_at: datetime | None
-    status: str | None = None
+    status: StateStatus | None = None
     run_id: str | None = None  # the run that last touched this key
 
 
@@ -77,7 +78,7 @@ def candidates_from_chunk(spec: SyncSpec, chunk: pd.DataFrame) -> list[Candidate
                     row_hash=state["row_hash"],
                     synced_values=synced_values,
                     synced_at=state["synced_at"],
-                    status=state["status"],
+                    status=StateStatus(state["status"]) if state["status"] else None,
                     run_id=state["run_id"],
                 )
         out.append(

@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from sqlglot import exp
@@ -36,7 +37,7 @@ _STATE_COLUMNS = {
     "row_hash": "text",
     "synced_values": "text",  # JSON: field -> value, as Stripe holds them after the last sync
     "synced_at": "timestamp",
-    "status": "text",  # synced | failed | rejected | not_found
+    "status": "text",  # a StateStatus
     "error": "text",
     "run_id": "text",
     "updated_at": "timestamp",
@@ -65,6 +66,15 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+class StateStatus(str, Enum):
+    """How a key's last run ended; stored as its text."""
+
+    SYNCED = "synced"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    NOT_FOUND = "not_found"
+
+
 @dataclass(frozen=True)
 class StateRecord:
     """One key's state after a run."""
@@ -74,7 +84,7 @@ class StateRecord:
     row_hash: str | None
     synced_values: dict | None
     synced_at: datetime | None
-    status: str
+    status: StateStatus
     error: str | None
 
 
@@ -159,7 +169,7 @@ class SyncStateStore:
                 "row_hash": r.row_hash,
                 "synced_values": json.dumps(r.synced_values, sort_keys=True) if r.synced_values is not None else None,
                 "synced_at": r.synced_at,
-                "status": r.status,
+                "status": r.status.value,
                 "error": r.error,
                 "run_id": run_id,
                 "updated_at": now,
