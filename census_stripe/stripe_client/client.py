@@ -244,6 +244,14 @@ BUSY_STATUSES = {409, 429}
 WRITE_CHECK_ID = "cus_census_stripe_write_access_check"
 
 
+def stripe_advice(error: stripe.StripeError) -> bool | None:
+    """Whether Stripe says a retry can succeed, in its `Stripe-Should-Retry` header; None when it
+    does not say. The SDK follows it over the status, and so do we: "false" on a 5xx a retry would
+    only replay, "true" on, say, a lock timeout."""
+    headers = {name.lower(): value for name, value in (error.headers or {}).items()}
+    return {"true": True, "false": False}.get(headers.get("stripe-should-retry"))
+
+
 def backoff_seconds(attempt: int) -> float:
     """0.5 s doubling to 8 s, with full jitter, so that retrying threads do not march in step."""
     return min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
@@ -252,10 +260,11 @@ def backoff_seconds(attempt: int) -> float:
 class StripeCustomers:
     """The customer endpoints a sync uses: within the account's rate budget, retried, counted.
 
-    Every request first waits for the account's budget (rate_limit.py). 429s, 5xx and
-    connection errors are retried here with backoff, a write with its own idempotency key, so a
-    retry replays rather than repeats; a circuit breaker stops every call once Stripe looks
-    unreachable. Errors leave here as this module's own, without the API key in them.
+    Every request first waits for the account's budget (rate_limit.py). 429s, 409s, 5xx and
+    connection errors are retried here with backoff, unless Stripe's `Stripe-Should-Retry` header
+    says otherwise (either way); a write keeps its idempotency key, so a retry replays rather than
+    repeats. A circuit breaker stops every call once Stripe looks unreachable. Errors leave here
+    as this module's own, without the API key in them.
     """
 
     def __init__(
@@ -309,7 +318,10 @@ class StripeCustomers:
             if isinstance(failure, stripe.RateLimitError):
                 self.calls.add_rate_limited()
                 self.budget.rate_limited(endpoint)
-            if attempt == self.max_attempts or not (failing or failure.http_status in BUSY_STATUSES):
+            retry = stripe_advice(failure)
+            if retry is None:
+                retry = failing or failure.http_status in BUSY_STATUSES
+            if attempt == self.max_attempts or not retry:
                 raise StripeRequestError(self.describe(failure), failure.http_status)
             self.breaker.sleep(backoff_seconds(attempt))
         raise AssertionError("the last attempt returns or raises")
