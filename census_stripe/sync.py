@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from itertools import chain
+from typing import TYPE_CHECKING
 
 from census_stripe.apply.writer import Outcome, StripeWriter, WriteStatus
 from census_stripe.plan import sql
@@ -23,10 +24,14 @@ from census_stripe.plan.planner import Action, LiveAccount, Plan, PlannedRow, bu
 from census_stripe.plan.rows import candidates_from_chunk
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import SyncSpec
-from census_stripe.stripe_client.client import StripeCustomers, StripeUnreachableError
+from census_stripe.stripe_client.errors import StripeUnreachableError
 from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.warehouse.base import Relation, Warehouse
 from census_stripe.warehouse.state import Rejection, StateRecord, StateStatus, SyncStateStore, utc_now
+
+if TYPE_CHECKING:
+    # The client is handed in; importing only its errors keeps the SDK out of loading Dagster's code location.
+    from census_stripe.stripe_client.client import StripeCustomers
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 10_000

@@ -23,7 +23,8 @@ from census_stripe.defs.resources import StripeResource
 from census_stripe.demo.__main__ import INSTANCE_CONFIG
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.spec import load_sync_spec
-from census_stripe.stripe_client.client import StripeAccessError, StripeCustomers, StripeRequestError
+from census_stripe.stripe_client.client import StripeCustomers
+from census_stripe.stripe_client.errors import StripeAccessError, StripeRequestError
 from census_stripe.stripe_client.rate_limit import RateLimits, shared_budget
 from census_stripe.sync import run_sync
 from census_stripe.warehouse.base import Relation

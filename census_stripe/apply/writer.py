@@ -17,10 +17,15 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from census_stripe.plan.planner import Action, PlannedRow
-from census_stripe.stripe_client.client import StripeCustomers, StripeRequestError
+from census_stripe.stripe_client.errors import StripeRequestError
 from census_stripe.warehouse.state import StateStatus
+
+if TYPE_CHECKING:
+    # The client is handed in; importing only its errors keeps the SDK out of loading Dagster's code location.
+    from census_stripe.stripe_client.client import StripeCustomers
 
 log = logging.getLogger(__name__)
 

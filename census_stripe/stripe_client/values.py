@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from census_stripe.fields import METADATA_PREFIX, WHOLE_OBJECTS, lookup_field
+from census_stripe.stripe_client.rate_limit import is_live_key
 
 FieldValues = Mapping[str, "str | None"]
 PAGE_SIZE = 100
@@ -109,3 +110,11 @@ class Created:
 class Page:
     customers: list[StripeCustomer]
     has_more: bool
+
+
+def dashboard_url(customer_id: str, api_key: str, api_base: str | None) -> str:
+    """Where a person looks at a customer: Stripe's dashboard, or the local server's API."""
+    if api_base:
+        return f"{api_base.rstrip('/')}/v1/customers/{customer_id}"
+    mode = "" if is_live_key(api_key) else "test/"
+    return f"https://dashboard.stripe.com/{mode}customers/{customer_id}"
