@@ -43,11 +43,12 @@ browser:
 screenshots: $(MANIFEST) browser  ## regenerate docs/*.png from the UI test
 	CENSUS_STRIPE_SCREENSHOTS=docs $(BIN)/python -m pytest census_stripe_tests/test_ui.py
 
-bench: $(INSTALLED)  ## the benchmarks of BENCHMARKS.md (several minutes; figures are printed)
+bench: $(MANIFEST)  ## the benchmarks of BENCHMARKS.md (several minutes; figures are printed)
 	$(BIN)/python -m benchmarks.noop_rerun
 	$(BIN)/python -m benchmarks.plan_1m
 	$(BIN)/python -m benchmarks.first_sync_lookup
 	$(BIN)/python -m benchmarks.throughput
+	$(BIN)/python -m benchmarks.load_time
 
 lint: $(INSTALLED)  ## style and static checks
 	$(BIN)/ruff check census_stripe census_stripe_tests

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import duckdb
 
-from census_stripe.apply.rate_limit import RateLimits
 from census_stripe.settings import PROJECT_ROOT, SYNCS_DIR
 from census_stripe.spec import load_sync_spec
+from census_stripe.stripe_client.rate_limit import RateLimits
 from census_stripe.warehouse.base import Relation
 
 SPEC = load_sync_spec(SYNCS_DIR / "customers.yaml")
@@ -30,8 +30,8 @@ UNLIMITED = RateLimits(account=1e6, endpoints=(("create", 1e6), ("update", 1e6))
 def unthrottled_customers(api_key: str, url: str):
     # Imported here so that the pandas baseline's process, which never calls Stripe, does not carry
     # the SDK in its peak memory.
-    from census_stripe.apply.rate_limit import shared_budget
-    from census_stripe.stripe_api import StripeCustomers
+    from census_stripe.stripe_client.client import StripeCustomers
+    from census_stripe.stripe_client.rate_limit import shared_budget
 
     return StripeCustomers(api_key, url, shared_budget(api_key, url, UNLIMITED))
 

@@ -29,7 +29,14 @@ from census_stripe_tests.synthetic import make_model
 def timed_run(db: Path, url: str, label: str, options: RunOptions) -> dict:
     customers = unthrottled_customers("sk_test_benchmark", url)
     with duckdb.connect(str(db)) as connection, Stopwatch() as watch:
-        report = run_sync(SPEC, MODEL, SyncStateStore(DuckDBWarehouse(connection)), customers, label, options)
+        report = run_sync(
+            SPEC,
+            model=MODEL,
+            store=SyncStateStore(DuckDBWarehouse(connection)),
+            customers=customers,
+            run_id=label,
+            options=options,
+        )
     counts = report.counts()
     return {
         "variant": label,

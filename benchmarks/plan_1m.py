@@ -34,7 +34,7 @@ from benchmarks.common import (
     unthrottled_customers,
 )
 from census_stripe.plan import sql
-from census_stripe.stripe_api import StripeAccount
+from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
 from census_stripe_tests.synthetic import make_model

@@ -24,8 +24,8 @@ from pathlib import Path
 import duckdb
 
 from benchmarks.common import MODEL, SPEC, UNLIMITED, Stopwatch, print_table
-from census_stripe.apply.rate_limit import RateLimits, shared_budget
-from census_stripe.stripe_api import StripeCustomers, make_client
+from census_stripe.stripe_client.client import StripeCustomers, make_client
+from census_stripe.stripe_client.rate_limit import RateLimits, shared_budget
 from census_stripe.sync import run_sync
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
@@ -47,7 +47,12 @@ def engine_run(db: Path, url: str, limits: RateLimits, concurrency: int, key: st
     customers = StripeCustomers(key, url, shared_budget(key, url, limits))
     with duckdb.connect(str(db)) as connection, Stopwatch() as watch:
         report = run_sync(
-            SPEC, MODEL, SyncStateStore(DuckDBWarehouse(connection)), customers, key, concurrency=concurrency
+            SPEC,
+            model=MODEL,
+            store=SyncStateStore(DuckDBWarehouse(connection)),
+            customers=customers,
+            run_id=key,
+            concurrency=concurrency,
         )
     return report.counts(), watch.seconds
 

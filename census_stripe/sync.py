@@ -1,6 +1,8 @@
 """One run of one sync, end to end and without Dagster: warehouse -> plan -> apply -> state.
 
-    report = run_sync(spec, model, SyncStateStore(warehouse), StripeCustomers(api_key), run_id="...")
+    report = run_sync(
+        spec, model=model, store=SyncStateStore(warehouse), customers=StripeCustomers(api_key), run_id="..."
+    )
 
 The Dagster asset (census_stripe/defs/) only gathers these arguments and turns the report into
 metadata; tests and benchmarks call this directly.
@@ -13,28 +15,34 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import chain
+from typing import TYPE_CHECKING
 
-from census_stripe.apply.writer import Outcome, StripeWriter
+from census_stripe.apply.writer import Outcome, StripeWriter, WriteStatus
 from census_stripe.plan import sql
 from census_stripe.plan.lookup import CustomerLookup, index_by_key
 from census_stripe.plan.planner import Action, LiveAccount, Plan, PlannedRow, build_plan, decide_by_key
 from census_stripe.plan.rows import candidates_from_chunk
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import SyncSpec
-from census_stripe.stripe_api import StripeAccount, StripeCustomers, StripeUnreachableError
+from census_stripe.stripe_client.errors import StripeUnreachableError
+from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.warehouse.base import Relation, Warehouse
 from census_stripe.warehouse.state import (
     ChangeRecord,
     Rejection,
     RunRecord,
     StateRecord,
+    StateStatus,
     SyncStateStore,
     utc_now,
 )
 
+if TYPE_CHECKING:
+    # The client is handed in; importing only its errors keeps the SDK out of loading Dagster's code location.
+    from census_stripe.stripe_client.client import StripeCustomers
+
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 10_000
-STATUS_WITHOUT_WRITE = {Action.REJECT: "rejected", Action.SKIP_NOT_FOUND: "not_found"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,7 @@ class SyncReport:
     @property
     def failure_rate(self) -> float:
         """Failed writes over attempted writes."""
-        return sum(o.status == "failed" for o in self.outcomes) / len(self.outcomes) if self.outcomes else 0.0
+        return sum(o.status is WriteStatus.FAILED for o in self.outcomes) / len(self.outcomes) if self.outcomes else 0.0
 
     def counts(self) -> dict[str, int]:
         """Stable names: the UI plots each over runs."""
@@ -76,11 +84,11 @@ class SyncReport:
             "unchanged": planned[Action.UNCHANGED],
             "rejected": planned[Action.REJECT],
             "skipped_not_found": planned[Action.SKIP_NOT_FOUND],
-            "created": done["created"],
+            "created": done[WriteStatus.CREATED],
             # creates that replaced a customer deleted in Stripe, with a new id
             "recreated": sum(1 for outcome in self.outcomes if _recreated(outcome)),
-            "updated": done["updated"],
-            "failed": done["failed"],
+            "updated": done[WriteStatus.UPDATED],
+            "failed": done[WriteStatus.FAILED],
             "stripe_api_calls": sum(self.stripe_calls.values()),
             "stripe_lookup_calls": self.stripe_calls.get("list", 0),
             "stripe_duplicate_keys": sum(1 for row in self.plan.rows if row.stripe_duplicates),
@@ -91,15 +99,18 @@ class SyncReport:
 
 def _recreated(outcome: Outcome) -> bool:
     prior = outcome.row.candidate.prior
-    return outcome.status == "created" and bool(prior and prior.stripe_id) and outcome.stripe_id != prior.stripe_id
+    replaced = bool(prior and prior.stripe_id) and outcome.stripe_id != prior.stripe_id
+    return outcome.status is WriteStatus.CREATED and replaced
 
 
 def _synced(outcome_row: PlannedRow, stripe_id: str) -> StateRecord:
     candidate = outcome_row.candidate
-    return StateRecord(candidate.key, stripe_id, candidate.row_hash, candidate.values, utc_now(), "synced", None)
+    return StateRecord(
+        candidate.key, stripe_id, candidate.row_hash, candidate.values, utc_now(), StateStatus.SYNCED, None
+    )
 
 
-def _kept(row: PlannedRow, status: str, error: str | None) -> StateRecord:
+def _kept(row: PlannedRow, status: StateStatus, error: str | None) -> StateRecord:
     """A key whose Stripe values did not change this run: keep what was last accepted, note why."""
     prior = row.candidate.prior
     return StateRecord(
@@ -114,11 +125,14 @@ def _kept(row: PlannedRow, status: str, error: str | None) -> StateRecord:
 
 
 def state_after_outcome(outcome: Outcome) -> StateRecord | None:
-    if outcome.status == "missing":
+    if outcome.status is WriteStatus.MISSING:
         return None  # decided again, by key, later in the run
-    if outcome.status == "failed":
-        return _kept(outcome.row, "failed", outcome.error)
+    if outcome.status is WriteStatus.FAILED:
+        return _kept(outcome.row, StateStatus.FAILED, outcome.error)
     return _synced(outcome.row, outcome.stripe_id)
+
+
+_STATUS_WITHOUT_WRITE = {Action.REJECT: StateStatus.REJECTED, Action.SKIP_NOT_FOUND: StateStatus.NOT_FOUND}
 
 
 def state_without_write(row: PlannedRow) -> StateRecord | None:
@@ -127,7 +141,7 @@ def state_without_write(row: PlannedRow) -> StateRecord | None:
         return None
     if row.action is Action.UNCHANGED:
         return _synced(row, row.stripe_id)
-    return _kept(row, STATUS_WITHOUT_WRITE[row.action], row.reason)
+    return _kept(row, _STATUS_WITHOUT_WRITE[row.action], row.reason)
 
 
 def _rejection(row: PlannedRow, kind: str, reason: str) -> Rejection:
@@ -147,7 +161,7 @@ def change_records(plan: Plan, outcomes: list[Outcome]) -> Iterator[ChangeRecord
             status, reason = (outcome.status, outcome.error) if outcome else ("planned", None)
         else:
             changes, stripe_id = None, row.stripe_id
-            status, reason = STATUS_WITHOUT_WRITE[row.action], row.reason
+            status, reason = _STATUS_WITHOUT_WRITE[row.action], row.reason
         candidate = row.candidate
         yield ChangeRecord(candidate.key, candidate.key_value, row.action.value, stripe_id, changes, status, reason)
 
@@ -193,13 +207,12 @@ def plan_sync(
     live = None
     if listed is not None:
         live = LiveAccount({c.id: c for c in listed}, index_by_key(listed, spec.key.field))
-    plan = build_plan(spec, candidates, rows_read, lookup, live, repush=options.repush)
-    plan.lookup = lookup.used
-    return plan, lookup
+    return build_plan(spec, candidates, rows_read, lookup, live, repush=options.repush), lookup
 
 
 def run_sync(
     spec: SyncSpec,
+    *,
     model: Relation,
     store: SyncStateStore,
     customers: StripeCustomers,
@@ -288,12 +301,12 @@ def _apply(
             customers.check_write_access()
         save_decided(plan.rows)
         writer.apply(plan.writes, total=len(plan.writes))
-        if missing := [outcome for outcome in written if outcome.status == "missing"]:
+        if missing := [outcome for outcome in written if outcome.status is WriteStatus.MISSING]:
             # Customers the state knew but Stripe does not have (deleted, or edited by hand): never
             # create before looking. Their keys are looked up, a customer found is adopted, and
             # only a key Stripe truly lacks is created.
             log.info("%d customers known to the state are not in Stripe; looking their keys up", len(missing))
-            decided = decide_by_key(spec, [outcome.row.candidate for outcome in missing], lookup)
+            decided, _ = decide_by_key(spec, [outcome.row.candidate for outcome in missing], lookup)
             plan.replace({id(outcome.row): row for outcome, row in zip(missing, decided, strict=True)})
             save_decided(decided)
             writes = [row for row in decided if row.action in (Action.CREATE, Action.UPDATE)]
@@ -302,14 +315,14 @@ def _apply(
         # What Stripe accepted is already recorded; rows not attempted are left for the next run,
         # not marked failed.
         unreachable = error
-    outcomes = [outcome for outcome in written if outcome.status != "missing"]
+    outcomes = [outcome for outcome in written if outcome.status is not WriteStatus.MISSING]
     store.record_rejections(
         spec.name,
         account,
         run_id,
         [
             *(_rejection(row, "rejected", row.reason) for row in plan.of(Action.REJECT)),
-            *(_rejection(o.row, "failed", o.error) for o in outcomes if o.status == "failed"),
+            *(_rejection(o.row, "failed", o.error) for o in outcomes if o.status is WriteStatus.FAILED),
         ],
     )
     if unreachable:

@@ -25,7 +25,7 @@ from census_stripe.defs.warehouses import DuckDBWarehouseResource
 from census_stripe.demo.local_stripe import LocalStripe
 from census_stripe.demo.seed_data import DEFAULT_CUSTOMERS, write_seeds
 from census_stripe.settings import SYNCS_DIR
-from census_stripe.stripe_api import StripeCustomers
+from census_stripe.stripe_client.client import StripeCustomers
 from census_stripe_tests.stripe_double import StripeDoubleServer
 
 # A key with a recognisable body, so tests can prove it never leaks.

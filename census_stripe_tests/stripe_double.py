@@ -17,7 +17,9 @@ It is an in-memory HTTP server, run as its own process, modelled on Stripe's doc
   parameters is a 400 `idempotency_error`.
 - Faults: a chosen share of writes fails with a 500 before the endpoint runs (nothing done,
   nothing stored for the key), or after it ran (the response is lost: the customer exists and the
-  key replays the success), plus a fixed latency per request.
+  key replays the success), plus a fixed latency per request. Or every write answered with one
+  chosen status, optionally with Stripe's `Stripe-Should-Retry` header, Stripe's advice on whether
+  retrying can succeed.
 - Invalid emails: writes of an email matching a configured pattern get a 400 `email_invalid`, as
   Stripe answers an address it cannot accept.
 - Keys: `sk_`/`rk_` keys are accepted; a key listed as read-only gets 403 on writes. The stats
@@ -63,6 +65,8 @@ class DoubleConfig:
     fail_after_rate: float = 0.0  # share of writes done, then answered 500 (a lost response)
     read_only_keys: list[str] = field(default_factory=list)
     invalid_emails: str = ""  # a regular expression: writes of a matching email get Stripe's 400 email_invalid
+    refuse_writes_with: int = 0  # an HTTP status every write is answered with; 0 = off
+    should_retry: str = ""  # "true" or "false": sent as Stripe-Should-Retry with that answer
     seed: int = 0
     account_id: str = "acct_double"
 
@@ -89,9 +93,17 @@ class TokenBucket:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         self.status = status
         self.body = {"error": {"message": message, "type": type_, **({"code": code} if code else {})}}
+        self.headers = headers or {}
 
 
 def key_stat(api_key: str) -> str:
@@ -260,6 +272,10 @@ class StripeDouble:
                 raise ApiError(429, "Too many requests hit the API too quickly.", code="rate_limit")
             for bucket in buckets:
                 bucket.take()
+            if write and self.config.refuse_writes_with:
+                self.stats["refused"] += 1
+                advice = {"Stripe-Should-Retry": self.config.should_retry} if self.config.should_retry else {}
+                raise ApiError(self.config.refuse_writes_with, "Refused by configuration", headers=advice)
             # A failure before the endpoint runs: nothing done, nothing stored for the key.
             if write and self.random.random() < self.config.fail_before_rate:
                 self.stats["failed_before"] += 1
@@ -372,7 +388,7 @@ def make_handler(double: StripeDouble):
             try:
                 status, payload, headers = double.handle(method, url.path, query, parse_form(body), self.headers)
             except ApiError as error:
-                status, payload = error.status, error.body
+                status, payload, headers = error.status, error.body, error.headers
             self._reply(status, payload, headers)
 
         def do_GET(self) -> None:

@@ -12,10 +12,10 @@ import uuid
 
 import duckdb
 
-from census_stripe.apply.rate_limit import RateLimits, shared_budget
 from census_stripe.settings import SYNCS_DIR
 from census_stripe.spec import load_sync_spec
-from census_stripe.stripe_api import StripeCustomers
+from census_stripe.stripe_client.client import StripeCustomers
+from census_stripe.stripe_client.rate_limit import RateLimits, shared_budget
 from census_stripe.sync import run_sync
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
@@ -37,7 +37,14 @@ def main() -> None:
     spec = load_sync_spec(SYNCS_DIR / "customers.yaml")
     with duckdb.connect(args.db) as connection:
         store = SyncStateStore(DuckDBWarehouse(connection))
-        report = run_sync(spec, MODEL, store, customers, f"process-{uuid.uuid4()}", concurrency=args.concurrency)
+        report = run_sync(
+            spec,
+            model=MODEL,
+            store=store,
+            customers=customers,
+            run_id=f"process-{uuid.uuid4()}",
+            concurrency=args.concurrency,
+        )
     print(json.dumps(report.counts()))
 
 

@@ -12,18 +12,20 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
 
-from census_stripe.apply.rate_limit import RateLimits, shared_budget
 from census_stripe.defs.resources import StripeResource
 from census_stripe.demo.__main__ import INSTANCE_CONFIG
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.spec import load_sync_spec
-from census_stripe.stripe_api import StripeAccessError, StripeCustomers
+from census_stripe.stripe_client.client import StripeCustomers
+from census_stripe.stripe_client.errors import StripeAccessError, StripeRequestError
+from census_stripe.stripe_client.rate_limit import RateLimits, shared_budget
 from census_stripe.sync import run_sync
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
@@ -56,7 +58,12 @@ def customers_for(double, key="sk_test_delivery", rate=1000.0, **limits) -> Stri
 def sync(model: Path, customers: StripeCustomers, concurrency=8):
     with duckdb.connect(str(model)) as connection:
         return run_sync(
-            SPEC, MODEL, SyncStateStore(DuckDBWarehouse(connection)), customers, "run", concurrency=concurrency
+            SPEC,
+            model=MODEL,
+            store=SyncStateStore(DuckDBWarehouse(connection)),
+            customers=customers,
+            run_id="run",
+            concurrency=concurrency,
         )
 
 
@@ -246,3 +253,23 @@ def test_runs_of_one_sync_never_overlap_in_dagster(double, tmp_path, postgres_da
     assert len(spans) == 2
     first, second = sorted(spans)
     assert first[1] <= second[0], f"the two runs of one sync overlapped: {spans}"
+
+
+@pytest.mark.parametrize(
+    ("status", "should_retry", "attempts"),
+    [
+        (500, "", 3),  # Stripe failing: retried
+        (500, "false", 1),  # ...unless Stripe says a retry would only replay the failure
+        (409, "false", 1),
+        (400, "", 1),  # a refusal: not retried
+        (400, "true", 3),  # ...unless Stripe says a retry can succeed
+    ],
+)
+def test_retries_follow_stripes_should_retry_header(double, status, should_retry, attempts):
+    double.configure(refuse_writes_with=status, should_retry=should_retry)
+    customers = StripeCustomers("sk_test_advice", double.url, max_attempts=3)
+    with pytest.raises(StripeRequestError) as refused:
+        customers.create({"email": "ada@example.com"}, idempotency_key=f"advice-{uuid.uuid4()}")
+    assert refused.value.http_status == status
+    assert double.stats()["requests_create"] == attempts
+    assert customers.calls.counts["create"] == attempts

@@ -14,7 +14,7 @@ from census_stripe.plan.planner import Action, build_plan
 from census_stripe.plan.rows import Candidate, PriorState
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import parse_sync_spec
-from census_stripe.stripe_api import StripeAccount, StripeCustomer, dashboard_url
+from census_stripe.stripe_client.values import StripeAccount, StripeCustomer, dashboard_url
 from census_stripe.sync import RunOptions, SyncReport
 
 SPEC_TEXT = """

@@ -2,10 +2,11 @@
 
 import pytest
 
+from census_stripe.plan.lookup import LookupResult
 from census_stripe.plan.planner import Action, FieldChange, LiveAccount, build_plan, diff
 from census_stripe.plan.rows import Candidate, PriorState, rejection_reason
 from census_stripe.spec import parse_sync_spec
-from census_stripe.stripe_api import StripeCustomer
+from census_stripe.stripe_client.values import StripeCustomer
 
 SPEC_TEXT = """
 model: stripe_customers
@@ -39,8 +40,15 @@ def no_lookup(keys):
     raise AssertionError(f"no lookup expected, got {keys}")
 
 
+def finds(found):
+    return lambda keys: LookupResult(found, "per_key")
+
+
+finds_nothing = finds({})
+
+
 def test_new_row_not_in_stripe_is_created_with_every_value():
-    plan = build_plan(spec(), [candidate()], rows_read=1, lookup=lambda keys: {})
+    plan = build_plan(spec(), [candidate()], rows_read=1, lookup=finds_nothing)
     [row] = plan.rows
     assert row.action is Action.CREATE
     assert row.values_to_send() == candidate().values
@@ -48,7 +56,7 @@ def test_new_row_not_in_stripe_is_created_with_every_value():
 
 
 def test_update_only_never_creates_and_says_why():
-    plan = build_plan(spec("update_only"), [candidate()], rows_read=1, lookup=lambda keys: {})
+    plan = build_plan(spec("update_only"), [candidate()], rows_read=1, lookup=finds_nothing)
     [row] = plan.rows
     assert row.action is Action.SKIP_NOT_FOUND
     assert "no Stripe customer has this email" in row.reason
@@ -63,7 +71,7 @@ def test_existing_customer_is_matched_and_only_differing_fields_are_sent():
         "metadata.plan": "pro",
         "metadata.other": "untouched",
     }
-    lookup = lambda keys: {"ada@example.com": [StripeCustomer("cus_9", stripe_values)]}  # noqa: E731
+    lookup = finds({"ada@example.com": [StripeCustomer("cus_9", stripe_values)]})
     [row] = build_plan(spec(), [candidate()], rows_read=1, lookup=lookup).rows
     assert row.action is Action.UPDATE
     assert row.stripe_id == "cus_9"
@@ -89,6 +97,7 @@ def test_an_address_change_sends_the_whole_address_because_stripe_replaces_it():
 def test_known_stripe_id_compares_with_last_synced_values_without_any_lookup():
     prior = synced(dict(candidate().values))
     plan = build_plan(spec(), [candidate(prior=prior)], rows_read=5, lookup=no_lookup)
+    assert plan.lookup is None
     assert [row.action for row in plan.rows] == [Action.UNCHANGED]
     assert plan.counts()[Action.UNCHANGED] == 5  # 4 never left the warehouse, 1 had only cosmetic changes
 
@@ -115,7 +124,7 @@ def test_blank_and_missing_are_the_same_to_stripe():
 
 
 def test_several_stripe_customers_with_the_email_reject_the_row_naming_them():
-    lookup = lambda keys: {"ada@example.com": [StripeCustomer("cus_b", {}), StripeCustomer("cus_a", {})]}  # noqa: E731
+    lookup = finds({"ada@example.com": [StripeCustomer("cus_b", {}), StripeCustomer("cus_a", {})]})
     [row] = build_plan(spec(), [candidate()], rows_read=1, lookup=lookup).rows
     assert row.action is Action.REJECT
     assert row.reason == "several Stripe customers share this email: cus_a, cus_b"
@@ -134,7 +143,7 @@ def test_several_stripe_customers_with_the_email_reject_the_row_naming_them():
 )
 def test_bad_rows_are_rejected_with_a_reason(row, reason):
     assert rejection_reason(spec(), row) == reason
-    plan = build_plan(spec(), [row, candidate(email="ok@example.com")], rows_read=2, lookup=lambda keys: {})
+    plan = build_plan(spec(), [row, candidate(email="ok@example.com")], rows_read=2, lookup=finds_nothing)
     assert [(r.action, r.reason) for r in plan.rows] == [(Action.REJECT, reason), (Action.CREATE, None)]
 
 
@@ -148,11 +157,12 @@ def test_all_unknown_keys_are_looked_up_in_one_call():
 
     def lookup(keys):
         calls.append(sorted(keys))
-        return {}
+        return LookupResult({}, "list_all")
 
     rows = [candidate(email=f"u{i}@example.com") for i in range(3)]
-    build_plan(spec(), rows, rows_read=3, lookup=lookup)
+    plan = build_plan(spec(), rows, rows_read=3, lookup=lookup)
     assert calls == [["u0@example.com", "u1@example.com", "u2@example.com"]]
+    assert plan.lookup == "list_all"  # how the lookup went, as the run's metadata shows it
 
 
 def test_full_resync_compares_with_what_stripe_holds_now():
@@ -167,6 +177,6 @@ def test_full_resync_compares_with_what_stripe_holds_now():
 def test_full_resync_finds_a_customer_deleted_in_stripe_again_by_key():
     prior = synced(dict(candidate().values), stripe_id="cus_gone")
     [row] = build_plan(
-        spec(), [candidate(prior=prior)], rows_read=1, lookup=lambda keys: {}, live=LiveAccount({}, {})
+        spec(), [candidate(prior=prior)], rows_read=1, lookup=finds_nothing, live=LiveAccount({}, {})
     ).rows
     assert row.action is Action.CREATE

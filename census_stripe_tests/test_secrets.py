@@ -18,10 +18,10 @@ from census_stripe.defs.sync_asset import build_sync_asset, load_sync
 from census_stripe.defs.warehouses import DuckDBWarehouseResource
 from census_stripe.demo.local_stripe import free_port
 from census_stripe.settings import PROJECT_ROOT
-from census_stripe.stripe_api import (
+from census_stripe.stripe_client.client import StripeCustomers
+from census_stripe.stripe_client.errors import (
     MalformedKeyError,
     StripeAccessError,
-    StripeCustomers,
     StripeRequestError,
     StripeUnreachableError,
     redact,
@@ -71,7 +71,7 @@ def test_key_never_recorded_when_stripe_refuses_it(monkeypatch, warehouse_path, 
         failure = result.get_step_failure_events()[0].step_failure_data.error
         recorded = everything_recorded(instance, result.run_id, tmp_path)
     assert failure.cause.message.startswith(
-        "census_stripe.stripe_api.StripeAccessError: AuthenticationError (HTTP 401): Unauthorized"
+        "census_stripe.stripe_client.errors.StripeAccessError: AuthenticationError (HTTP 401): Unauthorized"
     )
     assert key not in recorded
     assert key not in caplog.text
@@ -119,7 +119,7 @@ def test_a_hostile_key_is_refused_before_any_call_and_never_recorded(
         assert not result.success
         failure = result.get_step_failure_events()[0].step_failure_data.error
         recorded = everything_recorded(instance, result.run_id, tmp_path)
-    refusal = f"census_stripe.stripe_api.MalformedKeyError: STRIPE_API_KEY contains {named}"
+    refusal = f"census_stripe.stripe_client.errors.MalformedKeyError: STRIPE_API_KEY contains {named}"
     assert failure.cause.message.startswith(refusal)
     assert "STEP_FAILURE" in recorded  # the sweep did read the event log
     captured = capfd.readouterr()

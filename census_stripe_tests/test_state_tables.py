@@ -3,7 +3,7 @@
 import duckdb
 
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
-from census_stripe.warehouse.state import Rejection, StateRecord, SyncStateStore
+from census_stripe.warehouse.state import Rejection, StateRecord, StateStatus, SyncStateStore
 
 ACCOUNT = "acct_1/test"
 
@@ -12,7 +12,8 @@ def test_tables_are_created_once_and_creating_again_is_harmless(tmp_path):
     with duckdb.connect(str(tmp_path / "w.duckdb")) as connection:
         store = SyncStateStore(DuckDBWarehouse(connection), schema="ops sync")
         store.ensure_tables()
-        store.save("s", ACCOUNT, "run1", [StateRecord("k", "cus_1", "h", {"name": "A"}, None, "synced", None)])
+        synced = StateRecord("k", "cus_1", "h", {"name": "A"}, None, StateStatus.SYNCED, None)
+        store.save("s", ACCOUNT, "run1", [synced])
         store.ensure_tables()
         rows = connection.execute('select customer_key, stripe_customer_id from "ops sync".sync_state').fetchall()
     assert rows == [("k", "cus_1")]
@@ -37,11 +38,10 @@ def test_saving_replaces_a_keys_row_and_rejections_append(tmp_path):
     with duckdb.connect(str(tmp_path / "w.duckdb")) as connection:
         store = SyncStateStore(DuckDBWarehouse(connection))
         store.ensure_tables()
-        store.save("s", ACCOUNT, "run1", [StateRecord("k", "cus_1", "h1", {}, None, "synced", None)])
-        store.save(
-            "s", ACCOUNT, "run2", [StateRecord("k", "cus_1", "h1", {}, None, "failed", "APIError (HTTP 500): boom")]
-        )
-        store.save("other", ACCOUNT, "run2", [StateRecord("k", "cus_9", "h9", {}, None, "synced", None)])
+        store.save("s", ACCOUNT, "run1", [StateRecord("k", "cus_1", "h1", {}, None, StateStatus.SYNCED, None)])
+        failed = StateRecord("k", "cus_1", "h1", {}, None, StateStatus.FAILED, "APIError (HTTP 500): boom")
+        store.save("s", ACCOUNT, "run2", [failed])
+        store.save("other", ACCOUNT, "run2", [StateRecord("k", "cus_9", "h9", {}, None, StateStatus.SYNCED, None)])
         for run in ("run1", "run2"):
             store.record_rejections("s", ACCOUNT, run, [Rejection("k2", "K2", "rejected", "invalid email: 'K2'", {})])
         state = connection.execute(

@@ -1,6 +1,6 @@
 """Translating between flat sync fields and Stripe's nested parameters."""
 
-from census_stripe.stripe_api import dashboard_url, flatten_customer, to_params
+from census_stripe.stripe_client.values import dashboard_url, flatten_customer, to_params
 
 
 def test_create_params_nest_objects_and_leave_out_empty_values():

@@ -4,7 +4,7 @@ benchmarks that use it rely on that."""
 import pytest
 import stripe
 
-from census_stripe.stripe_api import make_client
+from census_stripe.stripe_client.client import make_client
 
 
 @pytest.fixture

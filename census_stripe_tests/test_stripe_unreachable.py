@@ -12,10 +12,11 @@ import dagster as dg
 import duckdb
 import pytest
 
-from census_stripe.apply.rate_limit import RateLimits, shared_budget
 from census_stripe.defs.sync_asset import build_sync_asset, load_sync
 from census_stripe.demo.local_stripe import free_port
-from census_stripe.stripe_api import CircuitBreaker, StripeCustomers, StripeUnreachableError
+from census_stripe.stripe_client.client import CircuitBreaker, StripeCustomers
+from census_stripe.stripe_client.errors import StripeUnreachableError
+from census_stripe.stripe_client.rate_limit import RateLimits, shared_budget
 from census_stripe_tests.conftest import DEMO_SYNC, resources
 from census_stripe_tests.stripe_double import StripeDoubleServer
 from census_stripe_tests.synthetic import make_model
@@ -180,7 +181,7 @@ def test_through_dagster_the_run_fails_at_once_with_the_clear_message(warehouse_
     error = failures[0].dagster_event.step_failure_data.error.cause
     assert error.cls_name == "StripeUnreachableError"
     assert error.message.startswith(
-        f"census_stripe.stripe_api.StripeUnreachableError: Stripe unreachable at {url} (APIConnectionError: "
+        f"census_stripe.stripe_client.errors.StripeUnreachableError: Stripe unreachable at {url} (APIConnectionError: "
     )
     assert error.message.rstrip().endswith(": stopped while planning, before any write")
     # One error, not one per row, and no SDK exception chained to it.

@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from census_stripe.demo.seed_data import BAD_ROWS, DEFAULT_CUSTOMERS, generate
-from census_stripe.stripe_api import StripeCustomers
+from census_stripe.stripe_client.client import StripeCustomers
 from census_stripe_tests.conftest import DEMO_SYNC
 
 VALID_USERS = [u for u in generate(DEFAULT_CUSTOMERS)["raw_users"] if u["user_id"] not in BAD_ROWS]

@@ -13,7 +13,8 @@ import pytest
 
 from census_stripe.defs.sync_asset import load_sync
 from census_stripe.demo.local_stripe import LocalStripe
-from census_stripe.stripe_api import StripeAccount, StripeCustomers
+from census_stripe.stripe_client.client import StripeCustomers
+from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
@@ -201,7 +202,14 @@ def test_full_resync_reports_other_customers_that_share_a_known_key(double, mode
 
 def sync_with(model, customers, options: RunOptions):
     with duckdb.connect(str(model)) as connection:
-        return run_sync(SPEC, MODEL, SyncStateStore(DuckDBWarehouse(connection)), customers, "run", options)
+        return run_sync(
+            SPEC,
+            model=MODEL,
+            store=SyncStateStore(DuckDBWarehouse(connection)),
+            customers=customers,
+            run_id="run",
+            options=options,
+        )
 
 
 # -- 5. Damaged state never stops a run --------------------------------------------------------

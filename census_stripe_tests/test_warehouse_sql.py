@@ -6,7 +6,7 @@ import pytest
 
 from census_stripe.plan.sql import changed_rows_query
 from census_stripe.spec import parse_sync_spec
-from census_stripe.stripe_api import StripeCustomers
+from census_stripe.stripe_client.client import StripeCustomers
 from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
@@ -41,7 +41,7 @@ def odd_warehouse(tmp_path):
 def test_identifiers_from_config_are_quoted_and_rows_sync(odd_warehouse, stripe_url):
     spec = parse_sync_spec(ODD_SPEC, "odd.yaml")
     customers = StripeCustomers(API_KEY, stripe_url)
-    report = run_sync(spec, ODD_MODEL, SyncStateStore(odd_warehouse), customers, run_id="r1")
+    report = run_sync(spec, model=ODD_MODEL, store=SyncStateStore(odd_warehouse), customers=customers, run_id="r1")
     assert report.counts()["created"] == 3
     synced = {c.values["email"]: c.values for c in StripeCustomers(API_KEY, stripe_url).iter_all()}
     assert synced["B@Example.com"]["name"] == "Bob"
@@ -52,7 +52,7 @@ def test_identifiers_from_config_are_quoted_and_rows_sync(odd_warehouse, stripe_
 def test_only_changed_rows_leave_the_warehouse(odd_warehouse, stripe_url):
     spec = parse_sync_spec(ODD_SPEC, "odd.yaml")
     store = SyncStateStore(odd_warehouse)
-    report = run_sync(spec, ODD_MODEL, store, StripeCustomers(API_KEY, stripe_url), run_id="r1")
+    report = run_sync(spec, model=ODD_MODEL, store=store, customers=StripeCustomers(API_KEY, stripe_url), run_id="r1")
     query = changed_rows_query(spec, ODD_MODEL, store.state, report.account.key, "duckdb")
     assert odd_warehouse.query(query).empty
 
@@ -67,10 +67,20 @@ def test_only_changed_rows_leave_the_warehouse(odd_warehouse, stripe_url):
 
 def test_a_new_mapping_re_examines_every_row(odd_warehouse, stripe_url):
     spec = parse_sync_spec(ODD_SPEC, "odd.yaml")
-    run_sync(spec, ODD_MODEL, SyncStateStore(odd_warehouse), StripeCustomers(API_KEY, stripe_url), run_id="r1")
+    run_sync(
+        spec,
+        model=ODD_MODEL,
+        store=SyncStateStore(odd_warehouse),
+        customers=StripeCustomers(API_KEY, stripe_url),
+        run_id="r1",
+    )
     wider = parse_sync_spec(ODD_SPEC + "constants:\n  description: from the warehouse\n", "odd.yaml")
     report = run_sync(
-        wider, ODD_MODEL, SyncStateStore(odd_warehouse), StripeCustomers(API_KEY, stripe_url), run_id="r2"
+        wider,
+        model=ODD_MODEL,
+        store=SyncStateStore(odd_warehouse),
+        customers=StripeCustomers(API_KEY, stripe_url),
+        run_id="r2",
     )
     counts = report.counts()
     assert (counts["updated"], counts["created"]) == (3, 0)
@@ -81,7 +91,12 @@ def test_dry_run_sends_nothing_and_saves_nothing(odd_warehouse, stripe_url):
     spec = parse_sync_spec(ODD_SPEC, "odd.yaml")
     customers = StripeCustomers(API_KEY, stripe_url)
     report = run_sync(
-        spec, ODD_MODEL, SyncStateStore(odd_warehouse), customers, run_id="r1", options=RunOptions(dry_run=True)
+        spec,
+        model=ODD_MODEL,
+        store=SyncStateStore(odd_warehouse),
+        customers=customers,
+        run_id="r1",
+        options=RunOptions(dry_run=True),
     )
     assert report.counts()["planned_creates"] == 3
     # Which account the key reaches, then one listing of it; no write.

@@ -28,11 +28,11 @@ from dagster_duckdb import DuckDBResource
 from dagster_snowflake import SnowflakeResource
 
 from census_stripe.defs.resources import StripeResource
+from census_stripe.defs.snowflake_warehouse import SnowflakeWarehouseResource
 from census_stripe.defs.sync_asset import build_sync_asset, load_sync
 from census_stripe.defs.warehouses import (
     DuckDBWarehouseResource,
     PostgresWarehouseResource,
-    SnowflakeWarehouseResource,
     WarehouseResource,
 )
 from census_stripe.demo.seed_data import DEFAULT_CUSTOMERS, write_seeds
@@ -40,7 +40,7 @@ from census_stripe.plan import sql
 from census_stripe.settings import DBT_PROJECT_DIR
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.postgres import RedshiftWarehouse
-from census_stripe.warehouse.state import StateRecord, SyncStateStore
+from census_stripe.warehouse.state import StateRecord, StateStatus, SyncStateStore
 from census_stripe_tests.conftest import API_KEY, DEMO_SYNC, postgres_sql, require_postgres
 
 POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "test"}
@@ -191,9 +191,9 @@ def test_the_redshift_adapter_runs_its_statements_over_the_postgres_protocol(pos
             "s",
             "acct_1/test",
             "r1",
-            [StateRecord(f"k{i}", f"cus_{i}", "h", {"a": "1"}, None, "synced", None) for i in range(250)],
+            [StateRecord(f"k{i}", f"cus_{i}", "h", {"a": "1"}, None, StateStatus.SYNCED, None) for i in range(250)],
         )
-        store.save("s", "acct_1/test", "r2", [StateRecord("k1", "cus_1", "h2", {}, None, "failed", "boom")])
+        store.save("s", "acct_1/test", "r2", [StateRecord("k1", "cus_1", "h2", {}, None, StateStatus.FAILED, "boom")])
         chunks = list(store.warehouse.query_chunks(f'select * from "{store.state.schema}"."sync_state"', 100))
         assert [len(chunk) for chunk in chunks] == [100, 100, 50]
         assert store.known_customers("s", "acct_1/test") == 250

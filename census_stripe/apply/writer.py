@@ -1,7 +1,7 @@
 """Applying a plan: one Stripe write per changed row, many in flight, every result accounted for.
 
 Writes run on a pool of threads around one shared client; the account's rate budget
-(apply/rate_limit.py) paces them, and StripeCustomers retries what can be retried. A row that
+(stripe_client/rate_limit.py) paces them, and StripeCustomers retries what can be retried. A row that
 Stripe refuses for good is recorded with Stripe's message and the run goes on. When Stripe is
 unreachable (StripeUnreachableError) the writer stops: it submits nothing more, hands over what
 the writes in flight got, and raises. Results are handed to the caller in batches, on the caller's
@@ -16,19 +16,33 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
 
 from census_stripe.plan.planner import Action, PlannedRow
-from census_stripe.stripe_api import StripeCustomers, StripeRequestError
+from census_stripe.stripe_client.errors import StripeRequestError
+from census_stripe.warehouse.state import StateStatus
+
+if TYPE_CHECKING:
+    # The client is handed in; importing only its errors keeps the SDK out of loading Dagster's code location.
+    from census_stripe.stripe_client.client import StripeCustomers
 
 log = logging.getLogger(__name__)
+
+
+class WriteStatus(str, Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    FAILED = "failed"
+    # An update Stripe answered 404: the customer is gone, and the key must be looked up again
+    # before anything is created.
+    MISSING = "missing"
 
 
 @dataclass(frozen=True)
 class Outcome:
     row: PlannedRow
-    # created | updated | failed | missing (an update Stripe answered 404: the customer is gone,
-    # and the key must be looked up again before anything is created)
-    status: str
+    status: WriteStatus
     stripe_id: str | None
     error: str | None = None
 
@@ -44,7 +58,7 @@ def idempotency_key(sync_name: str, row: PlannedRow) -> str:
     key was looked up again (consistently) before this run planned to create it.
     """
     prior = row.candidate.prior
-    after_failure = prior.run_id if prior and prior.status == "failed" else ""
+    after_failure = prior.run_id if prior and prior.status is StateStatus.FAILED else ""
     if row.action is Action.CREATE:
         target = prior.stripe_id if prior and prior.stripe_id else ""
     else:
@@ -148,7 +162,7 @@ class StripeWriter:
             # back for a day. Only now is it known that a new customer is wanted.
             self.logger.info("Stripe replayed the create of %s, since deleted; creating anew", created.id)
             created = self.customers.create(values, f"{key}-after-{created.id}")
-        return Outcome(row, "created", created.id)
+        return Outcome(row, WriteStatus.CREATED, created.id)
 
     def _write(self, row: PlannedRow) -> Outcome:
         try:
@@ -156,10 +170,10 @@ class StripeWriter:
                 return self._create(row)
             try:
                 self.customers.update(row.stripe_id, row.values_to_send(), idempotency_key(self.sync_name, row))
-                return Outcome(row, "updated", row.stripe_id)
+                return Outcome(row, WriteStatus.UPDATED, row.stripe_id)
             except StripeRequestError as error:
                 if error.http_status != 404:
                     raise
-                return Outcome(row, "missing", row.stripe_id, f"customer {row.stripe_id} is not in Stripe")
+                return Outcome(row, WriteStatus.MISSING, row.stripe_id, f"customer {row.stripe_id} is not in Stripe")
         except StripeRequestError as error:
-            return Outcome(row, "failed", row.stripe_id, str(error))
+            return Outcome(row, WriteStatus.FAILED, row.stripe_id, str(error))

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 from pydantic import Field
 
-from census_stripe.apply.rate_limit import RateLimits, is_live_key, shared_budget
-from census_stripe.stripe_api import StripeAccessError, StripeCustomers, check_api_key, dashboard_url
+from census_stripe.stripe_client.errors import StripeAccessError, check_api_key
+from census_stripe.stripe_client.rate_limit import RateLimits, is_live_key, shared_budget
+from census_stripe.stripe_client.values import dashboard_url
+
+if TYPE_CHECKING:
+    from census_stripe.stripe_client.client import StripeCustomers
 
 
 class StripeResource(dg.ConfigurableResource):
@@ -32,6 +38,8 @@ class StripeResource(dg.ConfigurableResource):
     def customers(self) -> StripeCustomers:
         # A malformed key is named as such before anything reads its mode. Not a pydantic
         # validator: pydantic's errors quote the value they refuse.
+        from census_stripe.stripe_client.client import StripeCustomers  # the SDK, imported when a run calls Stripe
+
         check_api_key(self.api_key)
         if is_live_key(self.api_key) and not self.allow_live_mode:
             raise StripeAccessError(

@@ -182,7 +182,14 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
             store = SyncStateStore(session, warehouse.state_schema)
             customers = stripe.customers()
             report = run_sync(
-                spec, model.relation, store, customers, context.run.run_id, options, context.log, stripe.concurrency
+                spec,
+                model=model.relation,
+                store=store,
+                customers=customers,
+                run_id=context.run.run_id,
+                options=options,
+                log=context.log,
+                concurrency=stripe.concurrency,
             )
         metadata = report_metadata(report, stripe.customer_url)
         if options.dry_run:

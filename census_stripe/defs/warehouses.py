@@ -2,7 +2,8 @@
 
 CENSUS_STRIPE_WAREHOUSE picks one (duckdb, postgres, redshift, snowflake, bigquery); each reads
 its credentials from the same environment variables as its dbt target in dbt_project/profiles.yml.
-Drivers are imported on use, so a DuckDB-only install needs none of the others.
+Drivers are imported on use, so a DuckDB-only install needs none of the others, and loading the
+code location pays only for the chosen warehouse's libraries (Snowflake's alone take seconds).
 """
 
 import os
@@ -13,7 +14,6 @@ from typing import ClassVar
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
-from dagster_snowflake import SnowflakeResource
 from pydantic import Field
 
 from census_stripe.settings import WAREHOUSES, duckdb_path, warehouse_kind
@@ -96,18 +96,6 @@ class RedshiftWarehouseResource(PostgresWarehouseResource):
         return RedshiftWarehouse
 
 
-class SnowflakeWarehouseResource(WarehouseResource):
-    kind: ClassVar[str] = "snowflake"
-    snowflake: SnowflakeResource
-
-    @contextmanager
-    def open(self, read_only: bool = False) -> Iterator[Warehouse]:
-        from census_stripe.warehouse.snowflake import SnowflakeWarehouse
-
-        with self.snowflake.get_connection() as connection:
-            yield SnowflakeWarehouse(connection)
-
-
 class BigQueryWarehouseResource(WarehouseResource):
     kind: ClassVar[str] = "bigquery"
     project: str
@@ -141,6 +129,10 @@ def warehouse_from_env() -> WarehouseResource:
         settings = {field: value for field, name in names.items() if (value := os.environ.get(prefix + name))}
         return resource(**settings, password=_secret(prefix + "PASSWORD"))
     if kind == "snowflake":
+        from dagster_snowflake import SnowflakeResource
+
+        from census_stripe.defs.snowflake_warehouse import SnowflakeWarehouseResource
+
         names = ("HOST", "PORT", "PROTOCOL")
         stand_in = {name.lower(): value for name in names if (value := os.environ.get(f"SNOWFLAKE_{name}"))}
         return SnowflakeWarehouseResource(

@@ -23,10 +23,10 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from census_stripe.apply.rate_limit import is_live_key
 from census_stripe.demo.local_stripe import LocalStripe, free_port, stop_process_group
 from census_stripe.demo.seed_data import demo_customer_count, write_seeds
 from census_stripe.settings import DATA_DIR, PROJECT_ROOT, SYNCS_DIR, UnknownWarehouseError, duckdb_path, warehouse_kind
+from census_stripe.stripe_client.rate_limit import is_live_key
 
 LOCAL_STRIPE_DATA = DATA_DIR / "localstripe.pickle"
 DAGSTER_HOME = DATA_DIR / "dagster_home"

@@ -19,12 +19,24 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from census_stripe.plan.keys import normalize_key
 from census_stripe.spec import LookupStrategy
-from census_stripe.stripe_api import PAGE_SIZE, Page, StripeCustomer, StripeCustomers
+from census_stripe.stripe_client.values import PAGE_SIZE, Page, StripeCustomer
+
+if TYPE_CHECKING:
+    # Planning never imports the SDK: the client is handed in.
+    from census_stripe.stripe_client.client import StripeCustomers
 
 Found = dict[str, list[StripeCustomer]]
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    found: Found  # normalized key -> every customer with it
+    how: str  # already_listed, list_all or per_key: the way the lookup took, for the run's metadata
 
 
 def index_by_key(customers: Iterable[StripeCustomer], key_field: str) -> Found:
@@ -51,25 +63,23 @@ class CustomerLookup:
         self.strategy = strategy
         self.listed = listed  # the whole account, when the run listed it already (full resync)
         self.known_pages = -(-known_customers // PAGE_SIZE)  # listing costs at least this many calls
-        self.used: str | None = None  # the way the last call took, for the run's metadata
 
-    def __call__(self, wanted: Mapping[str, str]) -> Found:
+    def __call__(self, wanted: Mapping[str, str]) -> LookupResult:
         """Customers for each key; `wanted` maps a normalized key to the key as the model writes it."""
         if self.listed is not None:
-            self.used = "already_listed"
-            return self._index([Page(self.listed, has_more=False)], wanted, page_budget=None)
+            listed = self._index([Page(self.listed, has_more=False)], wanted, page_budget=None)
+            return LookupResult(listed, "already_listed")
         if self.key_field != "email" or self.strategy == "list_all":
-            return self._by_listing(wanted, page_budget=None)
+            return LookupResult(self._by_listing(wanted, page_budget=None), "list_all")
         spellings = {key: sorted({written, key}) for key, written in wanted.items()}
         per_key_calls = sum(map(len, spellings.values()))
         if self.strategy == "auto" and per_key_calls > self.known_pages:
             found = self._by_listing(wanted, page_budget=per_key_calls)
             if found is not None:
-                return found
-        return self._per_key(spellings)
+                return LookupResult(found, "list_all")
+        return LookupResult(self._per_key(spellings), "per_key")
 
     def _by_listing(self, wanted: Mapping[str, str], page_budget: int | None) -> Found | None:
-        self.used = "list_all"
         return self._index(self.customers.iter_pages(), wanted, page_budget)
 
     def _index(self, pages: Iterable[Page], wanted: Mapping[str, str], page_budget: int | None) -> Found | None:
@@ -84,7 +94,6 @@ class CustomerLookup:
         return found
 
     def _per_key(self, spellings: Mapping[str, list[str]]) -> Found:
-        self.used = "per_key"
         found: Found = {}
         for key, variants in spellings.items():
             matches = {

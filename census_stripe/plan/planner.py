@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from census_stripe.fields import lookup_field
+from census_stripe.plan.lookup import LookupResult
 from census_stripe.plan.rows import Candidate, rejection_reason
 from census_stripe.spec import SyncSpec
-from census_stripe.stripe_api import StripeCustomer, blank_to_none
+from census_stripe.stripe_client.values import StripeCustomer, blank_to_none
 
 
 class Action(str, Enum):
@@ -128,7 +129,7 @@ def _matched(spec: SyncSpec, candidate: Candidate, matches: list[StripeCustomer]
     return _compare(candidate, chosen, repush, duplicates=ids)
 
 
-Lookup = Callable[[Mapping[str, str]], Mapping[str, list[StripeCustomer]]]
+Lookup = Callable[[Mapping[str, str]], LookupResult]
 
 
 @dataclass(frozen=True)
@@ -173,27 +174,29 @@ def build_plan(
         else:
             # Never matched, or deleted in Stripe since: find it by key like a new row.
             unmatched.append(candidate)
-    plan.rows.extend(decide_by_key(spec, unmatched, lookup, repush))
+    decided, plan.lookup = decide_by_key(spec, unmatched, lookup, repush)
+    plan.rows.extend(decided)
     return plan
 
 
 def decide_by_key(
     spec: SyncSpec, candidates: list[Candidate], lookup: Lookup, repush: bool = False
-) -> list[PlannedRow]:
+) -> tuple[list[PlannedRow], str | None]:
     """Candidates without a usable Stripe id, decided by looking their keys up (one `lookup`
-    call for all): a customer found is adopted; only a key Stripe does not have is created."""
+    call for all): a customer found is adopted; only a key Stripe does not have is created.
+    Returns the rows, and how the lookup found customers (None when nothing was looked up)."""
     if not candidates:
-        return []
-    found = lookup({candidate.key: candidate.values[spec.key.field] for candidate in candidates})
+        return [], None
+    result = lookup({candidate.key: candidate.values[spec.key.field] for candidate in candidates})
     rows = []
     for candidate in candidates:
-        if matches := found.get(candidate.key):
+        if matches := result.found.get(candidate.key):
             rows.append(_matched(spec, candidate, matches, repush))
         elif spec.behavior == "update_or_create":
             rows.append(PlannedRow(Action.CREATE, candidate, changes=diff({}, candidate.values)))
         else:
             rows.append(PlannedRow(Action.SKIP_NOT_FOUND, candidate, reason=_not_found_reason(spec, candidate)))
-    return rows
+    return rows, result.how
 
 
 def _not_found_reason(spec: SyncSpec, candidate: Candidate) -> str:

@@ -6,13 +6,17 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from census_stripe.fields import lookup_field
 from census_stripe.plan import keys, sql
 from census_stripe.spec import SyncSpec, value_problem
-from census_stripe.stripe_api import blank_to_none
+from census_stripe.stripe_client.values import blank_to_none
+from census_stripe.warehouse.base import is_missing
+from census_stripe.warehouse.state import StateStatus
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where rows are read: loading the code location reads none
 
 # Deliberately loose: one @, something on each side, a dot in the domain, no spaces. Stripe itself
 # accepts far worse; this catches what a person would call "not an email".
@@ -27,7 +31,7 @@ class PriorState:
     row_hash: str | None
     synced_values: dict[str, str | None] | None
     synced_at: datetime | None
-    status: str | None = None
+    status: StateStatus | None = None
     run_id: str | None = None  # the run that last touched this key
 
 
@@ -47,7 +51,7 @@ class Candidate:
 
 
 def _none_if_missing(value):
-    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else value
+    return None if is_missing(value) else value
 
 
 def candidates_from_chunk(spec: SyncSpec, chunk: pd.DataFrame) -> list[Candidate]:
@@ -74,7 +78,7 @@ def candidates_from_chunk(spec: SyncSpec, chunk: pd.DataFrame) -> list[Candidate
                     row_hash=state["row_hash"],
                     synced_values=synced_values,
                     synced_at=state["synced_at"],
-                    status=state["status"],
+                    status=StateStatus(state["status"]) if state["status"] else None,
                     run_id=state["run_id"],
                 )
         out.append(

@@ -12,10 +12,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import pandas as pd
 from sqlglot import exp
+
+if TYPE_CHECKING:
+    # Imported where rows are handled: pandas takes about a second, and loading Dagster's code
+    # location, which imports this module, handles none.
+    import pandas as pd
 
 ROWS_PER_INSERT = 500
 
@@ -32,11 +36,19 @@ class Relation:
         return exp.table_(self.name, db=self.schema, catalog=self.database, quoted=True)
 
 
+def is_missing(value) -> bool:
+    """None, or what a result frame holds for NULL (NaN, NaT, pd.NA)."""
+    import pandas as pd
+
+    return value is None or (not isinstance(value, str) and pd.isna(value))
+
+
 def literal(value) -> exp.Expression:
     """A Python value as a SQL literal; sqlglot escapes it for the dialect."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
+    if is_missing(value):
         return exp.Null()
-    if isinstance(value, datetime | pd.Timestamp):
+    # pandas' Timestamp is a datetime.
+    if isinstance(value, datetime):
         return exp.cast(exp.Literal.string(value.strftime("%Y-%m-%d %H:%M:%S.%f")), "timestamp")
     if isinstance(value, date):
         return exp.cast(exp.Literal.string(value.isoformat()), "date")

@@ -17,13 +17,17 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from enum import Enum
 from itertools import islice
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from sqlglot import exp
 
-from census_stripe.stripe_api import StripeAccount
+from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.warehouse.base import Relation, Warehouse, literal
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported on use: loading the code location handles no rows
 
 DEFAULT_SCHEMA = "census_stripe"
 
@@ -36,7 +40,7 @@ _STATE_COLUMNS = {
     "row_hash": "text",
     "synced_values": "text",  # JSON: field -> value, as Stripe holds them after the last sync
     "synced_at": "timestamp",
-    "status": "text",  # synced | failed | rejected | not_found
+    "status": "text",  # a StateStatus
     "error": "text",
     "run_id": "text",
     "updated_at": "timestamp",
@@ -53,7 +57,7 @@ _REJECTION_COLUMNS = {
     "recorded_at": "timestamp",
 }
 _ACCOUNT_COLUMNS = {
-    "connection": "text",  # a digest of the API base and key (stripe_api.connection_fingerprint)
+    "connection": "text",  # a digest of the API base and key (StripeCustomers.connection_fingerprint)
     "account_id": "text",
     "livemode": "boolean",
     "identified_at": "timestamp",
@@ -81,6 +85,15 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+class StateStatus(str, Enum):
+    """How a key's last run ended; stored as its text."""
+
+    SYNCED = "synced"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    NOT_FOUND = "not_found"
+
+
 @dataclass(frozen=True)
 class StateRecord:
     """One key's state after a run."""
@@ -90,7 +103,7 @@ class StateRecord:
     row_hash: str | None
     synced_values: dict | None
     synced_at: datetime | None
-    status: str
+    status: StateStatus
     error: str | None
 
 
@@ -201,7 +214,7 @@ class SyncStateStore:
                 "row_hash": r.row_hash,
                 "synced_values": json.dumps(r.synced_values, sort_keys=True) if r.synced_values is not None else None,
                 "synced_at": r.synced_at,
-                "status": r.status,
+                "status": r.status.value,
                 "error": r.error,
                 "run_id": run_id,
                 "updated_at": now,
@@ -302,6 +315,8 @@ def of_sync(sync_name: str, account: str, table: str | None = None) -> exp.Expre
 
 
 def _frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
+    import pandas as pd
+
     frame = pd.DataFrame(rows, columns=list(columns))
     for name, kind in columns.items():
         frame[name] = pd.to_datetime(frame[name]) if kind == "timestamp" else frame[name].astype(object)

@@ -1,35 +1,38 @@
-"""Stripe Customers through the official SDK: reads for matching, writes for applying a plan.
-
-Everything here speaks in flat field values (`{"address.city": "Paris"}`), the sync's own
-vocabulary; `to_params` and `flatten_customer` translate to and from Stripe's nested objects.
-"""
+"""Stripe Customers through the official SDK: reads for matching, writes for applying a plan,
+within the account's rate budget (rate_limit.py), in the flat field values of values.py."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 import random
-import re
-import string
 import threading
-import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import TypeVar
-from urllib.parse import quote, quote_plus
 
 import stripe
 
-from census_stripe.apply.rate_limit import RateBudget, RateLimits, is_live_key, shared_budget
-from census_stripe.fields import METADATA_PREFIX, WHOLE_OBJECTS, lookup_field
+from census_stripe.stripe_client.errors import (
+    StripeAccessError,
+    StripeRequestError,
+    StripeUnreachableError,
+    check_api_key,
+    redact,
+)
+from census_stripe.stripe_client.rate_limit import RateBudget, RateLimits, is_live_key, shared_budget
+from census_stripe.stripe_client.values import (
+    PAGE_SIZE,
+    STRIPE_API_BASE,
+    Created,
+    FieldValues,
+    Page,
+    StripeAccount,
+    StripeCustomer,
+    flatten_customer,
+    to_params,
+)
 
 T = TypeVar("T")
-
-FieldValues = Mapping[str, "str | None"]
-PAGE_SIZE = 100
-STRIPE_API_BASE = stripe.DEFAULT_API_BASE
 
 
 def make_client(api_key: str, api_base: str | None = None, max_network_retries: int = 2) -> stripe.StripeClient:
@@ -39,90 +42,6 @@ def make_client(api_key: str, api_base: str | None = None, max_network_retries: 
         base_addresses={"api": api_base} if api_base else None,
         max_network_retries=max_network_retries,
     )
-
-
-def dashboard_url(customer_id: str, api_key: str, api_base: str | None) -> str | None:
-    """Where a person looks at a customer in Stripe's dashboard; None for another server (a local
-    emulator has no dashboard, and its API answers a browser with 401)."""
-    if api_base and api_base.rstrip("/") != STRIPE_API_BASE:
-        return None
-    mode = "" if is_live_key(api_key) else "test/"
-    return f"https://dashboard.stripe.com/{mode}customers/{customer_id}"
-
-
-def blank_to_none(value: str | None) -> str | None:
-    """Stripe reads an empty string as "unset": both spellings of nothing compare equal."""
-    return value if value not in ("", None) else None
-
-
-def flatten_customer(customer: Mapping) -> dict[str, str | None]:
-    """A customer's fields as dotted paths, the way sync files name them."""
-    flat: dict[str, str | None] = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, Mapping):
-            for key, child in value.items():
-                walk(f"{prefix}{key}.", child)
-        else:
-            flat[prefix[:-1]] = None if value is None else str(value)
-
-    for name in ("email", "name", "phone", "description", "tax_exempt", "balance", *WHOLE_OBJECTS):
-        if name in customer:
-            walk(f"{name}.", customer[name])
-    for key, value in (customer.get("metadata") or {}).items():
-        flat[METADATA_PREFIX + key] = value
-    return {path: blank_to_none(value) for path, value in flat.items()}
-
-
-def to_params(values: FieldValues, unset_missing: bool) -> dict:
-    """Stripe request parameters for flat field values.
-
-    On create (`unset_missing=False`) empty values are left out. On update they become "" so that
-    Stripe clears them, and an object whose mapped parts are all empty is cleared whole.
-    """
-    params: dict = {}
-    objects_with_content: set[str] = set()
-    for path, value in values.items():
-        value = blank_to_none(value)
-        field = lookup_field(path)
-        if value is None and (not unset_missing or field.object_name):
-            continue
-        if field.object_name:
-            objects_with_content.add(field.object_name)
-        *parents, leaf = path.split(".")
-        target = params
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = "" if value is None else int(value) if field.integer else value
-    if unset_missing:
-        touched_objects = {lookup_field(path).object_name for path in values} - {None}
-        for name in touched_objects - objects_with_content:
-            params[name] = ""
-    return params
-
-
-@dataclass(frozen=True)
-class StripeAccount:
-    """The Stripe account and mode a key writes to; sync state belongs to exactly one.
-
-    `id` is Stripe's `acct_...`, or, for a server that has no account endpoint (a local
-    emulator), an identity derived from the API base and the key's mode.
-    """
-
-    id: str
-    livemode: bool
-
-    @property
-    def mode(self) -> str:
-        return "live" if self.livemode else "test"
-
-    @property
-    def key(self) -> str:
-        """What the state tables file rows under: test and live data of one account never meet."""
-        return f"{self.id}/{self.mode}"
-
-    def __str__(self) -> str:
-        return f"{self.id} ({self.mode} mode)"
 
 
 def local_account(api_base: str, api_key: str) -> StripeAccount:
@@ -138,28 +57,8 @@ def key_bound_account(api_key: str) -> StripeAccount:
     return StripeAccount(f"key_{digest}", is_live_key(api_key))
 
 
-@dataclass(frozen=True)
-class StripeCustomer:
-    id: str
-    values: dict[str, str | None]
-    created: int = 0  # unix seconds, to tell duplicates apart
-
-
 def _customer(customer: dict) -> StripeCustomer:
     return StripeCustomer(customer["id"], flatten_customer(customer), customer.get("created") or 0)
-
-
-@dataclass(frozen=True)
-class Created:
-    id: str
-    # Stripe answered with the stored response of an earlier request with the same key.
-    replayed: bool
-
-
-@dataclass(frozen=True)
-class Page:
-    customers: list[StripeCustomer]
-    has_more: bool
 
 
 class CallCounter:
@@ -181,115 +80,6 @@ class CallCounter:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
-
-
-class StripeAccessError(RuntimeError):
-    """Stripe refused the API key itself (401, 403): no row can succeed. The key is redacted."""
-
-    def __init__(self, message: str, http_status: int | None = None):
-        super().__init__(message)
-        self.http_status = http_status
-
-
-class MalformedKeyError(StripeAccessError):
-    """The API key cannot be a usable Stripe key; refused before any request. The message never quotes it."""
-
-
-class StripeRequestError(RuntimeError):
-    """Stripe refused a request for good, or it failed after every retry; the key is redacted.
-
-    Errors of the SDK never leave this module: they may quote the request's `Authorization` header.
-    """
-
-    def __init__(self, message: str, http_status: int | None = None):
-        super().__init__(message)
-        self.http_status = http_status
-
-
-class StripeUnreachableError(RuntimeError):
-    """Stripe did not answer, or answered 5xx, too many times in a row: the run stops at once
-    instead of retrying every row to exhaustion. The key is redacted."""
-
-
-KEY_PREFIXES = ("sk_test_", "sk_live_", "rk_test_", "rk_live_")
-KEY_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_")
-_CHARACTER_NAMES = {
-    "\n": "a newline",
-    "\r": "a carriage return",
-    "\t": "a tab",
-    " ": "a space",
-    "\0": "a NUL character",
-}
-
-
-def _character_name(character: str) -> str:
-    """A character named, never shown: it may be invisible, and is part of the key."""
-    named = _CHARACTER_NAMES.get(character)
-    return named or f"U+{ord(character):04X} {unicodedata.name(character, '')}".rstrip()
-
-
-def check_api_key(api_key: str) -> None:
-    """Refuse, before any request, a key that cannot work: a stray newline or space from how the
-    variable was set would otherwise reach the SDK, whose errors quote the header that holds it."""
-    if not api_key:
-        raise MalformedKeyError("STRIPE_API_KEY is empty: check how the variable is set")
-    for position, character in enumerate(api_key, start=1):
-        if character not in KEY_CHARACTERS:
-            raise MalformedKeyError(
-                f"STRIPE_API_KEY contains {_character_name(character)} (character {position} of {len(api_key)}); "
-                "Stripe keys are a single line of letters, digits and underscores: check how the variable is set"
-            )
-    if api_key.startswith("pk_"):
-        raise MalformedKeyError(
-            "STRIPE_API_KEY is a publishable key (pk_...), which cannot write customers; "
-            "use a secret (sk_...) or restricted (rk_...) key"
-        )
-    if not api_key.startswith(KEY_PREFIXES) or api_key in KEY_PREFIXES:
-        raise MalformedKeyError(
-            "STRIPE_API_KEY does not look like a Stripe key: Stripe keys start with "
-            f"{', '.join(KEY_PREFIXES)}, followed by letters, digits and underscores"
-        )
-
-
-# Parts of a key shorter than this are not redacted on their own: too common to blank out of a
-# message, too short to be of use. Stripe's own key bodies are about 100 characters.
-MIN_REDACTED_PART = 12
-
-
-def _written_forms(text: str) -> set[str]:
-    """How a string shows up in an error message: as is, as Python, JSON or a URL escape it."""
-    url_forms = {quote(text, safe=""), quote_plus(text, safe="")}
-    return {
-        text,
-        repr(text)[1:-1],
-        repr(text.encode())[2:-1],
-        json.dumps(text)[1:-1],
-        json.dumps(text, ensure_ascii=False)[1:-1],
-        *url_forms,
-        *(re.sub(r"%[0-9A-F]{2}", lambda escape: escape.group().lower(), form) for form in url_forms),
-    }
-
-
-@functools.lru_cache(maxsize=8)
-def _secret_pattern(secret: str) -> re.Pattern | None:
-    """Every form of the secret worth finding in a text, longest first so that no tail survives."""
-    stripped = secret.strip()
-    body = re.sub(r"^[a-z]+_(test|live)_", "", stripped)
-    parts = {secret, stripped}
-    for text in (stripped, body):
-        cleaned = "".join(c for c in text if c in KEY_CHARACTERS)
-        pieces = re.split(r"[^A-Za-z0-9_]+", text)
-        parts |= {part for part in (text, cleaned, *pieces) if len(part) >= MIN_REDACTED_PART}
-    forms = set().union(*map(_written_forms, parts)) - {""}
-    if not forms:
-        return None
-    return re.compile("|".join(map(re.escape, sorted(forms, key=len, reverse=True))))
-
-
-def redact(text: str, secret: str) -> str:
-    """`text` with the secret removed, also escaped, stripped of whitespace or without its prefix."""
-    pattern = _secret_pattern(secret) if secret else None
-    return pattern.sub("[redacted]", text) if pattern else text
 
 
 class CircuitBreaker:
@@ -337,6 +127,14 @@ BUSY_STATUSES = {409, 429}
 WRITE_CHECK_ID = "cus_census_stripe_write_access_check"
 
 
+def stripe_advice(error: stripe.StripeError) -> bool | None:
+    """Whether Stripe says a retry can succeed, in its `Stripe-Should-Retry` header; None when it
+    does not say. The SDK follows it over the status, and so do we: "false" on a 5xx a retry would
+    only replay, "true" on, say, a lock timeout."""
+    headers = {name.lower(): value for name, value in (error.headers or {}).items()}
+    return {"true": True, "false": False}.get(headers.get("stripe-should-retry"))
+
+
 def backoff_seconds(attempt: int) -> float:
     """0.5 s doubling to 8 s, with full jitter, so that retrying threads do not march in step."""
     return min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
@@ -345,10 +143,11 @@ def backoff_seconds(attempt: int) -> float:
 class StripeCustomers:
     """The customer endpoints a sync uses: within the account's rate budget, retried, counted.
 
-    Every request first waits for the account's budget (apply/rate_limit.py). 429s, 5xx and
-    connection errors are retried here with backoff, a write with its own idempotency key, so a
-    retry replays rather than repeats; a circuit breaker stops every call once Stripe looks
-    unreachable. Errors leave here as this module's own, without the API key in them.
+    Every request first waits for the account's budget (rate_limit.py). 429s, 409s, 5xx and
+    connection errors are retried here with backoff, unless Stripe's `Stripe-Should-Retry` header
+    says otherwise (either way); a write keeps its idempotency key, so a retry replays rather than
+    repeats. A circuit breaker stops every call once Stripe looks unreachable. Errors leave here
+    as this module's own, without the API key in them.
     """
 
     def __init__(
@@ -402,7 +201,10 @@ class StripeCustomers:
             if isinstance(failure, stripe.RateLimitError):
                 self.calls.add_rate_limited()
                 self.budget.rate_limited(endpoint)
-            if attempt == self.max_attempts or not (failing or failure.http_status in BUSY_STATUSES):
+            retry = stripe_advice(failure)
+            if retry is None:
+                retry = failing or failure.http_status in BUSY_STATUSES
+            if attempt == self.max_attempts or not retry:
                 raise StripeRequestError(self.describe(failure), failure.http_status)
             self.breaker.sleep(backoff_seconds(attempt))
         raise AssertionError("the last attempt returns or raises")
