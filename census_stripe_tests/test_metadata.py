@@ -10,6 +10,7 @@ import pytest
 from census_stripe.apply.writer import Outcome
 from census_stripe.defs.metadata import LIST_WIDTH, PREVIEW_ROWS, SUMMARY_WIDTH, report_metadata
 from census_stripe.defs.sync_asset import sync_description
+from census_stripe.plan.lookup import LookupResult
 from census_stripe.plan.planner import Action, build_plan
 from census_stripe.plan.rows import Candidate, PriorState
 from census_stripe.plan.sql import ModelSlice
@@ -57,7 +58,7 @@ def report(candidates, *, behavior="update_or_create", rows_read=None, written=T
         sync,
         candidates,
         rows_read or len(candidates),
-        lambda keys: {key: [StripeCustomer(found[key], {})] for key in keys if key in found},
+        lambda keys: LookupResult({key: [StripeCustomer(found[key], {})] for key in keys if key in found}, "per_key"),
         repush=options.repush,
     )
     outcomes = []
