@@ -7,12 +7,12 @@ import os
 
 import dagster as dg
 
-from census_stripe.defs.dbt import daily_partitioned_models, dbt_resource, warehouse_models
-from census_stripe.defs.executor import sync_executor
-from census_stripe.defs.resources import StripeResource
-from census_stripe.defs.sync_asset import build_sync_asset, load_sync
-from census_stripe.defs.triggers import sync_triggers
-from census_stripe.defs.warehouses import warehouse_from_env
+from census_stripe.orchestration.dbt import daily_partitioned_models, dbt_resource, warehouse_models
+from census_stripe.orchestration.executor import sync_executor
+from census_stripe.orchestration.resources import StripeResource
+from census_stripe.orchestration.sync_asset import build_sync_asset, load_sync
+from census_stripe.orchestration.triggers import sync_triggers
+from census_stripe.orchestration.warehouses import warehouse_from_env
 from census_stripe.settings import SYNCS_DIR
 
 warehouse = warehouse_from_env()
@@ -35,7 +35,7 @@ defs = dg.Definitions(
     schedules=schedules,
     # Steps run one after another in the run's process: DuckDB allows a single writer, and
     # a sync waits for its model anyway. Waiting for a sync's pool, a run sleeps, and frees the
-    # slot of a run that died holding it (census_stripe/defs/executor.py).
+    # slot of a run that died holding it (census_stripe/orchestration/executor.py).
     executor=sync_executor,
     resources={
         "dbt": dbt_resource(),

@@ -2,7 +2,7 @@
 
     report = run_sync(spec, model, SyncStateStore(warehouse), StripeCustomers(api_key), run_id="...")
 
-The Dagster asset (census_stripe/defs/) only gathers these arguments and turns the report into
+The Dagster asset (census_stripe/orchestration/) only gathers these arguments and turns the report into
 metadata; tests and benchmarks call this directly.
 """
 

@@ -6,7 +6,7 @@ import subprocess
 import dagster as dg
 import pytest
 
-from census_stripe.defs.sync_asset import load_sync
+from census_stripe.orchestration.sync_asset import load_sync
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe_tests.conftest import API_KEY, DEMO_SYNC, MATERIALIZE_DEMO_SYNC, dagster_process_env
 
@@ -83,7 +83,7 @@ def test_triggers_are_defined_from_the_sync_files(defs):
 
 
 def test_a_bad_cron_fails_at_load_naming_file_and_field(tmp_path):
-    from census_stripe.defs.triggers import sync_triggers
+    from census_stripe.orchestration.triggers import sync_triggers
 
     path = tmp_path / "cron.yaml"
     path.write_text(DEMO_SYNC.read_text().replace('  # cron: "0 6 * * *"', '  cron: "61 * * * *"'))

@@ -13,8 +13,8 @@ import duckdb
 import pytest
 
 from census_stripe.apply.rate_limit import RateLimits, shared_budget
-from census_stripe.defs.sync_asset import build_sync_asset, load_sync
 from census_stripe.demo.local_stripe import free_port
+from census_stripe.orchestration.sync_asset import build_sync_asset, load_sync
 from census_stripe.stripe_api import CircuitBreaker, StripeCustomers, StripeUnreachableError
 from census_stripe_tests.conftest import DEMO_SYNC, resources
 from census_stripe_tests.stripe_double import StripeDoubleServer

@@ -8,10 +8,10 @@ import duckdb
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from census_stripe.defs.dbt import daily_partitioned_models, dbt_resource
-from census_stripe.defs.sync_asset import load_sync
-from census_stripe.defs.triggers import model_change_sensor
-from census_stripe.defs.warehouses import DuckDBWarehouseResource
+from census_stripe.orchestration.dbt import daily_partitioned_models, dbt_resource
+from census_stripe.orchestration.sync_asset import load_sync
+from census_stripe.orchestration.triggers import model_change_sensor
+from census_stripe.orchestration.warehouses import DuckDBWarehouseResource
 from census_stripe.settings import SYNCS_DIR
 from census_stripe_tests.conftest import DEMO_SYNC
 from census_stripe_tests.test_sync_to_stripe import execute, query, write_sync

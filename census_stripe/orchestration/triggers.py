@@ -8,8 +8,8 @@ import json
 
 import dagster as dg
 
-from census_stripe.defs.sync_asset import Sync, sync_asset_key
-from census_stripe.defs.warehouses import WarehouseResource
+from census_stripe.orchestration.sync_asset import Sync, sync_asset_key
+from census_stripe.orchestration.warehouses import WarehouseResource
 from census_stripe.plan.sql import fingerprint_query
 from census_stripe.spec import SyncConfigError
 from census_stripe.sync import as_stored

@@ -12,11 +12,11 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from census_stripe.defs.dbt import DbtModel, find_model, model_names
-from census_stripe.defs.dbt_project import dbt_project
-from census_stripe.defs.metadata import report_metadata
-from census_stripe.defs.resources import StripeResource
-from census_stripe.defs.warehouses import WarehouseResource
+from census_stripe.orchestration.dbt import DbtModel, find_model, model_names
+from census_stripe.orchestration.dbt_project import dbt_project
+from census_stripe.orchestration.metadata import report_metadata
+from census_stripe.orchestration.resources import StripeResource
+from census_stripe.orchestration.warehouses import WarehouseResource
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.spec import PartitionsSpec, SyncConfigError, SyncSpec, check_model_columns, load_sync_spec
