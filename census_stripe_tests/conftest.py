@@ -22,13 +22,13 @@ from census_stripe.demo.seed_data import DEFAULT_CUSTOMERS, write_seeds
 from census_stripe.orchestration.resources import StripeResource
 from census_stripe.orchestration.sync_asset import Sync, build_sync_asset, load_sync
 from census_stripe.orchestration.warehouses import DuckDBWarehouseResource
-from census_stripe.settings import SYNCS_DIR
+from census_stripe.settings import DEFS_DIR
 from census_stripe.stripe_api import StripeCustomers
 from census_stripe_tests.stripe_double import StripeDoubleServer
 
 # A key with a recognisable body, so tests can prove it never leaks.
 API_KEY = "sk_test_CANARY4f9b2e7d1c"
-DEMO_SYNC = SYNCS_DIR / "customers.yaml"
+DEMO_SYNC = DEFS_DIR / "customers" / "defs.yaml"
 
 
 # `dagster asset materialize` of the demo sync, as a person runs it from a shell.

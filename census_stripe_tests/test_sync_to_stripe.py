@@ -44,7 +44,8 @@ def write_sync(tmp_path: Path, name: str, **replacements: str) -> Path:
     for old, new in replacements.items():
         assert old in text
         text = text.replace(old, new)
-    path = tmp_path / f"{name}.yaml"
+    path = tmp_path / name / "defs.yaml"
+    path.parent.mkdir()
     path.write_text(text)
     return path
 

@@ -12,11 +12,11 @@ from census_stripe.orchestration.dbt import daily_partitioned_models, dbt_resour
 from census_stripe.orchestration.sync_asset import load_sync
 from census_stripe.orchestration.triggers import model_change_sensor
 from census_stripe.orchestration.warehouses import DuckDBWarehouseResource
-from census_stripe.settings import SYNCS_DIR
+from census_stripe.settings import DEFS_DIR
 from census_stripe_tests.conftest import DEMO_SYNC
 from census_stripe_tests.test_sync_to_stripe import execute, query, write_sync
 
-REGIONS_SYNC = SYNCS_DIR / "customer_regions.yaml"
+REGIONS_SYNC = DEFS_DIR / "customer_regions" / "defs.yaml"
 
 
 def sensor_tick(sensor, warehouse_path, cursor=None):

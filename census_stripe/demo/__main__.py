@@ -22,7 +22,7 @@ from pathlib import Path
 
 from census_stripe.demo.local_stripe import LocalStripe, free_port, stop_process_group
 from census_stripe.demo.seed_data import demo_customer_count, write_seeds
-from census_stripe.settings import DATA_DIR, PROJECT_ROOT, SYNCS_DIR, duckdb_path
+from census_stripe.settings import DATA_DIR, DEFS_DIR, PROJECT_ROOT, duckdb_path
 
 LOCAL_STRIPE_DATA = DATA_DIR / "localstripe.pickle"
 DAGSTER_HOME = DATA_DIR / "dagster_home"
@@ -56,7 +56,7 @@ def _forget_sync_state() -> None:
     with duckdb.connect(str(duckdb_path())) as connection:
         store = SyncStateStore(DuckDBWarehouse(connection))
         store.ensure_tables()
-        for path in sorted(SYNCS_DIR.glob("*.yaml")):
+        for path in sorted(DEFS_DIR.glob("*/defs.yaml")):
             store.forget(load_sync_spec(path).name)
     print("No saved local Stripe data: starting from an empty Stripe account and an empty sync state.")
 
@@ -114,7 +114,7 @@ def _print_summary(dagster_home: str) -> None:
     from census_stripe.spec import load_sync_spec
 
     with dg.DagsterInstance.from_config(dagster_home) as instance:
-        for path in sorted(SYNCS_DIR.glob("*.yaml")):
+        for path in sorted(DEFS_DIR.glob("*/defs.yaml")):
             spec = load_sync_spec(path)
             name = spec.name
             if spec.partitions:
