@@ -18,7 +18,7 @@ from census_stripe.settings import DEFS_DIR, PROJECT_ROOT
 
 def _project_defs() -> dg.Definitions:
     refuse_stray_sync_files(DEFS_DIR)
-    syncs = dg.load_from_defs_folder(project_root=PROJECT_ROOT)
+    syncs = dg.load_from_defs_folder(path_within_project=PROJECT_ROOT)
     refuse_duplicate_syncs(syncs)
     return dg.Definitions.merge(
         syncs,
