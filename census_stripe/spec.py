@@ -275,11 +275,13 @@ def check_model_columns(spec: SyncSpec, model_columns: Iterable[str], path: Path
     """Fail, naming the file and field, when the sync reads a column its model does not have."""
     available = list(model_columns)
     known = {column.lower() for column in available}
+    # The columns come from the model's dbt .yml; a model documented nowhere has none to check.
+    declared = f"columns: {', '.join(available)}" if available else "it declares no columns: list them in its dbt .yml"
     named = {"key.column" if f == spec.key.field else f"mapping.{f}": c for f, c in spec.columns_by_field.items()}
     problems = [
         (
             f"{ATTRIBUTES}.{setting}",
-            f"column {column!r} is not in model {spec.model!r} (columns: {', '.join(available)})",
+            f"column {column!r} is not in model {spec.model!r} ({declared})",
         )
         for setting, column in {**named, **spec.other_columns}.items()
         if column.lower() not in known

@@ -125,6 +125,8 @@ def test_columns_are_checked_against_the_model():
     assert str(raised.value).startswith(
         "defs/s/defs.yaml: attributes.mapping.address.city: column 'city' is not in model 'stripe_customers'"
     )
+    with pytest.raises(SyncConfigError, match=r"it declares no columns: list them in its dbt \.yml"):
+        check_model_columns(spec, [], "s.yaml")
 
 
 def test_partitions_need_exactly_one_kind_and_no_whole_model_triggers():
