@@ -194,7 +194,7 @@ def test_a_users_own_dagster_and_dbt_project_syncs_to_stripe(tmp_path, stripe_ur
     materialize = ["asset", "materialize", "-m", "shop.definitions", "--select", "stripe/paying_users"]
     materialized = run([str(BIN / "dagster"), *materialize], shop, env)
     assert materialized.returncode == 0, materialized.stderr[-3000:]
-    customers = {c["email"]: c for c in stripe_customers.iter_all()}
+    customers = {c.values["email"]: c.values for c in stripe_customers.iter_all()}
     assert {email: (c["name"], c["metadata.plan"], c["metadata.source"]) for email, c in customers.items()} == {
         "ada@shop.test": ("Ada Lovelace", "pro", "shop"),
         "alan@shop.test": ("Alan Turing", "team", "shop"),
