@@ -231,6 +231,8 @@ def value_problem(field: StripeField, value: str) -> str | None:
 
 COMPONENT_TYPE = "census_stripe.StripeSyncComponent"
 ATTRIBUTES = "attributes"
+# The top-level keys Dagster reads in a defs.yaml.
+COMPONENT_FILE_KEYS = {"type", ATTRIBUTES, "template_vars_module", "requirements", "post_processing"}
 
 
 def sync_spec(settings: SyncSettings, default_name: str, path: Path | str) -> SyncSpec:
@@ -254,6 +256,12 @@ def parse_sync_spec(text: str, path: Path | str) -> SyncSpec:
     if "type" in document:
         if document["type"] != COMPONENT_TYPE:
             raise SyncConfigError(path, [("type", f"expected {COMPONENT_TYPE}, got {document['type']!r}")])
+        # A setting outdented beside `attributes` would be silently lost.
+        misplaced = sorted(set(document) - COMPONENT_FILE_KEYS)
+        if misplaced:
+            raise SyncConfigError(
+                path, [(key, "not a component file key: indent it under attributes") for key in misplaced]
+            )
         raw, default_name = document.get(ATTRIBUTES) or {}, Path(path).parent.name
     else:
         raw, default_name = document, Path(path).stem

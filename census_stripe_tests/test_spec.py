@@ -44,6 +44,12 @@ def test_a_valid_instance_loads_with_its_name_from_its_folder():
     assert spec.columns == ["email", "full_name", "city", "plan"]
 
 
+def test_a_setting_outdented_beside_attributes_is_refused():
+    document = "type: census_stripe.StripeSyncComponent\nattributes:\n" + textwrap.indent(VALID.strip(), "  ")
+    found = problems(document + "\nmax_failure_rate: 1.0\n")
+    assert found == [("max_failure_rate", "not a component file key: indent it under attributes")]
+
+
 def test_the_shipped_syncs_load():
     files = sorted(DEFS_DIR.glob("*/defs.yaml"))
     assert len(files) == 2

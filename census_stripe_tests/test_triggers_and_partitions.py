@@ -131,7 +131,7 @@ def test_a_backfill_over_three_months_syncs_exactly_those_rows(sync_runner, stri
 
 
 def test_the_rejected_rows_check_fails_past_its_threshold(sync_runner, tmp_path):
-    strict = write_sync(tmp_path, "strict", **{"object: customer": "object: customer\nmax_rejected_rate: 0.01"})
+    strict = write_sync(tmp_path, "strict", **{"object: customer": "object: customer\n  max_rejected_rate: 0.01"})
     result = sync_runner(strict).run()
     assert result.success  # a warning, not a failure: the good rows synced
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
