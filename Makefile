@@ -22,7 +22,7 @@ $(INSTALLED): pyproject.toml
 $(MANIFEST): $(INSTALLED) $(shell find dbt_project -name '*.sql' -o -name '*.yml' | grep -v target/)
 	@$(BIN)/python -m census_stripe.settings
 	$(BIN)/python -m census_stripe.demo.seed_data
-	$(BIN)/dagster-dbt project prepare-and-package --file census_stripe/defs/dbt_project.py
+	$(BIN)/dagster-dbt project prepare-and-package --file census_stripe/orchestration/dbt_project.py
 
 demo: $(MANIFEST)  ## seed, build the dbt models, sync them to a local Stripe server, print a summary
 	$(BIN)/python -m census_stripe.demo run

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import duckdb
 
-from census_stripe.settings import PROJECT_ROOT, SYNCS_DIR
+from census_stripe.settings import DEFS_DIR, PROJECT_ROOT
 from census_stripe.spec import load_sync_spec
 from census_stripe.stripe_client.rate_limit import RateLimits
 from census_stripe.warehouse.base import Relation
 
-SPEC = load_sync_spec(SYNCS_DIR / "customers.yaml")
+SPEC = load_sync_spec(DEFS_DIR / "customers" / "defs.yaml")
 MODEL = Relation("main", "stripe_customers")
 # For benchmarks that measure calls and planning, not throughput: the test double does not throttle.
 UNLIMITED = RateLimits(account=1e6, endpoints=(("create", 1e6), ("update", 1e6)), endpoint_default=1e6)

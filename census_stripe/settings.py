@@ -7,7 +7,8 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
-SYNCS_DIR = Path(__file__).resolve().parent / "syncs"
+# The project's defs folder: one StripeSyncComponent instance per sync, e.g. defs/customers/defs.yaml.
+DEFS_DIR = Path(__file__).resolve().parent / "defs"
 
 # Git-ignored; holds the embedded warehouse and the demo's local Stripe data.
 DATA_DIR = Path(os.environ.get("CENSUS_STRIPE_DATA_DIR", PROJECT_ROOT / "data"))

@@ -1,7 +1,9 @@
-"""The sync file: one YAML per sync, validated before anything runs.
+"""A sync's settings: the `attributes` of a StripeSyncComponent instance (its `defs.yaml`),
+validated before anything runs.
 
-A bad file fails at load time with `SyncConfigError`, whose message names the file, the field and
-what is wrong, e.g. `syncs/customers.yaml: mapping.nmae: unknown Stripe customer field 'nmae'`.
+A bad instance fails at load time with `SyncConfigError`, whose message names the file, the field
+and what is wrong, e.g. `defs/customers/defs.yaml: attributes.mapping.nmae: unknown Stripe customer
+field 'nmae'`.
 """
 
 from __future__ import annotations
@@ -91,10 +93,19 @@ class PartitionsSpec(_Strict):
         return (self.time or self.values).column
 
 
-class SyncSpec(_Strict):
-    name: str = pydantic.Field(description="Names the sync asset; defaults to the file name.")
+class SyncSettings(_Strict):
+    """Every setting a person writes; checked as a whole by `sync_spec`."""
+
+    name: str | None = pydantic.Field(
+        default=None, description="Names the sync asset (stripe/<name>); defaults to the instance's folder name."
+    )
     description: str | None = None
     model: str = pydantic.Field(description="The dbt model to read; the sync runs downstream of it.")
+    dbt_project: str | None = pydantic.Field(
+        default=None,
+        description="The dbt project holding the model: a folder, relative to the Dagster project's root. Its "
+        "manifest is read from target/manifest.json (`dbt parse` writes it). Default: this repository's dbt_project/.",
+    )
     object: Literal["customer"] = "customer"
     behavior: Behavior
     key: SyncKey
@@ -132,6 +143,12 @@ class SyncSpec(_Strict):
     )
     automation: AutomationSpec = pydantic.Field(default_factory=AutomationSpec)
     partitions: PartitionsSpec | None = None
+
+
+class SyncSpec(SyncSettings):
+    """The settings of one sync, checked, with its name settled."""
+
+    name: str
 
     @property
     def columns_by_field(self) -> dict[str, str]:
@@ -217,24 +234,50 @@ def value_problem(field: StripeField, value: str) -> str | None:
     return None
 
 
-def parse_sync_spec(text: str, path: Path | str) -> SyncSpec:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SyncConfigError(path, [("(file)", "not valid YAML: " + " ".join(str(error).split()))]) from None
-    if not isinstance(raw, dict):
-        raise SyncConfigError(path, [("(file)", "expected a mapping of settings at the top level")])
-    raw.setdefault("name", Path(path).stem)
-    try:
-        spec = SyncSpec.model_validate(raw)
-    except pydantic.ValidationError as error:
-        raise SyncConfigError(
-            path, [(".".join(str(part) for part in e["loc"]) or "(file)", e["msg"]) for e in error.errors()]
-        ) from None
+COMPONENT_TYPE = "census_stripe.StripeSyncComponent"
+ATTRIBUTES = "attributes"
+# The top-level keys Dagster reads in a defs.yaml.
+COMPONENT_FILE_KEYS = {"type", ATTRIBUTES, "template_vars_module", "requirements", "post_processing"}
+
+
+def sync_spec(settings: SyncSettings, default_name: str, path: Path | str) -> SyncSpec:
+    """The settings with their name settled, or SyncConfigError listing every problem at once."""
+    spec = SyncSpec.model_validate({**settings.model_dump(exclude_unset=True), "name": settings.name or default_name})
     problems = _semantic_problems(spec)
     if problems:
-        raise SyncConfigError(path, problems)
+        raise SyncConfigError(path, [(f"{ATTRIBUTES}.{field}", problem) for field, problem in problems])
     return spec
+
+
+def parse_sync_spec(text: str, path: Path | str) -> SyncSpec:
+    """A StripeSyncComponent's defs.yaml read without Dagster (the demo's summary, benchmarks, tests),
+    or its attributes alone; the name defaults to the instance's folder, or the file's stem."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SyncConfigError(path, [("(file)", "not valid YAML: " + " ".join(str(error).split()))]) from None
+    if not isinstance(document, dict):
+        raise SyncConfigError(path, [("(file)", "expected a mapping of settings at the top level")])
+    if "type" in document:
+        if document["type"] != COMPONENT_TYPE:
+            raise SyncConfigError(path, [("type", f"expected {COMPONENT_TYPE}, got {document['type']!r}")])
+        # A setting outdented beside `attributes` would be silently lost.
+        misplaced = sorted(set(document) - COMPONENT_FILE_KEYS)
+        if misplaced:
+            raise SyncConfigError(
+                path, [(key, "not a component file key: indent it under attributes") for key in misplaced]
+            )
+        raw, default_name = document.get(ATTRIBUTES) or {}, Path(path).parent.name
+    else:
+        raw, default_name = document, Path(path).stem
+    try:
+        settings = SyncSettings.model_validate(raw)
+    except pydantic.ValidationError as error:
+        raise SyncConfigError(
+            path,
+            [(".".join([ATTRIBUTES, *(str(part) for part in e["loc"])]), e["msg"]) for e in error.errors()],
+        ) from None
+    return sync_spec(settings, default_name, path)
 
 
 def load_sync_spec(path: Path) -> SyncSpec:
@@ -245,9 +288,14 @@ def check_model_columns(spec: SyncSpec, model_columns: Iterable[str], path: Path
     """Fail, naming the file and field, when the sync reads a column its model does not have."""
     available = list(model_columns)
     known = {column.lower() for column in available}
+    # The columns come from the model's dbt .yml; a model documented nowhere has none to check.
+    declared = f"columns: {', '.join(available)}" if available else "it declares no columns: list them in its dbt .yml"
     named = {"key.column" if f == spec.key.field else f"mapping.{f}": c for f, c in spec.columns_by_field.items()}
     problems = [
-        (setting, f"column {column!r} is not in model {spec.model!r} (columns: {', '.join(available)})")
+        (
+            f"{ATTRIBUTES}.{setting}",
+            f"column {column!r} is not in model {spec.model!r} ({declared})",
+        )
         for setting, column in {**named, **spec.other_columns}.items()
         if column.lower() not in known
     ]

@@ -4,7 +4,7 @@
         spec, model=model, store=SyncStateStore(warehouse), customers=StripeCustomers(api_key), run_id="..."
     )
 
-The Dagster asset (census_stripe/defs/) only gathers these arguments and turns the report into
+The Dagster asset (census_stripe/orchestration/) only gathers these arguments and turns the report into
 metadata; tests and benchmarks call this directly.
 """
 

@@ -19,18 +19,18 @@ import psycopg
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from census_stripe.defs.resources import StripeResource
-from census_stripe.defs.sync_asset import Sync, build_sync_asset, load_sync
-from census_stripe.defs.warehouses import DuckDBWarehouseResource
 from census_stripe.demo.local_stripe import LocalStripe
 from census_stripe.demo.seed_data import DEFAULT_CUSTOMERS, write_seeds
-from census_stripe.settings import SYNCS_DIR
+from census_stripe.orchestration.resources import StripeResource
+from census_stripe.orchestration.sync_asset import Sync, build_sync_asset, load_sync
+from census_stripe.orchestration.warehouses import DuckDBWarehouseResource
+from census_stripe.settings import DEFS_DIR
 from census_stripe.stripe_client.client import StripeCustomers
 from census_stripe_tests.stripe_double import StripeDoubleServer
 
 # A key with a recognisable body, so tests can prove it never leaks.
 API_KEY = "sk_test_CANARY4f9b2e7d1c"
-DEMO_SYNC = SYNCS_DIR / "customers.yaml"
+DEMO_SYNC = DEFS_DIR / "customers" / "defs.yaml"
 
 
 # `dagster asset materialize` of the demo sync, as a person runs it from a shell.
@@ -97,7 +97,7 @@ def built_warehouse(tmp_path_factory) -> BuiltWarehouse:
     previous = os.environ.get("CENSUS_STRIPE_DUCKDB_PATH")
     os.environ["CENSUS_STRIPE_DUCKDB_PATH"] = str(path)
     try:
-        from census_stripe.defs.dbt import dbt_resource, warehouse_models
+        from census_stripe.orchestration.dbt import dbt_resource, warehouse_models
 
         write_seeds(DEFAULT_CUSTOMERS)
         result = dg.materialize([warehouse_models], resources={"dbt": dbt_resource()})

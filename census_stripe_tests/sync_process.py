@@ -12,7 +12,7 @@ import uuid
 
 import duckdb
 
-from census_stripe.settings import SYNCS_DIR
+from census_stripe.settings import DEFS_DIR
 from census_stripe.spec import load_sync_spec
 from census_stripe.stripe_client.client import StripeCustomers
 from census_stripe.stripe_client.rate_limit import RateLimits, shared_budget
@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     limits = RateLimits(account=args.rate, endpoints=(("create", args.rate), ("update", args.rate)))
     customers = StripeCustomers(API_KEY, args.url, shared_budget(API_KEY, args.url, limits))
-    spec = load_sync_spec(SYNCS_DIR / "customers.yaml")
+    spec = load_sync_spec(DEFS_DIR / "customers" / "defs.yaml")
     with duckdb.connect(args.db) as connection:
         store = SyncStateStore(DuckDBWarehouse(connection))
         report = run_sync(

@@ -8,13 +8,13 @@ from datetime import timedelta
 import duckdb
 import pytest
 
-from census_stripe.settings import SYNCS_DIR
+from census_stripe.settings import DEFS_DIR
 from census_stripe.warehouse import state
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import ChangeRecord, RunRecord, SyncStateStore, utc_now
 from census_stripe_tests.test_sync_to_stripe import execute, model_row, query, stripe_by_email
 
-REGIONS_SYNC = SYNCS_DIR / "customer_regions.yaml"
+REGIONS_SYNC = DEFS_DIR / "customer_regions" / "defs.yaml"
 
 
 def change(key: str, action: str = "create") -> ChangeRecord:

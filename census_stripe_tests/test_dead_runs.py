@@ -16,8 +16,13 @@ import dagster as dg
 import psutil
 import pytest
 
-from census_stripe.defs.dead_runs import WORKER_TAG, RunWorker, free_slots_of_dead_runs, why_run_cannot_free_its_slots
 from census_stripe.demo.__main__ import INSTANCE_CONFIG, write_instance_config
+from census_stripe.orchestration.dead_runs import (
+    WORKER_TAG,
+    RunWorker,
+    free_slots_of_dead_runs,
+    why_run_cannot_free_its_slots,
+)
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe_tests.conftest import MATERIALIZE_DEMO_SYNC, dagster_process_env
 from census_stripe_tests.synthetic import make_model

@@ -6,7 +6,7 @@ import subprocess
 import dagster as dg
 import pytest
 
-from census_stripe.defs.sync_asset import load_sync
+from census_stripe.orchestration.sync_asset import load_sync
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe_tests.conftest import API_KEY, DEMO_SYNC, MATERIALIZE_DEMO_SYNC, dagster_process_env
 
@@ -42,17 +42,21 @@ def test_dbt_tests_are_asset_checks_and_report_the_deliberately_bad_seed(built_w
 
 
 def test_a_sync_naming_a_missing_model_fails_at_load_naming_file_and_field(tmp_path):
-    path = tmp_path / "typo.yaml"
+    path = tmp_path / "typo" / "defs.yaml"
+    path.parent.mkdir()
     path.write_text(DEMO_SYNC.read_text().replace("model: stripe_customers", "model: stripe_customer"))
     with pytest.raises(ValueError) as raised:
         load_sync(path)
-    assert str(raised.value).startswith(f"{path}: model: no dbt model named 'stripe_customer' (models: ")
+    assert str(raised.value).startswith(f"{path}: attributes.model: no dbt model named 'stripe_customer' (models: ")
 
 
 def test_a_sync_reading_a_column_the_model_lacks_fails_at_load(tmp_path):
-    path = tmp_path / "bad_column.yaml"
+    path = tmp_path / "bad_column" / "defs.yaml"
+    path.parent.mkdir()
     path.write_text(DEMO_SYNC.read_text().replace("name: full_name", "name: fullname"))
-    with pytest.raises(ValueError, match=r"bad_column.yaml: mapping.name: column 'fullname' is not in model"):
+    with pytest.raises(
+        ValueError, match=r"bad_column/defs.yaml: attributes.mapping.name: column 'fullname' is not in model"
+    ):
         load_sync(path)
 
 
@@ -69,7 +73,7 @@ def test_materialize_from_the_dagster_cli(warehouse_path, stripe_url, stripe_cus
 
 def test_triggers_are_defined_from_the_sync_files(defs):
     sensors = {sensor.name: sensor for sensor in defs.sensors}
-    assert set(sensors) == {"customers_model_changed", "stripe_syncs_on_model_change"}
+    assert set(sensors) == {"customers_model_changed", "customers_on_model_change"}
     assert sensors["customers_model_changed"].minimum_interval_seconds == 30
     graph = defs.resolve_asset_graph()
     assert graph.get(dg.AssetKey(["stripe", "customers"])).automation_condition is not None
@@ -84,9 +88,10 @@ def test_triggers_are_defined_from_the_sync_files(defs):
 
 
 def test_a_bad_cron_fails_at_load_naming_file_and_field(tmp_path):
-    from census_stripe.defs.triggers import sync_triggers
+    from census_stripe.orchestration.triggers import sync_triggers
 
-    path = tmp_path / "cron.yaml"
-    path.write_text(DEMO_SYNC.read_text().replace('  # cron: "0 6 * * *"', '  cron: "61 * * * *"'))
-    with pytest.raises(ValueError, match=r"cron.yaml: automation.cron: .*61 \* \* \* \*"):
-        sync_triggers([load_sync(path)])
+    path = tmp_path / "cron" / "defs.yaml"
+    path.parent.mkdir()
+    path.write_text(DEMO_SYNC.read_text().replace('    # cron: "0 6 * * *"', '    cron: "61 * * * *"'))
+    with pytest.raises(ValueError, match=r"cron/defs.yaml: attributes.automation.cron: .*61 \* \* \* \*"):
+        sync_triggers(load_sync(path))

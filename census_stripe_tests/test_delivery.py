@@ -19,8 +19,8 @@ import dagster as dg
 import duckdb
 import pytest
 
-from census_stripe.defs.resources import StripeResource
 from census_stripe.demo.__main__ import INSTANCE_CONFIG
+from census_stripe.orchestration.resources import StripeResource
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.spec import load_sync_spec
 from census_stripe.stripe_client.client import StripeCustomers

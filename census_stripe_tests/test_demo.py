@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from census_stripe.defs.warehouses import PostgresWarehouseResource
 from census_stripe.demo.__main__ import DEMO_API_KEY
 from census_stripe.demo.report import describe_warehouse
+from census_stripe.orchestration.warehouses import PostgresWarehouseResource
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe_tests.stripe_double import key_stat
 

@@ -8,8 +8,8 @@ from functools import partial
 import pytest
 
 from census_stripe.apply.writer import Outcome
-from census_stripe.defs.metadata import LIST_WIDTH, PREVIEW_ROWS, SUMMARY_WIDTH, report_metadata
-from census_stripe.defs.sync_asset import sync_description
+from census_stripe.orchestration.metadata import LIST_WIDTH, PREVIEW_ROWS, SUMMARY_WIDTH, report_metadata
+from census_stripe.orchestration.sync_asset import sync_description
 from census_stripe.plan.lookup import LookupResult
 from census_stripe.plan.planner import Action, build_plan
 from census_stripe.plan.rows import Candidate, PriorState

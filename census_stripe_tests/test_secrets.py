@@ -13,10 +13,10 @@ import pytest
 import stripe
 from dagster_duckdb import DuckDBResource
 
-from census_stripe.defs.resources import StripeResource
-from census_stripe.defs.sync_asset import build_sync_asset, load_sync
-from census_stripe.defs.warehouses import DuckDBWarehouseResource
 from census_stripe.demo.local_stripe import free_port
+from census_stripe.orchestration.resources import StripeResource
+from census_stripe.orchestration.sync_asset import build_sync_asset, load_sync
+from census_stripe.orchestration.warehouses import DuckDBWarehouseResource
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.stripe_client.client import StripeCustomers
 from census_stripe.stripe_client.errors import (

@@ -12,8 +12,8 @@ import dagster as dg
 import duckdb
 import pytest
 
-from census_stripe.defs.sync_asset import build_sync_asset, load_sync
 from census_stripe.demo.local_stripe import free_port
+from census_stripe.orchestration.sync_asset import build_sync_asset, load_sync
 from census_stripe.stripe_client.client import CircuitBreaker, StripeCustomers
 from census_stripe.stripe_client.errors import StripeUnreachableError
 from census_stripe.stripe_client.rate_limit import RateLimits, shared_budget

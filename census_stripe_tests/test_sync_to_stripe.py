@@ -44,7 +44,8 @@ def write_sync(tmp_path: Path, name: str, **replacements: str) -> Path:
     for old, new in replacements.items():
         assert old in text
         text = text.replace(old, new)
-    path = tmp_path / f"{name}.yaml"
+    path = tmp_path / name / "defs.yaml"
+    path.parent.mkdir()
     path.write_text(text)
     return path
 
@@ -288,7 +289,7 @@ def refusing_rows(sync_runner, warehouse_path: Path, refused: list[str], **setti
 
 
 def test_rows_stripe_refuses_are_recorded_and_retried_next_run(sync_runner, warehouse_path):
-    tolerant = {"update_or_create": "update_or_create\nmax_failure_rate: 1.0"}
+    tolerant = {"update_or_create": "update_or_create\n  max_failure_rate: 1.0"}
     runner = refusing_rows(sync_runner, warehouse_path, ["usr_000004"], **tolerant)
     row = model_row(warehouse_path, "usr_000004")
 
@@ -394,7 +395,7 @@ def test_duplicates_in_stripe_policy_picks_one_and_reports_them(
     older = stripe_customers._customers.create(params={"email": row["email"]})
     time.sleep(1.1)  # Stripe's `created` counts seconds
     newer = stripe_customers._customers.create(params={"email": row["email"].upper()})
-    path = write_sync(tmp_path, policy, **{"object: customer": f"object: customer\nduplicates_in_stripe: {policy}"})
+    path = write_sync(tmp_path, policy, **{"object: customer": f"object: customer\n  duplicates_in_stripe: {policy}"})
     runner = sync_runner(path)
 
     result = runner.run()
@@ -428,7 +429,7 @@ def test_rejected_rows_accumulate_per_run(sync_runner, warehouse_path):
 
 def test_personal_data_can_be_masked_in_the_metadata(sync_runner, warehouse_path, tmp_path):
     runner = sync_runner(
-        write_sync(tmp_path, "masked", **{"object: customer": "object: customer\nmask_personal_data: true"})
+        write_sync(tmp_path, "masked", **{"object: customer": "object: customer\n  mask_personal_data: true"})
     )
     metadata = runner.metadata(runner.run(dry_run=True))
     shown = json.dumps([r.data for name in ("preview", "rejected_rows") for r in metadata[name].records], default=str)

@@ -8,15 +8,15 @@ import duckdb
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from census_stripe.defs.dbt import daily_partitioned_models, dbt_resource
-from census_stripe.defs.sync_asset import load_sync
-from census_stripe.defs.triggers import model_change_sensor
-from census_stripe.defs.warehouses import DuckDBWarehouseResource
-from census_stripe.settings import SYNCS_DIR
+from census_stripe.orchestration.dbt import daily_partitioned_models, dbt_resource
+from census_stripe.orchestration.sync_asset import load_sync
+from census_stripe.orchestration.triggers import model_change_sensor
+from census_stripe.orchestration.warehouses import DuckDBWarehouseResource
+from census_stripe.settings import DEFS_DIR
 from census_stripe_tests.conftest import DEMO_SYNC
 from census_stripe_tests.test_sync_to_stripe import execute, query, write_sync
 
-REGIONS_SYNC = SYNCS_DIR / "customer_regions.yaml"
+REGIONS_SYNC = DEFS_DIR / "customer_regions" / "defs.yaml"
 
 
 def sensor_tick(sensor, warehouse_path, cursor=None):
@@ -131,7 +131,7 @@ def test_a_backfill_over_three_months_syncs_exactly_those_rows(sync_runner, stri
 
 
 def test_the_rejected_rows_check_fails_past_its_threshold(sync_runner, tmp_path):
-    strict = write_sync(tmp_path, "strict", **{"object: customer": "object: customer\nmax_rejected_rate: 0.01"})
+    strict = write_sync(tmp_path, "strict", **{"object: customer": "object: customer\n  max_rejected_rate: 0.01"})
     result = sync_runner(strict).run()
     assert result.success  # a warning, not a failure: the good rows synced
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}

@@ -11,8 +11,8 @@ import logging
 import duckdb
 import pytest
 
-from census_stripe.defs.sync_asset import load_sync
 from census_stripe.demo.local_stripe import LocalStripe
+from census_stripe.orchestration.sync_asset import load_sync
 from census_stripe.stripe_client.client import StripeCustomers
 from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.sync import RunOptions, run_sync

@@ -27,15 +27,15 @@ import sqlglot
 from dagster_duckdb import DuckDBResource
 from dagster_snowflake import SnowflakeResource
 
-from census_stripe.defs.resources import StripeResource
-from census_stripe.defs.snowflake_warehouse import SnowflakeWarehouseResource
-from census_stripe.defs.sync_asset import build_sync_asset, load_sync
-from census_stripe.defs.warehouses import (
+from census_stripe.demo.seed_data import DEFAULT_CUSTOMERS, write_seeds
+from census_stripe.orchestration.resources import StripeResource
+from census_stripe.orchestration.snowflake_warehouse import SnowflakeWarehouseResource
+from census_stripe.orchestration.sync_asset import build_sync_asset, load_sync
+from census_stripe.orchestration.warehouses import (
     DuckDBWarehouseResource,
     PostgresWarehouseResource,
     WarehouseResource,
 )
-from census_stripe.demo.seed_data import DEFAULT_CUSTOMERS, write_seeds
 from census_stripe.plan import sql
 from census_stripe.settings import DBT_PROJECT_DIR
 from census_stripe.warehouse.base import Relation

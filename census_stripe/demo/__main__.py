@@ -25,7 +25,7 @@ from pathlib import Path
 
 from census_stripe.demo.local_stripe import LocalStripe, free_port, stop_process_group
 from census_stripe.demo.seed_data import demo_customer_count, write_seeds
-from census_stripe.settings import DATA_DIR, PROJECT_ROOT, SYNCS_DIR, UnknownWarehouseError, duckdb_path, warehouse_kind
+from census_stripe.settings import DATA_DIR, DEFS_DIR, PROJECT_ROOT, UnknownWarehouseError, duckdb_path, warehouse_kind
 from census_stripe.stripe_client.rate_limit import is_live_key
 
 LOCAL_STRIPE_DATA = DATA_DIR / "localstripe.pickle"
@@ -82,7 +82,7 @@ def _forget_sync_state() -> None:
     with duckdb.connect(str(duckdb_path())) as connection:
         store = SyncStateStore(DuckDBWarehouse(connection))
         store.ensure_tables()
-        for path in sorted(SYNCS_DIR.glob("*.yaml")):
+        for path in sorted(DEFS_DIR.glob("*/defs.yaml")):
             store.forget(load_sync_spec(path).name)
     print("No saved local Stripe data: starting from an empty Stripe account and an empty sync state.")
 
@@ -142,13 +142,13 @@ def _latest_metadata(instance, asset_path: list[str]) -> dict:
 def _print_summary(dagster_home: str) -> None:
     import dagster as dg
 
-    from census_stripe.defs.warehouses import warehouse_from_env
     from census_stripe.demo.report import describe_warehouse
+    from census_stripe.orchestration.warehouses import warehouse_from_env
     from census_stripe.spec import load_sync_spec
 
     warehouse = warehouse_from_env()
     with dg.DagsterInstance.from_config(dagster_home) as instance:
-        for path in sorted(SYNCS_DIR.glob("*.yaml")):
+        for path in sorted(DEFS_DIR.glob("*/defs.yaml")):
             spec = load_sync_spec(path)
             name = spec.name
             if spec.partitions:

@@ -8,7 +8,7 @@ from datetime import datetime
 import dagster as dg
 from dagster import DagsterEventType
 
-from census_stripe.defs.warehouses import (
+from census_stripe.orchestration.warehouses import (
     BigQueryWarehouseResource,
     DuckDBWarehouseResource,
     PostgresWarehouseResource,

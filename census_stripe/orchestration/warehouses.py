@@ -131,7 +131,7 @@ def warehouse_from_env() -> WarehouseResource:
     if kind == "snowflake":
         from dagster_snowflake import SnowflakeResource
 
-        from census_stripe.defs.snowflake_warehouse import SnowflakeWarehouseResource
+        from census_stripe.orchestration.snowflake_warehouse import SnowflakeWarehouseResource
 
         names = ("HOST", "PORT", "PROTOCOL")
         stand_in = {name.lower(): value for name in names if (value := os.environ.get(f"SNOWFLAKE_{name}"))}

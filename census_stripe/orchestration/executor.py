@@ -26,7 +26,7 @@ from dagster._core.execution.plan.instance_concurrency_context import InstanceCo
 from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.executor.in_process import InProcessExecutor
 
-from census_stripe.defs.dead_runs import WORKER_TAG, RunWorker, free_slots_of_dead_runs
+from census_stripe.orchestration.dead_runs import WORKER_TAG, RunWorker, free_slots_of_dead_runs
 
 DEAD_RUN_CHECK_SECONDS = 5.0
 # The longest nap between claim attempts: Dagster acts on a termination request only between them.

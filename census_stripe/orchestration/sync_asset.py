@@ -1,4 +1,4 @@
-"""One Dagster asset per sync file, downstream of the dbt model it reads.
+"""One Dagster asset per sync (a StripeSyncComponent instance), downstream of the dbt model it reads.
 
 Materializing it runs the sync and records the plan and its outcome as metadata, with two asset
 checks: the share of rows rejected, and the share of writes Stripe refused (blocking). With
@@ -12,20 +12,28 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from census_stripe.defs.dbt import DbtModel, find_model, model_names
-from census_stripe.defs.dbt_project import dbt_project
-from census_stripe.defs.metadata import report_metadata
-from census_stripe.defs.resources import StripeResource
-from census_stripe.defs.warehouses import WarehouseResource
+from census_stripe.orchestration.dbt import DbtModel, find_model, model_names
+from census_stripe.orchestration.dbt_project import dbt_project
+from census_stripe.orchestration.metadata import report_metadata
+from census_stripe.orchestration.resources import StripeResource
+from census_stripe.orchestration.warehouses import WarehouseResource
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.settings import PROJECT_ROOT
-from census_stripe.spec import PartitionsSpec, SyncConfigError, SyncSpec, check_model_columns, load_sync_spec
+from census_stripe.spec import (
+    ATTRIBUTES,
+    PartitionsSpec,
+    SyncConfigError,
+    SyncSpec,
+    check_model_columns,
+    load_sync_spec,
+)
 from census_stripe.sync import RunOptions, SyncReport, run_sync
 from census_stripe.warehouse.state import SyncStateStore
 
 SYNC_GROUP = "stripe"
 REJECTED_CHECK = "rejected_rows_below_threshold"
 FAILED_CHECK = "failed_writes_below_threshold"
+SYNC_FILE_METADATA = "sync_file"
 
 
 class SyncRunConfig(dg.Config):
@@ -44,15 +52,29 @@ class Sync:
     model: DbtModel
 
 
-def load_sync(path: Path, manifest_path: Path = dbt_project.manifest_path) -> Sync:
-    """A sync file checked against its dbt model; SyncConfigError names the file and field if not."""
-    spec = load_sync_spec(path)
-    model = find_model(spec.model, manifest_path)
+def manifest_path(spec: SyncSpec, project_root: Path) -> Path:
+    """The manifest of the sync's dbt project: the setting's, or the demo project's for this warehouse."""
+    if spec.dbt_project is None:
+        return dbt_project.manifest_path
+    return project_root / spec.dbt_project / "target" / "manifest.json"
+
+
+def resolve_sync(spec: SyncSpec, path: Path, manifest: Path) -> Sync:
+    """The sync checked against its dbt model; SyncConfigError names the file and field if not."""
+    if not manifest.exists():
+        where = f"{ATTRIBUTES}.dbt_project" if spec.dbt_project else ATTRIBUTES
+        raise SyncConfigError(path, [(where, f"no dbt manifest at {manifest}: run `dbt parse` in the dbt project")])
+    model = find_model(spec.model, manifest)
     if model is None:
-        models = ", ".join(model_names(manifest_path))
-        raise SyncConfigError(path, [("model", f"no dbt model named {spec.model!r} (models: {models})")])
+        models = ", ".join(model_names(manifest))
+        raise SyncConfigError(path, [(f"{ATTRIBUTES}.model", f"no dbt model named {spec.model!r} (models: {models})")])
     check_model_columns(spec, model.columns, path)
     return Sync(spec, path, model)
+
+
+def load_sync(path: Path, manifest: Path = dbt_project.manifest_path) -> Sync:
+    """A sync instance's defs.yaml, read without the defs folder (tests, tools)."""
+    return resolve_sync(load_sync_spec(path), path, manifest)
 
 
 def _shown_path(path: Path) -> str:
@@ -145,7 +167,7 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
         kinds={"stripe", warehouse_kind},
         description=sync_description(spec, model.name),
         metadata={
-            "sync_file": dg.MetadataValue.path(_shown_path(sync.path)),
+            SYNC_FILE_METADATA: dg.MetadataValue.path(_shown_path(sync.path)),
             "behavior": spec.behavior,
             "mapping_key": f"{spec.key.field} <- {spec.key.column}",
             "mapping": dg.MetadataValue.json(spec.columns_by_field | spec.constant_values),

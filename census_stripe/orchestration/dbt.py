@@ -12,7 +12,7 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
-from census_stripe.defs.dbt_project import WAREHOUSE, dbt_project
+from census_stripe.orchestration.dbt_project import WAREHOUSE, dbt_project
 from census_stripe.settings import duckdb_path
 from census_stripe.warehouse.base import Relation
 

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from dagster_snowflake import SnowflakeResource
 
-from census_stripe.defs.warehouses import WarehouseResource
+from census_stripe.orchestration.warehouses import WarehouseResource
 from census_stripe.warehouse.base import Warehouse
 
 

@@ -1,6 +1,6 @@
 """What starts a sync besides a person: the model's materialization in Dagster (declarative
 automation), a change to the model's table made outside Dagster (a sensor), and a cron schedule.
-Each is opt-in in the sync file's `automation` section.
+Each is opt-in in the sync's `automation` settings.
 """
 
 import hashlib
@@ -8,10 +8,10 @@ import json
 
 import dagster as dg
 
-from census_stripe.defs.sync_asset import Sync, sync_asset_key
-from census_stripe.defs.warehouses import WarehouseResource
+from census_stripe.orchestration.sync_asset import Sync, sync_asset_key
+from census_stripe.orchestration.warehouses import WarehouseResource
 from census_stripe.plan.sql import fingerprint_query
-from census_stripe.spec import SyncConfigError
+from census_stripe.spec import ATTRIBUTES, SyncConfigError
 from census_stripe.sync import as_stored
 
 
@@ -69,20 +69,20 @@ def cron_schedule(sync: Sync) -> dg.ScheduleDefinition:
             default_status=dg.DefaultScheduleStatus.RUNNING,
         )
     except dg.DagsterInvalidDefinitionError as error:
-        raise SyncConfigError(sync.path, [("automation.cron", str(error))]) from None
+        raise SyncConfigError(sync.path, [(f"{ATTRIBUTES}.automation.cron", str(error))]) from None
 
 
-def sync_triggers(syncs: list[Sync]) -> tuple[list[dg.SensorDefinition], list[dg.ScheduleDefinition]]:
-    sensors = [model_change_sensor(sync) for sync in syncs if sync.spec.automation.watch]
-    schedules = [cron_schedule(sync) for sync in syncs if sync.spec.automation.cron]
-    eager = [sync_asset_key(sync.spec) for sync in syncs if sync.spec.automation.eager]
-    if eager:
+def sync_triggers(sync: Sync) -> tuple[list[dg.SensorDefinition], list[dg.ScheduleDefinition]]:
+    """The sync's own sensors and schedule, named after it so that no two syncs' collide."""
+    automation, key = sync.spec.automation, sync_asset_key(sync.spec)
+    sensors = [model_change_sensor(sync)] if automation.watch else []
+    if automation.eager:
         sensors.append(
             dg.AutomationConditionSensorDefinition(
-                "stripe_syncs_on_model_change",
-                target=dg.AssetSelection.assets(*eager),
+                f"{sync.spec.name}_on_model_change",
+                target=dg.AssetSelection.assets(key),
                 default_status=dg.DefaultSensorStatus.RUNNING,
-                description="Runs the syncs whose file sets `automation.eager` after their model materializes.",
+                description=f"Runs {sync.spec.name} after {sync.model.name} materializes (`automation.eager`).",
             )
         )
-    return sensors, schedules
+    return sensors, [cron_schedule(sync)] if automation.cron else []

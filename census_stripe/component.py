@@ -1,0 +1,93 @@
+"""`census_stripe.StripeSyncComponent`: one Stripe sync as a Dagster Component.
+
+An instance is a folder in a Dagster project's defs folder holding a `defs.yaml`:
+
+    type: census_stripe.StripeSyncComponent
+    attributes:
+      model: stripe_customers
+      behavior: update_or_create
+      key: {field: email, column: email}
+      mapping: {name: full_name}
+
+The attributes are the sync's settings (census_stripe/spec.py). Dagster checks their shape against
+the schema (`dg check defs`); building the instance checks the rest (Stripe's field names and limits,
+the model's columns), listing every problem at once as `<defs.yaml>: attributes.<field>: <problem>`.
+The instance defines the sync asset, downstream of its dbt model, and the sensors and schedule its
+`automation` asks for. The project provides the `stripe` and `warehouse` resources
+(`census_stripe.sync_resources()`, from the environment).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import dagster as dg
+from dagster.components import ComponentLoadContext, Scaffolder, ScaffoldRequest
+
+from census_stripe.settings import warehouse_kind
+from census_stripe.spec import ATTRIBUTES, COMPONENT_TYPE, SyncConfigError, SyncSettings, sync_spec
+
+DEFS_FILE = "defs.yaml"
+
+STARTING_ATTRIBUTES = """\
+model: stripe_customers          # the dbt model to read; the sync runs downstream of it
+# dbt_project: dbt               # its dbt project, relative to this Dagster project (default: the demo's)
+behavior: update_or_create       # or update_only: never creates, skips rows not in Stripe
+key:                             # how a row finds its Stripe customer
+  field: email                   # or metadata.<name> for an external id
+  column: email
+mapping:                         # Stripe field: model column
+  name: full_name
+  metadata.plan: plan
+automation:                      # what starts the sync, besides you in the UI
+  eager: true                    # after every materialization of the model in Dagster
+"""
+
+
+class StripeSyncScaffolder(Scaffolder):
+    """`dg scaffold defs census_stripe.StripeSyncComponent <name>`: a defs.yaml that loads on the demo's model."""
+
+    def scaffold(self, request: ScaffoldRequest) -> None:
+        request.target_path.mkdir(parents=True, exist_ok=True)
+        attributes = textwrap.indent(STARTING_ATTRIBUTES, "  ")
+        (request.target_path / DEFS_FILE).write_text(f"type: {COMPONENT_TYPE}\nattributes:\n{attributes}")
+
+
+@dg.scaffold_with(StripeSyncScaffolder)
+class StripeSyncComponent(dg.Component):
+    """Syncs a dbt model to Stripe customers: one asset `stripe/<name>`, with its checks and triggers."""
+
+    def __init__(self, settings: SyncSettings):
+        self.settings = settings
+
+    @classmethod
+    def get_model_cls(cls) -> type[SyncSettings]:
+        return SyncSettings
+
+    @classmethod
+    def load(cls, attributes: SyncSettings | None, context: ComponentLoadContext) -> StripeSyncComponent:
+        if attributes is None:
+            raise SyncConfigError(instance_file(context.path), [(ATTRIBUTES, "missing: a sync needs its settings")])
+        return cls(attributes)
+
+    def build_defs(self, context: ComponentLoadContext) -> dg.Definitions:
+        # Imported here: Dagster discovers the component type without loading the sync's machinery.
+        from census_stripe.orchestration.sync_asset import build_sync_asset, manifest_path, resolve_sync
+        from census_stripe.orchestration.triggers import sync_triggers
+
+        path = instance_file(context.path)
+        spec = sync_spec(self.settings, instance_name(context.path), path)
+        sync = resolve_sync(spec, path, manifest_path(spec, context.project_root))
+        sensors, schedules = sync_triggers(sync)
+        return dg.Definitions(assets=[build_sync_asset(sync, warehouse_kind())], sensors=sensors, schedules=schedules)
+
+
+def instance_file(path: Path) -> Path:
+    """The file a person edits: the instance folder's defs.yaml."""
+    return path / DEFS_FILE if path.is_dir() else path
+
+
+def instance_name(path: Path) -> str:
+    """The sync's default name: its instance folder's."""
+    return path.name if path.is_dir() else path.parent.name
