@@ -13,7 +13,6 @@ from census_stripe.orchestration.warehouses import (
     DuckDBWarehouseResource,
     PostgresWarehouseResource,
     RedshiftWarehouseResource,
-    SnowflakeWarehouseResource,
     WarehouseResource,
 )
 
@@ -28,7 +27,7 @@ def describe_warehouse(warehouse: WarehouseResource) -> str:
     if isinstance(warehouse, PostgresWarehouseResource):
         label = "Redshift" if isinstance(warehouse, RedshiftWarehouseResource) else "PostgreSQL"
         return f"{label} database {warehouse.database!r} at {warehouse.host}:{warehouse.port} as {warehouse.user}"
-    if isinstance(warehouse, SnowflakeWarehouseResource):
+    if warehouse.kind == "snowflake":  # its class is imported only where Snowflake is used
         snowflake = warehouse.snowflake
         return f"Snowflake account {snowflake.account}, database {snowflake.database}, schema {snowflake.schema_}"
     if isinstance(warehouse, BigQueryWarehouseResource):
