@@ -24,11 +24,18 @@ def run(command: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) 
 
 
 def dg_env(home: Path, pythonpath: list[Path], **variables: str) -> dict[str, str]:
-    """A `dg` or `dagster` process with census_stripe importable from this checkout."""
+    """A `dg` or `dagster` process with census_stripe importable from this checkout, and dbt found
+    beside this Python (dg prepares a dbt project's manifest with the `dbt` on PATH)."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     paths = [*map(str, pythonpath), str(PROJECT_ROOT)]
-    return {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": os.pathsep.join(paths), **variables}
+    return {
+        **os.environ,
+        "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
+        "DAGSTER_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join(paths),
+        **variables,
+    }
 
 
 def listed_assets(completed: subprocess.CompletedProcess) -> dict[str, list[str]]:

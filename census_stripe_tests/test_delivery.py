@@ -26,7 +26,7 @@ from census_stripe.spec import load_sync_spec
 from census_stripe.stripe_client.client import StripeCustomers
 from census_stripe.stripe_client.errors import StripeAccessError, StripeRequestError
 from census_stripe.stripe_client.rate_limit import RateLimits, shared_budget
-from census_stripe.sync import run_sync
+from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
@@ -55,7 +55,10 @@ def customers_for(double, key="sk_test_delivery", rate=1000.0, **limits) -> Stri
     return StripeCustomers(key, double.url, shared_budget(key, double.url, limits))
 
 
-def sync(model: Path, customers: StripeCustomers, concurrency=8):
+EVERY_CHANGED_ROW = RunOptions()
+
+
+def sync(model: Path, customers: StripeCustomers, concurrency=8, options: RunOptions = EVERY_CHANGED_ROW):
     with duckdb.connect(str(model)) as connection:
         return run_sync(
             SPEC,
@@ -63,6 +66,7 @@ def sync(model: Path, customers: StripeCustomers, concurrency=8):
             store=SyncStateStore(DuckDBWarehouse(connection)),
             customers=customers,
             run_id="run",
+            options=options,
             concurrency=concurrency,
         )
 

@@ -15,13 +15,11 @@ from census_stripe.demo.local_stripe import LocalStripe
 from census_stripe.orchestration.sync_asset import load_sync
 from census_stripe.stripe_client.client import StripeCustomers
 from census_stripe.stripe_client.values import StripeAccount
-from census_stripe.sync import RunOptions, run_sync
-from census_stripe.warehouse.duckdb import DuckDBWarehouse
-from census_stripe.warehouse.state import SyncStateStore
+from census_stripe.sync import RunOptions
 from census_stripe_tests.conftest import API_KEY, DEMO_SYNC, SyncRunner
 from census_stripe_tests.stripe_double import StripeDoubleServer
 from census_stripe_tests.synthetic import make_model
-from census_stripe_tests.test_delivery import MODEL, ROWS, SPEC, assert_stripe_equals_model, customers_for, sync
+from census_stripe_tests.test_delivery import ROWS, assert_stripe_equals_model, customers_for, sync
 
 LIVE_KEY = "sk_live_trust0123456789"
 
@@ -162,7 +160,7 @@ def test_full_resync_recreates_deleted_customers_with_fresh_idempotency_keys(dou
         reader._customers.delete(customer_id)
 
     for attempt in range(2):
-        report = sync_with(model, customers_for(double), RunOptions(full_resync=True))
+        report = sync(model, customers_for(double), options=RunOptions(full_resync=True))
         counts = report.counts()
         # The first resync recreates both (Stripe gave new ids); the second finds nothing to do.
         expected = 2 if attempt == 0 else 0
@@ -193,23 +191,11 @@ def test_a_create_stripe_replays_for_a_deleted_customer_is_made_again(double, mo
 def test_full_resync_reports_other_customers_that_share_a_known_key(double, model):
     sync(model, customers_for(double))
     [twin] = double.load([{"email": "user9@example.com", "name": "Made By Hand"}])
-    report = sync_with(model, customers_for(double), RunOptions(full_resync=True))
+    report = sync(model, customers_for(double), options=RunOptions(full_resync=True))
     [row] = [row for row in report.plan.rows if row.stripe_duplicates]
     assert row.candidate.key == "user9@example.com" and twin in row.stripe_duplicates
     assert row.stripe_id != twin  # the customer the sync knows is kept
     assert report.counts()["stripe_duplicate_keys"] == 1
-
-
-def sync_with(model, customers, options: RunOptions):
-    with duckdb.connect(str(model)) as connection:
-        return run_sync(
-            SPEC,
-            model=MODEL,
-            store=SyncStateStore(DuckDBWarehouse(connection)),
-            customers=customers,
-            run_id="run",
-            options=options,
-        )
 
 
 # -- 5. Damaged state never stops a run --------------------------------------------------------
