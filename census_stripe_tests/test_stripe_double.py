@@ -1,4 +1,4 @@
-"""The Stripe test double behaves as ../shared/docs/STRIPE.md says Stripe does; the tests and
+"""The Stripe test double behaves as docs/stripe.md says Stripe does; the tests and
 benchmarks that use it rely on that."""
 
 import pytest
