@@ -45,6 +45,15 @@ def execute(model, *statements: str) -> None:
             connection.execute(statement)
 
 
+def delete_in_stripe(double, *emails: str) -> list[str]:
+    """Delete, by hand as in the dashboard, the customers with these emails; their ids."""
+    reader = customers_for(double, key="sk_test_reader")
+    gone = [c.id for c in reader.iter_all() if c.values["email"] in emails]
+    for customer_id in gone:
+        reader._customers.delete(customer_id)
+    return gone
+
+
 # -- 1. State belongs to one Stripe account and mode ------------------------------------------
 
 
@@ -137,9 +146,8 @@ def test_an_id_stripe_does_not_have_is_looked_up_by_key_before_any_create(double
 
 def test_a_deleted_customer_is_created_again_only_when_stripe_has_none(double, model):
     sync(model, customers_for(double))
+    [gone] = delete_in_stripe(double, "user3@example.com")
     reader = customers_for(double, key="sk_test_reader")
-    [gone] = [c.id for c in reader.iter_all() if c.values["email"] == "user3@example.com"]
-    reader._customers.delete(gone)
     execute(model, "update main.stripe_customers set plan = 'enterprise' where email = 'user3@example.com'")
 
     counts = sync(model, customers_for(double)).counts()
@@ -154,10 +162,8 @@ def test_a_deleted_customer_is_created_again_only_when_stripe_has_none(double, m
 
 def test_full_resync_recreates_deleted_customers_with_fresh_idempotency_keys(double, model):
     sync(model, customers_for(double))
+    deleted = delete_in_stripe(double, "user1@example.com", "user2@example.com")
     reader = customers_for(double, key="sk_test_reader")
-    deleted = [c.id for c in reader.iter_all() if c.values["email"] in ("user1@example.com", "user2@example.com")]
-    for customer_id in deleted:
-        reader._customers.delete(customer_id)
 
     for attempt in range(2):
         report = sync(model, customers_for(double), options=RunOptions(full_resync=True))
@@ -175,9 +181,8 @@ def test_a_create_stripe_replays_for_a_deleted_customer_is_made_again(double, mo
     """State lost as well as the customer: the create's idempotency key is the first one again, and
     Stripe answers with the deleted customer's id for a day. The sync sees it and creates anew."""
     sync(model, customers_for(double))
+    [gone] = delete_in_stripe(double, "user5@example.com")
     reader = customers_for(double, key="sk_test_reader")
-    [gone] = [c.id for c in reader.iter_all() if c.values["email"] == "user5@example.com"]
-    reader._customers.delete(gone)
     execute(model, "delete from census_stripe.sync_state where customer_key = 'user5@example.com'")
 
     counts = sync(model, customers_for(double)).counts()
