@@ -274,12 +274,18 @@ def assert_killed_run_was_cleared(home: Path) -> None:
         assert instance.event_log_storage.get_concurrency_info(POOL).claimed_slots == []
 
 
+def start_writing_run(dagster_home, warehouse, rows: int, double, log_path):
+    """A `dagster asset materialize` of the demo sync over `rows` new customers, once it is writing."""
+    make_model(warehouse, rows)
+    double.configure(latency=0.05)
+    run = start_materialize(dagster_home, warehouse, double, log_path)
+    wait_until(lambda: double.stats().get("done_create", 0) > 0, 120, "the first run to write to Stripe")
+    return run
+
+
 def test_a_run_killed_mid_sync_does_not_wedge_the_next_one(double, dagster_home, tmp_path):
     warehouse = tmp_path / "warehouse.duckdb"
-    make_model(warehouse, 300)
-    double.configure(latency=0.05)
-    killed = start_materialize(dagster_home, warehouse, double, tmp_path / "killed.log")
-    wait_until(lambda: double.stats().get("done_create", 0) > 0, 120, "the first run to write to Stripe")
+    killed = start_writing_run(dagster_home, warehouse, 300, double, tmp_path / "killed.log")
     kill_process_group(killed)
     assert 0 < double.stats()["customers"] < 300
 
@@ -298,10 +304,7 @@ def test_a_run_waiting_for_the_pool_sleeps_and_goes_ahead_once_the_holder_is_kil
     warehouse = tmp_path / "warehouse.duckdb"
     # At the default test-mode pace (about 22 creates/s) the first run writes for over 40 s: time for
     # the second to start (Dagster's start-up alone can take 30 s on a busy machine) and wait.
-    make_model(warehouse, 1000)
-    double.configure(latency=0.05)
-    holder = start_materialize(dagster_home, warehouse, double, tmp_path / "holder.log")
-    wait_until(lambda: double.stats().get("done_create", 0) > 0, 120, "the first run to write to Stripe")
+    holder = start_writing_run(dagster_home, warehouse, 1000, double, tmp_path / "holder.log")
     waiting = start_materialize(dagster_home, warehouse, double, tmp_path / "waiting.log")
 
     def waiting_is_blocked() -> bool:

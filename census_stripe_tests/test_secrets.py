@@ -61,15 +61,21 @@ def test_key_never_recorded_on_success(monkeypatch, warehouse_path, stripe_url, 
     assert key not in caplog.text
 
 
-def test_key_never_recorded_when_stripe_refuses_it(monkeypatch, warehouse_path, stripe_url, tmp_path, caplog):
-    # localstripe, like Stripe, answers 401 to a key it does not accept.
-    key = "rk_test_CANARYrefused0123456789"
-    caplog.set_level(logging.DEBUG)
+def failed_run_with_key(monkeypatch, key: str, warehouse_path: Path, stripe_url: str, tmp_path: Path):
+    """A materialization with this key in STRIPE_API_KEY, which must fail: its error, and
+    everything its instance recorded."""
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         result = materialize_with_key_from_env(monkeypatch, key, warehouse_path, stripe_url, instance)
         assert not result.success
         failure = result.get_step_failure_events()[0].step_failure_data.error
-        recorded = everything_recorded(instance, result.run_id, tmp_path)
+        return failure, everything_recorded(instance, result.run_id, tmp_path)
+
+
+def test_key_never_recorded_when_stripe_refuses_it(monkeypatch, warehouse_path, stripe_url, tmp_path, caplog):
+    # localstripe, like Stripe, answers 401 to a key it does not accept.
+    key = "rk_test_CANARYrefused0123456789"
+    caplog.set_level(logging.DEBUG)
+    failure, recorded = failed_run_with_key(monkeypatch, key, warehouse_path, stripe_url, tmp_path)
     assert failure.cause.message.startswith(
         "census_stripe.stripe_client.errors.StripeAccessError: AuthenticationError (HTTP 401): Unauthorized"
     )
@@ -114,11 +120,7 @@ def test_a_hostile_key_is_refused_before_any_call_and_never_recorded(
     key, named, monkeypatch, warehouse_path, stripe_url, tmp_path, caplog, capfd
 ):
     caplog.set_level(logging.DEBUG)
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        result = materialize_with_key_from_env(monkeypatch, key, warehouse_path, stripe_url, instance)
-        assert not result.success
-        failure = result.get_step_failure_events()[0].step_failure_data.error
-        recorded = everything_recorded(instance, result.run_id, tmp_path)
+    failure, recorded = failed_run_with_key(monkeypatch, key, warehouse_path, stripe_url, tmp_path)
     refusal = f"census_stripe.stripe_client.errors.MalformedKeyError: STRIPE_API_KEY contains {named}"
     assert failure.cause.message.startswith(refusal)
     assert "STEP_FAILURE" in recorded  # the sweep did read the event log
