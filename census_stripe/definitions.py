@@ -16,9 +16,18 @@ from census_stripe.orchestration.project import (
 from census_stripe.settings import DEFS_DIR, PROJECT_ROOT
 
 
+def _sync_instances() -> dg.Definitions:
+    """The defs folder's component instances, as `dg.load_from_defs_folder` builds them, without its
+    catalogue of every installed package's component types for the UI: that imports each package
+    registering components (dagster-snowflake, dagster-gcp with their SDKs and pandas) in every
+    process that loads the code location, several seconds each time (BENCHMARKS.md, section 5)."""
+    tree = dg.ComponentTree.for_project(path_within_project=PROJECT_ROOT)
+    return dg.Definitions.merge(tree.build_defs(DEFS_DIR), dg.Definitions(component_tree=tree))
+
+
 def _project_defs() -> dg.Definitions:
     refuse_stray_sync_files(DEFS_DIR)
-    syncs = dg.load_from_defs_folder(path_within_project=PROJECT_ROOT)
+    syncs = _sync_instances()
     refuse_duplicate_syncs(syncs)
     return dg.Definitions.merge(
         syncs,
