@@ -74,6 +74,13 @@ def require_postgres() -> None:
         )
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """`make test` runs the suite in two passes, the tests marked serial apart: a pass that a narrower
+    selection (PYTEST_ARGS) leaves empty has passed."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK
+
+
 @pytest.fixture
 def postgres_database() -> Iterator[str]:
     """A throwaway database on this machine's PostgreSQL, dropped after the test."""

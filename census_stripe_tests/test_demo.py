@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from census_stripe.demo.__main__ import DEMO_API_KEY
 from census_stripe.demo.report import describe_warehouse
 from census_stripe.orchestration.warehouses import PostgresWarehouseResource
@@ -39,6 +41,7 @@ def counts(output: str) -> dict[str, int]:
     return {name: int(value) for name, value in re.findall(r"^\s+(\w+): (\d+)$", output, re.MULTILINE)}
 
 
+@pytest.mark.serial
 def test_demo_twice_second_run_writes_nothing_and_a_lost_stripe_resets_state(tmp_path):
     first = run_demo(tmp_path)
     assert counts(first) == {

@@ -27,6 +27,7 @@ def webserver_answers(port: int) -> bool:
         return False
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "Ctrl-C"])
 def test_make_dev_leaves_nothing_running_when_stopped(tmp_path, stop_signal):
     venv = Path(sys.executable).parent.parent
