@@ -35,6 +35,7 @@ from census_stripe.orchestration.warehouses import (
     DuckDBWarehouseResource,
     PostgresWarehouseResource,
     WarehouseResource,
+    warehouse_from_env,
 )
 from census_stripe.plan import sql
 from census_stripe.settings import DBT_PROJECT_DIR
@@ -225,3 +226,13 @@ def test_generated_sql_parses_in_each_dialect(dialect):
         assert "VARCHAR(MAX)" in statements[0]  # never Redshift's TEXT, which is VARCHAR(256)
     if dialect == "bigquery":
         assert "TO_HEX(MD5(" in statements[0] and "`analytics`.`stripe_customers`" in statements[0]
+
+
+def test_duckdb_plans_within_its_memory_limit(tmp_path, monkeypatch):
+    """DuckDB's own default is 80 % of the machine's memory; the sync's connection is bounded."""
+    monkeypatch.setenv("CENSUS_STRIPE_DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))
+    monkeypatch.setenv("CENSUS_STRIPE_DUCKDB_MEMORY_LIMIT", "300MB")
+    for read_only in (False, True):
+        with warehouse_from_env().open(read_only=read_only) as warehouse:
+            limit = warehouse.query("select current_setting('memory_limit') as limit").iloc[0, 0]
+        assert limit == "286.1 MiB"  # 300 MB, as DuckDB shows it

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import ClassVar
 
 import dagster as dg
+import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from census_stripe.settings import WAREHOUSES, duckdb_path, warehouse_kind
 from census_stripe.warehouse.base import Warehouse
+from census_stripe.warehouse.duckdb import DEFAULT_MEMORY_LIMIT, DuckDBWarehouse
 from census_stripe.warehouse.state import DEFAULT_SCHEMA
 
 
@@ -41,21 +43,22 @@ class DuckDBWarehouseResource(WarehouseResource):
 
     kind: ClassVar[str] = "duckdb"
     duckdb: DuckDBResource
+    memory_limit: str = Field(
+        default=DEFAULT_MEMORY_LIMIT,
+        description="DuckDB's memory limit while a sync reads and plans (e.g. 512MB, 2GB); beyond it DuckDB "
+        "spills to disk.",
+    )
 
     @contextmanager
     def open(self, read_only: bool = False) -> Iterator[Warehouse]:
-        import duckdb
-
-        from census_stripe.warehouse.duckdb import DuckDBWarehouse
-
         if read_only:
             # DuckDB has one writer per file; a reader must not wait on it, nor block it for long.
             with duckdb.connect(self.duckdb.database, read_only=True) as connection:
-                yield DuckDBWarehouse(connection)
+                yield DuckDBWarehouse(connection, self.memory_limit)
             return
         Path(self.duckdb.database).parent.mkdir(parents=True, exist_ok=True)
         with self.duckdb.get_connection() as connection:
-            yield DuckDBWarehouse(connection)
+            yield DuckDBWarehouse(connection, self.memory_limit)
 
 
 class PostgresWarehouseResource(WarehouseResource):
@@ -120,7 +123,10 @@ def warehouse_from_env() -> WarehouseResource:
     """The warehouse CENSUS_STRIPE_WAREHOUSE names, from the variables its dbt target reads too."""
     kind = warehouse_kind()
     if kind == "duckdb":
-        return DuckDBWarehouseResource(duckdb=DuckDBResource(database=str(duckdb_path())))
+        return DuckDBWarehouseResource(
+            duckdb=DuckDBResource(database=str(duckdb_path())),
+            memory_limit=os.environ.get("CENSUS_STRIPE_DUCKDB_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT),
+        )
     if kind in ("postgres", "redshift"):
         prefix, resource = (
             ("PG", PostgresWarehouseResource) if kind == "postgres" else ("REDSHIFT_", RedshiftWarehouseResource)
