@@ -48,7 +48,7 @@ def engine(db: Path, url: str, label: str, options: RunOptions) -> dict:
     customers = unthrottled_customers("sk_test_benchmark", url)
     with duckdb.connect(str(db)) as connection, Stopwatch() as watch:
         store = SyncStateStore(DuckDBWarehouse(connection))
-        report = run_sync(SPEC, model=MODEL, store=store, customers=customers, run_id=label, options=options)
+        report = run_sync(SPEC, model=MODEL, store=store, stripe=customers, run_id=label, options=options)
     return {
         "variant": label,
         "lookup": report.plan.lookup,

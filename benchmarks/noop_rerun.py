@@ -33,7 +33,7 @@ def timed_run(db: Path, url: str, label: str, options: RunOptions) -> dict:
             SPEC,
             model=MODEL,
             store=SyncStateStore(DuckDBWarehouse(connection)),
-            customers=customers,
+            stripe=customers,
             run_id=label,
             options=options,
         )

@@ -9,13 +9,13 @@ import duckdb
 import pytest
 
 from census_stripe.demo.seed_data import BAD_ROWS, DEFAULT_CUSTOMERS, generate
-from census_stripe.stripe_client.client import StripeCustomers
+from census_stripe.stripe_client.client import StripeObjects
 from census_stripe_tests.conftest import DEMO_SYNC
 
 VALID_USERS = [u for u in generate(DEFAULT_CUSTOMERS)["raw_users"] if u["user_id"] not in BAD_ROWS]
 
 
-def stripe_by_email(customers: StripeCustomers) -> dict[str, dict]:
+def stripe_by_email(customers: StripeObjects) -> dict[str, dict]:
     everything = list(customers.iter_all())
     by_email = {c.values["email"]: c.values | {"id": c.id} for c in everything}
     assert len(by_email) == len(everything), "two Stripe customers share an email"

@@ -194,6 +194,37 @@ def changed_rows_query(
     return query.sql(dialect=dialect)
 
 
+def left_keys_query(spec: SyncSpec, model: Relation, state: Relation, account: str, dialect: str) -> str:
+    """The state rows of keys no longer in the model that still have a live Stripe object: what
+    `archive_missing` archives. Keys archived already are left out."""
+
+    def col(name: str, table: str) -> exp.Column:
+        return exp.column(name, table, quoted=True)
+
+    model_keys = exp.select(exp.alias_(key_expression(spec), KEY, quoted=True)).distinct().from_(model.table())
+    status = col("status", "s")
+    live = exp.and_(
+        of_sync(spec.name, account, table="s"),
+        exp.Not(this=exp.Is(this=col("stripe_customer_id", "s"), expression=exp.Null())),
+        exp.or_(
+            exp.Is(this=status, expression=exp.Null()),
+            exp.NEQ(this=status.copy(), expression=exp.Literal.string("archived")),
+        ),
+        exp.Is(this=col(KEY, "m"), expression=exp.Null()),
+    )
+    query = (
+        exp.select(col("customer_key", "s"), *(col(name, "s") for name in STATE_COLUMNS))
+        .from_(state.table().as_("s", quoted=True))
+        .join(
+            exp.alias_(model_keys.subquery(), "m", quoted=True),
+            on=col(KEY, "m").eq(col("customer_key", "s")),
+            join_type="left",
+        )
+        .where(live)
+    )
+    return query.sql(dialect=dialect)
+
+
 def row_count_query(model: Relation, dialect: str, where: ModelSlice | None = None) -> str:
     return _rows(model, where).select(exp.alias_(exp.Count(this=exp.Star()), "n", quoted=True)).sql(dialect=dialect)
 
