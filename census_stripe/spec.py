@@ -89,7 +89,9 @@ class PartitionsSpec(_Strict):
 
     @property
     def column(self) -> str:
-        return (self.time or self.values).column
+        chosen = self.time or self.values
+        assert chosen is not None, "the validator requires exactly one"
+        return chosen.column
 
 
 class SyncSettings(_Strict):
@@ -109,6 +111,11 @@ class SyncSettings(_Strict):
         default="customer", description="The kind of Stripe object each model row becomes."
     )
     behavior: Behavior
+    stripe_resource: str = pydantic.Field(
+        default="stripe",
+        description="The Dagster resource (a StripeResource) the sync writes through; e.g. another one for a "
+        "catalog served elsewhere.",
+    )
     archive_missing: bool = pydantic.Field(
         default=False,
         description="Products and prices: archive (`active: false`, never delete) the objects of keys that left "
@@ -202,6 +209,10 @@ def _semantic_problems(spec: SyncSpec) -> list[tuple[str, str]]:
     object_type = spec.object_type
     if not _NAME.match(spec.name):
         problems.append(("name", f"use letters, digits and underscores, starting with a letter, got {spec.name!r}"))
+    if not _NAME.match(spec.stripe_resource):
+        problems.append(
+            ("stripe_resource", f"a Dagster resource key: letters, digits and _, got {spec.stripe_resource!r}")
+        )
     key = spec.key.field
     if problem := object_type.key_problem(key):
         problems.append(("key.field", problem))

@@ -31,7 +31,7 @@ from census_stripe.plan.planner import (
     decide_by_key,
 )
 from census_stripe.plan.references import resolve_references
-from census_stripe.plan.rows import candidates_from_chunk, left_keys
+from census_stripe.plan.rows import Candidate, candidates_from_chunk, left_keys
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import SyncSpec
 from census_stripe.stripe_client.errors import StripeUnreachableError
@@ -124,22 +124,20 @@ class SyncReport:
 
 def _recreated(outcome: Outcome) -> bool:
     prior = outcome.row.candidate.prior
-    replaced = bool(prior and prior.stripe_id) and outcome.stripe_id != prior.stripe_id
+    replaced = prior is not None and bool(prior.stripe_id) and outcome.stripe_id != prior.stripe_id
     return outcome.status is WriteStatus.CREATED and replaced
 
 
-def _synced(outcome_row: PlannedRow, stripe_id: str) -> StateRecord:
-    candidate = outcome_row.candidate
-    return StateRecord(
-        candidate.key, stripe_id, candidate.row_hash, candidate.values, utc_now(), StateStatus.SYNCED, None
-    )
+def _synced(row: PlannedRow, stripe_id: str | None) -> StateRecord:
+    candidate = row.candidate
+    return StateRecord(row.key, stripe_id, candidate.row_hash, candidate.values, utc_now(), StateStatus.SYNCED, None)
 
 
 def _kept(row: PlannedRow, status: StateStatus, error: str | None) -> StateRecord:
     """A key whose Stripe values did not change this run: keep what was last accepted, note why."""
     prior = row.candidate.prior
     return StateRecord(
-        row.candidate.key,
+        row.key,
         row.stripe_id or (prior.stripe_id if prior else None),
         prior.row_hash if prior else None,
         prior.synced_values if prior else None,
@@ -155,7 +153,7 @@ def _archived(row: PlannedRow) -> StateRecord:
     prior = row.candidate.prior
     synced = (prior.synced_values if prior else None) or {}
     return StateRecord(
-        row.candidate.key, row.stripe_id, None, synced | {"active": "false"}, utc_now(), StateStatus.ARCHIVED, None
+        row.key, row.stripe_id, None, synced | {"active": "false"}, utc_now(), StateStatus.ARCHIVED, None
     )
 
 
@@ -188,12 +186,12 @@ def state_without_write(row: PlannedRow) -> StateRecord | None:
         prior = row.candidate.prior
         synced = prior.synced_values if prior else None
         return StateRecord(
-            row.candidate.key, row.stripe_id, row.candidate.row_hash, synced, None, StateStatus.EXISTING, row.reason
+            row.key, row.stripe_id, row.candidate.row_hash, synced, None, StateStatus.EXISTING, row.reason
         )
     return _kept(row, _STATUS_WITHOUT_WRITE[row.action], row.reason)
 
 
-def _rejection(row: PlannedRow, kind: str, reason: str) -> Rejection:
+def _rejection(row: PlannedRow, kind: str, reason: str | None) -> Rejection:
     return Rejection(row.candidate.key, row.candidate.key_value, kind, reason, row.candidate.values)
 
 
@@ -247,7 +245,7 @@ def plan_sync(
     rows_read = int(warehouse.query(sql.row_count_query(model, warehouse.dialect, where)).iloc[0, 0])
     everything = options.full_resync or options.repush
     query = sql.changed_rows_query(spec, model, store.state, account.key, warehouse.dialect, everything, where)
-    candidates = chain.from_iterable(
+    candidates: Iterable[Candidate] = chain.from_iterable(
         candidates_from_chunk(spec, chunk) for chunk in warehouse.query_chunks(query, CHUNK_ROWS)
     )
     candidates = resolve_references(spec, candidates, lambda sync: store.stripe_ids(sync, account.key))

@@ -50,7 +50,7 @@ def delete_in_stripe(double, *emails: str) -> list[str]:
     reader = customers_for(double, key="sk_test_reader")
     gone = [c.id for c in reader.iter_all() if c.values["email"] in emails]
     for customer_id in gone:
-        reader._customers.delete(customer_id)
+        reader._service.delete(customer_id)
     return gone
 
 

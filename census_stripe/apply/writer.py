@@ -64,7 +64,7 @@ def idempotency_key(sync_name: str, row: PlannedRow) -> str:
     names the object it replaces, so that each replacement is created once.
     """
     prior = row.candidate.prior
-    after_failure = prior.run_id if prior and prior.status is StateStatus.FAILED else ""
+    after_failure = (prior.run_id or "") if prior and prior.status is StateStatus.FAILED else ""
     if row.action is Action.CREATE:
         target = prior.stripe_id if prior and prior.stripe_id else ""
     else:
@@ -128,8 +128,8 @@ class StripeWriter:
                 self._flush(batch, outcomes)
             progress.update(len(outcomes) + len(batch))
             for future in done:
-                if future.exception() is not None:
-                    raise future.exception()
+                if (error := future.exception()) is not None:
+                    raise error
 
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"stripe-{self.sync_name}") as pool:
             try:
@@ -182,8 +182,8 @@ class StripeWriter:
         same_version = holder is not None and not object_type.immutable_changes(
             {name for name in desired if blank_to_none(holder.values.get(name)) != blank_to_none(desired[name])}
         )
-        if holder is not None and holder.id != row.stripe_id and same_version:
-            self.logger.info("%s %s already holds %r; archiving %s", object_type.name, holder.id, key, row.stripe_id)
+        if holder is not None and holder.id != row.target_id and same_version:
+            self.logger.info("%s %s already holds %r; archiving %s", object_type.name, holder.id, key, row.target_id)
             new_id = holder.id
         else:
             new_id = self.objects.create(desired, idempotency_key(self.sync_name, row), new_version=True).id
@@ -191,7 +191,7 @@ class StripeWriter:
         return Outcome(row, WriteStatus.NEW_VERSION, new_id)
 
     def _archive(self, row: PlannedRow) -> None:
-        self.objects.update(row.stripe_id, {"active": "false"}, f"{idempotency_key(self.sync_name, row)}-archive")
+        self.objects.update(row.target_id, {"active": "false"}, f"{idempotency_key(self.sync_name, row)}-archive")
 
     def _archived(self, row: PlannedRow) -> Outcome:
         try:
@@ -214,7 +214,7 @@ class StripeWriter:
                 return self._archived(row)
             try:
                 values = row.values_to_send(self.objects.object_type)
-                self.objects.update(row.stripe_id, values, idempotency_key(self.sync_name, row))
+                self.objects.update(row.target_id, values, idempotency_key(self.sync_name, row))
                 return Outcome(row, WriteStatus.UPDATED, row.stripe_id)
             except StripeRequestError as error:
                 if error.http_status != 404:

@@ -46,6 +46,8 @@ class StripeField:
         """Why Stripe would refuse `value` here, or None. Used on constants and on every row."""
         if self.choices and value not in self.choices:
             return f"{self.path} must be one of {', '.join(self.choices)}, got {value!r}"
+        if self.kind == "currency" and not _CURRENCY.match(value):
+            return f"bad currency: {self.path} must be a three-letter ISO code such as usd, got {value!r}"
         if len(value) > self.max_length:
             return f"value too long: {self.path} has {len(value)} characters, Stripe allows {self.max_length}"
         if self.integer:
@@ -57,8 +59,6 @@ class StripeField:
                 return f"negative amount: {self.path} must be 0 or more, got {value!r}"
         if self.kind == "boolean" and value not in BOOLEAN_TEXT:
             return f"{self.path} must be true or false, got {value!r}"
-        if self.kind == "currency" and not _CURRENCY.match(value):
-            return f"bad currency: {self.path} must be a three-letter ISO code such as usd, got {value!r}"
         return None
 
     def normalize(self, value: str) -> str:
@@ -96,6 +96,13 @@ def _stripe_text(value: object) -> str | None:
 Params = TypeVar("Params", bound=Mapping[str, Any])
 
 
+class Nested(dict[str, Any]):
+    """Nested parameters, read by name: a parameter not given reads as None (left out by `present`)."""
+
+    def __missing__(self, name: str) -> None:
+        return None
+
+
 def present(params: Params) -> Params:
     """`params` without the parameters left out (None). Each type builds its params with every
     parameter named as a keyword of the SDK's TypedDict, so that mypy checks the names."""
@@ -129,6 +136,8 @@ class StripeObjectType:
     # A rate-limit and call-count name per endpoint. Customers keep the bare names (`create`,
     # `list`) the counts and rate settings have always used.
     endpoint_prefix: str = ""
+    # A text field the write-access check blanks, on an object that cannot exist.
+    write_check_field: str = "description"
     # The key field Stripe can list by (`email=`, `lookup_keys[]=`), or retrieve by (`id`).
     listed_by: str | None = None
 
@@ -180,13 +189,13 @@ class StripeObjectType:
             flat[METADATA_PREFIX + key] = value
         return {path: blank_to_none(value) for path, value in flat.items()}
 
-    def nested(self, values: FieldValues, unset_missing: bool) -> dict[str, Any]:
+    def nested(self, values: FieldValues, unset_missing: bool) -> Nested:
         """Flat values as Stripe's nested parameters, converted to the types Stripe's API takes.
 
         On create (`unset_missing=False`) empty values are left out. On update they become "" so
         that Stripe clears them, and a whole object whose mapped parts are all empty is cleared.
         """
-        params: dict[str, Any] = {}
+        params = Nested()
         objects_with_content: set[str] = set()
         for path, value in values.items():
             value = blank_to_none(value)
@@ -202,7 +211,7 @@ class StripeObjectType:
                 target = target.setdefault(parent, {})
             target[leaf] = "" if value is None else stripe_field.to_stripe(value)
         if unset_missing:
-            touched = {self.whole_object_of(path) for path in values} - {None}
+            touched = {name for path in values if (name := self.whole_object_of(path))}
             for name in touched - objects_with_content:
                 params[name] = ""
         return params

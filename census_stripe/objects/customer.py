@@ -29,15 +29,15 @@ FIELDS = fields_by_path(
 def create_params(values: FieldValues) -> CustomerCreateParams:
     given = CUSTOMER.nested(values, unset_missing=False)
     params: CustomerCreateParams = {
-        "email": given.get("email"),
-        "name": given.get("name"),
-        "phone": given.get("phone"),
-        "description": given.get("description"),
-        "address": given.get("address"),
-        "shipping": given.get("shipping"),
-        "tax_exempt": given.get("tax_exempt"),
-        "balance": given.get("balance"),
-        "metadata": given.get("metadata"),
+        "email": given["email"],
+        "name": given["name"],
+        "phone": given["phone"],
+        "description": given["description"],
+        "address": given["address"],
+        "shipping": given["shipping"],
+        "tax_exempt": given["tax_exempt"],
+        "balance": given["balance"],
+        "metadata": given["metadata"],
     }
     return present(params)
 
@@ -45,15 +45,15 @@ def create_params(values: FieldValues) -> CustomerCreateParams:
 def update_params(values: FieldValues) -> CustomerUpdateParams:
     given = CUSTOMER.nested(values, unset_missing=True)
     params: CustomerUpdateParams = {
-        "email": given.get("email"),
-        "name": given.get("name"),
-        "phone": given.get("phone"),
-        "description": given.get("description"),
-        "address": given.get("address"),
-        "shipping": given.get("shipping"),
-        "tax_exempt": given.get("tax_exempt"),
-        "balance": given.get("balance"),
-        "metadata": given.get("metadata"),
+        "email": given["email"],
+        "name": given["name"],
+        "phone": given["phone"],
+        "description": given["description"],
+        "address": given["address"],
+        "shipping": given["shipping"],
+        "tax_exempt": given["tax_exempt"],
+        "balance": given["balance"],
+        "metadata": given["metadata"],
     }
     return present(params)
 

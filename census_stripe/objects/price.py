@@ -38,17 +38,17 @@ FIELDS = fields_by_path(
 def create_params(values: FieldValues) -> PriceCreateParams:
     given = PRICE.nested(values, unset_missing=False)
     params: PriceCreateParams = {
-        "lookup_key": given.get("lookup_key"),
-        "product": given.get("product"),
+        "lookup_key": given["lookup_key"],
+        "product": given["product"],
         "currency": given["currency"],
-        "unit_amount": given.get("unit_amount"),
-        "unit_amount_decimal": given.get("unit_amount_decimal"),
-        "recurring": given.get("recurring"),
-        "billing_scheme": given.get("billing_scheme"),
-        "tax_behavior": given.get("tax_behavior"),
-        "nickname": given.get("nickname"),
-        "active": given.get("active"),
-        "metadata": given.get("metadata"),
+        "unit_amount": given["unit_amount"],
+        "unit_amount_decimal": given["unit_amount_decimal"],
+        "recurring": given["recurring"],
+        "billing_scheme": given["billing_scheme"],
+        "tax_behavior": given["tax_behavior"],
+        "nickname": given["nickname"],
+        "active": given["active"],
+        "metadata": given["metadata"],
     }
     return present(params)
 
@@ -64,11 +64,11 @@ def update_params(values: FieldValues) -> PriceUpdateParams:
     # Only what Stripe lets change on a price; the rest makes a new version (never an update).
     given = PRICE.nested(values, unset_missing=True)
     params: PriceUpdateParams = {
-        "lookup_key": given.get("lookup_key"),
-        "tax_behavior": given.get("tax_behavior"),
-        "nickname": given.get("nickname"),
-        "active": given.get("active"),
-        "metadata": given.get("metadata"),
+        "lookup_key": given["lookup_key"],
+        "tax_behavior": given["tax_behavior"],
+        "nickname": given["nickname"],
+        "active": given["active"],
+        "metadata": given["metadata"],
     }
     return present(params)
 
@@ -100,5 +100,6 @@ PRICE = StripeObjectType(
     required_on_create=("product", "currency"),
     archivable=True,
     endpoint_prefix="prices.",
+    write_check_field="nickname",
     listed_by="lookup_key",
 )

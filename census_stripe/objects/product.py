@@ -26,16 +26,16 @@ FIELDS = fields_by_path(
 def create_params(values: FieldValues) -> ProductCreateParams:
     given = PRODUCT.nested(values, unset_missing=False)
     params: ProductCreateParams = {
-        "id": given.get("id"),
-        "name": given.get("name"),
-        "description": given.get("description"),
-        "active": given.get("active"),
-        "url": given.get("url"),
-        "unit_label": given.get("unit_label"),
-        "tax_code": given.get("tax_code"),
-        "statement_descriptor": given.get("statement_descriptor"),
-        "shippable": given.get("shippable"),
-        "metadata": given.get("metadata"),
+        "id": given["id"],
+        "name": given["name"],
+        "description": given["description"],
+        "active": given["active"],
+        "url": given["url"],
+        "unit_label": given["unit_label"],
+        "tax_code": given["tax_code"],
+        "statement_descriptor": given["statement_descriptor"],
+        "shippable": given["shippable"],
+        "metadata": given["metadata"],
     }
     return present(params)
 
@@ -44,15 +44,15 @@ def update_params(values: FieldValues) -> ProductUpdateParams:
     # The id is the key: it never changes, and Stripe cannot change it.
     given = PRODUCT.nested(values, unset_missing=True)
     params: ProductUpdateParams = {
-        "name": given.get("name"),
-        "description": given.get("description"),
-        "active": given.get("active"),
-        "url": given.get("url"),
-        "unit_label": given.get("unit_label"),
-        "tax_code": given.get("tax_code"),
-        "statement_descriptor": given.get("statement_descriptor"),
-        "shippable": given.get("shippable"),
-        "metadata": given.get("metadata"),
+        "name": given["name"],
+        "description": given["description"],
+        "active": given["active"],
+        "url": given["url"],
+        "unit_label": given["unit_label"],
+        "tax_code": given["tax_code"],
+        "statement_descriptor": given["statement_descriptor"],
+        "shippable": given["shippable"],
+        "metadata": given["metadata"],
     }
     return present(params)
 

@@ -69,9 +69,9 @@ class _Privacy:
             return text
         personal = {value for field, value in row.candidate.values.items() if value and is_personal(field)}
         if self.key_is_personal:
-            personal |= {row.candidate.key_value, row.candidate.key} - {None, ""}
+            personal |= {key for key in (row.candidate.key_value, row.candidate.key) if key}
         for value in sorted(personal, key=len, reverse=True):
-            text = text.replace(value, mask(value))
+            text = text.replace(value, mask(value) or "")
         return text
 
 
@@ -308,11 +308,11 @@ def report_metadata(report: SyncReport, object_url: Callable[[str], str | None])
         metadata["whole_plan"] = dg.MetadataValue.text(report.changes_query)
     if rejected:
         metadata["rejected_rows"] = _problems([(row, row.stripe_id, row.reason) for row in rejected], privacy, name)
-        kinds = [reason_kind(problem) for row in rejected for problem in row.reason.split("; ")]
+        kinds = [reason_kind(problem) for row in rejected for problem in (row.reason or "").split("; ")]
         metadata["rejection_reasons"] = _counted(kinds, "The kind of problem")
     if failed:
         metadata["failed_rows"] = _problems([(o.row, o.stripe_id, o.error) for o in failed], privacy, name)
-        metadata["failure_reasons"] = _counted([o.error for o in failed], "Stripe's message")
+        metadata["failure_reasons"] = _counted([o.error or "" for o in failed], "Stripe's message")
     if skipped:
         metadata["skipped_rows"] = _problems([(row, row.stripe_id, row.reason) for row in skipped], privacy, name)
     duplicates = [row for row in report.plan.rows if row.stripe_duplicates]
@@ -330,7 +330,7 @@ def report_metadata(report: SyncReport, object_url: Callable[[str], str | None])
             (f"stripe_{name}_ids", f"Every Stripe {name} with this key"),
             ("decision", "By the sync's duplicates_in_stripe policy"),
         )
-    written = [o.stripe_id for o in report.outcomes if o.status != "failed"][:LINKS]
+    written = [o.stripe_id for o in report.outcomes if o.status != "failed" and o.stripe_id][:LINKS]
     metadata[f"stripe_{object_type.plural}"] = dg.MetadataValue.md(_links(written, object_url, name))
     metadata |= {name: dg.MetadataValue.int(value) for name, value in counts.items()}
     metadata |= {

@@ -137,12 +137,14 @@ def partitions_definition(partitions: PartitionsSpec | None) -> dg.PartitionsDef
         return None
     if partitions.values:
         return dg.StaticPartitionsDefinition(partitions.values.values)
+    time = partitions.time
+    assert time is not None, "a partitions setting is either values or time"
     by_granularity = {
         "daily": dg.DailyPartitionsDefinition,
         "weekly": dg.WeeklyPartitionsDefinition,
         "monthly": dg.MonthlyPartitionsDefinition,
     }
-    return by_granularity[partitions.time.granularity](start_date=partitions.time.start.isoformat())
+    return by_granularity[time.granularity](start_date=time.start.isoformat())
 
 
 def model_slice(partitions: PartitionsSpec, context: dg.AssetExecutionContext) -> ModelSlice:
@@ -194,6 +196,7 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
             "mapping": dg.MetadataValue.json(spec.columns_by_field | spec.constant_values),
         },
         output_required=False,
+        required_resource_keys={spec.stripe_resource},
         # One run of a sync at a time: pools cap ops in flight across runs (the instance sets the
         # limit, e.g. `concurrency: pools: default_limit: 1` in dagster.yaml).
         pool=f"stripe_sync_{spec.name}",
@@ -213,9 +216,8 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
             ),
         ],
     )
-    def _sync(
-        context: dg.AssetExecutionContext, config: SyncRunConfig, stripe: StripeResource, warehouse: WarehouseResource
-    ):
+    def _sync(context: dg.AssetExecutionContext, config: SyncRunConfig, warehouse: WarehouseResource):
+        stripe: StripeResource = getattr(context.resources, spec.stripe_resource)
         options = RunOptions(
             dry_run=config.dry_run,
             full_resync=config.full_resync,

@@ -48,8 +48,9 @@ def index_by_key(objects: Iterable[StripeObject], key_field: str) -> Found:
     found: Found = defaultdict(list)
     for stripe_object in objects:
         value = stripe_object.id if key_field == "id" else stripe_object.values.get(key_field)
-        if value is not None:
-            found[normalize_key(key_field, value)].append(stripe_object)
+        key = normalize_key(key_field, value) if value is not None else None
+        if key is not None:
+            found[key].append(stripe_object)
     return found
 
 
@@ -75,10 +76,10 @@ class ObjectLookup:
     def __call__(self, wanted: Mapping[str, str]) -> LookupResult:
         """Objects for each key; `wanted` maps a normalized key to the key as the model writes it."""
         if self.listed is not None:
-            listed = self._index([Page(self.listed, has_more=False)], wanted, page_budget=None)
+            listed = self._index([Page(self.listed, has_more=False)], wanted)
             return LookupResult(listed, "already_listed")
         if self.key_field != self.objects.object_type.listed_by or self.strategy == "list_all":
-            return LookupResult(self._by_listing(wanted, page_budget=None), "list_all")
+            return LookupResult(self._index(self.objects.iter_pages(), wanted), "list_all")
         spellings = {key: sorted({written, key}) for key, written in wanted.items()}
         if self.key_field == "email":
             per_key_calls = sum(map(len, spellings.values()))
@@ -87,31 +88,38 @@ class ObjectLookup:
         else:
             per_key_calls = len(wanted)
         if self.strategy == "auto" and per_key_calls > self.known_pages:
-            found = self._by_listing(wanted, page_budget=per_key_calls)
+            found = self._index_within(self.objects.iter_pages(), wanted, page_budget=per_key_calls)
             if found is not None:
                 return LookupResult(found, "list_all")
         return LookupResult(self._per_key(spellings, wanted), "per_key")
 
-    def _by_listing(self, wanted: Mapping[str, str], page_budget: int | None) -> Found | None:
-        return self._index(self.objects.iter_pages(), wanted, page_budget)
+    def _index(self, pages: Iterable[Page], wanted: Mapping[str, str]) -> Found:
+        """Every match in every page."""
+        found: Found = defaultdict(list)
+        for page in pages:
+            self._add_matches(found, page, wanted)
+        return found
 
-    def _index(self, pages: Iterable[Page], wanted: Mapping[str, str], page_budget: int | None) -> Found | None:
+    def _index_within(self, pages: Iterable[Page], wanted: Mapping[str, str], page_budget: int) -> Found | None:
         """Every match, or None once `page_budget` pages did not finish the listing."""
         found: Found = defaultdict(list)
         for count, page in enumerate(pages, start=1):
-            for key, objects in index_by_key(page.objects, self.key_field).items():
-                if key in wanted:
-                    found[key].extend(objects)
-            if page.has_more and page_budget is not None and count >= page_budget:
+            self._add_matches(found, page, wanted)
+            if page.has_more and count >= page_budget:
                 return None
         return found
+
+    def _add_matches(self, found: Found, page: Page, wanted: Mapping[str, str]) -> None:
+        for key, objects in index_by_key(page.objects, self.key_field).items():
+            if key in wanted:
+                found[key].extend(objects)
 
     def _per_key(self, spellings: Mapping[str, list[str]], wanted: Mapping[str, str]) -> Found:
         if self.key_field == "lookup_key":
             found: Found = defaultdict(list)
             for batch in _batches(sorted(wanted), LOOKUP_KEYS_PER_CALL):
                 pages = self.objects.iter_pages({"lookup_keys": batch})
-                for key, prices in self._index(pages, wanted, page_budget=None).items():
+                for key, prices in self._index(pages, wanted).items():
                     found[key].extend(prices)
             return found
         if self.key_field == "id":

@@ -55,6 +55,20 @@ class PlannedRow:
     # `changes` still names only the fields that differ.
     send_everything: bool = False
 
+    @property
+    def key(self) -> str:
+        """The key of a row that is written or filed in the state; a row without one is rejected."""
+        if self.candidate.key is None:
+            raise ValueError(f"{self.action.value} of a row without a key")
+        return self.candidate.key
+
+    @property
+    def target_id(self) -> str:
+        """The Stripe object an update, a new version or an archive writes to."""
+        if self.stripe_id is None:
+            raise ValueError(f"{self.action.value} of {self.candidate.key!r} without a Stripe id")
+        return self.stripe_id
+
     def values_to_send(self, object_type: StripeObjectType) -> dict[str, str | None]:
         """A create, a new version or a re-push sends every value; an update the changed ones, plus
         the rest of any object (address, shipping) they belong to, since Stripe replaces those whole."""
@@ -198,15 +212,16 @@ def build_plan(
         if candidate.state_problem and candidate.key is not None:
             plan.state_problems.append((candidate.key, candidate.state_problem))
         reason = rejection_reason(spec, candidate)
-        known_id = candidate.prior.stripe_id if candidate.prior else None
-        if reason:
+        prior = candidate.prior
+        known_id = prior.stripe_id if prior else None
+        if reason or candidate.key is None:  # a row without a key always has a reason
             plan.rows.append(PlannedRow(Action.REJECT, candidate, stripe_id=known_id, reason=reason))
         elif known_id and spec.behavior == "create_only":
             plan.rows.append(_existing(PlannedRow(Action.UNCHANGED, candidate, stripe_id=known_id)))
-        elif known_id and live is None:
-            known = StripeObject(known_id, candidate.prior.synced_values or {})
+        elif prior and known_id and live is None:
+            known = StripeObject(known_id, prior.synced_values or {})
             plan.rows.append(_compare(spec, candidate, known, repush))
-        elif known_id and known_id in live.by_id:
+        elif live and known_id and known_id in live.by_id:
             sharing = live.by_key.get(candidate.key, [])
             duplicates = tuple(sorted(c.id for c in sharing)) if len(sharing) > 1 else ()
             plan.rows.append(_compare(spec, candidate, live.by_id[known_id], repush, duplicates))
@@ -226,10 +241,15 @@ def decide_by_key(
     Returns the rows, and how the lookup found customers (None when nothing was looked up)."""
     if not candidates:
         return [], None
-    result = lookup({candidate.key: candidate.values[spec.key.field] for candidate in candidates})
+    wanted = {
+        candidate.key: written
+        for candidate in candidates
+        if candidate.key is not None and (written := candidate.values[spec.key.field]) is not None
+    }
+    result = lookup(wanted)
     rows = []
     for candidate in candidates:
-        if matches := result.found.get(candidate.key):
+        if matches := result.found.get(candidate.key or ""):
             row = _matched(spec, candidate, matches, repush)
             rows.append(_existing(row) if spec.behavior == "create_only" else row)
         elif spec.behavior != "update_only":

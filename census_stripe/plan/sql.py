@@ -53,7 +53,7 @@ def key_expression(spec: SyncSpec) -> exp.Expression:
     return key_sql(spec.key.field, _text(spec.key.column))
 
 
-def row_hash_expression(spec: SyncSpec) -> exp.Expression:
+def row_hash_expression(spec: SyncSpec) -> exp.Func:
     parts: list[exp.Expression] = [exp.Literal.string(mapping_fingerprint(spec))]
     for column in spec.columns:
         parts.append(exp.Literal.string(FIELD_SEPARATOR))
@@ -71,10 +71,12 @@ class ModelSlice:
     end: datetime | None = None
     values: tuple[str, ...] = ()
 
-    def condition(self) -> exp.Expression:
+    def condition(self) -> exp.Condition:
         column = exp.column(self.column, quoted=True)
         if self.values:
             return exp.In(this=exp.cast(column, "text"), expressions=[exp.Literal.string(v) for v in self.values])
+        if self.start is None or self.end is None:
+            raise ValueError(f"a slice of {self.column} needs values or a start and an end")
 
         def moment(value: datetime) -> exp.Expression:
             return exp.cast(exp.Literal.string(value.strftime("%Y-%m-%d %H:%M:%S")), "timestamp")

@@ -9,6 +9,7 @@ import random
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 import stripe
@@ -128,7 +129,7 @@ def stripe_advice(error: stripe.StripeError) -> bool | None:
     does not say. The SDK follows it over the status, and so do we: "false" on a 5xx a retry would
     only replay, "true" on, say, a lock timeout."""
     headers = {name.lower(): value for name, value in (error.headers or {}).items()}
-    return {"true": True, "false": False}.get(headers.get("stripe-should-retry"))
+    return {"true": True, "false": False}.get(headers.get("stripe-should-retry") or "")
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -216,10 +217,10 @@ class StripeObjects:
     def iter_pages(self, filters: Mapping[str, Any] | None = None) -> Iterator[Page]:
         """Objects 100 per call, optionally filtered (`email`, `lookup_keys`); strongly consistent,
         unlike Search, which lags writes."""
-        params: dict = {"limit": PAGE_SIZE} | dict(filters or {})
+        params: dict[str, Any] = {"limit": PAGE_SIZE} | dict(filters or {})
         endpoint = self.object_type.endpoint("list")
         while True:
-            page = self._call(endpoint, lambda params=params: self._service.list(params=params))
+            page = self._call(endpoint, partial(self._service.list, params=params))
             more = bool(page.has_more and page.data)
             yield Page([self._object(found) for found in page.data], more)
             if not more:
@@ -291,8 +292,9 @@ class StripeObjects:
         """Fail now, before any row, if the key may not write these objects (e.g. a read-only
         restricted key). Updates an object that cannot exist: 404 means writes are allowed."""
         endpoint = self.object_type.endpoint("update")
+        params = self.object_type.update_params({self.object_type.write_check_field: None})
         try:
-            self._call(endpoint, lambda: self._service.update(WRITE_CHECK_ID, params={"metadata": {}}))
+            self._call(endpoint, lambda: self._service.update(WRITE_CHECK_ID, params=params))
         except StripeRequestError as error:
             if error.http_status != 404:
                 raise

@@ -116,7 +116,7 @@ class Rejection:
     customer_key: str | None
     key_value: str | None
     kind: str
-    reason: str
+    reason: str | None
     row_values: dict
 
 
@@ -318,7 +318,7 @@ class SyncStateStore:
         self.warehouse.execute(exp.delete(self.state.table(), where=condition).sql(self.warehouse.dialect))
 
 
-def of_sync(sync_name: str, account: str, table: str | None = None) -> exp.Expression:
+def of_sync(sync_name: str, account: str, table: str | None = None) -> exp.Condition:
     """The state rows of one sync in one Stripe account."""
     return exp.and_(
         exp.column("sync_name", table, quoted=True).eq(exp.Literal.string(sync_name)),
