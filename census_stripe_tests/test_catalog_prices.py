@@ -3,11 +3,17 @@ the product sync's key and resolved through that sync's state; a changed amount 
 new price that takes the lookup key over and archives the old one, also when a run stopped halfway;
 bad rows rejected with reasons while the good ones sync; and every behavior."""
 
+import dagster as dg
 import pytest
 
 from census_stripe.objects import PRICE
+from census_stripe.orchestration.dbt import DbtModel
+from census_stripe.orchestration.metadata import report_metadata
+from census_stripe.orchestration.sync_asset import Sync, build_sync_asset
 from census_stripe.sync import RunOptions
+from census_stripe.warehouse.base import Relation
 from census_stripe_tests.catalog import reasons, run, state, stripe_for, sync_spec, write_model
+from census_stripe_tests.conftest import resources
 
 PRODUCTS = """
 model: products
@@ -113,8 +119,6 @@ def test_a_changed_amount_makes_one_new_price_and_archives_the_old_one(warehouse
 
 
 def test_the_preview_says_what_a_new_version_changes(warehouse, double):
-    from census_stripe.orchestration.metadata import report_metadata
-
     run(warehouse, prices(), double.url)
     change_amount(warehouse, "team_monthly", "1200")
     metadata = report_metadata(run(warehouse, prices(), double.url, run_id="dry", options=DRY_RUN), lambda _: None)
@@ -202,3 +206,26 @@ def test_prices_that_leave_the_model_are_archived(warehouse, double):
     assert (counts["archived"], counts["unchanged"]) == (1, 3)
     assert held(double)[gone_id]["active"] == "false"
     assert state(warehouse, "prices")["team_yearly"] == (gone_id, "archived")
+
+
+def catalog_asset(tmp_path, name: str, text: str) -> dg.AssetsDefinition:
+    """The Dagster asset of a sync whose model is a table written by the test (no dbt)."""
+    spec = sync_spec(text, name)
+    model = DbtModel(spec.model, dg.AssetKey([spec.model]), Relation("main", spec.model), (), "")
+    return build_sync_asset(Sync(spec, tmp_path / name / "defs.yaml", model), "duckdb")
+
+
+def test_in_dagster_the_price_sync_runs_after_the_product_sync_it_depends_on(tmp_path, double):
+    path = tmp_path / "warehouse.duckdb"
+    write_model(path, "products", [{"id": "team", "name": "Team"}, {"id": "pro", "name": "Pro"}])
+    write_model(path, "prices", with_nicknames(PRICE_ROWS))
+    products_asset = catalog_asset(tmp_path, "products", PRODUCTS)
+    prices_asset = catalog_asset(tmp_path, "prices", PRICES.format(behavior="update_or_create", archive="false"))
+    products_key, prices_key = dg.AssetKey(["stripe", "products"]), dg.AssetKey(["stripe", "prices"])
+    assert products_key in prices_asset.asset_deps[prices_key]
+
+    result = dg.materialize([prices_asset, products_asset], resources=resources(path, double.url))
+    assert [event.asset_key for event in result.get_asset_materialization_events()] == [products_key, prices_key]
+    [prices_run] = result.asset_materializations_for_node(prices_asset.op.name)
+    assert (prices_run.metadata["created"].value, prices_run.metadata["rejected"].value) == (4, 0)
+    assert holder(double, "pro_monthly")[1]["product"] == "pro"

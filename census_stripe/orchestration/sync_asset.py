@@ -35,6 +35,7 @@ SYNC_GROUP = "stripe"
 REJECTED_CHECK = "rejected_rows_below_threshold"
 FAILED_CHECK = "failed_writes_below_threshold"
 SYNC_FILE_METADATA = "sync_file"
+WAREHOUSE_RESOURCE = "warehouse"
 
 
 class SyncRunConfig(dg.Config):
@@ -196,7 +197,8 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
             "mapping": dg.MetadataValue.json(spec.columns_by_field | spec.constant_values),
         },
         output_required=False,
-        required_resource_keys={spec.stripe_resource},
+        # The Stripe resource is named by the sync (`stripe_resource`), so resources are looked up by key.
+        required_resource_keys={spec.stripe_resource, WAREHOUSE_RESOURCE},
         # One run of a sync at a time: pools cap ops in flight across runs (the instance sets the
         # limit, e.g. `concurrency: pools: default_limit: 1` in dagster.yaml).
         pool=f"stripe_sync_{spec.name}",
@@ -216,8 +218,9 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
             ),
         ],
     )
-    def _sync(context: dg.AssetExecutionContext, config: SyncRunConfig, warehouse: WarehouseResource):
+    def _sync(context: dg.AssetExecutionContext, config: SyncRunConfig):
         stripe: StripeResource = getattr(context.resources, spec.stripe_resource)
+        warehouse: WarehouseResource = getattr(context.resources, WAREHOUSE_RESOURCE)
         options = RunOptions(
             dry_run=config.dry_run,
             full_resync=config.full_resync,
