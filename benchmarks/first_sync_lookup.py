@@ -28,7 +28,7 @@ from census_stripe.stripe_client.client import make_client
 from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
-from census_stripe_tests.stripe_double import StripeDoubleServer
+from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe_tests.synthetic import add_customers, make_model
 
 MATCHING = 0.3

@@ -26,7 +26,7 @@ from census_stripe.orchestration.sync_asset import Sync, build_sync_asset, load_
 from census_stripe.orchestration.warehouses import DuckDBWarehouseResource
 from census_stripe.settings import DEFS_DIR
 from census_stripe.stripe_client.client import StripeCustomers
-from census_stripe_tests.stripe_double import StripeDoubleServer
+from census_stripe.demo.stripe_double import StripeDoubleServer
 
 # A key with a recognisable body, so tests can prove it never leaks.
 API_KEY = "sk_test_CANARY4f9b2e7d1c"

@@ -10,7 +10,7 @@ from census_stripe.demo.__main__ import DEMO_API_KEY
 from census_stripe.demo.report import describe_warehouse
 from census_stripe.orchestration.warehouses import PostgresWarehouseResource
 from census_stripe.settings import PROJECT_ROOT
-from census_stripe_tests.stripe_double import key_stat
+from census_stripe.demo.stripe_double import key_stat
 
 YOUR_KEY = "sk_test_CANARYyourown0123456789"
 

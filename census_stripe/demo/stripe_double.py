@@ -28,7 +28,7 @@ It is an in-memory HTTP server, run as its own process, modelled on Stripe's doc
 Control endpoints (no auth): GET /_double/stats, POST /_double/config (JSON), POST /_double/reset,
 POST /_double/customers (JSON list of customer params, created directly, for fixtures).
 
-    python -m census_stripe_tests.stripe_double --port 12111 --latency 0.15 --create-rate 25
+    python -m census_stripe.demo.stripe_double --port 12111 --latency 0.15 --create-rate 25
 """
 
 from __future__ import annotations
@@ -446,7 +446,7 @@ class StripeDoubleServer:
         return self._control("POST", "customers", customers)["ids"]
 
     def __enter__(self) -> StripeDoubleServer:
-        command = [sys.executable, "-m", "census_stripe_tests.stripe_double", "--port", str(self.port)]
+        command = [sys.executable, "-m", "census_stripe.demo.stripe_double", "--port", str(self.port)]
         self._process = start_server(command, self.port)
         self.configure(**asdict(self.config))
         return self
