@@ -192,6 +192,10 @@ def _latest_metadata(instance, asset_path: list[str]) -> dict:
     return {name: value.value for name, value in metadata.items()}
 
 
+def _report_position(stripe_object: str) -> int:
+    return OBJECT_ORDER.index(stripe_object) if stripe_object in OBJECT_ORDER else len(OBJECT_ORDER)
+
+
 def _records(table) -> list[dict]:
     """The rows of a table in a run's metadata; a preview with nothing to change is text instead."""
     from dagster import TableMetadataValue
@@ -210,7 +214,7 @@ def _print_summary(dagster_home: str) -> None:
     with dg.DagsterInstance.from_config(dagster_home) as instance:
         specs = sorted(
             ((path, load_sync_spec(path)) for path in DEFS_DIR.glob("*/defs.yaml")),
-            key=lambda pair: (OBJECT_ORDER.index(pair[1].object), pair[0]),
+            key=lambda pair: (_report_position(pair[1].object), pair[0]),
         )
         for path, spec in specs:
             name = spec.name
