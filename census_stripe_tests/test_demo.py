@@ -6,10 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
+import pytest
+
 from census_stripe.demo.__main__ import DEMO_API_KEY, raise_a_price_once_the_catalog_is_in_stripe
 from census_stripe.demo.report import describe_warehouse
 from census_stripe.demo.seed_data import catalog as catalog_seed
 from census_stripe.demo.stripe_double import key_stat
+from census_stripe.orchestration.project import sync_resources
 from census_stripe.orchestration.warehouses import PostgresWarehouseResource
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.stripe_client.client import make_client
@@ -176,3 +180,22 @@ def test_an_unknown_warehouse_gets_the_projects_message_on_every_path(tmp_path):
         timeout=300,
     )
     assert loaded.returncode != 0 and message in loaded.stdout + loaded.stderr
+
+
+@pytest.mark.parametrize(
+    "catalog_server, catalog_api_base",
+    [("http://127.0.0.1:4242", "http://127.0.0.1:4242"), (None, "http://127.0.0.1:8420")],
+)
+def test_the_catalog_is_synced_through_its_own_server_only_when_one_is_named(
+    monkeypatch, catalog_server, catalog_api_base
+):
+    monkeypatch.setenv("STRIPE_API_KEY", YOUR_KEY)
+    monkeypatch.setenv("STRIPE_API_BASE", "http://127.0.0.1:8420")
+    if catalog_server:
+        monkeypatch.setenv("STRIPE_CATALOG_API_BASE", catalog_server)
+    else:
+        monkeypatch.delenv("STRIPE_CATALOG_API_BASE", raising=False)
+    resources = sync_resources()
+    with dg.build_resources({name: resources[name] for name in ("stripe", "stripe_catalog")}) as built:
+        assert built.stripe.api_base == "http://127.0.0.1:8420"
+        assert (built.stripe_catalog.api_base, built.stripe_catalog.api_key) == (catalog_api_base, YOUR_KEY)
