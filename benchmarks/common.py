@@ -1,7 +1,7 @@
 """Shared set-up for the benchmarks: a synthetic model in DuckDB, the demo sync, measuring helpers.
 
 Benchmarks run on this machine's DuckDB and on the Stripe test double
-(census_stripe_tests/stripe_double.py): localstripe pickles its whole store on every write and
+(census_stripe/demo/stripe_double.py): localstripe pickles its whole store on every write and
 cannot hold 100k customers in reasonable time.
 """
 

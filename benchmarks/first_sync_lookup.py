@@ -23,12 +23,12 @@ from pathlib import Path
 import duckdb
 
 from benchmarks.common import MODEL, SPEC, Stopwatch, print_table, unthrottled_customers
+from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.plan.planner import Action
 from census_stripe.stripe_client.client import make_client
 from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
-from census_stripe_tests.stripe_double import StripeDoubleServer
 from census_stripe_tests.synthetic import add_customers, make_model
 
 MATCHING = 0.3

@@ -13,12 +13,12 @@ import duckdb
 import pytest
 
 from census_stripe.demo.local_stripe import free_port
+from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.orchestration.sync_asset import build_sync_asset, load_sync
 from census_stripe.stripe_client.client import CircuitBreaker, StripeObjects
 from census_stripe.stripe_client.errors import StripeUnreachableError
 from census_stripe.stripe_client.rate_limit import RateLimits, shared_budget
 from census_stripe_tests.conftest import DEMO_SYNC, resources
-from census_stripe_tests.stripe_double import StripeDoubleServer
 from census_stripe_tests.synthetic import make_model
 from census_stripe_tests.test_delivery import assert_stripe_equals_model, customers_for, sync
 

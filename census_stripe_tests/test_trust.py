@@ -12,12 +12,12 @@ import duckdb
 import pytest
 
 from census_stripe.demo.local_stripe import LocalStripe
+from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.orchestration.sync_asset import load_sync
 from census_stripe.stripe_client.client import StripeObjects
 from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.sync import RunOptions
 from census_stripe_tests.conftest import API_KEY, DEMO_SYNC, SyncRunner
-from census_stripe_tests.stripe_double import StripeDoubleServer
 from census_stripe_tests.synthetic import make_model
 from census_stripe_tests.test_delivery import ROWS, assert_stripe_equals_model, customers_for, sync
 
