@@ -132,8 +132,9 @@ def test_a_run_stopped_between_the_new_price_and_the_archive_converges_without_a
     old_id, old = holder(double, "team_monthly")
     # What a run killed right after Stripe created the new version leaves: the new price holds the
     # lookup key, the old one is still active, and the state still names the old one.
+    wanted = {"lookup_key": "team_monthly", "product": old["product"], "currency": "usd", "unit_amount": "1200"}
     new = stripe_for(double.url, PRICE)._service.create(
-        params=PRICE.new_version_params({**{k: v for k, v in old.items() if k in PRICE.fields}, "unit_amount": "1200"})
+        params=PRICE.new_version_params({**wanted, "recurring.interval": "month"})
     )
     change_amount(warehouse, "team_monthly", "1200")
 
@@ -193,7 +194,8 @@ def test_create_only_leaves_existing_prices_alone_and_update_only_never_creates(
 
     write_model(warehouse, "prices", with_nicknames([{**PRICE_ROWS[0], "amount": "2000"}, *PRICE_ROWS[1:]]))
     counts = run(warehouse, prices("create_only"), double.url, run_id="create only").counts()
-    assert (counts["created"], counts["skipped_existing"], counts["new_versions"]) == (2, 2, 0)
+    # team_monthly changed but is never touched; team_yearly did not change, so it is not even looked at.
+    assert (counts["created"], counts["skipped_existing"], counts["new_versions"], counts["unchanged"]) == (2, 1, 0, 1)
     assert holder(double, "team_monthly")[1]["unit_amount"] == "1500"
     assert holder(double, "team_monthly")[0] != first_id
 
