@@ -196,7 +196,7 @@ def _report_position(stripe_object: str) -> int:
     return OBJECT_ORDER.index(stripe_object) if stripe_object in OBJECT_ORDER else len(OBJECT_ORDER)
 
 
-def _records(table) -> list[dict]:
+def _records(table) -> list[Mapping]:
     """The rows of a table in a run's metadata; a preview with nothing to change is text instead."""
     from dagster import TableMetadataValue
 

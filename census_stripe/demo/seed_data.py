@@ -161,13 +161,15 @@ MESSY_EMAILS = {10: "  Grace.Hopper10@Example.COM ", 20: "LINUS.TORVALDS20@EXAMP
 def generate(customers: int = DEFAULT_CUSTOMERS, seed: int = 42) -> dict[str, list[dict]]:
     """The raw tables as lists of rows; identical for identical arguments."""
     rng = random.Random(seed)
-    users, subscriptions, orders = [], [], []
+    users: list[dict] = []
+    subscriptions: list[dict] = []
+    orders: list[dict] = []
     for user_id in range(1, customers + 1):
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         country, region, places, phone_prefix = rng.choice(GEOGRAPHY)
         city, state, postal_prefix = rng.choice(places)
         signup_at = EPOCH + timedelta(minutes=rng.randrange(0, 60 * 24 * 700))
-        email = f"{first}.{last.replace(' ', '')}{user_id}@{rng.choice(DOMAINS)}".lower()
+        email: str | None = f"{first}.{last.replace(' ', '')}{user_id}@{rng.choice(DOMAINS)}".lower()
         bad = BAD_ROWS.get(user_id)
         if bad:
             email, first = bad.email, bad.first_name
