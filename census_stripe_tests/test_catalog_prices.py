@@ -209,6 +209,15 @@ def test_prices_that_leave_the_model_are_archived(warehouse, double):
     assert held(double)[gone_id]["active"] == "false"
     assert state(warehouse, "prices")["team_yearly"] == (gone_id, "archived")
 
+    # Back in the model: the same price, active again. Gone again: archived again, not a replay of
+    # the first archive (Stripe would answer an idempotency key it knows with the old response).
+    write_model(warehouse, "prices", with_nicknames(PRICE_ROWS))
+    assert run(warehouse, prices(archive=True), double.url, run_id="back").counts()["updated"] == 1
+    assert held(double)[gone_id]["active"] == "true"
+    write_model(warehouse, "prices", with_nicknames([row for row in PRICE_ROWS if row["lookup_key"] != "team_yearly"]))
+    assert run(warehouse, prices(archive=True), double.url, run_id="again").counts()["archived"] == 1
+    assert held(double)[gone_id]["active"] == "false"
+
 
 def catalog_asset(tmp_path, name: str, text: str) -> dg.AssetsDefinition:
     """The Dagster asset of a sync whose model is a table written by the test (no dbt)."""

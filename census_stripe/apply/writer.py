@@ -61,12 +61,16 @@ def idempotency_key(sync_name: str, row: PlannedRow) -> str:
     gone from Stripe names that customer: otherwise Stripe would answer with the stored response of
     the first create, the id of the very customer that is gone. Both are safe, because the row's
     key was looked up again (consistently) before this run planned to create it. A new version
-    names the object it replaces, so that each replacement is created once.
+    names the object it replaces, so that each replacement is created once; an archive names the
+    run that last wrote the key.
     """
     prior = row.candidate.prior
     after_failure = (prior.run_id or "") if prior and prior.status is StateStatus.FAILED else ""
     if row.action is Action.CREATE:
         target = prior.stripe_id if prior and prior.stripe_id else ""
+    elif row.action is Action.ARCHIVE:
+        # A key archived, brought back, and archived again is archived anew, not replayed.
+        target = f"{row.stripe_id}@{prior.run_id if prior else ''}"
     else:
         target = row.stripe_id or ""
     parts = [sync_name, row.candidate.key or "", row.candidate.row_hash, row.action.value, target, after_failure]
