@@ -257,13 +257,11 @@ def _catalog_problems(spec: SyncSpec) -> list[tuple[str, str]]:
     problems = []
     given = spec.columns_by_field.keys() | spec.constants.keys()
     if spec.behavior != "update_only":
-        for name in object_type.required_on_create:
-            if name not in given:
-                problems.append(("mapping", f"Stripe needs `{name}` to create a {object_type.name}: map it"))
-        if object_type.name == "price" and not given & {"unit_amount", "unit_amount_decimal"}:
-            problems.append(
-                ("mapping", "Stripe needs `unit_amount` or `unit_amount_decimal` to create a price: map one")
-            )
+        for names in object_type.required_on_create:
+            if not given & set(names):
+                needed = " or ".join(f"`{name}`" for name in names)
+                which = "map it" if len(names) == 1 else "map one"
+                problems.append(("mapping", f"Stripe needs {needed} to create a {object_type.name}: {which}"))
     for name, referenced in object_type.references.items():
         setting = f"{referenced}_sync"
         if name in given and getattr(spec, setting) is None:

@@ -104,8 +104,8 @@ class Nested(dict[str, Any]):
 
 
 def present(params: Params) -> Params:
-    """`params` without the parameters left out (None). Each type builds its params with every
-    parameter named as a keyword of the SDK's TypedDict, so that mypy checks the names."""
+    """`params` without the parameters left out (None). Each type builds its params as a literal
+    annotated with the SDK's TypedDict, so that mypy checks every parameter's name."""
     return {name: value for name, value in params.items() if value is not None}  # type: ignore[return-value]
 
 
@@ -131,7 +131,8 @@ class StripeObjectType:
     describe_version: Callable[[FieldValues], str] | None = None
     # `field: product`: the model gives another sync's key, resolved to that sync's Stripe id.
     references: Mapping[str, str] = field(default_factory=dict)
-    required_on_create: tuple[str, ...] = ()
+    # What Stripe needs to create one: each entry a field, or fields of which one is enough.
+    required_on_create: tuple[tuple[str, ...], ...] = ()
     archivable: bool = False  # `active: false`, never deleted
     # A rate-limit and call-count name per endpoint. Customers keep the bare names (`create`,
     # `list`) the counts and rate settings have always used.

@@ -149,11 +149,14 @@ def rejection_reason(spec: SyncSpec, candidate: Candidate) -> str | None:
     object_type = spec.object_type
     if candidate.key_rows > 1:
         problems.append(f"duplicate key: {candidate.key_rows} model rows share {spec.key.field} {candidate.key!r}")
+    if spec.behavior != "update_only":
+        for names in object_type.required_on_create:
+            mapped = [name for name in names if name in candidate.values]
+            if mapped and not any(blank_to_none(candidate.values[name]) for name in mapped):
+                problems.append(f"{' or '.join(mapped)} is empty: Stripe needs it for a {object_type.name}")
     for field, value in candidate.values.items():
         value = blank_to_none(value)
         if value is None:
-            if field in object_type.required_on_create and spec.behavior != "update_only":
-                problems.append(f"{field} is empty: Stripe needs it for a {object_type.name}")
             continue
         if field == "email" and not _EMAIL.match(value):
             problems.append(f"invalid email: {value!r}")
