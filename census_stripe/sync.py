@@ -113,7 +113,7 @@ class SyncReport:
         counts = {}
         if spec.behavior == "create_only":
             counts["skipped_existing"] = planned[Action.SKIP_EXISTING]
-        if spec.object_type.describe_version:
+        if spec.object_type.has_versions:
             counts["planned_new_versions"] = planned[Action.NEW_VERSION]
             counts["new_versions"] = done[WriteStatus.NEW_VERSION]
         if spec.archive_missing:

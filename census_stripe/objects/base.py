@@ -217,5 +217,16 @@ class StripeObjectType:
                 params[name] = ""
         return params
 
+    @property
+    def has_versions(self) -> bool:
+        """Whether a change to an immutable field makes a new object (a price) rather than an error."""
+        return self.new_version_params is not None
+
+    def version_text(self, values: FieldValues) -> str:
+        """A version in words: the type's own wording, or its immutable fields' values."""
+        if self.describe_version:
+            return self.describe_version(values)
+        return ", ".join(f"{name} {values[name]}" for name in sorted(self.immutable) if values.get(name))
+
     def immutable_changes(self, changed: set[str]) -> set[str]:
         return {path for path in changed if path in self.immutable or path.split(".", 1)[0] in self.immutable}

@@ -105,7 +105,7 @@ def sync_description(spec: SyncSpec, model_name: str) -> str:
         extras.append(f"`product` holds keys of the sync `{spec.product_sync}`, sent as their Stripe product ids.")
     if spec.archive_missing:
         extras.append(f"Archives (`active: false`) the {object_type.plural} of keys that left the model.")
-    if object_type.describe_version:
+    if object_type.has_versions:
         extras.append(
             f"A change to {', '.join(sorted(object_type.immutable))} creates a new {object_type.name} that takes "
             f"the {spec.key.field} over, and archives the old one."

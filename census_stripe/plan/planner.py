@@ -131,9 +131,9 @@ def _compare(
 ) -> PlannedRow:
     object_type = spec.object_type
     changes = diff(current.values, candidate.values)
-    if object_type.describe_version and object_type.immutable_changes({change.field for change in changes}):
+    if object_type.has_versions and object_type.immutable_changes({change.field for change in changes}):
         version = FieldChange(
-            VERSION_CHANGE, object_type.describe_version(current.values), object_type.describe_version(candidate.values)
+            VERSION_CHANGE, object_type.version_text(current.values), object_type.version_text(candidate.values)
         )
         return PlannedRow(
             Action.NEW_VERSION,
