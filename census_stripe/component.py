@@ -27,7 +27,15 @@ from dagster.components import ComponentLoadContext, Scaffolder, ScaffoldRequest
 from pydantic import BaseModel
 
 from census_stripe.settings import warehouse_kind
-from census_stripe.spec import ATTRIBUTES, COMPONENT_TYPE, SyncConfigError, SyncSettings, load_sync_spec, sync_spec
+from census_stripe.spec import (
+    ATTRIBUTES,
+    COMPONENT_TYPE,
+    SyncConfigError,
+    SyncSettings,
+    SyncSpec,
+    load_sync_spec,
+    sync_spec,
+)
 
 DEFS_FILE = "defs.yaml"
 
@@ -81,11 +89,7 @@ class StripeSyncComponent(dg.Component):
 
         path = instance_file(context.path)
         spec = sync_spec(self.settings, instance_name(context.path), path)
-        if spec.product_sync and spec.product_sync not in sync_names_beside(context.path):
-            problem = (
-                f"no sync named {spec.product_sync!r} in {context.path.parent}: name the sync that writes the products"
-            )
-            raise SyncConfigError(path, [(f"{ATTRIBUTES}.product_sync", problem)])
+        check_product_sync(spec, context.path)
         sync = resolve_sync(spec, path, manifest_path(spec, context.project_root))
         sensors, schedules = sync_triggers(sync)
         return dg.Definitions(assets=[build_sync_asset(sync, warehouse_kind())], sensors=sensors, schedules=schedules)
@@ -94,6 +98,13 @@ class StripeSyncComponent(dg.Component):
 def instance_file(path: Path) -> Path:
     """The file a person edits: the instance folder's defs.yaml."""
     return path / DEFS_FILE if path.is_dir() else path
+
+
+def check_product_sync(spec: SyncSpec, instance: Path) -> None:
+    """A price sync's `product_sync` must name a sync in the same defs folder."""
+    if spec.product_sync and spec.product_sync not in sync_names_beside(instance):
+        problem = f"no sync named {spec.product_sync!r} in {instance.parent}: name the sync that writes the products"
+        raise SyncConfigError(instance_file(instance), [(f"{ATTRIBUTES}.product_sync", problem)])
 
 
 def sync_names_beside(path: Path) -> set[str]:

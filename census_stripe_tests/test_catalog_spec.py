@@ -2,10 +2,15 @@
 sync may say, the message a person reads when it says something else, and how flat values become
 Stripe's typed parameters and back."""
 
+import textwrap
+from pathlib import Path
+
 import pytest
 
+from census_stripe.component import check_product_sync
 from census_stripe.objects import PRICE, PRODUCT
-from census_stripe.spec import SyncConfigError, parse_sync_spec
+from census_stripe.orchestration.sync_asset import sync_description
+from census_stripe.spec import SyncConfigError, load_sync_spec, parse_sync_spec
 
 PRICES = """
 model: prices
@@ -158,3 +163,35 @@ def test_a_price_read_from_stripe_flattens_to_the_engines_text():
 )
 def test_price_values_stripe_would_refuse(field, value, problem):
     assert PRICE.lookup_field(field).problem(value) == problem
+
+
+def write_instance(defs: Path, folder: str, text: str) -> Path:
+    (defs / folder).mkdir(parents=True)
+    path = defs / folder / "defs.yaml"
+    path.write_text("type: census_stripe.StripeSyncComponent\nattributes:\n" + textwrap.indent(text.strip(), "  "))
+    return path
+
+
+def test_a_product_sync_named_by_a_price_sync_must_be_beside_it(tmp_path):
+    prices = write_instance(tmp_path, "prices", PRICES)
+    with pytest.raises(SyncConfigError) as raised:
+        check_product_sync(load_sync_spec(prices), prices.parent)
+    assert str(raised.value) == (
+        f"{prices}: attributes.product_sync: no sync named 'products' in {tmp_path}: name the sync that writes the "
+        "products"
+    )
+    # Named by its `name`, which need not be its folder's.
+    write_instance(
+        tmp_path,
+        "catalog",
+        "name: products\nmodel: m\nobject: product\nbehavior: update_only\nkey: {field: id, column: id}\n",
+    )
+    check_product_sync(load_sync_spec(prices), prices.parent)
+
+
+def test_the_asset_description_states_the_object_and_what_a_new_version_does():
+    description = sync_description(parse_sync_spec(PRICES, "defs/prices/defs.yaml"), "prices")
+    assert "matches each row to a Stripe price by `lookup_key` (column `lookup_key`)" in description
+    assert "`product` holds keys of the sync `products`, sent as their Stripe product ids." in description
+    assert "creates a new price that takes the lookup_key over, and archives the old one" in description
+    assert "| `unit_amount` | `amount` |" in description
