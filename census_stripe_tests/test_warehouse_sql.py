@@ -84,7 +84,7 @@ def test_a_new_mapping_re_examines_every_row(odd_warehouse, stripe_url):
     )
     counts = report.counts()
     assert (counts["updated"], counts["created"]) == (3, 0)
-    assert [row.values_to_send() for row in report.plan.writes] == [{"description": "from the warehouse"}] * 3
+    assert [row.values_to_send(CUSTOMER) for row in report.plan.writes] == [{"description": "from the warehouse"}] * 3
 
 
 def test_dry_run_sends_nothing_and_saves_nothing(odd_warehouse, stripe_url):
