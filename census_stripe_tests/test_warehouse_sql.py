@@ -4,6 +4,7 @@ only rows that changed since Stripe last accepted them leave the warehouse."""
 import duckdb
 import pytest
 
+from census_stripe.objects import CUSTOMER
 from census_stripe.plan.sql import changed_rows_query
 from census_stripe.spec import parse_sync_spec
 from census_stripe.stripe_client.client import StripeObjects
