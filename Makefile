@@ -7,7 +7,7 @@ CENSUS_STRIPE_WAREHOUSE ?= duckdb
 MANIFEST := dbt_project/target/$(CENSUS_STRIPE_WAREHOUSE)/manifest.json
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo dev test bench lint screenshots browser clean-data
+.PHONY: install demo dev test typecheck bench lint screenshots browser clean-data
 
 install: $(INSTALLED)
 
@@ -31,11 +31,15 @@ demo: $(MANIFEST)  ## seed, build the dbt models, sync them to a local Stripe se
 dev: $(MANIFEST)  ## the Dagster UI (http://127.0.0.1:3000) on the demo's warehouse and Stripe data
 	$(BIN)/python -m census_stripe.demo dev $(DEV_ARGS)
 
-# Two processes share the tests, a file each (a module's fixtures are set up once); then the tests
-# marked serial run on their own (pyproject.toml says why).
-test: $(MANIFEST) browser  ## the test suite: real DuckDB, real dbt, a real local Stripe server
+# mypy first; then two processes share the tests, a file each (a module's fixtures are set up once);
+# then the tests marked serial run on their own (pyproject.toml says why).
+test: typecheck $(MANIFEST) browser  ## the type checker, then the test suite: real DuckDB, real dbt, a real local Stripe server
 	$(BIN)/python -m pytest -m 'not serial' --numprocesses 2 --dist loadfile $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS)
+
+# Request parameters are the stripe SDK's TypedDicts: a misspelled Stripe parameter fails here, offline.
+typecheck: $(INSTALLED)  ## mypy over the package
+	$(BIN)/mypy
 
 # The UI test drives Debian's Chromium; a test tool's own browser download does not work offline.
 browser:

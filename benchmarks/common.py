@@ -1,7 +1,7 @@
 """Shared set-up for the benchmarks: a synthetic model in DuckDB, the demo sync, measuring helpers.
 
 Benchmarks run on this machine's DuckDB and on the Stripe test double
-(census_stripe_tests/stripe_double.py): localstripe pickles its whole store on every write and
+(census_stripe/demo/stripe_double.py): localstripe pickles its whole store on every write and
 cannot hold 100k customers in reasonable time.
 """
 
@@ -30,10 +30,10 @@ UNLIMITED = RateLimits(account=1e6, endpoints=(("create", 1e6), ("update", 1e6))
 def unthrottled_customers(api_key: str, url: str):
     # Imported here so that the pandas baseline's process, which never calls Stripe, does not carry
     # the SDK in its peak memory.
-    from census_stripe.stripe_client.client import StripeCustomers
+    from census_stripe.stripe_client.client import StripeObjects
     from census_stripe.stripe_client.rate_limit import shared_budget
 
-    return StripeCustomers(api_key, url, shared_budget(api_key, url, UNLIMITED))
+    return StripeObjects(api_key, url, shared_budget(api_key, url, UNLIMITED))
 
 
 def change_every_hundredth_row(path: Path) -> int:

@@ -23,12 +23,12 @@ from pathlib import Path
 import duckdb
 
 from benchmarks.common import MODEL, SPEC, Stopwatch, print_table, unthrottled_customers
+from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.plan.planner import Action
 from census_stripe.stripe_client.client import make_client
 from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
-from census_stripe_tests.stripe_double import StripeDoubleServer
 from census_stripe_tests.synthetic import add_customers, make_model
 
 MATCHING = 0.3
@@ -48,7 +48,7 @@ def engine(db: Path, url: str, label: str, options: RunOptions) -> dict:
     customers = unthrottled_customers("sk_test_benchmark", url)
     with duckdb.connect(str(db)) as connection, Stopwatch() as watch:
         store = SyncStateStore(DuckDBWarehouse(connection))
-        report = run_sync(SPEC, model=MODEL, store=store, customers=customers, run_id=label, options=options)
+        report = run_sync(SPEC, model=MODEL, store=store, stripe=customers, run_id=label, options=options)
     return {
         "variant": label,
         "lookup": report.plan.lookup,

@@ -19,10 +19,10 @@ from pathlib import Path
 import duckdb
 
 from benchmarks.common import MODEL, SPEC, Stopwatch, print_table, unthrottled_customers
+from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
-from census_stripe_tests.stripe_double import StripeDoubleServer
 from census_stripe_tests.synthetic import make_model
 
 
@@ -33,7 +33,7 @@ def timed_run(db: Path, url: str, label: str, options: RunOptions) -> dict:
             SPEC,
             model=MODEL,
             store=SyncStateStore(DuckDBWarehouse(connection)),
-            customers=customers,
+            stripe=customers,
             run_id=label,
             options=options,
         )

@@ -24,12 +24,12 @@ from pathlib import Path
 import duckdb
 
 from benchmarks.common import MODEL, SPEC, UNLIMITED, Stopwatch, print_table
-from census_stripe.stripe_client.client import StripeCustomers, make_client
+from census_stripe.demo.stripe_double import StripeDoubleServer
+from census_stripe.stripe_client.client import StripeObjects, make_client
 from census_stripe.stripe_client.rate_limit import RateLimits, shared_budget
 from census_stripe.sync import run_sync
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore
-from census_stripe_tests.stripe_double import StripeDoubleServer
 from census_stripe_tests.synthetic import add_customers, make_model
 
 LATENCY = 0.15
@@ -44,13 +44,13 @@ def binding_rate(account_rate: float, endpoint_rate: float) -> float:
 
 
 def engine_run(db: Path, url: str, limits: RateLimits, concurrency: int, key: str) -> tuple[dict, float]:
-    customers = StripeCustomers(key, url, shared_budget(key, url, limits))
+    customers = StripeObjects(key, url, shared_budget(key, url, limits))
     with duckdb.connect(str(db)) as connection, Stopwatch() as watch:
         report = run_sync(
             SPEC,
             model=MODEL,
             store=SyncStateStore(DuckDBWarehouse(connection)),
-            customers=customers,
+            stripe=customers,
             run_id=key,
             concurrency=concurrency,
         )

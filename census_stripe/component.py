@@ -24,9 +24,18 @@ from pathlib import Path
 
 import dagster as dg
 from dagster.components import ComponentLoadContext, Scaffolder, ScaffoldRequest
+from pydantic import BaseModel
 
 from census_stripe.settings import warehouse_kind
-from census_stripe.spec import ATTRIBUTES, COMPONENT_TYPE, SyncConfigError, SyncSettings, sync_spec
+from census_stripe.spec import (
+    ATTRIBUTES,
+    COMPONENT_TYPE,
+    SyncConfigError,
+    SyncSettings,
+    SyncSpec,
+    load_sync_spec,
+    sync_spec,
+)
 
 DEFS_FILE = "defs.yaml"
 
@@ -56,7 +65,8 @@ class StripeSyncScaffolder(Scaffolder):
 
 @dg.scaffold_with(StripeSyncScaffolder)
 class StripeSyncComponent(dg.Component):
-    """Syncs a dbt model to Stripe customers: one asset `stripe/<name>`, with its checks and triggers."""
+    """Syncs a dbt model to Stripe customers, products or prices: one asset `stripe/<name>`, with its
+    checks and triggers."""
 
     def __init__(self, settings: SyncSettings):
         self.settings = settings
@@ -66,8 +76,9 @@ class StripeSyncComponent(dg.Component):
         return SyncSettings
 
     @classmethod
-    def load(cls, attributes: SyncSettings | None, context: ComponentLoadContext) -> StripeSyncComponent:
-        if attributes is None:
+    def load(cls, attributes: BaseModel | None, context: ComponentLoadContext) -> StripeSyncComponent:
+        # Dagster hands over an instance of get_model_cls(), or None for a file without attributes.
+        if not isinstance(attributes, SyncSettings):
             raise SyncConfigError(instance_file(context.path), [(ATTRIBUTES, "missing: a sync needs its settings")])
         return cls(attributes)
 
@@ -78,6 +89,7 @@ class StripeSyncComponent(dg.Component):
 
         path = instance_file(context.path)
         spec = sync_spec(self.settings, instance_name(context.path), path)
+        check_product_sync(spec, context.path)
         sync = resolve_sync(spec, path, manifest_path(spec, context.project_root))
         sensors, schedules = sync_triggers(sync)
         return dg.Definitions(assets=[build_sync_asset(sync, warehouse_kind())], sensors=sensors, schedules=schedules)
@@ -86,6 +98,25 @@ class StripeSyncComponent(dg.Component):
 def instance_file(path: Path) -> Path:
     """The file a person edits: the instance folder's defs.yaml."""
     return path / DEFS_FILE if path.is_dir() else path
+
+
+def check_product_sync(spec: SyncSpec, instance: Path) -> None:
+    """A price sync's `product_sync` must name a sync in the same defs folder."""
+    if spec.product_sync and spec.product_sync not in sync_names_beside(instance):
+        problem = f"no sync named {spec.product_sync!r} in {instance.parent}: name the sync that writes the products"
+        raise SyncConfigError(instance_file(instance), [(f"{ATTRIBUTES}.product_sync", problem)])
+
+
+def sync_names_beside(path: Path) -> set[str]:
+    """The names of the sync instances in the same defs folder as this one (itself included).
+    A sibling whose file is broken reports that itself."""
+    names = set()
+    for sibling in path.parent.glob(f"*/{DEFS_FILE}"):
+        try:
+            names.add(load_sync_spec(sibling).name)
+        except SyncConfigError:
+            continue
+    return names
 
 
 def instance_name(path: Path) -> str:

@@ -17,14 +17,10 @@ from typing import Literal
 import pydantic
 import yaml
 
-from census_stripe.fields import (
-    METADATA_MAX_KEYS,
-    METADATA_PREFIX,
-    StripeField,
-    lookup_field,
-)
+from census_stripe.objects import OBJECT_TYPES, StripeObjectType
+from census_stripe.objects.base import METADATA_MAX_KEYS, METADATA_PREFIX, StripeField
 
-Behavior = Literal["update_or_create", "update_only"]
+Behavior = Literal["update_or_create", "update_only", "create_only"]
 DuplicatesPolicy = Literal["reject", "oldest", "newest"]
 LookupStrategy = Literal["auto", "list_all", "per_key"]
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -44,9 +40,12 @@ class _Strict(pydantic.BaseModel):
 
 
 class SyncKey(_Strict):
-    """How a model row finds its Stripe customer."""
+    """How a model row finds its Stripe object."""
 
-    field: str = pydantic.Field(description="`email`, or `metadata.<name>` for an external id.")
+    field: str = pydantic.Field(
+        description="Customers: `email` or `metadata.<name>`; products: `id` or `metadata.<name>`; "
+        "prices: `lookup_key`."
+    )
     column: str = pydantic.Field(description="The model column holding the key.")
 
 
@@ -90,7 +89,9 @@ class PartitionsSpec(_Strict):
 
     @property
     def column(self) -> str:
-        return (self.time or self.values).column
+        chosen = self.time or self.values
+        assert chosen is not None, "the validator requires exactly one"
+        return chosen.column
 
 
 class SyncSettings(_Strict):
@@ -106,12 +107,29 @@ class SyncSettings(_Strict):
         description="The dbt project holding the model: a folder, relative to the Dagster project's root. Its "
         "manifest is read from target/manifest.json (`dbt parse` writes it). Default: this repository's dbt_project/.",
     )
-    object: Literal["customer"] = "customer"
+    object: Literal["customer", "product", "price"] = pydantic.Field(
+        default="customer", description="The kind of Stripe object each model row becomes."
+    )
     behavior: Behavior
+    stripe_resource: str = pydantic.Field(
+        default="stripe",
+        description="The Dagster resource (a StripeResource) the sync writes through; e.g. another one for a "
+        "catalog served elsewhere.",
+    )
+    archive_missing: bool = pydantic.Field(
+        default=False,
+        description="Products and prices: archive (`active: false`, never delete) the objects of keys that left "
+        "the model. Whole-model runs only.",
+    )
+    product_sync: str | None = pydantic.Field(
+        default=None,
+        description="Prices: the sync that writes their products. The price's `product` column holds that sync's "
+        "key, resolved to its Stripe id through that sync's state.",
+    )
     key: SyncKey
     mapping: dict[str, str] = pydantic.Field(default_factory=dict, description="Stripe field <- model column.")
     constants: dict[str, str | int | float | bool] = pydantic.Field(
-        default_factory=dict, description="Stripe field <- the same value on every customer."
+        default_factory=dict, description="Stripe field <- the same value on every object."
     )
     duplicates_in_stripe: DuplicatesPolicy = pydantic.Field(
         default="reject",
@@ -151,14 +169,20 @@ class SyncSpec(SyncSettings):
     name: str
 
     @property
+    def object_type(self) -> StripeObjectType:
+        return OBJECT_TYPES[self.object]
+
+    @property
     def columns_by_field(self) -> dict[str, str]:
         """Every Stripe field read from the model, the key's included, to its column."""
         return {self.key.field: self.key.column, **self.mapping}
 
     @property
     def constant_values(self) -> dict[str, str]:
-        """Constants as the strings Stripe stores."""
-        return {field: _as_text(value) for field, value in self.constants.items()}
+        """Constants as the strings Stripe stores. A sync that archives the keys that leave its model
+        also makes every key in it active, so that a key that comes back is brought back."""
+        revived = {"active": "true"} if self.archive_missing and "active" not in self.columns_by_field else {}
+        return revived | {field: _as_text(value) for field, value in self.constants.items()}
 
     @property
     def columns(self) -> list[str]:
@@ -182,19 +206,24 @@ def _as_text(value: str | int | float | bool) -> str:
 
 def _semantic_problems(spec: SyncSpec) -> list[tuple[str, str]]:
     problems = []
+    object_type = spec.object_type
     if not _NAME.match(spec.name):
         problems.append(("name", f"use letters, digits and underscores, starting with a letter, got {spec.name!r}"))
+    if not _NAME.match(spec.stripe_resource):
+        problems.append(
+            ("stripe_resource", f"a Dagster resource key: letters, digits and _, got {spec.stripe_resource!r}")
+        )
     key = spec.key.field
-    if key != "email" and not key.startswith(METADATA_PREFIX):
-        problems.append(("key.field", f"the mapping key is `email` or `metadata.<name>`, got {key!r}"))
-    if spec.lookup == "per_key" and key != "email":
-        problems.append(("lookup", "per_key lookups need an email key; Stripe cannot list by metadata"))
+    if problem := object_type.key_problem(key):
+        problems.append(("key.field", problem))
+    if spec.lookup == "per_key" and key != object_type.listed_by:
+        problems.append(("lookup", f"per_key lookups need a {object_type.listed_by} key; Stripe cannot list by {key}"))
     fields: dict[str, StripeField] = {}
     for section, names in (("key.field", [key]), ("mapping", spec.mapping), ("constants", spec.constants)):
         for name in names:
             where = section if section == "key.field" else f"{section}.{name}"
             try:
-                fields[name] = lookup_field(name)
+                fields[name] = object_type.lookup_field(name)
             except ValueError as error:
                 problems.append((where, str(error)))
     for name in spec.mapping:
@@ -206,8 +235,9 @@ def _semantic_problems(spec: SyncSpec) -> list[tuple[str, str]]:
         problems.append((f"constants.{key}", "the key field cannot be a constant"))
     for name, value in spec.constant_values.items():
         field = fields.get(name)
-        if field and (problem := value_problem(field, value)):
+        if field and (problem := field.problem(value)):
             problems.append((f"constants.{name}", problem))
+    problems += _catalog_problems(spec)
     if spec.partitions and (spec.automation.watch or spec.automation.cron):
         problems.append(
             ("automation", "watch and cron sync the whole model; a partitioned sync runs per partition (backfills)")
@@ -220,18 +250,32 @@ def _semantic_problems(spec: SyncSpec) -> list[tuple[str, str]]:
     return problems
 
 
-def value_problem(field: StripeField, value: str) -> str | None:
-    """Why Stripe would refuse `value` for `field`, or None. Used on constants and on every row."""
-    if field.choices and value not in field.choices:
-        return f"{field.path} must be one of {', '.join(field.choices)}, got {value!r}"
-    if len(value) > field.max_length:
-        return f"value too long: {field.path} has {len(value)} characters, Stripe allows {field.max_length}"
-    if field.integer:
-        try:
-            int(value)
-        except ValueError:
-            return f"{field.path} must be a whole number, got {value!r}"
-    return None
+def _catalog_problems(spec: SyncSpec) -> list[tuple[str, str]]:
+    """What the object type asks of a sync: fields Stripe needs to create one, references to
+    other syncs, archiving."""
+    object_type = spec.object_type
+    problems = []
+    given = spec.columns_by_field.keys() | spec.constants.keys()
+    if spec.behavior != "update_only":
+        for names in object_type.required_on_create:
+            if not given & set(names):
+                needed = " or ".join(f"`{name}`" for name in names)
+                which = "map it" if len(names) == 1 else "map one"
+                problems.append(("mapping", f"Stripe needs {needed} to create a {object_type.name}: {which}"))
+    for name, referenced in object_type.references.items():
+        setting = f"{referenced}_sync"
+        if name in given and getattr(spec, setting) is None:
+            problems.append((setting, f"`{name}` holds keys of a {referenced} sync: name that sync here"))
+    if spec.product_sync is not None and "product" not in object_type.references:
+        problems.append(("product_sync", f"only prices refer to a product sync, not a {object_type.name}"))
+    if spec.archive_missing:
+        if not object_type.archivable:
+            problems.append(("archive_missing", f"{object_type.plural} are never deleted or archived by a sync"))
+        elif spec.partitions:
+            problems.append(
+                ("archive_missing", "a partition holds part of the model: only a whole-model sync can archive")
+            )
+    return problems
 
 
 COMPONENT_TYPE = "census_stripe.StripeSyncComponent"

@@ -1,7 +1,7 @@
 """One run of one sync, end to end and without Dagster: warehouse -> plan -> apply -> state.
 
     report = run_sync(
-        spec, model=model, store=SyncStateStore(warehouse), customers=StripeCustomers(api_key), run_id="..."
+        spec, model=model, store=SyncStateStore(warehouse), stripe=StripeObjects(api_key, object_type=...), run_id="..."
     )
 
 The Dagster asset (census_stripe/orchestration/) only gathers these arguments and turns the report into
@@ -19,9 +19,19 @@ from typing import TYPE_CHECKING
 
 from census_stripe.apply.writer import Outcome, StripeWriter, WriteStatus
 from census_stripe.plan import sql
-from census_stripe.plan.lookup import CustomerLookup, index_by_key
-from census_stripe.plan.planner import Action, LiveAccount, Plan, PlannedRow, build_plan, decide_by_key
-from census_stripe.plan.rows import candidates_from_chunk
+from census_stripe.plan.lookup import ObjectLookup, index_by_key
+from census_stripe.plan.planner import (
+    WRITES,
+    Action,
+    LiveAccount,
+    Plan,
+    PlannedRow,
+    archives,
+    build_plan,
+    decide_by_key,
+)
+from census_stripe.plan.references import resolve_references
+from census_stripe.plan.rows import Candidate, candidates_from_chunk, left_keys
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import SyncSpec
 from census_stripe.stripe_client.errors import StripeUnreachableError
@@ -39,7 +49,7 @@ from census_stripe.warehouse.state import (
 
 if TYPE_CHECKING:
     # The client is handed in; importing only its errors keeps the SDK out of loading Dagster's code location.
-    from census_stripe.stripe_client.client import StripeCustomers
+    from census_stripe.stripe_client.client import StripeObjects
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 10_000
@@ -94,27 +104,40 @@ class SyncReport:
             "stripe_duplicate_keys": sum(1 for row in self.plan.rows if row.stripe_duplicates),
             "stripe_rate_limited": self.rate_limited,
             "state_rows_repaired": len(self.plan.state_problems),
+            **self._catalog_counts(planned, done),
         }
+
+    def _catalog_counts(self, planned: dict[Action, int], done: Counter) -> dict[str, int]:
+        """Counts of what only some syncs can do, shown by the syncs that can."""
+        spec = self.spec
+        counts = {}
+        if spec.behavior == "create_only":
+            counts["skipped_existing"] = planned[Action.SKIP_EXISTING]
+        if spec.object_type.has_versions:
+            counts["planned_new_versions"] = planned[Action.NEW_VERSION]
+            counts["new_versions"] = done[WriteStatus.NEW_VERSION]
+        if spec.archive_missing:
+            counts["planned_archives"] = planned[Action.ARCHIVE]
+            counts["archived"] = done[WriteStatus.ARCHIVED]
+        return counts
 
 
 def _recreated(outcome: Outcome) -> bool:
     prior = outcome.row.candidate.prior
-    replaced = bool(prior and prior.stripe_id) and outcome.stripe_id != prior.stripe_id
+    replaced = prior is not None and bool(prior.stripe_id) and outcome.stripe_id != prior.stripe_id
     return outcome.status is WriteStatus.CREATED and replaced
 
 
-def _synced(outcome_row: PlannedRow, stripe_id: str) -> StateRecord:
-    candidate = outcome_row.candidate
-    return StateRecord(
-        candidate.key, stripe_id, candidate.row_hash, candidate.values, utc_now(), StateStatus.SYNCED, None
-    )
+def _synced(row: PlannedRow, stripe_id: str | None) -> StateRecord:
+    candidate = row.candidate
+    return StateRecord(row.key, stripe_id, candidate.row_hash, candidate.values, utc_now(), StateStatus.SYNCED, None)
 
 
 def _kept(row: PlannedRow, status: StateStatus, error: str | None) -> StateRecord:
     """A key whose Stripe values did not change this run: keep what was last accepted, note why."""
     prior = row.candidate.prior
     return StateRecord(
-        row.candidate.key,
+        row.key,
         row.stripe_id or (prior.stripe_id if prior else None),
         prior.row_hash if prior else None,
         prior.synced_values if prior else None,
@@ -124,15 +147,31 @@ def _kept(row: PlannedRow, status: StateStatus, error: str | None) -> StateRecor
     )
 
 
+def _archived(row: PlannedRow) -> StateRecord:
+    """No row hash: should the key come back to the model, its row is examined (and its object
+    made active again by the diff)."""
+    prior = row.candidate.prior
+    synced = (prior.synced_values if prior else None) or {}
+    return StateRecord(
+        row.key, row.stripe_id, None, synced | {"active": "false"}, utc_now(), StateStatus.ARCHIVED, None
+    )
+
+
 def state_after_outcome(outcome: Outcome) -> StateRecord | None:
     if outcome.status is WriteStatus.MISSING:
         return None  # decided again, by key, later in the run
     if outcome.status is WriteStatus.FAILED:
         return _kept(outcome.row, StateStatus.FAILED, outcome.error)
+    if outcome.status is WriteStatus.ARCHIVED:
+        return _archived(outcome.row)
     return _synced(outcome.row, outcome.stripe_id)
 
 
-_STATUS_WITHOUT_WRITE = {Action.REJECT: StateStatus.REJECTED, Action.SKIP_NOT_FOUND: StateStatus.NOT_FOUND}
+_STATUS_WITHOUT_WRITE = {
+    Action.REJECT: StateStatus.REJECTED,
+    Action.SKIP_NOT_FOUND: StateStatus.NOT_FOUND,
+    Action.SKIP_EXISTING: StateStatus.EXISTING,
+}
 
 
 def state_without_write(row: PlannedRow) -> StateRecord | None:
@@ -141,10 +180,18 @@ def state_without_write(row: PlannedRow) -> StateRecord | None:
         return None
     if row.action is Action.UNCHANGED:
         return _synced(row, row.stripe_id)
+    if row.action is Action.SKIP_EXISTING:
+        # Its id, for the writeback (a price sync resolves products by it); its row hash, so that
+        # the row is not looked at again until it changes.
+        prior = row.candidate.prior
+        synced = prior.synced_values if prior else None
+        return StateRecord(
+            row.key, row.stripe_id, row.candidate.row_hash, synced, None, StateStatus.EXISTING, row.reason
+        )
     return _kept(row, _STATUS_WITHOUT_WRITE[row.action], row.reason)
 
 
-def _rejection(row: PlannedRow, kind: str, reason: str) -> Rejection:
+def _rejection(row: PlannedRow, kind: str, reason: str | None) -> Rejection:
     return Rejection(row.candidate.key, row.candidate.key_value, kind, reason, row.candidate.values)
 
 
@@ -154,7 +201,7 @@ def change_records(plan: Plan, outcomes: list[Outcome]) -> Iterator[ChangeRecord
     for row in plan.rows:
         if row.action is Action.UNCHANGED:
             continue
-        if row.action in (Action.CREATE, Action.UPDATE):
+        if row.action in WRITES:
             changes = {change.field: {"before": change.before, "after": change.after} for change in row.changes}
             outcome = written.get(id(row))
             stripe_id = (outcome and outcome.stripe_id) or row.stripe_id
@@ -186,10 +233,10 @@ def plan_sync(
     spec: SyncSpec,
     model: Relation,
     store: SyncStateStore,
-    customers: StripeCustomers,
+    stripe: StripeObjects,
     options: RunOptions,
     account: StripeAccount,
-) -> tuple[Plan, CustomerLookup]:
+) -> tuple[Plan, ObjectLookup]:
     warehouse = store.warehouse
     spec, model = as_stored(spec, model, warehouse)
     where = options.model_slice and replace(
@@ -198,16 +245,21 @@ def plan_sync(
     rows_read = int(warehouse.query(sql.row_count_query(model, warehouse.dialect, where)).iloc[0, 0])
     everything = options.full_resync or options.repush
     query = sql.changed_rows_query(spec, model, store.state, account.key, warehouse.dialect, everything, where)
-    candidates = chain.from_iterable(
+    candidates: Iterable[Candidate] = chain.from_iterable(
         candidates_from_chunk(spec, chunk) for chunk in warehouse.query_chunks(query, CHUNK_ROWS)
     )
-    listed = list(customers.iter_all()) if options.full_resync else None
+    candidates = resolve_references(spec, candidates, lambda sync: store.stripe_ids(sync, account.key))
+    listed = list(stripe.iter_all()) if options.full_resync else None
     known = store.known_customers(spec.name, account.key)
-    lookup = CustomerLookup(customers, spec.key.field, spec.lookup, listed, known)
+    lookup = ObjectLookup(stripe, spec.key.field, spec.lookup, listed, known)
     live = None
     if listed is not None:
         live = LiveAccount({c.id: c for c in listed}, index_by_key(listed, spec.key.field))
-    return build_plan(spec, candidates, rows_read, lookup, live, repush=options.repush), lookup
+    plan = build_plan(spec, candidates, rows_read, lookup, live, repush=options.repush)
+    if spec.archive_missing and where is None:
+        left = warehouse.query(sql.left_keys_query(spec, model, store.state, account.key, warehouse.dialect))
+        plan.rows.extend(archives(left_keys(left)))
+    return plan, lookup
 
 
 def run_sync(
@@ -215,24 +267,26 @@ def run_sync(
     *,
     model: Relation,
     store: SyncStateStore,
-    customers: StripeCustomers,
+    stripe: StripeObjects,
     run_id: str,
     options: RunOptions = RunOptions(),
     log: logging.Logger = log,
     concurrency: int = 16,
 ) -> SyncReport:
+    if stripe.object_type is not spec.object_type:
+        raise ValueError(f"sync {spec.name} writes {spec.object_type.plural}, not {stripe.object_type.plural}")
     store.ensure_tables()
     try:
-        account = store.account(customers.connection_fingerprint, customers.identify_account)
+        account = store.account(stripe.connection_fingerprint, stripe.identify_account)
         log.info("sync %s writes to Stripe account %s", spec.name, account)
-        plan, lookup = plan_sync(spec, model, store, customers, options, account)
+        plan, lookup = plan_sync(spec, model, store, stripe, options, account)
     except StripeUnreachableError as error:
         raise StripeUnreachableError(f"{error}: stopped while planning, before any write") from None
     log.info("plan for %s: %s", spec.name, ", ".join(f"{a.value}={n}" for a, n in plan.counts().items()))
     _warn_about_state(plan, store, spec, account, log)
     report = SyncReport(spec, options, plan, account=account, changes_query=store.changes_query(run_id))
     if not options.dry_run:
-        report.outcomes = _apply(spec, plan, store, customers, account.key, run_id, log, concurrency, lookup)
+        report.outcomes = _apply(spec, plan, store, stripe, account.key, run_id, log, concurrency, lookup)
         if unbound := store.drop_unbound(spec.name):
             log.info(
                 "dropped %d state rows of %s written before state recorded its Stripe account; "
@@ -241,8 +295,8 @@ def run_sync(
                 spec.name,
                 account,
             )
-    report.stripe_calls = dict(customers.calls.counts)
-    report.rate_limited = customers.calls.rate_limited
+    report.stripe_calls = dict(stripe.calls.counts)
+    report.rate_limited = stripe.calls.rate_limited
     run = RunRecord(spec.name, run_id, options.dry_run, account.key, spec.keep_changes_days)
     store.record_changes(run, change_records(plan, report.outcomes))
     return report
@@ -274,12 +328,12 @@ def _apply(
     spec: SyncSpec,
     plan: Plan,
     store: SyncStateStore,
-    customers: StripeCustomers,
+    stripe: StripeObjects,
     account: str,
     run_id: str,
     log: logging.Logger,
     concurrency: int,
-    lookup: CustomerLookup,
+    lookup: ObjectLookup,
 ) -> list[Outcome]:
     written: list[Outcome] = []
 
@@ -287,29 +341,33 @@ def _apply(
         store.save(spec.name, account, run_id, filter(None, records))
 
     def save_decided(rows: list[PlannedRow]) -> None:
-        save(state_without_write(row) for row in rows if row.action not in (Action.CREATE, Action.UPDATE))
+        save(state_without_write(row) for row in rows if row.action not in WRITES)
 
     def record(outcomes: list[Outcome]) -> None:
         save(map(state_after_outcome, outcomes))
         written.extend(outcomes)
 
-    writer = StripeWriter(customers, spec.name, on_batch=record, concurrency=concurrency, logger=log)
+    writer = StripeWriter(stripe, spec.name, on_batch=record, concurrency=concurrency, logger=log)
     unreachable = None
     try:
         if plan.writes:
-            # A key that may not write customers fails here, before any row is written or recorded.
-            customers.check_write_access()
+            # A key that may not write these objects fails here, before any row is written or recorded.
+            stripe.check_write_access()
         save_decided(plan.rows)
         writer.apply(plan.writes, total=len(plan.writes))
         if missing := [outcome for outcome in written if outcome.status is WriteStatus.MISSING]:
             # Customers the state knew but Stripe does not have (deleted, or edited by hand): never
             # create before looking. Their keys are looked up, a customer found is adopted, and
             # only a key Stripe truly lacks is created.
-            log.info("%d customers known to the state are not in Stripe; looking their keys up", len(missing))
+            log.info(
+                "%d %s known to the state are not in Stripe; looking their keys up",
+                len(missing),
+                spec.object_type.plural,
+            )
             decided, _ = decide_by_key(spec, [outcome.row.candidate for outcome in missing], lookup)
             plan.replace({id(outcome.row): row for outcome, row in zip(missing, decided, strict=True)})
             save_decided(decided)
-            writes = [row for row in decided if row.action in (Action.CREATE, Action.UPDATE)]
+            writes = [row for row in decided if row.action in WRITES]
             writer.apply(writes, total=len(writes))
     except StripeUnreachableError as error:
         # What Stripe accepted is already recorded; rows not attempted are left for the next run,

@@ -21,12 +21,12 @@ from dagster_duckdb import DuckDBResource
 
 from census_stripe.demo.local_stripe import LocalStripe
 from census_stripe.demo.seed_data import DEFAULT_CUSTOMERS, write_seeds
+from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.orchestration.resources import StripeResource
 from census_stripe.orchestration.sync_asset import Sync, build_sync_asset, load_sync
 from census_stripe.orchestration.warehouses import DuckDBWarehouseResource
 from census_stripe.settings import DEFS_DIR
-from census_stripe.stripe_client.client import StripeCustomers
-from census_stripe_tests.stripe_double import StripeDoubleServer
+from census_stripe.stripe_client.client import StripeObjects
 
 # A key with a recognisable body, so tests can prove it never leaks.
 API_KEY = "sk_test_CANARY4f9b2e7d1c"
@@ -153,8 +153,8 @@ def double(stripe_double_server) -> StripeDoubleServer:
 
 
 @pytest.fixture
-def stripe_customers(stripe_url) -> StripeCustomers:
-    return StripeCustomers(API_KEY, stripe_url)
+def stripe_customers(stripe_url) -> StripeObjects:
+    return StripeObjects(API_KEY, stripe_url)
 
 
 def resources(warehouse_path: Path, stripe_url: str, api_key=API_KEY) -> dict:

@@ -14,7 +14,7 @@ import duckdb
 
 from census_stripe.settings import DEFS_DIR
 from census_stripe.spec import load_sync_spec
-from census_stripe.stripe_client.client import StripeCustomers
+from census_stripe.stripe_client.client import StripeObjects
 from census_stripe.stripe_client.rate_limit import RateLimits, shared_budget
 from census_stripe.sync import run_sync
 from census_stripe.warehouse.base import Relation
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000, help="requests/s, for the account and each endpoint")
     args = parser.parse_args()
     limits = RateLimits(account=args.rate, endpoints=(("create", args.rate), ("update", args.rate)))
-    customers = StripeCustomers(API_KEY, args.url, shared_budget(API_KEY, args.url, limits))
+    customers = StripeObjects(API_KEY, args.url, shared_budget(API_KEY, args.url, limits))
     spec = load_sync_spec(DEFS_DIR / "customers" / "defs.yaml")
     with duckdb.connect(args.db) as connection:
         store = SyncStateStore(DuckDBWarehouse(connection))
@@ -41,7 +41,7 @@ def main() -> None:
             spec,
             model=MODEL,
             store=store,
-            customers=customers,
+            stripe=customers,
             run_id=f"process-{uuid.uuid4()}",
             concurrency=args.concurrency,
         )

@@ -23,7 +23,7 @@ from census_stripe.demo.__main__ import INSTANCE_CONFIG
 from census_stripe.orchestration.resources import StripeResource
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.spec import load_sync_spec
-from census_stripe.stripe_client.client import StripeCustomers
+from census_stripe.stripe_client.client import StripeObjects
 from census_stripe.stripe_client.errors import StripeAccessError, StripeRequestError
 from census_stripe.stripe_client.rate_limit import RateLimits, shared_budget
 from census_stripe.sync import RunOptions, run_sync
@@ -50,21 +50,21 @@ def model(tmp_path) -> Path:
     return path
 
 
-def customers_for(double, key="sk_test_delivery", rate=1000.0, **limits) -> StripeCustomers:
+def customers_for(double, key="sk_test_delivery", rate=1000.0, **limits) -> StripeObjects:
     limits = RateLimits(account=rate, endpoints=(("create", rate), ("update", rate)), **limits)
-    return StripeCustomers(key, double.url, shared_budget(key, double.url, limits))
+    return StripeObjects(key, double.url, shared_budget(key, double.url, limits))
 
 
 EVERY_CHANGED_ROW = RunOptions()
 
 
-def sync(model: Path, customers: StripeCustomers, concurrency=8, options: RunOptions = EVERY_CHANGED_ROW):
+def sync(model: Path, customers: StripeObjects, concurrency=8, options: RunOptions = EVERY_CHANGED_ROW):
     with duckdb.connect(str(model)) as connection:
         return run_sync(
             SPEC,
             model=MODEL,
             store=SyncStateStore(DuckDBWarehouse(connection)),
-            customers=customers,
+            stripe=customers,
             run_id="run",
             options=options,
             concurrency=concurrency,
@@ -199,8 +199,8 @@ def test_a_key_that_cannot_write_fails_before_any_row(double, model):
 
 def test_live_keys_need_an_explicit_opt_in():
     with pytest.raises(StripeAccessError, match="allow_live_mode"):
-        StripeResource(api_key="rk_live_0123456789").customers()
-    assert StripeResource(api_key="rk_live_0123456789", allow_live_mode=True).customers()
+        StripeResource(api_key="rk_live_0123456789").objects()
+    assert StripeResource(api_key="rk_live_0123456789", allow_live_mode=True).objects()
 
 
 @pytest.fixture
@@ -271,7 +271,7 @@ def test_runs_of_one_sync_never_overlap_in_dagster(double, tmp_path, postgres_da
 )
 def test_retries_follow_stripes_should_retry_header(double, status, should_retry, attempts):
     double.configure(refuse_writes_with=status, should_retry=should_retry)
-    customers = StripeCustomers("sk_test_advice", double.url, max_attempts=3)
+    customers = StripeObjects("sk_test_advice", double.url, max_attempts=3)
     with pytest.raises(StripeRequestError) as refused:
         customers.create({"email": "ada@example.com"}, idempotency_key=f"advice-{uuid.uuid4()}")
     assert refused.value.http_status == status

@@ -6,13 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
-from census_stripe.demo.__main__ import DEMO_API_KEY
+from census_stripe.demo.__main__ import DEMO_API_KEY, raise_a_price_once_the_catalog_is_in_stripe
 from census_stripe.demo.report import describe_warehouse
+from census_stripe.demo.seed_data import catalog as catalog_seed
+from census_stripe.demo.stripe_double import key_stat
+from census_stripe.orchestration.project import sync_resources
 from census_stripe.orchestration.warehouses import PostgresWarehouseResource
 from census_stripe.settings import PROJECT_ROOT
-from census_stripe_tests.stripe_double import key_stat
+from census_stripe.stripe_client.client import make_client
 
 YOUR_KEY = "sk_test_CANARYyourown0123456789"
 
@@ -37,8 +41,11 @@ def run_demo(data_dir, **settings) -> str:
     return completed.stdout
 
 
-def counts(output: str) -> dict[str, int]:
-    return {name: int(value) for name, value in re.findall(r"^\s+(\w+): (\d+)$", output, re.MULTILINE)}
+def counts(output: str, sync: str = "customers") -> dict[str, int]:
+    """The counts the summary prints for one sync."""
+    section = re.search(rf"^Sync '{sync}' .*?(?=^Sync |^Where to look)", output, re.MULTILINE | re.DOTALL)
+    assert section, output
+    return {name: int(value) for name, value in re.findall(r"^\s+(\w+): (\d+)$", section.group(), re.MULTILINE)}
 
 
 @pytest.mark.serial
@@ -55,8 +62,9 @@ def test_demo_twice_second_run_writes_nothing_and_a_lost_stripe_resets_state(tmp
     }
     assert "rejected 'not-an-email': invalid email" in first
     assert "No STRIPE_API_KEY: starting a local Stripe server (localstripe) at http://127.0.0.1:" in first
+    assert "The catalog (products and prices) is served by the project's Stripe test double at http://" in first
     assert f"DuckDB file {tmp_path / 'warehouse.duckdb'} (tables census_stripe.sync_state" in first
-    assert (tmp_path / "localstripe.pickle").exists()
+    assert (tmp_path / "localstripe.pickle").exists() and (tmp_path / "stripe_catalog.json").exists()
 
     second = run_demo(tmp_path)
     assert counts(second) == {
@@ -80,6 +88,7 @@ def test_your_stripe_key_is_used_as_given_and_no_local_server_starts(tmp_path, d
     output = run_demo(tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
     assert f"Using the Stripe API at {double.url} with your key (test mode)" in output
     assert "localstripe" not in output and not (tmp_path / "localstripe.pickle").exists()
+    assert "test double" not in output and not (tmp_path / "stripe_catalog.json").exists()
     assert counts(output)["created"] == 294
     stats = double.stats()
     assert stats["customers"] == 294
@@ -105,6 +114,40 @@ def test_a_failed_demo_shows_the_failed_checks_the_first_error_and_the_failing_r
     )
     assert len(shown) == min(failed, 5)
     assert YOUR_KEY not in output
+
+
+def test_the_demo_raises_one_price_once_the_catalog_is_in_its_local_stripe(double, capsys):
+    local = {"STRIPE_API_KEY": DEMO_API_KEY, "STRIPE_CATALOG_API_BASE": double.url}
+    assert not raise_a_price_once_the_catalog_is_in_stripe(local)  # the first run: no catalog yet
+    catalog = make_client(DEMO_API_KEY, double.url).v1
+    catalog.products.create(params={"id": "prod_demo_pro", "name": "Pro"})
+    price = catalog.prices.create(
+        params={"product": "prod_demo_pro", "currency": "usd", "unit_amount": 1000, "lookup_key": "pro_monthly_usd"}
+    )
+    capsys.readouterr()
+    assert raise_a_price_once_the_catalog_is_in_stripe(local)
+    assert "this run raises pro_monthly_usd from 10.00 to 12.00 USD" in capsys.readouterr().out
+    assert not raise_a_price_once_the_catalog_is_in_stripe({**local, "STRIPE_API_KEY": YOUR_KEY})  # never yours
+
+    catalog.prices.create(
+        params={
+            "product": "prod_demo_pro",
+            "currency": "usd",
+            "unit_amount": 1200,
+            "lookup_key": "pro_monthly_usd",
+            "transfer_lookup_key": True,
+        }
+    )
+    catalog.prices.update(price.id, params={"active": False})
+    assert raise_a_price_once_the_catalog_is_in_stripe(local)  # stays raised, without a word
+    assert capsys.readouterr().out == ""
+
+    before, after = catalog_seed(pro_price_raised=False), catalog_seed(pro_price_raised=True)
+    assert before["raw_catalog_products"] == after["raw_catalog_products"]
+    changed = [(b, a) for b, a in zip(before["raw_catalog_prices"], after["raw_catalog_prices"], strict=True) if b != a]
+    assert [(b["lookup_key"], b["unit_amount"], a["unit_amount"]) for b, a in changed] == [
+        ("pro_monthly_usd", 1000, 1200)
+    ]
 
 
 def test_the_summary_names_a_postgres_warehouse_not_a_duckdb_file():
@@ -138,3 +181,22 @@ def test_an_unknown_warehouse_gets_the_projects_message_on_every_path(tmp_path):
         timeout=300,
     )
     assert loaded.returncode != 0 and message in loaded.stdout + loaded.stderr
+
+
+@pytest.mark.parametrize(
+    "catalog_server, catalog_api_base",
+    [("http://127.0.0.1:4242", "http://127.0.0.1:4242"), (None, "http://127.0.0.1:8420")],
+)
+def test_the_catalog_is_synced_through_its_own_server_only_when_one_is_named(
+    monkeypatch, catalog_server, catalog_api_base
+):
+    monkeypatch.setenv("STRIPE_API_KEY", YOUR_KEY)
+    monkeypatch.setenv("STRIPE_API_BASE", "http://127.0.0.1:8420")
+    if catalog_server:
+        monkeypatch.setenv("STRIPE_CATALOG_API_BASE", catalog_server)
+    else:
+        monkeypatch.delenv("STRIPE_CATALOG_API_BASE", raising=False)
+    resources = sync_resources()
+    with dg.build_resources({name: resources[name] for name in ("stripe", "stripe_catalog")}) as built:
+        assert built.stripe.api_base == "http://127.0.0.1:8420"
+        assert (built.stripe_catalog.api_base, built.stripe_catalog.api_key) == (catalog_api_base, YOUR_KEY)

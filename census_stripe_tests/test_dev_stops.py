@@ -57,13 +57,15 @@ def test_make_dev_leaves_nothing_running_when_stopped(tmp_path, stop_signal):
         assert any("dagster_webserver" in c for c in commands) and any("dagster._daemon" in c for c in commands)
         assert any("code-server" in c or "api grpc" in c for c in commands)
         assert any("localstripe" in c for c in commands)
+        assert any("census_stripe.demo.stripe_double" in c for c in commands)  # the catalog's server
 
         os.killpg(make.pid, stop_signal)
         make.wait(timeout=STOP_SECONDS)
         _, alive = psutil.wait_procs(list(started.values()), timeout=STOP_SECONDS)
         assert alive == [], [" ".join(p.cmdline()) for p in alive]
         assert not webserver_answers(port)
-        assert (tmp_path / "localstripe.pickle").exists()  # the local Stripe data was saved on the way out
+        # The local Stripe data was saved on the way out, the customers' and the catalog's.
+        assert (tmp_path / "localstripe.pickle").exists() and (tmp_path / "stripe_catalog.json").exists()
     finally:
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGKILL)

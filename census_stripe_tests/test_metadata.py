@@ -15,7 +15,7 @@ from census_stripe.plan.planner import Action, build_plan
 from census_stripe.plan.rows import Candidate, PriorState
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import parse_sync_spec
-from census_stripe.stripe_client.values import StripeAccount, StripeCustomer, dashboard_url
+from census_stripe.stripe_client.values import StripeAccount, StripeObject, dashboard_url
 from census_stripe.sync import RunOptions, SyncReport
 
 SPEC_TEXT = """
@@ -58,7 +58,7 @@ def report(candidates, *, behavior="update_or_create", rows_read=None, written=T
         sync,
         candidates,
         rows_read or len(candidates),
-        lambda keys: LookupResult({key: [StripeCustomer(found[key], {})] for key in keys if key in found}, "per_key"),
+        lambda keys: LookupResult({key: [StripeObject(found[key], {})] for key in keys if key in found}, "per_key"),
         repush=options.repush,
     )
     outcomes = []

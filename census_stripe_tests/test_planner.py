@@ -2,11 +2,12 @@
 
 import pytest
 
+from census_stripe.objects import CUSTOMER
 from census_stripe.plan.lookup import LookupResult
 from census_stripe.plan.planner import Action, FieldChange, LiveAccount, build_plan, diff
 from census_stripe.plan.rows import Candidate, PriorState, rejection_reason
 from census_stripe.spec import parse_sync_spec
-from census_stripe.stripe_client.values import StripeCustomer
+from census_stripe.stripe_client.values import StripeObject
 
 SPEC_TEXT = """
 model: stripe_customers
@@ -51,7 +52,7 @@ def test_new_row_not_in_stripe_is_created_with_every_value():
     plan = build_plan(spec(), [candidate()], rows_read=1, lookup=finds_nothing)
     [row] = plan.rows
     assert row.action is Action.CREATE
-    assert row.values_to_send() == candidate().values
+    assert row.values_to_send(CUSTOMER) == candidate().values
     assert FieldChange("name", None, "Ada") in row.changes
 
 
@@ -71,12 +72,12 @@ def test_existing_customer_is_matched_and_only_differing_fields_are_sent():
         "metadata.plan": "pro",
         "metadata.other": "untouched",
     }
-    lookup = finds({"ada@example.com": [StripeCustomer("cus_9", stripe_values)]})
+    lookup = finds({"ada@example.com": [StripeObject("cus_9", stripe_values)]})
     [row] = build_plan(spec(), [candidate()], rows_read=1, lookup=lookup).rows
     assert row.action is Action.UPDATE
     assert row.stripe_id == "cus_9"
     assert row.changes == (FieldChange("name", "Ada L.", "Ada"),)
-    assert row.values_to_send() == {"name": "Ada"}
+    assert row.values_to_send(CUSTOMER) == {"name": "Ada"}
 
 
 def test_an_address_change_sends_the_whole_address_because_stripe_replaces_it():
@@ -91,7 +92,7 @@ def test_an_address_change_sends_the_whole_address_because_stripe_replaces_it():
     )
     [row] = build_plan(spec(), [candidate(prior=prior)], rows_read=1, lookup=no_lookup).rows
     assert row.changes == (FieldChange("address.city", "Paris", "London"),)
-    assert row.values_to_send() == {"address.line1": "1 Main St", "address.city": "London"}
+    assert row.values_to_send(CUSTOMER) == {"address.line1": "1 Main St", "address.city": "London"}
 
 
 def test_known_stripe_id_compares_with_last_synced_values_without_any_lookup():
@@ -112,9 +113,9 @@ def test_a_partition_repush_sends_every_value_but_lists_only_real_changes():
         repush=True,
     ).rows
     assert (unchanged.action, unchanged.changes) == (Action.UPDATE, ())
-    assert unchanged.values_to_send() == candidate().values
+    assert unchanged.values_to_send(CUSTOMER) == candidate().values
     assert changed.changes == (FieldChange("metadata.plan", "free", "pro"),)
-    assert changed.values_to_send() == candidate().values
+    assert changed.values_to_send(CUSTOMER) == candidate().values
 
 
 def test_blank_and_missing_are_the_same_to_stripe():
@@ -124,7 +125,7 @@ def test_blank_and_missing_are_the_same_to_stripe():
 
 
 def test_several_stripe_customers_with_the_email_reject_the_row_naming_them():
-    lookup = finds({"ada@example.com": [StripeCustomer("cus_b", {}), StripeCustomer("cus_a", {})]})
+    lookup = finds({"ada@example.com": [StripeObject("cus_b", {}), StripeObject("cus_a", {})]})
     [row] = build_plan(spec(), [candidate()], rows_read=1, lookup=lookup).rows
     assert row.action is Action.REJECT
     assert row.reason == "several Stripe customers share this email: cus_a, cus_b"
@@ -168,7 +169,7 @@ def test_all_unknown_keys_are_looked_up_in_one_call():
 def test_full_resync_compares_with_what_stripe_holds_now():
     prior = synced(dict(candidate().values), stripe_id="cus_1")
     edited_by_hand = {**candidate().values, "name": "Edited In Dashboard"}
-    live = LiveAccount({"cus_1": StripeCustomer("cus_1", edited_by_hand)}, {})
+    live = LiveAccount({"cus_1": StripeObject("cus_1", edited_by_hand)}, {})
     [row] = build_plan(spec(), [candidate(prior=prior)], rows_read=1, lookup=no_lookup, live=live).rows
     assert row.action is Action.UPDATE
     assert row.changes == (FieldChange("name", "Edited In Dashboard", "Ada"),)

@@ -18,7 +18,7 @@ from census_stripe.orchestration.resources import StripeResource
 from census_stripe.orchestration.sync_asset import build_sync_asset, load_sync
 from census_stripe.orchestration.warehouses import DuckDBWarehouseResource
 from census_stripe.settings import PROJECT_ROOT
-from census_stripe.stripe_client.client import StripeCustomers
+from census_stripe.stripe_client.client import StripeObjects
 from census_stripe.stripe_client.errors import (
     MalformedKeyError,
     StripeAccessError,
@@ -131,7 +131,7 @@ def test_a_hostile_key_is_refused_before_any_call_and_never_recorded(
 def test_a_key_with_nul_is_refused_without_quoting_it():
     key = "sk_test_CANARYnul0123456789\x00CANARYnul0123456789"
     with pytest.raises(MalformedKeyError) as raised:
-        StripeCustomers(key, "http://127.0.0.1:9")
+        StripeObjects(key, "http://127.0.0.1:9")
     assert str(raised.value).startswith("STRIPE_API_KEY contains a NUL character (character 28 of 47);")
     assert leaks(key, str(raised.value)) == set()
 
@@ -147,7 +147,7 @@ def test_a_key_with_nul_is_refused_without_quoting_it():
 )
 def test_a_key_that_cannot_be_a_stripe_key_is_refused(key, message):
     with pytest.raises(MalformedKeyError) as raised:
-        StripeResource(api_key=key).customers()
+        StripeResource(api_key=key).objects()
     assert str(raised.value).startswith(message)
     assert leaks(key, str(raised.value)) == set()
 
@@ -189,18 +189,18 @@ def test_redact_leaves_other_text_alone():
 
 def test_no_sdk_error_leaves_the_stripe_layer(double):
     double.configure(read_only_keys=["rk_test_CANARYreadonly0123456789"])
-    customers = StripeCustomers("sk_test_CANARYsdkerrors0123456789", double.url)
+    customers = StripeObjects("sk_test_CANARYsdkerrors0123456789", double.url)
     with pytest.raises(StripeRequestError) as not_found:
         customers.update("cus_missing", {"name": "A"}, "census-stripe-test")
     assert not_found.value.http_status == 404
-    read_only = StripeCustomers("rk_test_CANARYreadonly0123456789", double.url)
+    read_only = StripeObjects("rk_test_CANARYreadonly0123456789", double.url)
     with pytest.raises(StripeAccessError) as refused:
         read_only.check_write_access()
     dead = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(StripeRequestError) as unanswered:
-        StripeCustomers("sk_test_CANARYsdkerrors0123456789", dead, max_attempts=2).create({}, "census-stripe-test")
+        StripeObjects("sk_test_CANARYsdkerrors0123456789", dead, max_attempts=2).create({}, "census-stripe-test")
     with pytest.raises(StripeUnreachableError) as unreachable:
-        StripeCustomers("sk_test_CANARYsdkerrors0123456789", dead, unreachable_after=1).create({}, "census-test")
+        StripeObjects("sk_test_CANARYsdkerrors0123456789", dead, unreachable_after=1).create({}, "census-test")
     for raised in (not_found, refused, unanswered, unreachable):
         # Nothing chained: the SDK's error, which may quote the request's headers, is gone.
         assert raised.value.__cause__ is None and raised.value.__context__ is None

@@ -1,6 +1,7 @@
 """Translating between flat sync fields and Stripe's nested parameters."""
 
-from census_stripe.stripe_client.values import dashboard_url, flatten_customer, to_params
+from census_stripe.objects import CUSTOMER
+from census_stripe.stripe_client.values import dashboard_url
 
 
 def test_create_params_nest_objects_and_leave_out_empty_values():
@@ -15,7 +16,7 @@ def test_create_params_nest_objects_and_leave_out_empty_values():
         "metadata.empty": None,
         "balance": "-500",
     }
-    assert to_params(values, unset_missing=False) == {
+    assert CUSTOMER.create_params(values) == {
         "email": "a@b.co",
         "address": {"city": "Paris"},
         "shipping": {"address": {"city": "Lyon"}, "name": "A"},
@@ -26,12 +27,12 @@ def test_create_params_nest_objects_and_leave_out_empty_values():
 
 def test_update_params_unset_with_empty_strings_and_clear_empty_objects():
     values = {"name": None, "metadata.plan": None, "address.city": None, "address.line1": None}
-    assert to_params(values, unset_missing=True) == {"name": "", "metadata": {"plan": ""}, "address": ""}
+    assert CUSTOMER.update_params(values) == {"name": "", "metadata": {"plan": ""}, "address": ""}
 
 
 def test_update_keeps_an_object_with_content_and_drops_its_empty_parts():
     values = {"address.city": "Paris", "address.line2": None}
-    assert to_params(values, unset_missing=True) == {"address": {"city": "Paris"}}
+    assert CUSTOMER.update_params(values) == {"address": {"city": "Paris"}}
 
 
 def test_flatten_customer_reads_nested_objects_and_metadata():
@@ -44,7 +45,7 @@ def test_flatten_customer_reads_nested_objects_and_metadata():
         "metadata": {"plan": "pro", "gone": ""},
         "sources": {"data": []},
     }
-    assert flatten_customer(customer) == {
+    assert CUSTOMER.flatten(customer) == {
         "email": "a@b.co",
         "name": None,
         "address.city": "Paris",

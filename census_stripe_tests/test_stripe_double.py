@@ -1,9 +1,12 @@
 """The Stripe test double behaves as docs/stripe.md says Stripe does; the tests and
 benchmarks that use it rely on that."""
 
+from decimal import Decimal
+
 import pytest
 import stripe
 
+from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.stripe_client.client import make_client
 
 
@@ -47,7 +50,8 @@ def test_update_merges_metadata_replaces_objects_and_unsets_blanks(customers):
 def test_idempotency_replays_the_first_response_and_refuses_other_parameters(double, customers):
     first = customers.create(params={"email": "a@x.com"}, options={"idempotency_key": "k1"})
     again = customers.create(params={"email": "a@x.com"}, options={"idempotency_key": "k1"})
-    assert again.id == first.id
+    assert again.id == first.id  # the products' bucket is empty, the prices' is not
+    double.configure(endpoint_rate=0)
     with pytest.raises(stripe.IdempotencyError):
         customers.create(params={"email": "b@x.com"}, options={"idempotency_key": "k1"})
     assert double.stats()["customers"] == 1
@@ -81,3 +85,253 @@ def test_read_only_keys_cannot_write(double):
     assert client.v1.customers.list(params={"limit": 1}).data == []
     with pytest.raises(stripe.PermissionError):
         client.v1.customers.create(params={"email": "a@x.com"})
+
+
+@pytest.fixture
+def client(double):
+    return make_client("sk_test_double", double.url, max_network_retries=0).v1
+
+
+def error_of(call) -> dict:
+    """Stripe's error object for a request the double refuses."""
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        call()
+    return {"status": refused.value.http_status, "code": refused.value.code, "param": refused.value.param}
+
+
+def test_products_take_your_own_id_once_and_merge_metadata_on_update(client):
+    created = client.products.create(
+        params={
+            "id": "prod_demo_pro",
+            "name": "Pro",
+            "description": "For teams",
+            "images": ["https://example.com/pro.png"],
+            "metadata": {"tier": "pro", "old": "1"},
+            "shippable": False,
+        }
+    )
+    assert (created.id, created.active, created.images, created.shippable) == (
+        "prod_demo_pro",
+        True,
+        ["https://example.com/pro.png"],
+        False,
+    )
+    assert error_of(lambda: client.products.create(params={"id": "prod_demo_pro", "name": "Again"})) == {
+        "status": 400,
+        "code": "resource_already_exists",
+        "param": "id",
+    }
+    assert error_of(lambda: client.products.create(params={"description": "no name"}))["code"] == "parameter_missing"
+    updated = client.products.update(
+        "prod_demo_pro", params={"description": "", "unit_label": "seat", "metadata": {"old": "", "new": "2"}}
+    )
+    assert (updated.description, updated.unit_label) == (None, "seat")
+    assert updated.metadata.to_dict() == {"tier": "pro", "new": "2"}
+    assert error_of(lambda: client.products.update("prod_demo_pro", params={"name": ""}))["code"] == (
+        "parameter_invalid_empty"
+    )
+    assert client.products.retrieve("prod_demo_pro").unit_label == "seat"
+    assert error_of(lambda: client.products.retrieve("prod_nope"))["code"] == "resource_missing"
+
+
+def test_products_list_newest_first_in_pages_and_filter_active(client):
+    ids = [client.products.create(params={"name": f"P{i}"}).id for i in range(5)]
+    client.products.update(ids[1], params={"active": False})
+    first = client.products.list(params={"limit": 2})
+    second = client.products.list(params={"limit": 2, "starting_after": first.data[-1].id})
+    assert [p.id for p in first.data + second.data] == ids[::-1][:4]
+    assert first.has_more and second.has_more
+    assert [p.id for p in client.products.list(params={"active": False}).data] == [ids[1]]
+    active = client.products.list(params={"active": True, "limit": 2, "starting_after": ids[2]}).data
+    assert [p.id for p in active] == [ids[0]]
+
+
+def test_prices_are_created_on_an_existing_product_with_stripe_defaults(client):
+    client.products.create(params={"id": "prod_pro", "name": "Pro"})
+    monthly = client.prices.create(
+        params={
+            "product": "prod_pro",
+            "currency": "USD",
+            "unit_amount": 1000,
+            "recurring": {"interval": "month"},
+            "lookup_key": "pro_monthly_usd",
+            "nickname": "Pro monthly",
+            "metadata": {"plan": "pro"},
+        }
+    )
+    assert monthly.id.startswith("price_")
+    assert (monthly.currency, monthly.unit_amount, monthly.unit_amount_decimal, monthly.type) == (
+        "usd",
+        1000,
+        Decimal("1000"),  # the SDK reads Stripe's decimal strings as Decimals
+        "recurring",
+    )
+    assert (monthly.recurring.interval, monthly.recurring.interval_count, monthly.recurring.usage_type) == (
+        "month",
+        1,
+        "licensed",
+    )
+    assert (monthly.active, monthly.billing_scheme, monthly.tax_behavior) == (True, "per_unit", "unspecified")
+    one_time = client.prices.create(params={"product": "prod_pro", "currency": "eur", "unit_amount_decimal": "12.5"})
+    assert (one_time.type, one_time.recurring, one_time.unit_amount, one_time.unit_amount_decimal) == (
+        "one_time",
+        None,
+        None,
+        Decimal("12.5"),
+    )
+    assert error_of(
+        lambda: client.prices.create(params={"product": "prod_nope", "currency": "usd", "unit_amount": 1})
+    ) == {"status": 400, "code": "resource_missing", "param": "product"}
+
+
+@pytest.mark.parametrize(
+    "params, param",
+    [
+        ({"currency": "usx", "unit_amount": 100}, "currency"),
+        ({"currency": "usd", "unit_amount": -100}, "unit_amount"),
+        ({"currency": "usd", "unit_amount": 100, "unit_amount_decimal": "100"}, "unit_amount"),
+        ({"currency": "usd"}, "unit_amount"),
+        ({"currency": "usd", "unit_amount": 100, "recurring": {"interval": "fortnight"}}, "recurring[interval]"),
+        (
+            {"currency": "usd", "unit_amount": 100, "recurring": {"interval": "month", "interval_count": 37}},
+            "recurring[interval_count]",
+        ),
+        ({"currency": "usd", "unit_amount": 100, "lookup_key": "k" * 201}, "lookup_key"),
+    ],
+)
+def test_prices_refuse_what_stripe_refuses_and_create_nothing(double, client, params, param):
+    client.products.create(params={"id": "prod_pro", "name": "Pro"})
+    assert error_of(lambda: client.prices.create(params={"product": "prod_pro", **params}))["param"] == param
+    assert double.stats()["prices"] == 0
+
+
+def test_a_price_keeps_its_amount_currency_recurrence_and_product(client):
+    client.products.create(params={"id": "prod_pro", "name": "Pro"})
+    client.products.create(params={"id": "prod_other", "name": "Other"})
+    price = client.prices.create(
+        params={"product": "prod_pro", "currency": "usd", "unit_amount": 1000, "recurring": {"interval": "month"}}
+    )
+    for change in (
+        {"unit_amount": 1200},
+        {"unit_amount_decimal": "1200"},
+        {"currency": "eur"},
+        {"recurring": {"interval": "year"}},
+        {"product": "prod_other"},
+    ):
+        [name] = change
+        assert error_of(lambda change=change: client.prices.update(price.id, params=change)) == {
+            "status": 400,
+            "code": "parameter_unknown",
+            "param": name,
+        }
+    updated = client.prices.update(price.id, params={"nickname": "Pro", "metadata": {"v": "1"}, "active": False})
+    assert (updated.nickname, updated.metadata.to_dict(), updated.active, updated.unit_amount) == (
+        "Pro",
+        {"v": "1"},
+        False,
+        1000,
+    )
+    assert client.prices.retrieve(price.id).active is False  # archived, still readable
+
+
+def test_tax_behavior_is_set_once(client):
+    client.products.create(params={"id": "prod_pro", "name": "Pro"})
+    price = client.prices.create(params={"product": "prod_pro", "currency": "usd", "unit_amount": 5})
+    assert client.prices.update(price.id, params={"tax_behavior": "exclusive"}).tax_behavior == "exclusive"
+    assert client.prices.update(price.id, params={"tax_behavior": "exclusive"}).tax_behavior == "exclusive"
+    assert error_of(lambda: client.prices.update(price.id, params={"tax_behavior": "inclusive"}))["param"] == (
+        "tax_behavior"
+    )
+
+
+def test_a_lookup_key_belongs_to_one_price_and_moves_only_when_transferred(client):
+    client.products.create(params={"id": "prod_pro", "name": "Pro"})
+    base = {"product": "prod_pro", "currency": "usd", "recurring": {"interval": "month"}}
+    old = client.prices.create(params={**base, "unit_amount": 1000, "lookup_key": "pro_monthly_usd"})
+    assert (
+        error_of(lambda: client.prices.create(params={**base, "unit_amount": 1200, "lookup_key": "pro_monthly_usd"}))[
+            "param"
+        ]
+        == "lookup_key"
+    )
+    other = client.prices.create(params={**base, "unit_amount": 900, "lookup_key": "other"})
+    assert error_of(lambda: client.prices.update(other.id, params={"lookup_key": "pro_monthly_usd"}))["param"] == (
+        "lookup_key"
+    )
+
+    new = client.prices.create(
+        params={**base, "unit_amount": 1200, "lookup_key": "pro_monthly_usd", "transfer_lookup_key": True}
+    )
+    client.prices.update(old.id, params={"active": False})
+    assert client.prices.retrieve(old.id).lookup_key is None
+    found = client.prices.list(params={"lookup_keys": ["pro_monthly_usd", "other", "unknown"]}).data
+    assert [p.id for p in found] == [new.id, other.id]
+    assert [p.id for p in client.prices.list(params={"active": False}).data] == [old.id]
+    assert [p.id for p in client.prices.list(params={"product": "prod_pro", "limit": 100}).data] == [
+        new.id,
+        other.id,
+        old.id,
+    ]
+    # Moved back by an update, and unset with "".
+    client.prices.update(old.id, params={"lookup_key": "pro_monthly_usd", "transfer_lookup_key": True})
+    assert client.prices.retrieve(new.id).lookup_key is None
+    client.prices.update(old.id, params={"lookup_key": ""})
+    assert client.prices.list(params={"lookup_keys": ["pro_monthly_usd"]}).data == []
+    assert error_of(lambda: client.prices.list(params={"lookup_keys": [f"k{i}" for i in range(11)]}))["param"] == (
+        "lookup_keys"
+    )
+
+
+def test_catalog_endpoints_have_their_own_rate_limits_idempotency_and_stats(double, client):
+    double.configure(endpoint_rate=2)
+    client.products.create(params={"id": "prod_a", "name": "A"}, options={"idempotency_key": "p"})
+    replayed = client.products.create(params={"id": "prod_a", "name": "A"}, options={"idempotency_key": "p"})
+    assert replayed.id == "prod_a"
+    with pytest.raises(stripe.RateLimitError):
+        client.products.create(params={"name": "B"})
+    first = client.prices.create(
+        params={"product": "prod_a", "currency": "usd", "unit_amount": 1}, options={"idempotency_key": "q"}
+    )
+    again = client.prices.create(
+        params={"product": "prod_a", "currency": "usd", "unit_amount": 1}, options={"idempotency_key": "q"}
+    )
+    assert again.id == first.id  # the products' bucket is empty, the prices' is not
+    double.configure(endpoint_rate=0)
+    with pytest.raises(stripe.IdempotencyError):
+        client.prices.create(
+            params={"product": "prod_a", "currency": "usd", "unit_amount": 2}, options={"idempotency_key": "q"}
+        )
+    stats = double.stats()
+    assert (stats["products"], stats["prices"], stats["idempotent_replays"], stats["rate_limited"]) == (1, 1, 2, 1)
+    assert (stats["requests_product_create"], stats["done_product_create"]) == (3, 1)
+    assert (stats["requests_price_create"], stats["done_price_create"]) == (3, 1)
+
+
+def test_a_store_keeps_the_catalog_between_processes(tmp_path):
+    store = tmp_path / "catalog.json"
+    with StripeDoubleServer(store=store) as server:
+        v1 = make_client("sk_test_double", server.url, max_network_retries=0).v1
+        v1.products.create(params={"id": "prod_pro", "name": "Pro"})
+        price = v1.prices.create(
+            params={"product": "prod_pro", "currency": "usd", "unit_amount": 1000, "lookup_key": "pro"},
+            options={"idempotency_key": "pro-1"},
+        )
+        v1.customers.create(params={"email": "a@x.com"})
+    with StripeDoubleServer(store=store) as server:
+        v1 = make_client("sk_test_double", server.url, max_network_retries=0).v1
+        assert v1.prices.retrieve(price.id).lookup_key == "pro"
+        assert v1.products.retrieve("prod_pro").name == "Pro"
+        assert [c.email for c in v1.customers.list().data] == ["a@x.com"]
+        replayed = v1.prices.create(
+            params={"product": "prod_pro", "currency": "usd", "unit_amount": 1000, "lookup_key": "pro"},
+            options={"idempotency_key": "pro-1"},
+        )
+        assert replayed.id == price.id
+        assert (
+            error_of(
+                lambda: v1.prices.create(
+                    params={"product": "prod_pro", "currency": "usd", "unit_amount": 1, "lookup_key": "pro"}
+                )
+            )["param"]
+            == "lookup_key"
+        )

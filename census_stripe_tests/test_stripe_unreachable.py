@@ -13,12 +13,12 @@ import duckdb
 import pytest
 
 from census_stripe.demo.local_stripe import free_port
+from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.orchestration.sync_asset import build_sync_asset, load_sync
-from census_stripe.stripe_client.client import CircuitBreaker, StripeCustomers
+from census_stripe.stripe_client.client import CircuitBreaker, StripeObjects
 from census_stripe.stripe_client.errors import StripeUnreachableError
 from census_stripe.stripe_client.rate_limit import RateLimits, shared_budget
 from census_stripe_tests.conftest import DEMO_SYNC, resources
-from census_stripe_tests.stripe_double import StripeDoubleServer
 from census_stripe_tests.synthetic import make_model
 from census_stripe_tests.test_delivery import assert_stripe_equals_model, customers_for, sync
 
@@ -40,10 +40,10 @@ def dead_url() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
-def customers_at(url: str | None, rate: float = 1000, **options) -> StripeCustomers:
+def customers_at(url: str | None, rate: float = 1000, **options) -> StripeObjects:
     key = "sk_test_unreachable"
     limits = RateLimits(account=rate, endpoints=(("create", rate), ("update", rate)))
-    return StripeCustomers(key, url, shared_budget(key, url, limits), **options)
+    return StripeObjects(key, url, shared_budget(key, url, limits), **options)
 
 
 def statuses(model: Path) -> dict[str, int]:
@@ -52,7 +52,7 @@ def statuses(model: Path) -> dict[str, int]:
     return dict(rows)
 
 
-def sync_failing_fast(model: Path, customers: StripeCustomers) -> str:
+def sync_failing_fast(model: Path, customers: StripeObjects) -> str:
     """The message of the StripeUnreachableError a sync raises, having checked that it came quickly."""
     started = time.monotonic()
     with pytest.raises(StripeUnreachableError) as raised:

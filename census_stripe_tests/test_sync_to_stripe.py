@@ -9,13 +9,13 @@ import duckdb
 import pytest
 
 from census_stripe.demo.seed_data import BAD_ROWS, DEFAULT_CUSTOMERS, generate
-from census_stripe.stripe_client.client import StripeCustomers
+from census_stripe.stripe_client.client import StripeObjects
 from census_stripe_tests.conftest import DEMO_SYNC
 
 VALID_USERS = [u for u in generate(DEFAULT_CUSTOMERS)["raw_users"] if u["user_id"] not in BAD_ROWS]
 
 
-def stripe_by_email(customers: StripeCustomers) -> dict[str, dict]:
+def stripe_by_email(customers: StripeObjects) -> dict[str, dict]:
     everything = list(customers.iter_all())
     by_email = {c.values["email"]: c.values | {"id": c.id} for c in everything}
     assert len(by_email) == len(everything), "two Stripe customers share an email"
@@ -143,7 +143,7 @@ def test_a_model_change_sends_only_the_changed_fields_of_the_changed_rows(
     first, second = model_row(warehouse_path, "usr_000001"), model_row(warehouse_path, "usr_000002")
     customer_id = stripe_by_email(stripe_customers)[first["email"]]["id"]
     # A field this sync does not change must survive the update: only what differs is sent.
-    stripe_customers._customers.update(customer_id, params={"description": "set by hand"})
+    stripe_customers._service.update(customer_id, params={"description": "set by hand"})
     execute(warehouse_path, "update main.stripe_customers set plan = 'enterprise' where external_id = 'usr_000001'")
     execute(warehouse_path, "update main.stripe_customers set city = 'Oslo' where external_id = 'usr_000002'")
 
@@ -181,8 +181,8 @@ def test_dry_run_records_the_plan_and_writes_nothing(sync_runner, stripe_custome
 def test_update_only_updates_matches_and_never_creates(sync_runner, stripe_customers, warehouse_path, tmp_path):
     row = model_row(warehouse_path, "usr_000001")
     # Stripe's email filter is case-sensitive; the sync's matching is not.
-    existing = stripe_customers._customers.create(params={"email": row["email"].upper(), "name": "Old Name"})
-    stripe_customers._customers.create(params={"email": "someone.else@example.com"})
+    existing = stripe_customers._service.create(params={"email": row["email"].upper(), "name": "Old Name"})
+    stripe_customers._service.create(params={"email": "someone.else@example.com"})
     runner = sync_runner(write_sync(tmp_path, "update_only", update_or_create="update_only"))
 
     result = runner.run()
@@ -202,7 +202,7 @@ def test_several_stripe_customers_with_one_email_are_never_guessed_between(
 ):
     row = model_row(warehouse_path, "usr_000001")
     ids = sorted(
-        stripe_customers._customers.create(params={"email": email}).id for email in (row["email"], row["email"].title())
+        stripe_customers._service.create(params={"email": email}).id for email in (row["email"], row["email"].title())
     )
     runner = sync_runner()
     result = runner.run()
@@ -236,7 +236,7 @@ def test_a_customer_deleted_in_stripe_is_created_again(sync_runner, stripe_custo
     runner.run()
     row = model_row(warehouse_path, "usr_000003")
     deleted = stripe_by_email(stripe_customers)[row["email"]]["id"]
-    stripe_customers._customers.delete(deleted)
+    stripe_customers._service.delete(deleted)
     execute(warehouse_path, "update main.stripe_customers set plan = 'pro' where external_id = 'usr_000003'")
 
     counts = runner.counts(runner.run())
@@ -255,7 +255,7 @@ def test_update_only_reports_a_deleted_customer_as_skipped_on_every_run(sync_run
     sync_runner().run()
     row = model_row(warehouse_path, "usr_000004")
     deleted = stripe_by_email(stripe_customers)[row["email"]]["id"]
-    stripe_customers._customers.delete(deleted)
+    stripe_customers._service.delete(deleted)
     execute(warehouse_path, "update main.stripe_customers set plan = 'pro' where external_id = 'usr_000004'")
     update_only = sync_runner(write_sync(warehouse_path.parent, "customers", update_or_create="update_only"))
 
@@ -357,7 +357,7 @@ def test_full_resync_repairs_a_customer_edited_by_hand_in_stripe(sync_runner, st
     runner.run()
     row = model_row(warehouse_path, "usr_000001")
     customer_id = stripe_by_email(stripe_customers)[row["email"]]["id"]
-    stripe_customers._customers.update(customer_id, params={"name": "Edited In Dashboard"})
+    stripe_customers._service.update(customer_id, params={"name": "Edited In Dashboard"})
 
     # The state still matches the model, so a normal run does not notice the edit...
     assert runner.counts(runner.run())["updated"] == 0
@@ -377,7 +377,7 @@ def test_full_resync_under_update_only_reports_a_customer_deleted_in_stripe(
     sync_runner().run()
     row = model_row(warehouse_path, "usr_000002")
     deleted = stripe_by_email(stripe_customers)[row["email"]]["id"]
-    stripe_customers._customers.delete(deleted)
+    stripe_customers._service.delete(deleted)
     update_only = sync_runner(write_sync(warehouse_path.parent, "customers", update_or_create="update_only"))
 
     result = update_only.run(full_resync=True)
@@ -392,9 +392,9 @@ def test_duplicates_in_stripe_policy_picks_one_and_reports_them(
     sync_runner, stripe_customers, warehouse_path, tmp_path, policy
 ):
     row = model_row(warehouse_path, "usr_000001")
-    older = stripe_customers._customers.create(params={"email": row["email"]})
+    older = stripe_customers._service.create(params={"email": row["email"]})
     time.sleep(1.1)  # Stripe's `created` counts seconds
-    newer = stripe_customers._customers.create(params={"email": row["email"].upper()})
+    newer = stripe_customers._service.create(params={"email": row["email"].upper()})
     path = write_sync(tmp_path, policy, **{"object: customer": f"object: customer\n  duplicates_in_stripe: {policy}"})
     runner = sync_runner(path)
 

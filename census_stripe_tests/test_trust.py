@@ -12,12 +12,12 @@ import duckdb
 import pytest
 
 from census_stripe.demo.local_stripe import LocalStripe
+from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.orchestration.sync_asset import load_sync
-from census_stripe.stripe_client.client import StripeCustomers
+from census_stripe.stripe_client.client import StripeObjects
 from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.sync import RunOptions
 from census_stripe_tests.conftest import API_KEY, DEMO_SYNC, SyncRunner
-from census_stripe_tests.stripe_double import StripeDoubleServer
 from census_stripe_tests.synthetic import make_model
 from census_stripe_tests.test_delivery import ROWS, assert_stripe_equals_model, customers_for, sync
 
@@ -50,7 +50,7 @@ def delete_in_stripe(double, *emails: str) -> list[str]:
     reader = customers_for(double, key="sk_test_reader")
     gone = [c.id for c in reader.iter_all() if c.values["email"] in emails]
     for customer_id in gone:
-        reader._customers.delete(customer_id)
+        reader._service.delete(customer_id)
     return gone
 
 
@@ -103,7 +103,7 @@ def test_local_servers_without_an_account_endpoint_are_told_apart_by_address(syn
         metadata = elsewhere.metadata(elsewhere.run())
         assert metadata["stripe_account"] != first["stripe_account"]
         assert (metadata["created"], metadata["unchanged"]) == (294, 0)
-        assert len(list(StripeCustomers(API_KEY, other.url).iter_all())) == 294
+        assert len(list(StripeObjects(API_KEY, other.url).iter_all())) == 294
 
 
 def test_state_from_before_accounts_is_never_attached_to_an_account(double, model):

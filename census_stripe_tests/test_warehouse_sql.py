@@ -4,9 +4,10 @@ only rows that changed since Stripe last accepted them leave the warehouse."""
 import duckdb
 import pytest
 
+from census_stripe.objects import CUSTOMER
 from census_stripe.plan.sql import changed_rows_query
 from census_stripe.spec import parse_sync_spec
-from census_stripe.stripe_client.client import StripeCustomers
+from census_stripe.stripe_client.client import StripeObjects
 from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
@@ -40,10 +41,10 @@ def odd_warehouse(tmp_path):
 
 def test_identifiers_from_config_are_quoted_and_rows_sync(odd_warehouse, stripe_url):
     spec = parse_sync_spec(ODD_SPEC, "odd.yaml")
-    customers = StripeCustomers(API_KEY, stripe_url)
-    report = run_sync(spec, model=ODD_MODEL, store=SyncStateStore(odd_warehouse), customers=customers, run_id="r1")
+    customers = StripeObjects(API_KEY, stripe_url)
+    report = run_sync(spec, model=ODD_MODEL, store=SyncStateStore(odd_warehouse), stripe=customers, run_id="r1")
     assert report.counts()["created"] == 3
-    synced = {c.values["email"]: c.values for c in StripeCustomers(API_KEY, stripe_url).iter_all()}
+    synced = {c.values["email"]: c.values for c in StripeObjects(API_KEY, stripe_url).iter_all()}
     assert synced["B@Example.com"]["name"] == "Bob"
     assert synced["B@Example.com"]["metadata.Group"] == "2"
     assert "metadata.Group" not in synced["c@example.com"]
@@ -52,7 +53,7 @@ def test_identifiers_from_config_are_quoted_and_rows_sync(odd_warehouse, stripe_
 def test_only_changed_rows_leave_the_warehouse(odd_warehouse, stripe_url):
     spec = parse_sync_spec(ODD_SPEC, "odd.yaml")
     store = SyncStateStore(odd_warehouse)
-    report = run_sync(spec, model=ODD_MODEL, store=store, customers=StripeCustomers(API_KEY, stripe_url), run_id="r1")
+    report = run_sync(spec, model=ODD_MODEL, store=store, stripe=StripeObjects(API_KEY, stripe_url), run_id="r1")
     query = changed_rows_query(spec, ODD_MODEL, store.state, report.account.key, "duckdb")
     assert odd_warehouse.query(query).empty
 
@@ -71,7 +72,7 @@ def test_a_new_mapping_re_examines_every_row(odd_warehouse, stripe_url):
         spec,
         model=ODD_MODEL,
         store=SyncStateStore(odd_warehouse),
-        customers=StripeCustomers(API_KEY, stripe_url),
+        stripe=StripeObjects(API_KEY, stripe_url),
         run_id="r1",
     )
     wider = parse_sync_spec(ODD_SPEC + "constants:\n  description: from the warehouse\n", "odd.yaml")
@@ -79,22 +80,22 @@ def test_a_new_mapping_re_examines_every_row(odd_warehouse, stripe_url):
         wider,
         model=ODD_MODEL,
         store=SyncStateStore(odd_warehouse),
-        customers=StripeCustomers(API_KEY, stripe_url),
+        stripe=StripeObjects(API_KEY, stripe_url),
         run_id="r2",
     )
     counts = report.counts()
     assert (counts["updated"], counts["created"]) == (3, 0)
-    assert [row.values_to_send() for row in report.plan.writes] == [{"description": "from the warehouse"}] * 3
+    assert [row.values_to_send(CUSTOMER) for row in report.plan.writes] == [{"description": "from the warehouse"}] * 3
 
 
 def test_dry_run_sends_nothing_and_saves_nothing(odd_warehouse, stripe_url):
     spec = parse_sync_spec(ODD_SPEC, "odd.yaml")
-    customers = StripeCustomers(API_KEY, stripe_url)
+    customers = StripeObjects(API_KEY, stripe_url)
     report = run_sync(
         spec,
         model=ODD_MODEL,
         store=SyncStateStore(odd_warehouse),
-        customers=customers,
+        stripe=customers,
         run_id="r1",
         options=RunOptions(dry_run=True),
     )

@@ -1,7 +1,8 @@
-"""Applying a plan: one Stripe write per changed row, many in flight, every result accounted for.
+"""Applying a plan: one Stripe write per changed row (two for a new version), many in flight, every
+result accounted for.
 
 Writes run on a pool of threads around one shared client; the account's rate budget
-(stripe_client/rate_limit.py) paces them, and StripeCustomers retries what can be retried. A row that
+(stripe_client/rate_limit.py) paces them, and StripeObjects retries what can be retried. A row that
 Stripe refuses for good is recorded with Stripe's message and the run goes on. When Stripe is
 unreachable (StripeUnreachableError) the writer stops: it submits nothing more, hands over what
 the writes in flight got, and raises. Results are handed to the caller in batches, on the caller's
@@ -19,13 +20,15 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from census_stripe.objects.base import blank_to_none
+from census_stripe.plan.lookup import ObjectLookup
 from census_stripe.plan.planner import Action, PlannedRow
 from census_stripe.stripe_client.errors import StripeRequestError
 from census_stripe.warehouse.state import StateStatus
 
 if TYPE_CHECKING:
     # The client is handed in; importing only its errors keeps the SDK out of loading Dagster's code location.
-    from census_stripe.stripe_client.client import StripeCustomers
+    from census_stripe.stripe_client.client import StripeObjects
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +36,10 @@ log = logging.getLogger(__name__)
 class WriteStatus(str, Enum):
     CREATED = "created"
     UPDATED = "updated"
+    NEW_VERSION = "new_version"  # a new object took the key over, and the old one was archived
+    ARCHIVED = "archived"
     FAILED = "failed"
-    # An update Stripe answered 404: the customer is gone, and the key must be looked up again
+    # An update Stripe answered 404: the object is gone, and the key must be looked up again
     # before anything is created.
     MISSING = "missing"
 
@@ -55,12 +60,17 @@ def idempotency_key(sync_name: str, row: PlannedRow) -> str:
     stored error too, and would refuse the row for a day. And a create that replaces a customer
     gone from Stripe names that customer: otherwise Stripe would answer with the stored response of
     the first create, the id of the very customer that is gone. Both are safe, because the row's
-    key was looked up again (consistently) before this run planned to create it.
+    key was looked up again (consistently) before this run planned to create it. A new version
+    names the object it replaces, so that each replacement is created once; an archive names the
+    run that last wrote the key.
     """
     prior = row.candidate.prior
-    after_failure = prior.run_id if prior and prior.status is StateStatus.FAILED else ""
+    after_failure = (prior.run_id or "") if prior and prior.status is StateStatus.FAILED else ""
     if row.action is Action.CREATE:
         target = prior.stripe_id if prior and prior.stripe_id else ""
+    elif row.action is Action.ARCHIVE:
+        # A key archived, brought back, and archived again is archived anew, not replayed.
+        target = f"{row.stripe_id}@{prior.run_id if prior else ''}"
     else:
         target = row.stripe_id or ""
     parts = [sync_name, row.candidate.key or "", row.candidate.row_hash, row.action.value, target, after_failure]
@@ -95,14 +105,14 @@ class Progress:
 class StripeWriter:
     def __init__(
         self,
-        customers: StripeCustomers,
+        objects: StripeObjects,
         sync_name: str,
         on_batch: Callable[[list[Outcome]], None],
         concurrency: int = 16,
         batch_size: int = 100,
         logger: logging.Logger = log,
     ):
-        self.customers = customers
+        self.objects = objects
         self.sync_name = sync_name
         self.on_batch = on_batch
         self.concurrency = concurrency
@@ -122,8 +132,8 @@ class StripeWriter:
                 self._flush(batch, outcomes)
             progress.update(len(outcomes) + len(batch))
             for future in done:
-                if future.exception() is not None:
-                    raise future.exception()
+                if (error := future.exception()) is not None:
+                    raise error
 
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"stripe-{self.sync_name}") as pool:
             try:
@@ -156,24 +166,64 @@ class StripeWriter:
     def _create(self, row: PlannedRow) -> Outcome:
         values = row.candidate.values
         key = idempotency_key(self.sync_name, row)
-        created = self.customers.create(values, key)
-        if created.replayed and not self.customers.exists(created.id):
-            # An earlier create under this key made a customer since deleted; Stripe hands its id
-            # back for a day. Only now is it known that a new customer is wanted.
+        created = self.objects.create(values, key)
+        if created.replayed and not self.objects.exists(created.id):
+            # An earlier create under this key made an object since deleted; Stripe hands its id
+            # back for a day. Only now is it known that a new object is wanted.
             self.logger.info("Stripe replayed the create of %s, since deleted; creating anew", created.id)
-            created = self.customers.create(values, f"{key}-after-{created.id}")
+            created = self.objects.create(values, f"{key}-after-{created.id}")
         return Outcome(row, WriteStatus.CREATED, created.id)
+
+    def _new_version(self, row: PlannedRow) -> Outcome:
+        """Create the new version, then archive the old one. A run stopped in between left the key
+        with the new version: the next run finds it there (one lookup of the key), adopts it and
+        only archives, so that a rerun never creates a second new version."""
+        object_type = self.objects.object_type
+        desired = row.candidate.values
+        key = row.candidate.key or ""
+        holders = ObjectLookup(self.objects, object_type.listed_by or "id", "per_key")({key: key}).found.get(key)
+        holder = holders[0] if holders else None
+        same_version = holder is not None and not object_type.immutable_changes(
+            {name for name in desired if blank_to_none(holder.values.get(name)) != blank_to_none(desired[name])}
+        )
+        if holder is not None and holder.id != row.target_id and same_version:
+            self.logger.info("%s %s already holds %r; archiving %s", object_type.name, holder.id, key, row.target_id)
+            new_id = holder.id
+        else:
+            new_id = self.objects.create(desired, idempotency_key(self.sync_name, row), new_version=True).id
+        self._archive(row)
+        return Outcome(row, WriteStatus.NEW_VERSION, new_id)
+
+    def _archive(self, row: PlannedRow) -> None:
+        self.objects.update(row.target_id, {"active": "false"}, f"{idempotency_key(self.sync_name, row)}-archive")
+
+    def _archived(self, row: PlannedRow) -> Outcome:
+        try:
+            self._archive(row)
+        except StripeRequestError as error:
+            if error.http_status != 404:
+                raise
+            self.logger.info(
+                "%s %s is no longer in Stripe: nothing to archive", self.objects.object_type.name, row.stripe_id
+            )
+        return Outcome(row, WriteStatus.ARCHIVED, row.stripe_id)
 
     def _write(self, row: PlannedRow) -> Outcome:
         try:
             if row.action is Action.CREATE:
                 return self._create(row)
+            if row.action is Action.NEW_VERSION:
+                return self._new_version(row)
+            if row.action is Action.ARCHIVE:
+                return self._archived(row)
             try:
-                self.customers.update(row.stripe_id, row.values_to_send(), idempotency_key(self.sync_name, row))
+                values = row.values_to_send(self.objects.object_type)
+                self.objects.update(row.target_id, values, idempotency_key(self.sync_name, row))
                 return Outcome(row, WriteStatus.UPDATED, row.stripe_id)
             except StripeRequestError as error:
                 if error.http_status != 404:
                     raise
-                return Outcome(row, WriteStatus.MISSING, row.stripe_id, f"customer {row.stripe_id} is not in Stripe")
+                name = self.objects.object_type.name
+                return Outcome(row, WriteStatus.MISSING, row.stripe_id, f"{name} {row.stripe_id} is not in Stripe")
         except StripeRequestError as error:
             return Outcome(row, WriteStatus.FAILED, row.stripe_id, str(error))

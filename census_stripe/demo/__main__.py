@@ -4,11 +4,14 @@
     python -m census_stripe.demo dev   # the Dagster UI on the same warehouse and Stripe data
 
 Your STRIPE_API_KEY is used as given: with STRIPE_API_BASE unset, the demo talks to Stripe itself
-(a live key is refused unless the stripe resource allows live mode). With no key at all, a local
-Stripe server (localstripe) is started for the duration, with a demo key, and stopped after. Its
-customers are kept in data/ between runs, like the sync's state in the warehouse, so the two always
-agree: a second `make demo` creates and updates nothing. If the saved Stripe data is gone, the
-sync's state is reset with it, on purpose and said out loud.
+(a live key is refused unless the stripe resource allows live mode). With no key at all, two local
+Stripe servers are started for the duration, with a demo key, and stopped after: localstripe for
+the customers, and the project's Stripe test double for the catalog (products and prices), since
+localstripe has no Prices. Their data is kept in data/ between runs, like the syncs' state in the
+warehouse, so the two always agree: a second `make demo` creates and updates no customer. If a
+server's saved data is gone, the state of the syncs it serves is reset with it, on purpose and said
+out loud. Once the catalog is in the local Stripe, the demo raises one price (pro_monthly_usd,
+10.00 → 12.00 USD), so its second run shows a new version of a price, and says so.
 """
 
 from __future__ import annotations
@@ -24,11 +27,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from census_stripe.demo.local_stripe import LocalStripe, free_port, stop_process_group
-from census_stripe.demo.seed_data import demo_customer_count, write_seeds
+from census_stripe.demo.seed_data import RAISED_PRICE, demo_customer_count, write_seeds
+from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.settings import DATA_DIR, DEFS_DIR, PROJECT_ROOT, UnknownWarehouseError, duckdb_path, warehouse_kind
 from census_stripe.stripe_client.rate_limit import is_live_key
 
 LOCAL_STRIPE_DATA = DATA_DIR / "localstripe.pickle"
+LOCAL_CATALOG_DATA = DATA_DIR / "stripe_catalog.json"
+# The test double answers GET /v1/account, so the catalog syncs' state is filed under this account
+# whatever port the double listens on.
+LOCAL_CATALOG_ACCOUNT = "acct_demo_catalog"
+# The objects the demo's test double serves; localstripe serves the rest (customers).
+CATALOG_OBJECTS = ("product", "price")
+# The report's order: customers, then the products the prices need, then the prices.
+OBJECT_ORDER = ("customer", "product", "price")
 DAGSTER_HOME = DATA_DIR / "dagster_home"
 DEMO_API_KEY = "sk_test_census_stripe_demo"
 # A local server has no account id: the sync knows it by its address, so the demo keeps one.
@@ -45,6 +57,9 @@ INSTANCE_SECTIONS = {
 }
 INSTANCE_CONFIG = "".join(INSTANCE_SECTIONS.values())
 JOB = "sync_to_stripe"
+SUMMARY_COUNTS = ("rows_read", "created", "updated", "archived", "unchanged", "rejected", "failed", "stripe_api_calls")
+OPTIONAL_COUNTS = ("archived",)  # only syncs that may archive (archive_missing, new price versions) count it
+PREVIEW_SHOWN = 20
 # `dagster dev` stops its webserver, daemon and code servers on SIGINT; on a loaded machine that takes a while.
 DEV_STOP_SECONDS = 60
 
@@ -69,8 +84,9 @@ def stripe_in_use(env: Mapping[str, str]) -> str | None:
     return f"Using {where} with your key ({mode}){refusal}"
 
 
-def _forget_sync_state() -> None:
-    """The local Stripe account starts empty: drop what the syncs remember of the old one."""
+def _forget_sync_state(catalog: bool) -> list[str]:
+    """A local Stripe server starts empty: drop what the syncs it serves remember (the catalog's
+    syncs for the test double, the others for localstripe). Returns the syncs forgotten."""
     import duckdb
 
     from census_stripe.spec import load_sync_spec
@@ -78,13 +94,15 @@ def _forget_sync_state() -> None:
     from census_stripe.warehouse.state import SyncStateStore
 
     if not duckdb_path().exists():
-        return
+        return []
+    specs = [load_sync_spec(path) for path in sorted(DEFS_DIR.glob("*/defs.yaml"))]
+    names = [spec.name for spec in specs if (spec.object in CATALOG_OBJECTS) == catalog]
     with duckdb.connect(str(duckdb_path())) as connection:
         store = SyncStateStore(DuckDBWarehouse(connection))
         store.ensure_tables()
-        for path in sorted(DEFS_DIR.glob("*/defs.yaml")):
-            store.forget(load_sync_spec(path).name)
-    print("No saved local Stripe data: starting from an empty Stripe account and an empty sync state.")
+        for name in names:
+            store.forget(name)
+    return names
 
 
 def write_instance_config(path: Path) -> None:
@@ -115,7 +133,10 @@ def demo_environment() -> Iterator[dict[str, str]]:
         yield env
         return
     if not LOCAL_STRIPE_DATA.exists():
-        _forget_sync_state()
+        _forget_sync_state(catalog=False)
+        print("No saved local Stripe data: starting from an empty Stripe account and an empty sync state.")
+    if not LOCAL_CATALOG_DATA.exists() and _forget_sync_state(catalog=True):
+        print("No saved local catalog data: the catalog's syncs start from an empty Stripe catalog and state.")
     port = free_port(LOCAL_STRIPE_PORT)
     if port != LOCAL_STRIPE_PORT:
         print(
@@ -123,12 +144,44 @@ def demo_environment() -> Iterator[dict[str, str]]:
             "server by its address, so it looks every customer up there again (it duplicates none)."
         )
     server = LocalStripe(port, saved_data=LOCAL_STRIPE_DATA, log_path=DATA_DIR / "localstripe.log")
+    catalog = StripeDoubleServer(
+        store=LOCAL_CATALOG_DATA, log_path=DATA_DIR / "stripe_double.log", account_id=LOCAL_CATALOG_ACCOUNT
+    )
     print(
         f"No STRIPE_API_KEY: starting a local Stripe server (localstripe) at {server.url} with a demo key; "
         f"its data is kept in {LOCAL_STRIPE_DATA}"
     )
-    with server:
-        yield env | {"STRIPE_API_BASE": server.url, "STRIPE_API_KEY": DEMO_API_KEY}
+    print(
+        f"The catalog (products and prices) is served by the project's Stripe test double at {catalog.url}, "
+        f"as localstripe has no Prices; its data is kept in {LOCAL_CATALOG_DATA}"
+    )
+    with server, catalog:
+        yield env | {
+            "STRIPE_API_BASE": server.url,
+            "STRIPE_API_KEY": DEMO_API_KEY,
+            "STRIPE_CATALOG_API_BASE": catalog.url,
+        }
+
+
+def raise_a_price_once_the_catalog_is_in_stripe(env: Mapping[str, str]) -> bool:
+    """Whether the demo's data has pro_monthly_usd at its raised price: yes once the local catalog
+    holds that price, so the run after the first makes a new version of it. The demo never changes
+    prices in a Stripe of yours."""
+    catalog_url = env.get("STRIPE_CATALOG_API_BASE")
+    if not catalog_url or env.get("STRIPE_API_KEY") != DEMO_API_KEY:
+        return False
+    import stripe
+
+    lookup_key, before, after = RAISED_PRICE
+    client = stripe.StripeClient(env["STRIPE_API_KEY"], base_addresses={"api": catalog_url})
+    prices = client.v1.prices.list(params={"lookup_keys": [lookup_key]}).data
+    if prices and prices[0].unit_amount == before:
+        print(
+            f"The catalog is in the local Stripe: this run raises {lookup_key} from {before / 100:.2f} to "
+            f"{after / 100:.2f} {prices[0].currency.upper()}, so the prices sync makes a new version of that price "
+            "and archives the old one."
+        )
+    return bool(prices)
 
 
 def _latest_metadata(instance, asset_path: list[str]) -> dict:
@@ -137,6 +190,17 @@ def _latest_metadata(instance, asset_path: list[str]) -> dict:
     event = instance.get_latest_materialization_event(dg.AssetKey(asset_path))
     metadata = event.asset_materialization.metadata if event else {}
     return {name: value.value for name, value in metadata.items()}
+
+
+def _report_position(stripe_object: str) -> int:
+    return OBJECT_ORDER.index(stripe_object) if stripe_object in OBJECT_ORDER else len(OBJECT_ORDER)
+
+
+def _records(table) -> list[Mapping]:
+    """The rows of a table in a run's metadata; a preview with nothing to change is text instead."""
+    from dagster import TableMetadataValue
+
+    return [record.data for record in table.records] if isinstance(table, TableMetadataValue) else []
 
 
 def _print_summary(dagster_home: str) -> None:
@@ -148,8 +212,11 @@ def _print_summary(dagster_home: str) -> None:
 
     warehouse = warehouse_from_env()
     with dg.DagsterInstance.from_config(dagster_home) as instance:
-        for path in sorted(DEFS_DIR.glob("*/defs.yaml")):
-            spec = load_sync_spec(path)
+        specs = sorted(
+            ((path, load_sync_spec(path)) for path in DEFS_DIR.glob("*/defs.yaml")),
+            key=lambda pair: (_report_position(pair[1].object), pair[0]),
+        )
+        for path, spec in specs:
             name = spec.name
             if spec.partitions:
                 print(
@@ -160,10 +227,14 @@ def _print_summary(dagster_home: str) -> None:
             print(
                 f"\nSync {name!r} ({path.relative_to(PROJECT_ROOT)}), Stripe account {metadata.get('stripe_account')}:"
             )
-            for count in ("rows_read", "created", "updated", "unchanged", "rejected", "failed", "stripe_api_calls"):
-                print(f"  {count:>18}: {metadata.get(count)}")
-            for record in metadata["rejected_rows"].records if "rejected_rows" in metadata else []:
-                print(f"    rejected {record.data['key']!r}: {record.data['reason']}")
+            for count in SUMMARY_COUNTS:
+                if count in metadata or count not in OPTIONAL_COUNTS:
+                    print(f"  {count:>18}: {metadata.get(count)}")
+            if spec.object in CATALOG_OBJECTS:  # a catalog is small: its changes fit in the terminal
+                for record in _records(metadata.get("preview"))[:PREVIEW_SHOWN]:
+                    print(f"    {record['key']!r}: {record['changes']}")
+            for record in _records(metadata.get("rejected_rows")):
+                print(f"    rejected {record['key']!r}: {record['reason']}")
     print(
         "\nWhere to look:\n"
         f"  - the Dagster UI with these runs:   make dev   (then http://127.0.0.1:3000)\n"
@@ -185,9 +256,9 @@ def _print_failure(dagster_home: str, started: datetime) -> None:
 
 
 def run() -> int:
-    counts = write_seeds(demo_customer_count())
-    print("Demo data: " + ", ".join(f"{table} {n} rows" for table, n in counts.items()))
     with demo_environment() as env:
+        counts = write_seeds(demo_customer_count(), pro_price_raised=raise_a_price_once_the_catalog_is_in_stripe(env))
+        print("Demo data: " + ", ".join(f"{table} {n} rows" for table, n in counts.items()))
         print(f"Running Dagster job {JOB!r}: dbt build, then the Stripe sync ...")
         started = datetime.now(timezone.utc)
         with open(DATA_DIR / "demo.log", "w") as log:

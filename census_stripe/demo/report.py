@@ -3,10 +3,12 @@ worked, or of one that failed, its failed checks, its first error and the reason
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING, cast
 
 import dagster as dg
-from dagster import DagsterEventType
+from dagster import DagsterEventType, EventLogEntry
 
 from census_stripe.orchestration.warehouses import (
     BigQueryWarehouseResource,
@@ -15,6 +17,9 @@ from census_stripe.orchestration.warehouses import (
     RedshiftWarehouseResource,
     WarehouseResource,
 )
+
+if TYPE_CHECKING:
+    from census_stripe.orchestration.snowflake_warehouse import SnowflakeWarehouseResource
 
 # Failing rows shown in the terminal; the run's metadata in the UI has them all.
 ROWS_SHOWN = 5
@@ -28,7 +33,7 @@ def describe_warehouse(warehouse: WarehouseResource) -> str:
         label = "Redshift" if isinstance(warehouse, RedshiftWarehouseResource) else "PostgreSQL"
         return f"{label} database {warehouse.database!r} at {warehouse.host}:{warehouse.port} as {warehouse.user}"
     if warehouse.kind == "snowflake":  # its class is imported only where Snowflake is used
-        snowflake = warehouse.snowflake
+        snowflake = cast("SnowflakeWarehouseResource", warehouse).snowflake
         return f"Snowflake account {snowflake.account}, database {snowflake.database}, schema {snowflake.schema_}"
     if isinstance(warehouse, BigQueryWarehouseResource):
         return f"BigQuery project {warehouse.project}"
@@ -41,11 +46,15 @@ def latest_run(instance: dg.DagsterInstance, job_name: str, since: datetime) -> 
     return runs[0] if runs else None
 
 
+def _event_data(entry: EventLogEntry) -> object:
+    return entry.dagster_event.event_specific_data if entry.dagster_event else None
+
+
 def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     lines = []
     for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION):
-        evaluation = entry.dagster_event.event_specific_data
-        if not evaluation.passed:
+        evaluation = _event_data(entry)
+        if isinstance(evaluation, dg.AssetCheckEvaluation) and not evaluation.passed:
             asset = evaluation.asset_key.to_user_string()
             description = f": {evaluation.description}" if evaluation.description else ""
             lines.append(f"{asset} {evaluation.check_name} ({evaluation.severity.value}){description}")
@@ -54,13 +63,17 @@ def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[str]:
 
 def first_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
     for entry in instance.all_logs(run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}):
-        error = entry.dagster_event.event_specific_data.error
+        error = getattr(_event_data(entry), "error", None)  # a step's failure, or the run's
         if error is not None:
             return f"{entry.step_key or 'run'}: {error.message.strip()}"
     return None
 
 
-def _first(records: list, total: int, indent: str, line) -> list[str]:
+def _table_records(value: dg.MetadataValue) -> Sequence[dg.TableRecord]:
+    return value.records if isinstance(value, dg.TableMetadataValue) else []
+
+
+def _first(records: Sequence[dg.TableRecord], total: int, indent: str, line) -> list[str]:
     lines = [indent + line(record.data) for record in records[:ROWS_SHOWN]]
     if total > ROWS_SHOWN:
         lines.append(f"{indent}... and {total - ROWS_SHOWN} more (the run's metadata in the UI)")
@@ -72,16 +85,16 @@ def failing_rows(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     lines = []
     for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
         materialization = entry.asset_materialization
-        metadata = materialization.metadata
+        metadata = materialization.metadata if materialization else {}
         failed = metadata["failed"].value if "failed" in metadata else 0
-        if not failed:
+        if not (materialization and isinstance(failed, int) and failed):
             continue
-        reasons = metadata["failure_reasons"].value.records
+        reasons = _table_records(metadata["failure_reasons"])
         lines.append(f"{materialization.asset_key.to_user_string()}: {failed} rows failed. Stripe's reasons:")
         lines += _first(reasons, len(reasons), "  ", lambda data: f"{data['rows']} x {data['reason']}")
         lines.append("The first rows:")
         lines += _first(
-            metadata["failed_rows"].value.records, failed, "  ", lambda data: f"{data['key']!r}: {data['reason']}"
+            _table_records(metadata["failed_rows"]), failed, "  ", lambda data: f"{data['key']!r}: {data['reason']}"
         )
     return lines
 

@@ -3,6 +3,11 @@
 Writes `raw_users.csv`, `raw_subscriptions.csv` and `raw_orders.csv` into the dbt project's seeds
 folder. The same size always gives the same bytes, so a second `make demo` finds nothing to sync.
 
+It also writes the price book, `raw_catalog_products.csv` and `raw_catalog_prices.csv`: three plans
+(starter, pro, enterprise) at a monthly and a yearly price in USD and EUR, and an add-on (extra
+seats, monthly). With `pro_price_raised`, Pro's monthly USD price is 12.00 instead of 10.00: the
+demo raises it once the catalog is in Stripe, so its second run shows a new version of a price.
+
 A handful of users are deliberately bad, because real customer tables are: invalid emails, a null
 email, one email present twice in different case, and a name longer than Stripe accepts. The sync
 must reject exactly those rows, with a reason each, and sync everything else.
@@ -123,6 +128,32 @@ BAD_ROWS = {
     35: BadRow("casey.jordan@example.com", "Casey", "duplicate email, second spelling"),
     55: BadRow("maximilian.long@example.com", "Maximilian" + " Alexander" * 30, "name too long"),
 }
+# The price book. Products: key, name, description, tier, unit label. Prices: each product's
+# monthly price in cents per currency, and whether it is also sold by the year (for ten months).
+CATALOG_PRODUCTS = [
+    ("prod_demo_starter", "Starter", "For one person getting started.", "starter", None),
+    ("prod_demo_pro", "Pro", "For teams that bill every month.", "pro", None),
+    ("prod_demo_enterprise", "Enterprise", "For companies with many teams.", "enterprise", None),
+    ("prod_demo_extra_seats", "Extra seats", "One more seat on any plan.", "addon", "seat"),
+]
+MONTHLY_CENTS = {
+    "prod_demo_starter": ({"usd": 500, "eur": 450}, True),
+    "prod_demo_pro": ({"usd": 1000, "eur": 900}, True),
+    "prod_demo_enterprise": ({"usd": 5000, "eur": 4500}, True),
+    "prod_demo_extra_seats": ({"usd": 200, "eur": 180}, False),
+}
+MONTHS_BILLED_PER_YEAR = 10
+RAISED_PRICE = ("pro_monthly_usd", 1000, 1200)  # lookup key, cents before, cents after
+# A price whose product is missing from the catalog: the sync rejects it, naming the product key.
+PRICE_OF_UNKNOWN_PRODUCT = {
+    "lookup_key": "sso_monthly_usd",
+    "product_key": "prod_demo_sso",
+    "currency": "usd",
+    "unit_amount": 300,
+    "recurring_interval": "month",
+    "nickname": "SSO monthly (USD)",
+    "plan": "addon",
+}
 # Valid rows a careless sync would mangle: surrounding spaces and capitals are fine after trimming.
 MESSY_EMAILS = {10: "  Grace.Hopper10@Example.COM ", 20: "LINUS.TORVALDS20@EXAMPLE.ORG"}
 
@@ -130,13 +161,15 @@ MESSY_EMAILS = {10: "  Grace.Hopper10@Example.COM ", 20: "LINUS.TORVALDS20@EXAMP
 def generate(customers: int = DEFAULT_CUSTOMERS, seed: int = 42) -> dict[str, list[dict]]:
     """The raw tables as lists of rows; identical for identical arguments."""
     rng = random.Random(seed)
-    users, subscriptions, orders = [], [], []
+    users: list[dict] = []
+    subscriptions: list[dict] = []
+    orders: list[dict] = []
     for user_id in range(1, customers + 1):
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         country, region, places, phone_prefix = rng.choice(GEOGRAPHY)
         city, state, postal_prefix = rng.choice(places)
         signup_at = EPOCH + timedelta(minutes=rng.randrange(0, 60 * 24 * 700))
-        email = f"{first}.{last.replace(' ', '')}{user_id}@{rng.choice(DOMAINS)}".lower()
+        email: str | None = f"{first}.{last.replace(' ', '')}{user_id}@{rng.choice(DOMAINS)}".lower()
         bad = BAD_ROWS.get(user_id)
         if bad:
             email, first = bad.email, bad.first_name
@@ -187,11 +220,42 @@ def generate(customers: int = DEFAULT_CUSTOMERS, seed: int = 42) -> dict[str, li
     return {"raw_users": users, "raw_subscriptions": subscriptions, "raw_orders": orders}
 
 
-def write_seeds(customers: int = DEFAULT_CUSTOMERS, seed_dir: Path = SEED_DIR) -> dict[str, int]:
+def catalog(pro_price_raised: bool = False) -> dict[str, list[dict]]:
+    """The price book as raw tables: products, and prices named by lookup key."""
+    products = [
+        {"product_key": key, "name": name, "description": description, "tier": tier, "unit_label": unit_label}
+        for key, name, description, tier, unit_label in CATALOG_PRODUCTS
+    ]
+    raised_key, _, raised_cents = RAISED_PRICE
+    prices = []
+    for key, name, _, tier, _ in CATALOG_PRODUCTS:
+        cents_by_currency, also_yearly = MONTHLY_CENTS[key]
+        periods = [("monthly", "month", 1)] + ([("yearly", "year", MONTHS_BILLED_PER_YEAR)] if also_yearly else [])
+        for period, interval, months in periods:
+            for currency, monthly_cents in cents_by_currency.items():
+                lookup_key = f"{key.removeprefix('prod_demo_')}_{period}_{currency}"
+                raised = pro_price_raised and lookup_key == raised_key
+                prices.append(
+                    {
+                        "lookup_key": lookup_key,
+                        "product_key": key,
+                        "currency": currency,
+                        "unit_amount": raised_cents if raised else monthly_cents * months,
+                        "recurring_interval": interval,
+                        "nickname": f"{name} {period} ({currency.upper()})",
+                        "plan": tier,
+                    }
+                )
+    return {"raw_catalog_products": products, "raw_catalog_prices": [*prices, dict(PRICE_OF_UNKNOWN_PRODUCT)]}
+
+
+def write_seeds(
+    customers: int = DEFAULT_CUSTOMERS, seed_dir: Path = SEED_DIR, pro_price_raised: bool = False
+) -> dict[str, int]:
     """Write the raw tables as dbt seed CSVs; returns the row count of each."""
     seed_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
-    for table, rows in generate(customers).items():
+    for table, rows in (generate(customers) | catalog(pro_price_raised)).items():
         with open(seed_dir / f"{table}.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()

@@ -94,13 +94,14 @@ def free_slots_of_dead_runs(instance: dg.DagsterInstance, pool: str, waiting_run
         reason = why_run_cannot_free_its_slots(run)
         if reason is None:
             continue
-        still_running = run is not None and not run.is_finished
+        running = run if run is not None and not run.is_finished else None
+        still_running = running is not None
         line = (
             f"Run {run_id}: {reason}; {'marked it failed and ' if still_running else ''}freed its slot "
             f"in pool {pool} so that run {waiting_run_id} can go ahead."
         )
-        if still_running:
-            instance.report_run_failed(run, line)
+        if running is not None:
+            instance.report_run_failed(running, line)
         instance.event_log_storage.free_concurrency_slots_for_run(run_id)
         cleared.append(line)
     return cleared

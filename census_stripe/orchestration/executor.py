@@ -92,9 +92,11 @@ class SyncRunExecutor(InProcessExecutor):
         )
 
 
-@dg.executor(name="in_process", config_schema=dg.in_process_executor.config_schema)
+@dg.executor(name="in_process", config_schema=dg.in_process_executor.config_schema.as_field())
 def sync_executor(init_context: dg.InitExecutorContext) -> SyncRunExecutor:
     """Executes all steps in the run's process; clears dead runs' pool slots and sleeps while waiting for one."""
     # Dagster's in-process executor reads the configuration (retries, step dependencies).
-    configured = dg.in_process_executor.executor_creation_fn(init_context)
+    read_configuration = dg.in_process_executor.executor_creation_fn
+    assert read_configuration is not None, "Dagster's own executor is defined by its function"
+    configured = read_configuration(init_context)
     return SyncRunExecutor(retries=configured.retries, step_dependency_config=configured.step_dependency_config)

@@ -1,5 +1,5 @@
 """A sync report as Dagster metadata, in the order a person reads it: a summary, the preview (one
-row per customer), the problems, links to the customers written, then the counts the UI plots.
+row per object), the problems, links to the objects written, then the counts the UI plots.
 
 Dagster shows metadata in insertion order. On the asset's Overview tab the value column is
 narrow (at a 1280 px window about 36 characters show before it scrolls sideways), and one wide
@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from census_stripe.plan.planner import Action, FieldChange, PlannedRow
+from census_stripe.plan.planner import VERSION_CHANGE, WRITES, Action, FieldChange, PlannedRow
 from census_stripe.sync import SyncReport
 
 PREVIEW_ROWS = 50
@@ -69,9 +69,9 @@ class _Privacy:
             return text
         personal = {value for field, value in row.candidate.values.items() if value and is_personal(field)}
         if self.key_is_personal:
-            personal |= {row.candidate.key_value, row.candidate.key} - {None, ""}
+            personal |= {key for key in (row.candidate.key_value, row.candidate.key) if key}
         for value in sorted(personal, key=len, reverse=True):
-            text = text.replace(value, mask(value))
+            text = text.replace(value, mask(value) or "")
         return text
 
 
@@ -80,7 +80,7 @@ def _plural(count: int, noun: str) -> str:
 
 
 def change_text(change: FieldChange, privacy: _Privacy, created: bool) -> str:
-    """`field: before → after`; a new customer's fields have no before."""
+    """`field: before → after`; a new object's fields have no before."""
     after = privacy.value(change.field, change.after)
     if created:
         return f"{change.field}: {after}"
@@ -88,11 +88,26 @@ def change_text(change: FieldChange, privacy: _Privacy, created: bool) -> str:
     return f"{change.field}: {before or '(empty)'} → {after or '(empty)'}"
 
 
-def _what_happens(row: PlannedRow, key_field: str, privacy: _Privacy) -> str:
+def version_text(row: PlannedRow, object_name: str) -> str:
+    """`new version of price pro_monthly: 1000 → 1200 USD/month`: the unit said once when both
+    versions share it."""
+    version = next(change for change in row.changes if change.field == VERSION_CHANGE)
+    before, after = version.before or "", version.after or ""
+    amount_before, _, unit_before = before.partition(" ")
+    unit_after = after.partition(" ")[2]
+    change = f"{amount_before} → {after}" if unit_before == unit_after else f"{before} → {after}"
+    return f"new version of {object_name} {row.candidate.key_value}: {change}"
+
+
+def _what_happens(row: PlannedRow, key_field: str, privacy: _Privacy, object_name: str) -> str:
     """The action, then what it changes: `update — metadata.plan: free → pro`. One cell, not two,
     so that key, action and change fit side by side in the UI's narrow metadata column."""
-    if row.action is Action.SKIP_NOT_FOUND:
+    if row.action in (Action.SKIP_NOT_FOUND, Action.SKIP_EXISTING):
         return f"skip — {privacy.reason(row.reason, row)}"
+    if row.action is Action.NEW_VERSION:
+        others = [change for change in row.changes if change.field != VERSION_CHANGE]
+        details = "; ".join(change_text(change, privacy, created=False) for change in others)
+        return f"{version_text(row, object_name)} — {details}"
     if not row.changes:
         return "update — no change; written again, as a partition run writes all its rows"
     created = row.action is Action.CREATE
@@ -101,8 +116,11 @@ def _what_happens(row: PlannedRow, key_field: str, privacy: _Privacy) -> str:
     return f"{row.action.value} — " + "; ".join(change_text(change, privacy, created) for change in shown)
 
 
+_PREVIEWED = (*WRITES, Action.SKIP_NOT_FOUND, Action.SKIP_EXISTING)
+
+
 def _preview_order(row: PlannedRow) -> int:
-    if row.action is Action.SKIP_NOT_FOUND:
+    if row.action in (Action.SKIP_NOT_FOUND, Action.SKIP_EXISTING):
         return _SKIP
     return _WRITE_WITH_CHANGES if row.changes else _WRITE_UNCHANGED
 
@@ -110,18 +128,23 @@ def _preview_order(row: PlannedRow) -> int:
 def preview_rows(report: SyncReport) -> list[PlannedRow]:
     """Every row the run writes or skips, the most informative first (the sort keeps the model's order
     within each kind)."""
-    return sorted(report.plan.of(Action.CREATE, Action.UPDATE, Action.SKIP_NOT_FOUND), key=_preview_order)
+    return sorted(report.plan.of(*_PREVIEWED), key=_preview_order)
 
 
 def _preview(report: SyncReport, rows: list[PlannedRow], privacy: _Privacy) -> dg.MetadataValue:
     if not rows:
-        return dg.MetadataValue.md(_lines(nothing_to_change(report.counts()), SUMMARY_WIDTH))
-    created = {id(outcome.row): outcome.stripe_id for outcome in report.outcomes if outcome.status == "created"}
+        return dg.MetadataValue.md(
+            _lines(nothing_to_change(report.counts(), report.spec.object_type.name), SUMMARY_WIDTH)
+        )
+    name = report.spec.object_type.name
+    id_column = f"stripe_{name}_id"
+    # A create's or a new version's id is known once Stripe made it.
+    made = {id(outcome.row): outcome.stripe_id for outcome in report.outcomes if outcome.status in _NEW_IDS}
     records = [
         {
             "key": privacy.key(row.candidate.key_value),
-            "changes": _what_happens(row, report.spec.key.field, privacy),
-            "stripe_customer_id": created.get(id(row), row.stripe_id),
+            "changes": _what_happens(row, report.spec.key.field, privacy, name),
+            id_column: made.get(id(row), row.stripe_id),
         }
         for row in rows
     ]
@@ -129,20 +152,26 @@ def _preview(report: SyncReport, rows: list[PlannedRow], privacy: _Privacy) -> d
         records,
         ("key", "The row's mapping key, as in the model"),
         ("changes", "create, update or skip, then field: before → after for the fields that change"),
-        ("stripe_customer_id", "The Stripe customer updated, or created by this run"),
+        (id_column, f"The Stripe {name} updated, or created by this run"),
     )
 
 
-def nothing_to_change(counts: dict[str, int]) -> str:
-    return f"nothing to change: {_plural(counts['unchanged'], 'customer')} unchanged"
+_NEW_IDS = ("created", "new_version")
 
 
-def _problems(rows: list[tuple[PlannedRow, str | None, str | None]], privacy: _Privacy) -> dg.MetadataValue:
+def nothing_to_change(counts: dict[str, int], object_name: str) -> str:
+    return f"nothing to change: {_plural(counts['unchanged'], object_name)} unchanged"
+
+
+def _problems(
+    rows: list[tuple[PlannedRow, str | None, str | None]], privacy: _Privacy, object_name: str
+) -> dg.MetadataValue:
+    id_column = f"stripe_{object_name}_id"
     records = [
         {
             "key": privacy.key(row.candidate.key_value),
             "reason": privacy.reason(reason, row),
-            "stripe_customer_id": stripe_id,
+            id_column: stripe_id,
         }
         for row, stripe_id, reason in rows
     ]
@@ -150,7 +179,7 @@ def _problems(rows: list[tuple[PlannedRow, str | None, str | None]], privacy: _P
         records,
         ("key", "The row's mapping key, as in the model"),
         ("reason", "Why the row was not written; Stripe's own message when Stripe refused it"),
-        ("stripe_customer_id", "The Stripe customer it would have updated"),
+        (id_column, f"The Stripe {object_name} it would have updated"),
     )
 
 
@@ -174,17 +203,30 @@ def _lines(text: str, width: int) -> str:
 
 def headline(report: SyncReport, counts: dict[str, int]) -> str:
     """What the run did, in one sentence."""
+    name = report.spec.object_type.name
     creates, updates = counts["planned_creates"], counts["planned_updates"]
-    if not (creates or updates):
-        return nothing_to_change(counts).capitalize() + "."
+    versions, archives = counts.get("planned_new_versions", 0), counts.get("planned_archives", 0)
+    if not (creates or updates or versions or archives):
+        return nothing_to_change(counts, name).capitalize() + "."
+    catalog = [
+        f"{versions} new {'version' if versions == 1 else 'versions'}" if versions else "",
+        f"{archives} to archive" if archives else "",
+    ]
     if report.options.dry_run:
-        return f"Dry run: would create {creates} and update {_plural(updates, 'Stripe customer')}."
+        extra = "".join(f", {part}" for part in catalog if part)
+        return f"Dry run: would create {creates} and update {_plural(updates, f'Stripe {name}')}{extra}."
     created, updated = counts["created"], counts["updated"]
     done = [f"created {created}" if created else "", f"updated {updated}" if updated else ""]
     written = " and ".join(filter(None, done))
-    sentence = f"{written} {'Stripe customer' if created + updated == 1 else 'Stripe customers'}" if written else ""
+    noun = f"Stripe {name}" if created + updated == 1 else f"Stripe {report.spec.object_type.plural}"
+    sentence = f"{written} {noun}" if written else ""
+    new_versions, archived = counts.get("new_versions", 0), counts.get("archived", 0)
+    made = [
+        f"{new_versions} new {'version' if new_versions == 1 else 'versions'}" if new_versions else "",
+        f"archived {archived}" if archived else "",
+    ]
     failed = _plural(counts["failed"], "write") + " failed" if counts["failed"] else ""
-    sentence = "; ".join(filter(None, [sentence, failed]))
+    sentence = "; ".join(filter(None, [sentence, *made, failed]))
     return sentence[0].upper() + sentence[1:] + "."
 
 
@@ -203,6 +245,19 @@ def _scope(report: SyncReport) -> str:
     return "rows changed since last sync"
 
 
+def _catalog_facts(counts: dict[str, int], dry_run: bool) -> list[str | None]:
+    """New versions and archives, for the syncs that can make them."""
+    if dry_run:
+        return [
+            f"would make {counts['planned_new_versions']} new versions" if "new_versions" in counts else None,
+            f"would archive {counts['planned_archives']}" if "archived" in counts else None,
+        ]
+    return [
+        f"{counts['new_versions']} new versions" if "new_versions" in counts else None,
+        f"{counts['archived']} archived" if "archived" in counts else None,
+    ]
+
+
 def summary(report: SyncReport, counts: dict[str, int], shown: int, total: int) -> str:
     """The headline, then one short fact a line."""
     dry_run = report.options.dry_run
@@ -213,6 +268,8 @@ def summary(report: SyncReport, counts: dict[str, int], shown: int, total: int) 
         f"{counts['unchanged']} unchanged, {counts['rejected']} rejected",
         None if dry_run else f"{counts['failed']} failed",
         f"{counts['skipped_not_found']} skipped: not in Stripe" if report.spec.behavior == "update_only" else None,
+        f"{counts['skipped_existing']} skipped: in Stripe already" if "skipped_existing" in counts else None,
+        *_catalog_facts(counts, dry_run),
         f"{_plural(counts['rows_read'], 'row')} in {report.spec.model}",
         f"Stripe {report.account}" if report.account else None,
         "dry run: nothing written" if dry_run else "not a dry run",
@@ -224,23 +281,25 @@ def summary(report: SyncReport, counts: dict[str, int], shown: int, total: int) 
     return f"**{_lines(headline(report, counts), SUMMARY_WIDTH)}**\n\n{items}"
 
 
-def _links(stripe_ids: list[str], customer_url: Callable[[str], str | None]) -> str:
+def _links(stripe_ids: list[str], object_url: Callable[[str], str | None], object_name: str) -> str:
     if not stripe_ids:
-        return "No customer was written in this run."
-    urls = {stripe_id: customer_url(stripe_id) for stripe_id in stripe_ids}
+        return f"No {object_name} was written in this run."
+    urls = {stripe_id: object_url(stripe_id) for stripe_id in stripe_ids}
     if None in urls.values():
         return "A local Stripe server, without a dashboard to link to: " + ", ".join(stripe_ids)
     return "\n".join(f"- [{stripe_id}]({url})" for stripe_id, url in urls.items())
 
 
-def report_metadata(report: SyncReport, customer_url: Callable[[str], str | None]) -> dict[str, dg.MetadataValue]:
-    """`customer_url` gives a customer's page in Stripe's dashboard, or None without a dashboard."""
+def report_metadata(report: SyncReport, object_url: Callable[[str], str | None]) -> dict[str, dg.MetadataValue]:
+    """`object_url` gives an object's page in Stripe's dashboard, or None without a dashboard."""
+    object_type = report.spec.object_type
+    name = object_type.name
     counts = report.counts()
     privacy = _Privacy(report)
     previewed = preview_rows(report)
     rejected = report.plan.of(Action.REJECT)
     failed = [o for o in report.outcomes if o.status == "failed"]
-    skipped = report.plan.of(Action.SKIP_NOT_FOUND)
+    skipped = report.plan.of(Action.SKIP_NOT_FOUND, Action.SKIP_EXISTING)
     metadata: dict[str, dg.MetadataValue] = {
         "summary": dg.MetadataValue.md(summary(report, counts, min(len(previewed), PREVIEW_ROWS), len(previewed))),
         "preview": _preview(report, previewed, privacy),
@@ -248,31 +307,31 @@ def report_metadata(report: SyncReport, customer_url: Callable[[str], str | None
     if previewed and report.changes_query:
         metadata["whole_plan"] = dg.MetadataValue.text(report.changes_query)
     if rejected:
-        metadata["rejected_rows"] = _problems([(row, row.stripe_id, row.reason) for row in rejected], privacy)
-        kinds = [reason_kind(problem) for row in rejected for problem in row.reason.split("; ")]
+        metadata["rejected_rows"] = _problems([(row, row.stripe_id, row.reason) for row in rejected], privacy, name)
+        kinds = [reason_kind(problem) for row in rejected for problem in (row.reason or "").split("; ")]
         metadata["rejection_reasons"] = _counted(kinds, "The kind of problem")
     if failed:
-        metadata["failed_rows"] = _problems([(o.row, o.stripe_id, o.error) for o in failed], privacy)
-        metadata["failure_reasons"] = _counted([o.error for o in failed], "Stripe's message")
+        metadata["failed_rows"] = _problems([(o.row, o.stripe_id, o.error) for o in failed], privacy, name)
+        metadata["failure_reasons"] = _counted([o.error or "" for o in failed], "Stripe's message")
     if skipped:
-        metadata["skipped_rows"] = _problems([(row, None, row.reason) for row in skipped], privacy)
+        metadata["skipped_rows"] = _problems([(row, row.stripe_id, row.reason) for row in skipped], privacy, name)
     duplicates = [row for row in report.plan.rows if row.stripe_duplicates]
     if duplicates:
         metadata["stripe_duplicates"] = _table(
             [
                 {
                     "key": privacy.key(row.candidate.key),
-                    "stripe_customer_ids": ", ".join(row.stripe_duplicates),
+                    f"stripe_{name}_ids": ", ".join(row.stripe_duplicates),
                     "decision": f"used {row.stripe_id}" if row.stripe_id else "rejected",
                 }
                 for row in duplicates
             ],
             ("key", ""),
-            ("stripe_customer_ids", "Every Stripe customer with this key"),
+            (f"stripe_{name}_ids", f"Every Stripe {name} with this key"),
             ("decision", "By the sync's duplicates_in_stripe policy"),
         )
-    written = [o.stripe_id for o in report.outcomes if o.status != "failed"][:LINKS]
-    metadata["stripe_customers"] = dg.MetadataValue.md(_links(written, customer_url))
+    written = [o.stripe_id for o in report.outcomes if o.status != "failed" and o.stripe_id][:LINKS]
+    metadata[f"stripe_{object_type.plural}"] = dg.MetadataValue.md(_links(written, object_url, name))
     metadata |= {name: dg.MetadataValue.int(value) for name, value in counts.items()}
     metadata |= {
         "stripe_account": dg.MetadataValue.text(str(report.account)),

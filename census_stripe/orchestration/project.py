@@ -18,18 +18,28 @@ YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def sync_resources() -> dict[str, dg.ConfigurableResource]:
-    """The `stripe` and `warehouse` resources the sync assets use, from the environment.
+    """The `stripe`, `stripe_catalog` and `warehouse` resources the sync assets use, from the environment.
 
     STRIPE_API_KEY is read at run time (never stored in run config); STRIPE_API_BASE points the
     client at another server; CENSUS_STRIPE_WAREHOUSE and its variables pick the warehouse.
+    `stripe_catalog` is the Stripe the product and price syncs name: the same as `stripe`, unless
+    STRIPE_CATALOG_API_BASE gives it a server of its own (the demo's, as localstripe has no Prices).
     """
     return {
-        "stripe": StripeResource(
-            api_key=dg.EnvVar("STRIPE_API_KEY"),
-            api_base=dg.EnvVar("STRIPE_API_BASE") if os.environ.get("STRIPE_API_BASE") else None,
+        "stripe": stripe_resource("STRIPE_API_BASE"),
+        "stripe_catalog": stripe_resource(
+            "STRIPE_CATALOG_API_BASE" if os.environ.get("STRIPE_CATALOG_API_BASE") else "STRIPE_API_BASE"
         ),
         "warehouse": warehouse_from_env(),
     }
+
+
+def stripe_resource(api_base_variable: str) -> StripeResource:
+    """The account of STRIPE_API_KEY, at the server named by this variable, or Stripe when it is unset."""
+    return StripeResource(
+        api_key=dg.EnvVar("STRIPE_API_KEY"),
+        api_base=dg.EnvVar(api_base_variable) if os.environ.get(api_base_variable) else None,
+    )
 
 
 def sync_assets(defs: dg.Definitions) -> list[dg.AssetsDefinition]:

@@ -12,13 +12,17 @@ from census_stripe.stripe_client.rate_limit import RateLimits, is_live_key, shar
 from census_stripe.stripe_client.values import dashboard_url
 
 if TYPE_CHECKING:
-    from census_stripe.stripe_client.client import StripeCustomers
+    from census_stripe.objects.base import StripeObjectType
+    from census_stripe.stripe_client.client import StripeObjects
 
 
 class StripeResource(dg.ConfigurableResource):
     """A Stripe account. Give `api_key` as `EnvVar("STRIPE_API_KEY")` so the key stays out of config."""
 
-    api_key: str = Field(description="Secret (sk_...) or restricted (rk_...) key with write access to Customers.")
+    api_key: str = Field(
+        description="Secret (sk_...) or restricted (rk_...) key with write access to what the syncs write "
+        "(Customers, Products, Prices)."
+    )
     api_base: str | None = Field(
         default=None, description="Another API server, e.g. a local emulator; Stripe itself when unset."
     )
@@ -28,17 +32,23 @@ class StripeResource(dg.ConfigurableResource):
     account_requests_per_second: float | None = Field(
         default=None, description="The account's rate limit; Stripe's default for the key's mode (live 100, test 25)."
     )
-    create_requests_per_second: float = Field(default=25, description="Rate limit of creating customers.")
-    update_requests_per_second: float = Field(default=25, description="Rate limit of updating customers.")
+    create_requests_per_second: float = Field(
+        default=25, description="Rate limit of creating customers, and of each other object's create endpoint."
+    )
+    update_requests_per_second: float = Field(
+        default=25, description="Rate limit of updating customers, and of each other object's update endpoint."
+    )
     headroom: float = Field(
         default=0.1, ge=0, lt=1, description="Share of every rate limit left for the account's other traffic."
     )
     concurrency: int = Field(default=16, ge=1, description="Stripe requests in flight at once.")
 
-    def customers(self) -> StripeCustomers:
+    def objects(self, object_type: StripeObjectType | None = None) -> StripeObjects:
+        """The endpoints of one object type (customers by default), within the account's budget."""
         # A malformed key is named as such before anything reads its mode. Not a pydantic
         # validator: pydantic's errors quote the value they refuse.
-        from census_stripe.stripe_client.client import StripeCustomers  # the SDK, imported when a run calls Stripe
+        from census_stripe.objects import CUSTOMER, OBJECT_TYPES
+        from census_stripe.stripe_client.client import StripeObjects  # the SDK, imported when a run calls Stripe
 
         check_api_key(self.api_key)
         if is_live_key(self.api_key) and not self.allow_live_mode:
@@ -47,10 +57,18 @@ class StripeResource(dg.ConfigurableResource):
             )
         limits = RateLimits(
             account=self.account_requests_per_second,
-            endpoints=(("create", self.create_requests_per_second), ("update", self.update_requests_per_second)),
+            endpoints=tuple(
+                (each.endpoint(verb), rate)
+                for each in OBJECT_TYPES.values()
+                for verb, rate in (
+                    ("create", self.create_requests_per_second),
+                    ("update", self.update_requests_per_second),
+                )
+            ),
             headroom=self.headroom,
         )
-        return StripeCustomers(self.api_key, self.api_base, shared_budget(self.api_key, self.api_base, limits))
+        budget = shared_budget(self.api_key, self.api_base, limits)
+        return StripeObjects(self.api_key, self.api_base, budget, object_type=object_type or CUSTOMER)
 
-    def customer_url(self, customer_id: str) -> str | None:
-        return dashboard_url(customer_id, self.api_key, self.api_base)
+    def dashboard_url(self, stripe_id: str, plural: str = "customers") -> str | None:
+        return dashboard_url(stripe_id, self.api_key, self.api_base, plural)

@@ -7,6 +7,7 @@ writes nothing. A partitioned sync writes its partition's rows again on every ru
 """
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -34,6 +35,7 @@ SYNC_GROUP = "stripe"
 REJECTED_CHECK = "rejected_rows_below_threshold"
 FAILED_CHECK = "failed_writes_below_threshold"
 SYNC_FILE_METADATA = "sync_file"
+WAREHOUSE_RESOURCE = "warehouse"
 
 
 class SyncRunConfig(dg.Config):
@@ -84,23 +86,37 @@ def _shown_path(path: Path) -> str:
 
 
 BEHAVIORS = {
-    "update_or_create": "updates the Stripe customers it finds and creates the others",
-    "update_only": "updates the Stripe customers it finds and never creates one",
+    "update_or_create": "updates the Stripe {plural} it finds and creates the others",
+    "update_only": "updates the Stripe {plural} it finds and never creates one",
+    "create_only": "creates the Stripe {plural} it does not find and never touches one it finds",
 }
 
 
 def sync_description(spec: SyncSpec, model_name: str) -> str:
     """The sync's contract as Markdown, for the asset page: what it reads, how it matches, what it writes."""
-    intro = spec.description or f"Sync of {model_name} to Stripe customers."
+    object_type = spec.object_type
+    intro = spec.description or f"Sync of {model_name} to Stripe {object_type.plural}."
     rows = [f"| `{spec.key.field}` (the key) | `{spec.key.column}` |"]
     rows += [f"| `{field}` | `{column}` |" for field, column in spec.mapping.items()]
     rows += [f"| `{field}` | `{value!r}`, a constant |" for field, value in spec.constant_values.items()]
+    behavior = BEHAVIORS[spec.behavior].format(plural=object_type.plural)
+    extras = []
+    if spec.product_sync:
+        extras.append(f"`product` holds keys of the sync `{spec.product_sync}`, sent as their Stripe product ids.")
+    if spec.archive_missing:
+        extras.append(f"Archives (`active: false`) the {object_type.plural} of keys that left the model.")
+    if object_type.has_versions:
+        extras.append(
+            f"A change to {', '.join(sorted(object_type.immutable))} creates a new {object_type.name} that takes "
+            f"the {spec.key.field} over, and archives the old one."
+        )
     return "\n".join(
         [
             intro,
             "",
-            f"Reads the dbt model `{model_name}`, matches each row to a Stripe customer by `{spec.key.field}` "
-            f"(column `{spec.key.column}`), and {BEHAVIORS[spec.behavior]} (`{spec.behavior}`).",
+            f"Reads the dbt model `{model_name}`, matches each row to a Stripe {object_type.name} by "
+            f"`{spec.key.field}` (column `{spec.key.column}`), and {behavior} (`{spec.behavior}`).",
+            *(["", " ".join(extras)] if extras else []),
             "",
             "| Stripe field | Model column |",
             "|---|---|",
@@ -110,7 +126,11 @@ def sync_description(spec: SyncSpec, model_name: str) -> str:
 
 
 def sync_asset_key(spec: SyncSpec) -> dg.AssetKey:
-    return dg.AssetKey(["stripe", spec.name])
+    return sync_asset_key_of(spec.name)
+
+
+def sync_asset_key_of(sync_name: str) -> dg.AssetKey:
+    return dg.AssetKey(["stripe", sync_name])
 
 
 def partitions_definition(partitions: PartitionsSpec | None) -> dg.PartitionsDefinition | None:
@@ -118,12 +138,14 @@ def partitions_definition(partitions: PartitionsSpec | None) -> dg.PartitionsDef
         return None
     if partitions.values:
         return dg.StaticPartitionsDefinition(partitions.values.values)
+    time = partitions.time
+    assert time is not None, "a partitions setting is either values or time"
     by_granularity = {
         "daily": dg.DailyPartitionsDefinition,
         "weekly": dg.WeeklyPartitionsDefinition,
         "monthly": dg.MonthlyPartitionsDefinition,
     }
-    return by_granularity[partitions.time.granularity](start_date=partitions.time.start.isoformat())
+    return by_granularity[time.granularity](start_date=time.start.isoformat())
 
 
 def model_slice(partitions: PartitionsSpec, context: dg.AssetExecutionContext) -> ModelSlice:
@@ -162,17 +184,21 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=key,
-        deps=[model.asset_key],
+        # A price sync reads its product sync's writeback: it runs after it.
+        deps=[model.asset_key, *([sync_asset_key_of(spec.product_sync)] if spec.product_sync else [])],
         group_name=SYNC_GROUP,
         kinds={"stripe", warehouse_kind},
         description=sync_description(spec, model.name),
         metadata={
             SYNC_FILE_METADATA: dg.MetadataValue.path(_shown_path(sync.path)),
+            "object": spec.object,
             "behavior": spec.behavior,
             "mapping_key": f"{spec.key.field} <- {spec.key.column}",
             "mapping": dg.MetadataValue.json(spec.columns_by_field | spec.constant_values),
         },
         output_required=False,
+        # The Stripe resource is named by the sync (`stripe_resource`), so resources are looked up by key.
+        required_resource_keys={spec.stripe_resource, WAREHOUSE_RESOURCE},
         # One run of a sync at a time: pools cap ops in flight across runs (the instance sets the
         # limit, e.g. `concurrency: pools: default_limit: 1` in dagster.yaml).
         pool=f"stripe_sync_{spec.name}",
@@ -192,9 +218,9 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
             ),
         ],
     )
-    def _sync(
-        context: dg.AssetExecutionContext, config: SyncRunConfig, stripe: StripeResource, warehouse: WarehouseResource
-    ):
+    def _sync(context: dg.AssetExecutionContext, config: SyncRunConfig):
+        stripe: StripeResource = getattr(context.resources, spec.stripe_resource)
+        warehouse: WarehouseResource = getattr(context.resources, WAREHOUSE_RESOURCE)
         options = RunOptions(
             dry_run=config.dry_run,
             full_resync=config.full_resync,
@@ -202,18 +228,17 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
         )
         with warehouse.open() as session:
             store = SyncStateStore(session, warehouse.state_schema)
-            customers = stripe.customers()
             report = run_sync(
                 spec,
                 model=model.relation,
                 store=store,
-                customers=customers,
+                stripe=stripe.objects(spec.object_type),
                 run_id=context.run.run_id,
                 options=options,
                 log=context.log,
                 concurrency=stripe.concurrency,
             )
-        metadata = report_metadata(report, stripe.customer_url)
+        metadata = report_metadata(report, partial(stripe.dashboard_url, plural=spec.object_type.plural))
         if options.dry_run:
             # The checks judge the plan (no write failed, since none was made); the asset itself
             # is only observed, as nothing in Stripe changed.

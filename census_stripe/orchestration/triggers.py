@@ -19,7 +19,8 @@ def model_fingerprint(sync: Sync, warehouse: WarehouseResource) -> str:
     """A short digest of the model's rows as the sync reads them, computed in the warehouse."""
     with warehouse.open(read_only=True) as session:
         spec, model = as_stored(sync.spec, sync.model.relation, session)
-        query = fingerprint_query(spec, model, session.dialect, spec.automation.watch.updated_at_column)
+        watch = spec.automation.watch
+        query = fingerprint_query(spec, model, session.dialect, watch.updated_at_column if watch else None)
         row = session.query(query).iloc[0].to_dict()
     return hashlib.sha256(json.dumps(row, default=str, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -32,6 +33,8 @@ def model_change_sensor(sync: Sync) -> dg.SensorDefinition:
     starts watching.
     """
     name, watch = sync.spec.name, sync.spec.automation.watch
+    if watch is None:
+        raise ValueError(f"sync {name} does not watch its model (automation.watch)")
 
     @dg.sensor(
         name=f"{name}_model_changed",

@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import dagster as dg
 import duckdb
@@ -21,6 +21,9 @@ from census_stripe.settings import WAREHOUSES, duckdb_path, warehouse_kind
 from census_stripe.warehouse.base import Warehouse
 from census_stripe.warehouse.duckdb import DEFAULT_MEMORY_LIMIT, DuckDBWarehouse
 from census_stripe.warehouse.state import DEFAULT_SCHEMA
+
+if TYPE_CHECKING:
+    from census_stripe.warehouse.postgres import PostgresWarehouse  # psycopg, imported on use
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -71,7 +74,7 @@ class PostgresWarehouseResource(WarehouseResource):
     password: str = ""
     database: str = "postgres"
 
-    def _adapter(self) -> type[Warehouse]:
+    def _adapter(self) -> type["PostgresWarehouse"]:
         from census_stripe.warehouse.postgres import PostgresWarehouse
 
         return PostgresWarehouse
@@ -93,7 +96,7 @@ class RedshiftWarehouseResource(PostgresWarehouseResource):
     kind: ClassVar[str] = "redshift"
     port: int = 5439
 
-    def _adapter(self) -> type[Warehouse]:
+    def _adapter(self) -> type["PostgresWarehouse"]:
         from census_stripe.warehouse.postgres import RedshiftWarehouse
 
         return RedshiftWarehouse
@@ -132,15 +135,20 @@ def warehouse_from_env() -> WarehouseResource:
             ("PG", PostgresWarehouseResource) if kind == "postgres" else ("REDSHIFT_", RedshiftWarehouseResource)
         )
         names = {"host": "HOST", "port": "PORT", "user": "USER", "database": "DATABASE"}
-        settings = {field: value for field, name in names.items() if (value := os.environ.get(prefix + name))}
+        settings: dict[str, Any] = {
+            field: value for field, name in names.items() if (value := os.environ.get(prefix + name))
+        }
         return resource(**settings, password=_secret(prefix + "PASSWORD"))
     if kind == "snowflake":
         from dagster_snowflake import SnowflakeResource
 
         from census_stripe.orchestration.snowflake_warehouse import SnowflakeWarehouseResource
 
-        names = ("HOST", "PORT", "PROTOCOL")
-        stand_in = {name.lower(): value for name in names if (value := os.environ.get(f"SNOWFLAKE_{name}"))}
+        stand_in = {
+            name.lower(): value
+            for name in ("HOST", "PORT", "PROTOCOL")
+            if (value := os.environ.get(f"SNOWFLAKE_{name}"))
+        }
         return SnowflakeWarehouseResource(
             snowflake=SnowflakeResource(
                 account=os.environ.get("SNOWFLAKE_ACCOUNT"),

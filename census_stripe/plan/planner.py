@@ -1,7 +1,9 @@
 """The plan: for every row that needs a look, what to do in Stripe and why. No I/O here.
 
 A row is created, updated (only the fields that differ), left unchanged, rejected with a reason,
-or — under Update Only — skipped because Stripe has no such customer.
+skipped because Stripe has no such object (Update Only) or already has it (Create Only), or, for
+an object whose immutable fields changed (a price's amount), replaced by a new version. Keys that
+left the model are archived when the sync asks for it.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from census_stripe.fields import lookup_field
+from census_stripe.objects.base import StripeObjectType, blank_to_none
 from census_stripe.plan.lookup import LookupResult
-from census_stripe.plan.rows import Candidate, rejection_reason
+from census_stripe.plan.rows import Candidate, LeftKey, rejection_reason
 from census_stripe.spec import SyncSpec
-from census_stripe.stripe_client.values import StripeCustomer, blank_to_none
+from census_stripe.stripe_client.values import StripeObject
 
 
 class Action(str, Enum):
@@ -24,6 +26,14 @@ class Action(str, Enum):
     UNCHANGED = "unchanged"
     REJECT = "reject"
     SKIP_NOT_FOUND = "skip_not_found"
+    SKIP_EXISTING = "skip_existing"  # Create Only: the key is in Stripe already, never touched
+    NEW_VERSION = "new_version"  # an immutable field changed: a new object replaces the old one
+    ARCHIVE = "archive"  # the key left the model: `active: false`
+
+
+# The pseudo-field of a new version's change: the version in words, before → after.
+VERSION_CHANGE = "version"
+WRITES = (Action.CREATE, Action.UPDATE, Action.NEW_VERSION, Action.ARCHIVE)
 
 
 @dataclass(frozen=True)
@@ -45,18 +55,32 @@ class PlannedRow:
     # `changes` still names only the fields that differ.
     send_everything: bool = False
 
-    def values_to_send(self) -> dict[str, str | None]:
-        """A create or a re-push sends every value; an update the changed ones, plus the rest of
-        any object (address, shipping) they belong to, since Stripe replaces those whole."""
+    @property
+    def key(self) -> str:
+        """The key of a row that is written or filed in the state; a row without one is rejected."""
+        if self.candidate.key is None:
+            raise ValueError(f"{self.action.value} of a row without a key")
+        return self.candidate.key
+
+    @property
+    def target_id(self) -> str:
+        """The Stripe object an update, a new version or an archive writes to."""
+        if self.stripe_id is None:
+            raise ValueError(f"{self.action.value} of {self.candidate.key!r} without a Stripe id")
+        return self.stripe_id
+
+    def values_to_send(self, object_type: StripeObjectType) -> dict[str, str | None]:
+        """A create, a new version or a re-push sends every value; an update the changed ones, plus
+        the rest of any object (address, shipping) they belong to, since Stripe replaces those whole."""
         desired = self.candidate.values
-        if self.action is Action.CREATE or self.send_everything:
+        if self.action in (Action.CREATE, Action.NEW_VERSION) or self.send_everything:
             return dict(desired)
         changed = {change.field for change in self.changes}
-        objects = {lookup_field(name).object_name for name in changed} - {None}
+        objects = {object_type.whole_object_of(name) for name in changed} - {None}
         return {
             name: value
             for name, value in desired.items()
-            if name in changed or lookup_field(name).object_name in objects
+            if name in changed or object_type.whole_object_of(name) in objects
         }
 
 
@@ -71,7 +95,8 @@ class Plan:
     def counts(self) -> dict[Action, int]:
         counted = Counter(row.action for row in self.rows)
         # Rows the warehouse found unchanged never reached Python; they count as unchanged too.
-        counted[Action.UNCHANGED] += self.rows_read - len(self.rows)
+        # (Archives are of keys not in the model.)
+        counted[Action.UNCHANGED] += self.rows_read - len(self.rows) + counted[Action.ARCHIVE]
         return {action: counted[action] for action in Action}
 
     def replace(self, decided_again: Mapping[int, PlannedRow]) -> None:
@@ -84,11 +109,11 @@ class Plan:
     @property
     def writes(self) -> list[PlannedRow]:
         """Creates and updates, alternating: they are separate Stripe endpoints with separate rate
-        limits, so writes in flight should draw on both at once."""
+        limits, so writes in flight should draw on both at once. Then new versions and archives."""
         creates, updates = self.of(Action.CREATE), self.of(Action.UPDATE)
         alternating = [row for pair in zip(creates, updates, strict=False) for row in pair]
         shorter = min(len(creates), len(updates))
-        return alternating + creates[shorter:] + updates[shorter:]
+        return alternating + creates[shorter:] + updates[shorter:] + self.of(Action.NEW_VERSION, Action.ARCHIVE)
 
 
 def diff(current: Mapping[str, str | None], desired: Mapping[str, str | None]) -> tuple[FieldChange, ...]:
@@ -102,31 +127,57 @@ def diff(current: Mapping[str, str | None], desired: Mapping[str, str | None]) -
 
 
 def _compare(
-    candidate: Candidate, customer: StripeCustomer, repush: bool, duplicates: tuple[str, ...] = ()
+    spec: SyncSpec, candidate: Candidate, current: StripeObject, repush: bool, duplicates: tuple[str, ...] = ()
 ) -> PlannedRow:
-    changes = diff(customer.values, candidate.values)
+    object_type = spec.object_type
+    changes = diff(current.values, candidate.values)
+    if object_type.has_versions and object_type.immutable_changes({change.field for change in changes}):
+        version = FieldChange(
+            VERSION_CHANGE, object_type.version_text(current.values), object_type.version_text(candidate.values)
+        )
+        return PlannedRow(
+            Action.NEW_VERSION,
+            candidate,
+            stripe_id=current.id,
+            changes=(version, *changes),
+            stripe_duplicates=duplicates,
+        )
     action = Action.UPDATE if changes or repush else Action.UNCHANGED
     return PlannedRow(
         action,
         candidate,
-        stripe_id=customer.id,
+        stripe_id=current.id,
         changes=changes,
         stripe_duplicates=duplicates,
         send_everything=repush,
     )
 
 
-def _matched(spec: SyncSpec, candidate: Candidate, matches: list[StripeCustomer], repush: bool) -> PlannedRow:
-    """The row against the Stripe customers that have its key, by the sync's duplicates policy."""
+def _existing(row: PlannedRow) -> PlannedRow:
+    """Create Only: an object already in Stripe is never touched; its id is kept for the writeback."""
+    if row.action is Action.REJECT:
+        return row
+    reason = f"already in Stripe as {row.stripe_id} (Create Only never updates)"
+    return PlannedRow(
+        Action.SKIP_EXISTING,
+        row.candidate,
+        stripe_id=row.stripe_id,
+        reason=reason,
+        stripe_duplicates=row.stripe_duplicates,
+    )
+
+
+def _matched(spec: SyncSpec, candidate: Candidate, matches: list[StripeObject], repush: bool) -> PlannedRow:
+    """The row against the Stripe objects that have its key, by the sync's duplicates policy."""
     if len(matches) == 1:
-        return _compare(candidate, matches[0], repush)
-    ids = tuple(sorted(customer.id for customer in matches))
+        return _compare(spec, candidate, matches[0], repush)
+    ids = tuple(sorted(found.id for found in matches))
     if spec.duplicates_in_stripe == "reject":
-        reason = f"several Stripe customers share this {spec.key.field}: {', '.join(ids)}"
+        reason = f"several Stripe {spec.object_type.plural} share this {spec.key.field}: {', '.join(ids)}"
         return PlannedRow(Action.REJECT, candidate, reason=reason, stripe_duplicates=ids)
-    by_age = sorted(matches, key=lambda customer: (customer.created, customer.id))
+    by_age = sorted(matches, key=lambda found: (found.created, found.id))
     chosen = by_age[0] if spec.duplicates_in_stripe == "oldest" else by_age[-1]
-    return _compare(candidate, chosen, repush, duplicates=ids)
+    return _compare(spec, candidate, chosen, repush, duplicates=ids)
 
 
 Lookup = Callable[[Mapping[str, str]], LookupResult]
@@ -134,10 +185,10 @@ Lookup = Callable[[Mapping[str, str]], LookupResult]
 
 @dataclass(frozen=True)
 class LiveAccount:
-    """Every customer of the account as Stripe holds it now, read for a full resync."""
+    """Every object of the account as Stripe holds it now, read for a full resync."""
 
-    by_id: Mapping[str, StripeCustomer]
-    by_key: Mapping[str, list[StripeCustomer]]  # normalized key -> every customer with it
+    by_id: Mapping[str, StripeObject]
+    by_key: Mapping[str, list[StripeObject]]  # normalized key -> every object with it
 
 
 def build_plan(
@@ -161,16 +212,19 @@ def build_plan(
         if candidate.state_problem and candidate.key is not None:
             plan.state_problems.append((candidate.key, candidate.state_problem))
         reason = rejection_reason(spec, candidate)
-        known_id = candidate.prior.stripe_id if candidate.prior else None
-        if reason:
+        prior = candidate.prior
+        known_id = prior.stripe_id if prior else None
+        if reason or candidate.key is None:  # a row without a key always has a reason
             plan.rows.append(PlannedRow(Action.REJECT, candidate, stripe_id=known_id, reason=reason))
-        elif known_id and live is None:
-            known = StripeCustomer(known_id, candidate.prior.synced_values or {})
-            plan.rows.append(_compare(candidate, known, repush))
-        elif known_id and known_id in live.by_id:
+        elif known_id and spec.behavior == "create_only":
+            plan.rows.append(_existing(PlannedRow(Action.UNCHANGED, candidate, stripe_id=known_id)))
+        elif prior and known_id and live is None:
+            known = StripeObject(known_id, prior.synced_values or {})
+            plan.rows.append(_compare(spec, candidate, known, repush))
+        elif live and known_id and known_id in live.by_id:
             sharing = live.by_key.get(candidate.key, [])
             duplicates = tuple(sorted(c.id for c in sharing)) if len(sharing) > 1 else ()
-            plan.rows.append(_compare(candidate, live.by_id[known_id], repush, duplicates))
+            plan.rows.append(_compare(spec, candidate, live.by_id[known_id], repush, duplicates))
         else:
             # Never matched, or deleted in Stripe since: find it by key like a new row.
             unmatched.append(candidate)
@@ -187,12 +241,18 @@ def decide_by_key(
     Returns the rows, and how the lookup found customers (None when nothing was looked up)."""
     if not candidates:
         return [], None
-    result = lookup({candidate.key: candidate.values[spec.key.field] for candidate in candidates})
+    wanted = {
+        candidate.key: written
+        for candidate in candidates
+        if candidate.key is not None and (written := candidate.values[spec.key.field]) is not None
+    }
+    result = lookup(wanted)
     rows = []
     for candidate in candidates:
-        if matches := result.found.get(candidate.key):
-            rows.append(_matched(spec, candidate, matches, repush))
-        elif spec.behavior == "update_or_create":
+        if matches := result.found.get(candidate.key or ""):
+            row = _matched(spec, candidate, matches, repush)
+            rows.append(_existing(row) if spec.behavior == "create_only" else row)
+        elif spec.behavior != "update_only":
             rows.append(PlannedRow(Action.CREATE, candidate, changes=diff({}, candidate.values)))
         else:
             rows.append(PlannedRow(Action.SKIP_NOT_FOUND, candidate, reason=_not_found_reason(spec, candidate)))
@@ -200,6 +260,20 @@ def decide_by_key(
 
 
 def _not_found_reason(spec: SyncSpec, candidate: Candidate) -> str:
+    name = spec.object_type.name
     if candidate.prior and candidate.prior.stripe_id:
-        return f"customer {candidate.prior.stripe_id} was deleted in Stripe (Update Only never creates)"
-    return f"no Stripe customer has this {spec.key.field} (Update Only never creates)"
+        return f"{name} {candidate.prior.stripe_id} was deleted in Stripe (Update Only never creates)"
+    return f"no Stripe {name} has this {spec.key.field} (Update Only never creates)"
+
+
+def archives(left: Iterable[LeftKey]) -> list[PlannedRow]:
+    """`archive_missing`: every object whose key left the model is archived, never deleted."""
+    return [
+        PlannedRow(
+            Action.ARCHIVE,
+            Candidate(key.key, key.key, {"active": "false"}, "", 1, key.prior),
+            stripe_id=key.stripe_id,
+            changes=(FieldChange("active", (key.prior.synced_values or {}).get("active") or "true", "false"),),
+        )
+        for key in left
+    ]

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from census_stripe.fields import lookup_field
+from census_stripe.objects.base import blank_to_none
 from census_stripe.plan import keys, sql
-from census_stripe.spec import SyncSpec, value_problem
-from census_stripe.stripe_client.values import blank_to_none
+from census_stripe.spec import SyncSpec
 from census_stripe.warehouse.base import is_missing
 from census_stripe.warehouse.state import StateStatus
 
@@ -48,6 +47,8 @@ class Candidate:
     # What was wrong with this key's state row(s), which were then ignored: the key is looked up
     # in Stripe again, and the run files one sound row for it.
     state_problem: str | None = None
+    # Why a value could not be resolved (a price's product key that its product sync does not know).
+    problems: tuple[str, ...] = ()
 
 
 def _none_if_missing(value):
@@ -58,11 +59,16 @@ def candidates_from_chunk(spec: SyncSpec, chunk: pd.DataFrame) -> list[Candidate
     """Candidates from a chunk of `plan.sql.changed_rows_query` results."""
     positions = {column: sql.value_alias(i) for i, column in enumerate(spec.columns)}
     constants = spec.constant_values
+    fields = {name: spec.object_type.lookup_field(name) for name in [*spec.columns_by_field, *constants]}
     out = []
     for record in chunk.to_dict("records"):
         record = {name: _none_if_missing(value) for name, value in record.items()}
         values = {field: record[positions[column]] for field, column in spec.columns_by_field.items()}
         values.update(constants)
+        for name, value in values.items():
+            if value:
+                # Stripe stores `USD` as `usd`: compare and send what it gives back.
+                values[name] = fields[name].normalize(value)
         for field in {spec.key.field, "email"} & values.keys():
             # Stripe would keep surrounding whitespace; the key ignores it, so the value sent does too.
             values[field] = keys.trim(values[field]) if values[field] else values[field]
@@ -71,16 +77,7 @@ def candidates_from_chunk(spec: SyncSpec, chunk: pd.DataFrame) -> list[Candidate
         if int(record[sql.STATE_ROWS]) > 1:
             problem = f"{int(record[sql.STATE_ROWS])} state rows for one key"
         elif any(value is not None for value in state.values()):
-            synced_values, problem = _synced_values(state["synced_values"])
-            if problem is None:
-                prior = PriorState(
-                    stripe_id=state["stripe_customer_id"],
-                    row_hash=state["row_hash"],
-                    synced_values=synced_values,
-                    synced_at=state["synced_at"],
-                    status=StateStatus(state["status"]) if state["status"] else None,
-                    run_id=state["run_id"],
-                )
+            prior, problem = _prior(state)
         out.append(
             Candidate(
                 key=record[sql.KEY],
@@ -93,6 +90,42 @@ def candidates_from_chunk(spec: SyncSpec, chunk: pd.DataFrame) -> list[Candidate
             )
         )
     return out
+
+
+def _prior(state: dict) -> tuple[PriorState | None, str | None]:
+    """A state row as what the run knew of its key, or why it cannot be read."""
+    synced_values, problem = _synced_values(state["synced_values"])
+    if problem is not None:
+        return None, problem
+    prior = PriorState(
+        stripe_id=state["stripe_customer_id"],
+        row_hash=state["row_hash"],
+        synced_values=synced_values,
+        synced_at=state["synced_at"],
+        status=StateStatus(state["status"]) if state["status"] else None,
+        run_id=state["run_id"],
+    )
+    return prior, None
+
+
+@dataclass(frozen=True)
+class LeftKey:
+    """A key the state knows that is no longer in the model."""
+
+    key: str
+    stripe_id: str
+    prior: PriorState
+
+
+def left_keys(frame: pd.DataFrame) -> list[LeftKey]:
+    """`plan.sql.left_keys_query` results; a state row that cannot be read is kept out (never archived)."""
+    keys = []
+    for record in frame.to_dict("records"):
+        state = {name: _none_if_missing(record[name]) for name in sql.STATE_COLUMNS}
+        prior, _ = _prior(state)
+        if prior is not None and prior.stripe_id:
+            keys.append(LeftKey(record["customer_key"], prior.stripe_id, prior))
+    return keys
 
 
 def _synced_values(stored: str | None) -> tuple[dict[str, str | None] | None, str | None]:
@@ -112,9 +145,15 @@ def rejection_reason(spec: SyncSpec, candidate: Candidate) -> str | None:
     """Why this row must not reach Stripe, or None. Every problem is named, not just the first."""
     if candidate.key is None:
         return f"null key: column {spec.key.column!r} is empty"
-    problems = []
+    problems = list(candidate.problems)
+    object_type = spec.object_type
     if candidate.key_rows > 1:
         problems.append(f"duplicate key: {candidate.key_rows} model rows share {spec.key.field} {candidate.key!r}")
+    if spec.behavior != "update_only":
+        for names in object_type.required_on_create:
+            mapped = [name for name in names if name in candidate.values]
+            if mapped and not any(blank_to_none(candidate.values[name]) for name in mapped):
+                problems.append(f"{' or '.join(mapped)} is empty: Stripe needs it for a {object_type.name}")
     for field, value in candidate.values.items():
         value = blank_to_none(value)
         if value is None:
@@ -122,6 +161,6 @@ def rejection_reason(spec: SyncSpec, candidate: Candidate) -> str | None:
         if field == "email" and not _EMAIL.match(value):
             problems.append(f"invalid email: {value!r}")
             continue
-        if problem := value_problem(lookup_field(field), value):
+        if problem := object_type.lookup_field(field).problem(value):
             problems.append(problem)
     return "; ".join(problems) or None

@@ -53,7 +53,7 @@ def key_expression(spec: SyncSpec) -> exp.Expression:
     return key_sql(spec.key.field, _text(spec.key.column))
 
 
-def row_hash_expression(spec: SyncSpec) -> exp.Expression:
+def row_hash_expression(spec: SyncSpec) -> exp.Func:
     parts: list[exp.Expression] = [exp.Literal.string(mapping_fingerprint(spec))]
     for column in spec.columns:
         parts.append(exp.Literal.string(FIELD_SEPARATOR))
@@ -71,10 +71,12 @@ class ModelSlice:
     end: datetime | None = None
     values: tuple[str, ...] = ()
 
-    def condition(self) -> exp.Expression:
+    def condition(self) -> exp.Condition:
         column = exp.column(self.column, quoted=True)
         if self.values:
             return exp.In(this=exp.cast(column, "text"), expressions=[exp.Literal.string(v) for v in self.values])
+        if self.start is None or self.end is None:
+            raise ValueError(f"a slice of {self.column} needs values or a start and an end")
 
         def moment(value: datetime) -> exp.Expression:
             return exp.cast(exp.Literal.string(value.strftime("%Y-%m-%d %H:%M:%S")), "timestamp")
@@ -190,6 +192,37 @@ def changed_rows_query(
         )
         .from_(exp.alias_(changed.subquery(), "c", quoted=True))
         .join(state.table().as_("s", quoted=True), on=join_state, join_type="left")
+    )
+    return query.sql(dialect=dialect)
+
+
+def left_keys_query(spec: SyncSpec, model: Relation, state: Relation, account: str, dialect: str) -> str:
+    """The state rows of keys no longer in the model that still have a live Stripe object: what
+    `archive_missing` archives. Keys archived already are left out."""
+
+    def col(name: str, table: str) -> exp.Column:
+        return exp.column(name, table, quoted=True)
+
+    model_keys = exp.select(exp.alias_(key_expression(spec), KEY, quoted=True)).distinct().from_(model.table())
+    status = col("status", "s")
+    live = exp.and_(
+        of_sync(spec.name, account, table="s"),
+        exp.Not(this=exp.Is(this=col("stripe_customer_id", "s"), expression=exp.Null())),
+        exp.or_(
+            exp.Is(this=status, expression=exp.Null()),
+            exp.NEQ(this=status.copy(), expression=exp.Literal.string("archived")),
+        ),
+        exp.Is(this=col(KEY, "m"), expression=exp.Null()),
+    )
+    query = (
+        exp.select(col("customer_key", "s"), *(col(name, "s") for name in STATE_COLUMNS))
+        .from_(state.table().as_("s", quoted=True))
+        .join(
+            exp.alias_(model_keys.subquery(), "m", quoted=True),
+            on=col(KEY, "m").eq(col("customer_key", "s")),
+            join_type="left",
+        )
+        .where(live)
     )
     return query.sql(dialect=dialect)
 

@@ -1,5 +1,6 @@
-"""Stripe Customers through the official SDK: reads for matching, writes for applying a plan,
-within the account's rate budget (rate_limit.py), in the flat field values of values.py."""
+"""Stripe objects (customers, products, prices) through the official SDK: reads for matching,
+writes for applying a plan, within the account's rate budget (rate_limit.py), in the flat field
+values each object type (census_stripe/objects/) translates to and from Stripe's."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import hashlib
 import random
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
+from typing import Any, TypeVar
 
 import stripe
 
+from census_stripe.objects.base import FieldValues, StripeObjectType
+from census_stripe.objects.customer import CUSTOMER
 from census_stripe.stripe_client.errors import (
     StripeAccessError,
     StripeRequestError,
@@ -24,12 +28,9 @@ from census_stripe.stripe_client.values import (
     PAGE_SIZE,
     STRIPE_API_BASE,
     Created,
-    FieldValues,
     Page,
     StripeAccount,
-    StripeCustomer,
-    flatten_customer,
-    to_params,
+    StripeObject,
 )
 
 T = TypeVar("T")
@@ -55,10 +56,6 @@ def key_bound_account(api_key: str) -> StripeAccount:
     A new key then looks every customer up afresh, which is safe, only slower."""
     digest = hashlib.sha256(api_key.encode()).hexdigest()[:12]
     return StripeAccount(f"key_{digest}", is_live_key(api_key))
-
-
-def _customer(customer: dict) -> StripeCustomer:
-    return StripeCustomer(customer["id"], flatten_customer(customer), customer.get("created") or 0)
 
 
 class CallCounter:
@@ -124,7 +121,7 @@ FAILING_STATUSES = {500, 502, 503, 504}
 # Stripe is busy, not failing: 409, a request with the same idempotency key is still in flight;
 # 429, over the rate limit. Retried, and neither trips nor resets the breaker.
 BUSY_STATUSES = {409, 429}
-WRITE_CHECK_ID = "cus_census_stripe_write_access_check"
+WRITE_CHECK_ID = "census_stripe_write_access_check"
 
 
 def stripe_advice(error: stripe.StripeError) -> bool | None:
@@ -132,7 +129,7 @@ def stripe_advice(error: stripe.StripeError) -> bool | None:
     does not say. The SDK follows it over the status, and so do we: "false" on a 5xx a retry would
     only replay, "true" on, say, a lock timeout."""
     headers = {name.lower(): value for name, value in (error.headers or {}).items()}
-    return {"true": True, "false": False}.get(headers.get("stripe-should-retry"))
+    return {"true": True, "false": False}.get(headers.get("stripe-should-retry") or "")
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -140,8 +137,9 @@ def backoff_seconds(attempt: int) -> float:
     return min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
-class StripeCustomers:
-    """The customer endpoints a sync uses: within the account's rate budget, retried, counted.
+class StripeObjects:
+    """The endpoints a sync uses for one object type (customers unless told otherwise): within the
+    account's rate budget, retried, counted.
 
     Every request first waits for the account's budget (rate_limit.py). 429s, 409s, 5xx and
     connection errors are retried here with backoff, unless Stripe's `Stripe-Should-Retry` header
@@ -157,12 +155,15 @@ class StripeCustomers:
         budget: RateBudget | None = None,
         max_attempts: int = 6,
         unreachable_after: int = 5,
+        object_type: StripeObjectType = CUSTOMER,
     ):
         check_api_key(api_key)
         self._api_key = api_key
+        self.object_type = object_type
         # Retries are ours, not the SDK's: each one must pass through the rate budget.
         self._client = make_client(api_key, api_base, max_network_retries=0)
-        self._customers = self._client.v1.customers
+        # The type's service: `client.v1.customers`, `.products`, `.prices`.
+        self._service: Any = getattr(self._client.v1, object_type.plural)
         self.api_base = api_base or STRIPE_API_BASE
         self.budget = budget or shared_budget(api_key, api_base, RateLimits())
         self.max_attempts = max_attempts
@@ -209,21 +210,26 @@ class StripeCustomers:
             self.breaker.sleep(backoff_seconds(attempt))
         raise AssertionError("the last attempt returns or raises")
 
-    def iter_pages(self, email: str | None = None) -> Iterator[Page]:
-        """Customers 100 per call, optionally those with exactly this email; strongly consistent,
+    def _object(self, found: stripe.StripeObject) -> StripeObject:
+        values = found.to_dict()
+        return StripeObject(values["id"], self.object_type.flatten(values), values.get("created") or 0)
+
+    def iter_pages(self, filters: Mapping[str, Any] | None = None) -> Iterator[Page]:
+        """Objects 100 per call, optionally filtered (`email`, `lookup_keys`); strongly consistent,
         unlike Search, which lags writes."""
-        params: dict = {"limit": PAGE_SIZE} | ({"email": email} if email is not None else {})
+        params: dict[str, Any] = {"limit": PAGE_SIZE} | dict(filters or {})
+        endpoint = self.object_type.endpoint("list")
         while True:
-            page = self._call("list", lambda params=params: self._customers.list(params=params))
+            page = self._call(endpoint, partial(self._service.list, params=params))
             more = bool(page.has_more and page.data)
-            yield Page([_customer(c.to_dict()) for c in page.data], more)
+            yield Page([self._object(found) for found in page.data], more)
             if not more:
                 return
             params = params | {"starting_after": page.data[-1].id}
 
-    def iter_all(self) -> Iterator[StripeCustomer]:
+    def iter_all(self) -> Iterator[StripeObject]:
         for page in self.iter_pages():
-            yield from page.customers
+            yield from page.objects
 
     def identify_account(self) -> StripeAccount:
         """The account behind the key: Stripe's `GET /v1/account`. A server without that
@@ -248,35 +254,47 @@ class StripeCustomers:
         account, so the account identified for it can be remembered."""
         return hashlib.sha256(f"{self.api_base.rstrip('/')}|{self._api_key}".encode()).hexdigest()[:32]
 
-    def create(self, values: FieldValues, idempotency_key: str) -> Created:
-        params = to_params(values, unset_missing=False)
+    def create(self, values: FieldValues, idempotency_key: str, new_version: bool = False) -> Created:
+        """Create an object; with `new_version`, one that takes the key over from the object that
+        holds it (a price's lookup key)."""
+        build = self.object_type.new_version_params if new_version else self.object_type.create_params
+        if build is None:
+            raise ValueError(f"a {self.object_type.name} has no versions")
+        params = build(values)
         options = {"idempotency_key": idempotency_key}
-        customer = self._call("create", lambda: self._customers.create(params=params, options=options))
-        headers = customer.last_response.headers if customer.last_response else {}
+        endpoint = self.object_type.endpoint("create")
+        created = self._call(endpoint, lambda: self._service.create(params=params, options=options))
+        headers = created.last_response.headers if created.last_response else {}
         replayed = any(name.lower() == "idempotent-replayed" and value == "true" for name, value in headers.items())
-        return Created(customer.id, replayed)
+        return Created(created.id, replayed)
 
-    def exists(self, customer_id: str) -> bool:
-        """Whether the customer is there and not deleted (Stripe still returns deleted customers,
-        marked `deleted`)."""
+    def retrieve(self, stripe_id: str) -> StripeObject | None:
+        """The object, or None when it is not there or deleted (Stripe still returns deleted
+        customers, marked `deleted`)."""
         try:
-            customer = self._call("retrieve", lambda: self._customers.retrieve(customer_id))
+            found = self._call(self.object_type.endpoint("retrieve"), lambda: self._service.retrieve(stripe_id))
         except StripeRequestError as error:
             if error.http_status != 404:
                 raise
-            return False
-        return not customer.to_dict().get("deleted")
+            return None
+        return None if found.to_dict().get("deleted") else self._object(found)
 
-    def update(self, customer_id: str, values: FieldValues, idempotency_key: str) -> None:
-        params = to_params(values, unset_missing=True)
+    def exists(self, stripe_id: str) -> bool:
+        return self.retrieve(stripe_id) is not None
+
+    def update(self, stripe_id: str, values: FieldValues, idempotency_key: str) -> None:
+        params = self.object_type.update_params(values)
         options = {"idempotency_key": idempotency_key}
-        self._call("update", lambda: self._customers.update(customer_id, params=params, options=options))
+        endpoint = self.object_type.endpoint("update")
+        self._call(endpoint, lambda: self._service.update(stripe_id, params=params, options=options))
 
     def check_write_access(self) -> None:
-        """Fail now, before any row, if the key may not write customers (e.g. a read-only
-        restricted key). Updates a customer that cannot exist: 404 means writes are allowed."""
+        """Fail now, before any row, if the key may not write these objects (e.g. a read-only
+        restricted key). Updates an object that cannot exist: 404 means writes are allowed."""
+        endpoint = self.object_type.endpoint("update")
+        params = self.object_type.update_params({self.object_type.write_check_field: None})
         try:
-            self._call("update", lambda: self._customers.update(WRITE_CHECK_ID, params={"description": ""}))
+            self._call(endpoint, lambda: self._service.update(WRITE_CHECK_ID, params=params))
         except StripeRequestError as error:
             if error.http_status != 404:
                 raise

@@ -1,7 +1,8 @@
 """Stripe's rate limits, respected from our side: one budget per Stripe account per process.
 
 Stripe allows about 100 requests/s per account in live mode and 25/s in test mode, and 25/s per
-endpoint (creating and updating customers are separate endpoints). A bulk sync should leave
+endpoint (creating and updating customers are separate endpoints, and so are those of products and
+of prices; all of them draw on the one account budget). A bulk sync should leave
 headroom for the account's own application, which draws on the same budget. So:
 
 - every request takes a token from the account's bucket and from its endpoint's bucket;
@@ -23,7 +24,10 @@ class RateLimits:
     """Requests per second. `account=None` takes Stripe's default for the key's mode."""
 
     account: float | None = None
-    endpoints: tuple[tuple[str, float], ...] = (("create", 25.0), ("update", 25.0))
+    # Customers' endpoints keep their bare names; products' and prices' are `products.create`, ...
+    endpoints: tuple[tuple[str, float], ...] = tuple(
+        (f"{prefix}{verb}", 25.0) for prefix in ("", "products.", "prices.") for verb in ("create", "update")
+    )
     endpoint_default: float = 25.0
     headroom: float = 0.1  # share of each limit left for the account's other traffic
     recovery_seconds: float = 10.0

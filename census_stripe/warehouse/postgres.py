@@ -10,6 +10,11 @@ import psycopg
 from census_stripe.warehouse.base import Warehouse
 
 
+def _column_names(cursor: psycopg.Cursor) -> list[str]:
+    """The result's columns; a statement that returns no rows has none."""
+    return [column.name for column in cursor.description or ()]
+
+
 class PostgresWarehouse(Warehouse):
     dialect = "postgres"
 
@@ -21,7 +26,7 @@ class PostgresWarehouse(Warehouse):
     def query(self, sql: str) -> pd.DataFrame:
         with self._connection.cursor() as cursor:
             cursor.execute(sql)
-            return pd.DataFrame(cursor.fetchall(), columns=[column.name for column in cursor.description])
+            return pd.DataFrame(cursor.fetchall(), columns=_column_names(cursor))
 
     def query_chunks(self, sql: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
         # A server-side cursor: the warehouse holds the result, the sync takes it a chunk at a time.
@@ -29,7 +34,7 @@ class PostgresWarehouse(Warehouse):
             cursor.execute(sql)
             columns = None
             while rows := cursor.fetchmany(chunk_rows):
-                columns = columns or [column.name for column in cursor.description]
+                columns = columns or _column_names(cursor)
                 yield pd.DataFrame(rows, columns=columns)
 
     def execute(self, *statements: str) -> None:

@@ -57,7 +57,7 @@ _REJECTION_COLUMNS = {
     "recorded_at": "timestamp",
 }
 _ACCOUNT_COLUMNS = {
-    "connection": "text",  # a digest of the API base and key (StripeCustomers.connection_fingerprint)
+    "connection": "text",  # a digest of the API base and key (StripeObjects.connection_fingerprint)
     "account_id": "text",
     "livemode": "boolean",
     "identified_at": "timestamp",
@@ -70,10 +70,12 @@ _CHANGE_COLUMNS = {
     "stripe_account": "text",
     "customer_key": "text",
     "key_value": "text",
-    "action": "text",  # create | update | reject | skip_not_found
+    # create | update | reject | skip_not_found | skip_existing | new_version | archive
+    "action": "text",
     "stripe_customer_id": "text",
     "changes": "text",  # JSON: field -> {"before": ..., "after": ...}, only the fields that differ
-    "outcome": "text",  # created | updated | failed | planned (dry run) | rejected | not_found
+    # created | updated | new_version | archived | failed | planned (dry run) | rejected | not_found | existing
+    "outcome": "text",
     "reason": "text",  # why a row was rejected or skipped, or Stripe's message for a failed write
     "dry_run": "boolean",
     "recorded_at": "timestamp",
@@ -92,6 +94,8 @@ class StateStatus(str, Enum):
     FAILED = "failed"
     REJECTED = "rejected"
     NOT_FOUND = "not_found"
+    EXISTING = "existing"  # Create Only found it in Stripe already, and left it alone
+    ARCHIVED = "archived"  # its key left the model, and the object was archived
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ class Rejection:
     customer_key: str | None
     key_value: str | None
     kind: str
-    reason: str
+    reason: str | None
     row_values: dict
 
 
@@ -287,6 +291,14 @@ class SyncStateStore:
         query = exp.select(known).from_(self.state.table()).where(of_sync(sync_name, account))
         return int(self.warehouse.query(query.sql(self.warehouse.dialect)).iloc[0, 0])
 
+    def stripe_ids(self, sync_name: str, account: str) -> dict[str, str]:
+        """Every key of a sync with its Stripe id in the account: how another sync refers to its objects."""
+        key, stripe_id = exp.column("customer_key", quoted=True), exp.column("stripe_customer_id", quoted=True)
+        condition = exp.and_(of_sync(sync_name, account), exp.Not(this=exp.Is(this=stripe_id, expression=exp.Null())))
+        query = exp.select(key, stripe_id).from_(self.state.table()).where(condition)
+        rows = self.warehouse.query(query.sql(self.warehouse.dialect))
+        return dict(zip(rows.iloc[:, 0], rows.iloc[:, 1], strict=True))
+
     def drop_unbound(self, sync_name: str) -> int:
         """Delete this sync's rows written before accounts were recorded. They cannot be told apart
         from another account's, so no run trusts them; once a run has filed its own, they go."""
@@ -306,7 +318,7 @@ class SyncStateStore:
         self.warehouse.execute(exp.delete(self.state.table(), where=condition).sql(self.warehouse.dialect))
 
 
-def of_sync(sync_name: str, account: str, table: str | None = None) -> exp.Expression:
+def of_sync(sync_name: str, account: str, table: str | None = None) -> exp.Condition:
     """The state rows of one sync in one Stripe account."""
     return exp.and_(
         exp.column("sync_name", table, quoted=True).eq(exp.Literal.string(sync_name)),

@@ -1,0 +1,1008 @@
+"""A test double of Stripe's Customer, Product and Price APIs, for what localstripe cannot do:
+volume, 429s, idempotency, latency, lost responses, and Prices at all.
+
+It is an HTTP server, run as its own process, modelled on Stripe's documented behaviour
+(docs/stripe.md). It shares no code with the engine it judges.
+
+- The account: `GET /v1/account` answers with the configured `account_id`.
+- Customers: create, update, retrieve, delete, and list (newest first, `limit` up to 100,
+  `starting_after`, an exact and case-sensitive `email` filter). A deleted customer is gone from
+  lists and updates (404), but retrieving it answers `{"id": ..., "deleted": true}`, as Stripe
+  does. Updates merge `metadata` (a "" value deletes the key), replace `address` and `shipping`
+  whole, and unset a field sent as "".
+- Products: create (with your own `id` if you like; one already taken is a 400
+  `resource_already_exists`), update (metadata merges, "" unsets), retrieve, and list (newest
+  first, `active` and `ids` filters).
+- Prices: create, update, retrieve, list (`active`, `product`, up to 10 `lookup_keys`). Amount,
+  currency, recurrence and product are fixed at creation: sending one on update is a 400
+  `parameter_unknown`, as Stripe answers. A lookup key belongs to one price of the account; taking
+  it from another needs `transfer_lookup_key=true`. `tax_behavior` may be set once. Prices are
+  never deleted; an archived (`active: false`) price is still retrieved and listed.
+- Rate limits: token buckets per endpoint (`create`, `update`, `list`, `retrieve`, `delete` for
+  customers; `product_create`, `price_update` and so on for the catalog) and one for the account; a
+  request over either gets a 429 *before* the idempotency layer sees it.
+- Idempotency: the first response to an `Idempotency-Key` is stored (400s and 500s included) and
+  replayed for the same key, with the header `Idempotent-Replayed: true`; the same key with other
+  parameters is a 400 `idempotency_error`.
+- Faults: a chosen share of writes fails with a 500 before the endpoint runs (nothing done,
+  nothing stored for the key), or after it ran (the response is lost: the object exists and the
+  key replays the success), plus a fixed latency per request. Or every write answered with one
+  chosen status, optionally with Stripe's `Stripe-Should-Retry` header, Stripe's advice on whether
+  retrying can succeed.
+- Invalid emails: customer writes of an email matching a configured pattern get a 400
+  `email_invalid`, as Stripe answers an address it cannot accept.
+- Keys: `sk_`/`rk_` keys are accepted; a key listed as read-only gets 403 on writes. The stats
+  count the API requests made with each key, by a hash of it (`key_stat`), and the requests and
+  completed writes per endpoint (`requests_<endpoint>`, `done_<endpoint>`).
+- Persistence (optional): with `--store PATH`, the objects and stored idempotent responses are
+  read from that JSON file at start, written back shortly after each burst of writes, and on
+  SIGTERM. Without it, everything lives in memory.
+
+Control endpoints (no auth): GET /_double/stats, POST /_double/config (JSON), POST /_double/reset,
+POST /_double/customers (JSON list of customer params, created directly, for fixtures).
+
+    python -m census_stripe.demo.stripe_double --port 12111 --latency 0.15 --endpoint-rate 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import secrets
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from bisect import bisect_left, insort
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal, InvalidOperation
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl, urlparse
+
+from census_stripe.demo.local_stripe import free_port, start_server, stop_process_group
+
+WHOLE_OBJECTS = ("address", "shipping")
+ACTIONS = ("create", "update", "list", "retrieve", "delete")
+WRITES = ("create", "update", "delete")
+# Endpoint names by resource; customers keep the plain names the stats have always used.
+ENDPOINT_PREFIX = {"customers": "", "products": "product_", "prices": "price_"}
+DELETABLE = ("customers",)  # products with prices, and prices, are archived in Stripe, never deleted
+ENDPOINTS = tuple(
+    prefix + action
+    for resource, prefix in ENDPOINT_PREFIX.items()
+    for action in ACTIONS
+    if action != "delete" or resource in DELETABLE
+)
+READ_ONLY = ("id", "object", "created", "livemode")
+
+PRODUCT_FIELDS = (
+    "name",
+    "description",
+    "active",
+    "metadata",
+    "images",
+    "url",
+    "unit_label",
+    "tax_code",
+    "statement_descriptor",
+    "shippable",
+)
+PRODUCT_REQUIRED = ("name",)  # on create; it can never be unset either
+PRODUCT_BOOLEANS = ("active", "shippable")
+MAX_IMAGES = 8
+STATEMENT_DESCRIPTOR_LENGTH = 22
+STATEMENT_DESCRIPTOR_FORBIDDEN = "<>\\'\""
+
+PRICE_MUTABLE = ("active", "nickname", "metadata", "lookup_key", "transfer_lookup_key", "tax_behavior")
+PRICE_CREATE_ONLY = ("currency", "unit_amount", "unit_amount_decimal", "product", "recurring", "billing_scheme")
+INTERVALS = {"day": 1095, "week": 156, "month": 36, "year": 3}  # the longest count: three years
+USAGE_TYPES = ("licensed", "metered")
+BILLING_SCHEMES = ("per_unit", "tiered")
+TAX_BEHAVIORS = ("inclusive", "exclusive", "unspecified")
+MAX_LOOKUP_KEY = 200
+MAX_LOOKUP_KEYS_FILTER = 10
+# The ISO codes Stripe accepts as a price's currency (its "supported currencies" page).
+CURRENCIES = frozenset(
+    "usd aed afn all amd ang aoa ars aud awg azn bam bbd bdt bgn bhd bif bmd bnd bob brl bsd bwp byn bzd cad cdf "
+    "chf clp cny cop crc cve czk djf dkk dop dzd egp etb eur fjd fkp gbp gel gip gmd gnf gtq gyd hkd hnl htg huf "
+    "idr ils inr isk jmd jod jpy kes kgs khr kmf krw kwd kyd kzt lak lbp lkr lrd lsl mad mdl mga mkd mmk mnt mop "
+    "mur mvr mwk mxn myr mzn nad ngn nio nok npr nzd omr pab pen pgk php pkr pln pyg qar ron rsd rub rwf sar sbd "
+    "scr sek sgd shp sle sos srd std szl thb tjs tnd top try ttd twd tzs uah ugx uyu uzs vnd vuv wst xaf xcd xof "
+    "xpf yer zar zmw".split()
+)
+SAVE_DELAY_SECONDS = 0.2  # writes in one burst are saved together
+
+
+@dataclass
+class DoubleConfig:
+    latency: float = 0.0  # seconds added to every API request
+    account_rate: float = 0.0  # requests/s for the whole account; 0 = unlimited
+    endpoint_rate: float = 0.0  # requests/s per endpoint; 0 = unlimited
+    fail_before_rate: float = 0.0  # share of writes answered 500 without doing anything
+    fail_after_rate: float = 0.0  # share of writes done, then answered 500 (a lost response)
+    read_only_keys: list[str] = field(default_factory=list)
+    invalid_emails: str = ""  # a regular expression: writes of a matching email get Stripe's 400 email_invalid
+    refuse_writes_with: int = 0  # an HTTP status every write is answered with; 0 = off
+    should_retry: str = ""  # "true" or "false": sent as Stripe-Should-Retry with that answer
+    seed: int = 0
+    account_id: str = "acct_double"
+
+
+class TokenBucket:
+    """`rate` tokens per second, holding at most one second's worth."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.tokens = rate
+        self.updated = time.monotonic()
+
+    def has_token(self) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        return self.tokens >= 1
+
+    def take(self) -> None:
+        if self.rate > 0:
+            self.tokens -= 1
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ):
+        self.status = status
+        error = {"message": message, "type": type_}
+        if code:
+            error["code"] = code
+        if param:
+            error["param"] = param
+        self.body = {"error": error}
+        self.headers = headers or {}
+
+
+def key_stat(api_key: str) -> str:
+    """The stats entry counting API requests made with this key: a hash, so stats never hold a key."""
+    return "key_sha256_" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+def parse_form(body: str) -> dict:
+    """Stripe's form encoding (`address[city]=Paris`, `metadata[plan]=pro`, `lookup_keys[]=a`) as
+    nested dicts; `name[]` appends to a list. Indexed lists (`images[0]=…`) stay dicts keyed "0", "1"…"""
+    params: dict = {}
+    for key, value in parse_qsl(body, keep_blank_values=True):
+        parts = key.replace("]", "").split("[")
+        if parts[-1] == "" and len(parts) > 1:
+            target = params
+            for part in parts[:-2]:
+                target = target.setdefault(part, {})
+            target.setdefault(parts[-2], []).append(value)
+            continue
+        target = params
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    return params
+
+
+def as_list(value, name: str) -> list:
+    """A list parameter as either encoding sends it: `name[]=…` or `name[0]=…`."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict) and all(index.isdigit() for index in value):
+        return [value[index] for index in sorted(value, key=int)]
+    raise ApiError(400, f"Invalid array: {name}", code="parameter_invalid", param=name)
+
+
+def as_boolean(value, name: str) -> bool:
+    if value in ("true", "false"):
+        return value == "true"
+    raise ApiError(400, f"Invalid boolean: {value}", code="parameter_invalid", param=name)
+
+
+def as_count(value, name: str, minimum: int) -> int:
+    if isinstance(value, str) and value.isdigit() and int(value) >= minimum:
+        return int(value)
+    kind = "positive" if minimum > 0 else "non-negative"
+    raise ApiError(400, f"Invalid {kind} integer: {name}", code="parameter_invalid_integer", param=name)
+
+
+def choice(value, name: str, allowed) -> str:
+    if value in allowed:
+        return value
+    raise ApiError(400, f"Invalid {name}: must be one of {', '.join(allowed)}", code="parameter_invalid", param=name)
+
+
+def required(params: dict, names) -> None:
+    for name in names:
+        if name not in params:
+            raise ApiError(400, f"Missing required param: {name}.", code="parameter_missing", param=name)
+
+
+def refuse_unknown(params: dict, accepted) -> None:
+    for name in params:
+        if name not in accepted:
+            raise ApiError(400, f"Received unknown parameter: {name}", code="parameter_unknown", param=name)
+
+
+def refuse_empty(params: dict, names) -> None:
+    """Stripe reads "" as "unset", which some fields may never be."""
+    for name in names:
+        if params.get(name) == "":
+            raise ApiError(
+                400,
+                f"You passed an empty string for '{name}'. We assume empty values are an attempt to unset a "
+                f"parameter; however '{name}' cannot be unset. You should remove '{name}' from your request or "
+                "supply a non-empty value.",
+                code="parameter_invalid_empty",
+                param=name,
+            )
+
+
+def merge_metadata(target: dict, value) -> None:
+    """Stripe merges metadata on update: "" for the whole of it clears it, "" for a key removes it."""
+    if value == "":
+        target["metadata"] = {}
+        return
+    if not isinstance(value, dict):
+        raise ApiError(400, "Invalid object: metadata", code="parameter_invalid", param="metadata")
+    for key, item in value.items():
+        if item == "":
+            target["metadata"].pop(key, None)
+        else:
+            target["metadata"][key] = item
+
+
+class Collection:
+    """One kind of object, in creation order; lists walk that order backwards (newest first)."""
+
+    def __init__(self, noun: str, url: str):
+        self.noun = noun
+        self.url = url
+        self.objects: dict[str, dict] = {}
+        self.order: list[str] = []
+        self.position: dict[str, int] = {}  # id -> index in `order`
+
+    def add(self, obj: dict) -> dict:
+        self.objects[obj["id"]] = obj
+        self.position[obj["id"]] = len(self.order)
+        self.order.append(obj["id"])
+        return obj
+
+    def remove(self, id_: str) -> dict:
+        obj = self.objects.pop(id_)
+        self.order.remove(id_)
+        self.position = {other: index for index, other in enumerate(self.order)}
+        return obj
+
+    def get(self, id_: str | None, status: int = 404, param: str | None = None) -> dict:
+        if id_ not in self.objects:
+            raise ApiError(status, f"No such {self.noun}: '{id_}'", code="resource_missing", param=param)
+        return self.objects[id_]
+
+    def page(self, query: dict, ids: list[str] | None = None) -> dict:
+        """A page of `ids` (the ids chosen by a filter, in creation order; all by default)."""
+        ids = self.order if ids is None else ids
+        limit = int(query.get("limit", 10))
+        if not 1 <= limit <= 100:
+            raise ApiError(400, "Invalid integer: limit must be between 1 and 100")
+        end = len(ids)
+        if "starting_after" in query:
+            after = self.get(query["starting_after"])["id"]
+            end = (
+                self.position[after]
+                if ids is self.order
+                else bisect_left(ids, self.position[after], key=self.position.__getitem__)
+            )
+        page = ids[max(0, end - limit) : end][::-1]
+        return {
+            "object": "list",
+            "url": self.url,
+            "has_more": end > limit,
+            "data": [self.objects[i] for i in page],
+        }
+
+    def snapshot(self) -> list[dict]:
+        return [self.objects[id_] for id_ in self.order]
+
+    def restore(self, objects: list[dict]) -> None:
+        for obj in objects:
+            self.add(obj)
+
+
+class StripeDouble:
+    """The state and rules; the HTTP handler only translates."""
+
+    def __init__(self, config: DoubleConfig):
+        self.lock = threading.Lock()
+        self.written = threading.Event()  # set after every completed write, for the store
+        self.configure(config)
+        self.reset()
+
+    def configure(self, config: DoubleConfig) -> None:
+        self.config = config
+        self.random = random.Random(config.seed)
+        self.account_bucket = TokenBucket(config.account_rate)
+        self.endpoint_buckets = {name: TokenBucket(config.endpoint_rate) for name in ENDPOINTS}
+
+    def reset(self) -> None:
+        with self.lock:
+            self.customers = Collection("customer", "/v1/customers")
+            self.by_email: dict[str, list[str]] = defaultdict(list)  # email -> ids, in creation order
+            self.deleted: set[str] = set()
+            self.products = Collection("product", "/v1/products")
+            self.prices = Collection("price", "/v1/prices")
+            self.lookup_keys: dict[str, str] = {}  # lookup key -> the price holding it
+            self.idempotent: dict[str, tuple[str, int, dict]] = {}
+            self.stats: Counter = Counter()
+            self.clock = 1_700_000_000
+            self.written.set()
+
+    def _tick(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    # -- customers -------------------------------------------------------------------------
+
+    def _new_customer(self, params: dict) -> dict:
+        customer = {
+            "id": "cus_" + secrets.token_hex(7),
+            "object": "customer",
+            "created": self._tick(),
+            "livemode": False,
+            "email": None,
+            "name": None,
+            "phone": None,
+            "description": None,
+            "address": None,
+            "shipping": None,
+            "tax_exempt": "none",
+            "balance": 0,
+            "metadata": {},
+        }
+        self._apply_customer(customer, params)
+        self.customers.add(customer)
+        self.by_email[customer["email"]].append(customer["id"])
+        return customer
+
+    def _update_customer(self, customer: dict, params: dict) -> None:
+        old_email = customer["email"]
+        self._apply_customer(customer, params)
+        if customer["email"] != old_email:
+            self.by_email[old_email].remove(customer["id"])
+            insort(self.by_email[customer["email"]], customer["id"], key=self.customers.position.__getitem__)
+
+    def _delete_customer(self, customer_id: str) -> None:
+        customer = self.customers.remove(customer_id)
+        self.by_email[customer["email"]].remove(customer_id)
+        self.deleted.add(customer_id)
+
+    @staticmethod
+    def _apply_customer(customer: dict, params: dict) -> None:
+        for name, value in params.items():
+            if name == "metadata":
+                merge_metadata(customer, value)
+            elif name in WHOLE_OBJECTS:
+                customer[name] = None if value == "" else value
+            elif name == "balance":
+                customer[name] = int(value)
+            elif name in customer and name not in READ_ONLY:
+                customer[name] = None if value == "" else value
+            else:
+                raise ApiError(400, f"Received unknown parameter: {name}", code="parameter_unknown", param=name)
+
+    def _customer_endpoint(self, action: str, customer_id: str | None, query: dict, params: dict) -> dict:
+        if action == "create":
+            return self._new_customer(params)
+        if action == "update":
+            customer = self.customers.get(customer_id)
+            self._update_customer(customer, params)
+            return customer
+        if action == "retrieve" and customer_id in self.deleted:
+            return {"id": customer_id, "object": "customer", "deleted": True}
+        if action == "retrieve":
+            return self.customers.get(customer_id)
+        if action == "delete":
+            self.customers.get(customer_id)
+            self._delete_customer(customer_id)
+            return {"id": customer_id, "object": "customer", "deleted": True}
+        if "email" in query:
+            return self.customers.page(query, self.by_email.get(query["email"], []))
+        return self.customers.page(query)
+
+    # -- products --------------------------------------------------------------------------
+
+    def _new_product(self, params: dict) -> dict:
+        refuse_unknown(params, ("id", *PRODUCT_FIELDS))
+        required(params, PRODUCT_REQUIRED)
+        product_id = params.get("id") or "prod_" + secrets.token_hex(7)
+        if product_id in self.products.objects:
+            raise ApiError(400, "Product already exists.", code="resource_already_exists", param="id")
+        now = self._tick()
+        product = {
+            "id": product_id,
+            "object": "product",
+            "active": True,
+            "created": now,
+            "updated": now,
+            "default_price": None,
+            "description": None,
+            "images": [],
+            "livemode": False,
+            "metadata": {},
+            "name": None,
+            "package_dimensions": None,
+            "shippable": None,
+            "statement_descriptor": None,
+            "tax_code": None,
+            "type": "service",
+            "unit_label": None,
+            "url": None,
+        }
+        self._apply_product(product, {name: value for name, value in params.items() if name != "id"})
+        return self.products.add(product)
+
+    def _update_product(self, product: dict, params: dict) -> None:
+        refuse_unknown(params, PRODUCT_FIELDS)
+        self._apply_product(product, params)
+        product["updated"] = self._tick()
+
+    @staticmethod
+    def _apply_product(product: dict, params: dict) -> None:
+        refuse_empty(params, PRODUCT_REQUIRED)
+        changes = {}
+        for name, value in params.items():
+            if name == "metadata":
+                continue
+            if value == "":
+                changes[name] = [] if name == "images" else None
+            elif name in PRODUCT_BOOLEANS:
+                changes[name] = as_boolean(value, name)
+            elif name == "images":
+                changes[name] = as_list(value, name)
+                if len(changes[name]) > MAX_IMAGES:
+                    raise ApiError(400, f"You may only provide up to {MAX_IMAGES} images.", param=name)
+            elif name == "statement_descriptor" and (
+                len(value) > STATEMENT_DESCRIPTOR_LENGTH or set(value) & set(STATEMENT_DESCRIPTOR_FORBIDDEN)
+            ):
+                raise ApiError(
+                    400,
+                    f"The statement descriptor must be at most {STATEMENT_DESCRIPTOR_LENGTH} characters and may "
+                    f"not contain any of {STATEMENT_DESCRIPTOR_FORBIDDEN}",
+                    code="parameter_invalid",
+                    param=name,
+                )
+            else:
+                changes[name] = value
+        # Checked whole before any change: a refused request changes nothing.
+        product.update(changes)
+        if "metadata" in params:
+            merge_metadata(product, params["metadata"])
+
+    def _product_endpoint(self, action: str, product_id: str | None, query: dict, params: dict) -> dict:
+        if action == "create":
+            return self._new_product(params)
+        if action == "update":
+            product = self.products.get(product_id)
+            self._update_product(product, params)
+            return product
+        if action == "retrieve":
+            return self.products.get(product_id)
+        ids = self.products.order
+        if "ids" in query:
+            wanted = set(as_list(query["ids"], "ids"))
+            ids = [id_ for id_ in ids if id_ in wanted]
+        if "active" in query:
+            active = as_boolean(query["active"], "active")
+            ids = [id_ for id_ in ids if self.products.objects[id_]["active"] == active]
+        return self.products.page(query, ids)
+
+    # -- prices ----------------------------------------------------------------------------
+
+    def _new_price(self, params: dict) -> dict:
+        refuse_unknown(params, (*PRICE_CREATE_ONLY, *PRICE_MUTABLE))
+        required(params, ("currency", "product"))
+        refuse_empty(params, ("currency", "product", "unit_amount", "unit_amount_decimal"))
+        currency = params["currency"].lower()
+        if currency not in CURRENCIES:
+            raise ApiError(400, f"Invalid currency: {params['currency']}.", code="parameter_invalid", param="currency")
+        product = self.products.get(params["product"], status=400, param="product")
+        billing_scheme = choice(params.get("billing_scheme", "per_unit"), "billing_scheme", BILLING_SCHEMES)
+        if billing_scheme == "tiered":
+            required(params, ("tiers",))  # tiers are not modelled, so a tiered price is always refused
+        unit_amount, unit_amount_decimal = self._amount(params)
+        recurring = self._recurring(params["recurring"]) if params.get("recurring") else None
+        price = {
+            "id": "price_" + secrets.token_hex(12),
+            "object": "price",
+            "active": True,
+            "billing_scheme": billing_scheme,
+            "created": self._tick(),
+            "currency": currency,
+            "custom_unit_amount": None,
+            "livemode": False,
+            "lookup_key": None,
+            "metadata": {},
+            "nickname": None,
+            "product": product["id"],
+            "recurring": recurring,
+            "tax_behavior": "unspecified",
+            "tiers_mode": None,
+            "transform_quantity": None,
+            "type": "recurring" if recurring else "one_time",
+            "unit_amount": unit_amount,
+            "unit_amount_decimal": unit_amount_decimal,
+        }
+        self._apply_price(price, {name: params[name] for name in PRICE_MUTABLE if name in params})
+        return self.prices.add(price)
+
+    @staticmethod
+    def _amount(params: dict) -> tuple[int | None, str]:
+        if "unit_amount" in params and "unit_amount_decimal" in params:
+            raise ApiError(
+                400,
+                "You may only specify one of these parameters: unit_amount, unit_amount_decimal.",
+                param="unit_amount",
+            )
+        if "unit_amount" in params:
+            amount = as_count(params["unit_amount"], "unit_amount", minimum=0)
+            return amount, str(amount)
+        if "unit_amount_decimal" not in params:
+            raise ApiError(400, "Missing required param: unit_amount.", code="parameter_missing", param="unit_amount")
+        try:
+            decimal = Decimal(params["unit_amount_decimal"])
+        except InvalidOperation:
+            decimal = Decimal(-1)
+        if not decimal.is_finite() or decimal < 0 or -decimal.as_tuple().exponent > 12:
+            raise ApiError(
+                400,
+                "Invalid decimal: unit_amount_decimal must be a non-negative decimal with at most 12 decimal places",
+                code="parameter_invalid",
+                param="unit_amount_decimal",
+            )
+        return (int(decimal) if decimal == decimal.to_integral_value() else None), params["unit_amount_decimal"]
+
+    @staticmethod
+    def _recurring(recurring) -> dict:
+        if not isinstance(recurring, dict):
+            raise ApiError(400, "Invalid object: recurring", code="parameter_invalid", param="recurring")
+        refuse_unknown(recurring, ("interval", "interval_count", "usage_type"))
+        required(recurring, ("interval",))
+        interval = choice(recurring["interval"], "recurring[interval]", tuple(INTERVALS))
+        count = as_count(recurring.get("interval_count", "1"), "recurring[interval_count]", minimum=1)
+        if count > INTERVALS[interval]:
+            raise ApiError(
+                400,
+                "Maximum of three years interval allowed (3 years, 36 months, 156 weeks or 1095 days).",
+                code="parameter_invalid",
+                param="recurring[interval_count]",
+            )
+        return {
+            "aggregate_usage": None,
+            "interval": interval,
+            "interval_count": count,
+            "meter": None,
+            "trial_period_days": None,
+            "usage_type": choice(recurring.get("usage_type", "licensed"), "recurring[usage_type]", USAGE_TYPES),
+        }
+
+    def _update_price(self, price: dict, params: dict) -> None:
+        refuse_unknown(params, PRICE_MUTABLE)
+        self._apply_price(price, params)
+
+    def _apply_price(self, price: dict, params: dict) -> None:
+        """The mutable fields, all checked before any is changed."""
+        changes = {}
+        if "active" in params:
+            changes["active"] = as_boolean(params["active"], "active")
+        if "nickname" in params:
+            changes["nickname"] = params["nickname"] or None
+        if "tax_behavior" in params:
+            behavior = choice(params["tax_behavior"], "tax_behavior", TAX_BEHAVIORS)
+            if price["tax_behavior"] != "unspecified" and behavior != price["tax_behavior"]:
+                raise ApiError(
+                    400,
+                    f"The tax_behavior of a price cannot be changed once it is {price['tax_behavior']}.",
+                    param="tax_behavior",
+                )
+            changes["tax_behavior"] = behavior
+        transfer = as_boolean(params.get("transfer_lookup_key", "false"), "transfer_lookup_key")
+        holder = None
+        if "lookup_key" in params:
+            key = params["lookup_key"] or None
+            if key is not None and len(key) > MAX_LOOKUP_KEY:
+                raise ApiError(400, f"lookup_key must be at most {MAX_LOOKUP_KEY} characters", param="lookup_key")
+            holder = self.lookup_keys.get(key) if key is not None else None
+            if holder == price["id"]:
+                holder = None
+            if holder and not transfer:
+                raise ApiError(
+                    400,
+                    f"A price (`{holder}`) already uses that lookup key. Pass transfer_lookup_key=true to move it "
+                    "to this price.",
+                    param="lookup_key",
+                )
+            changes["lookup_key"] = key
+        if holder:
+            self.prices.objects[holder]["lookup_key"] = None
+        if "lookup_key" in changes:
+            if price["lookup_key"] is not None and self.lookup_keys.get(price["lookup_key"]) == price["id"]:
+                del self.lookup_keys[price["lookup_key"]]
+            if changes["lookup_key"] is not None:
+                self.lookup_keys[changes["lookup_key"]] = price["id"]
+        price.update(changes)
+        if "metadata" in params:
+            merge_metadata(price, params["metadata"])
+
+    def _price_endpoint(self, action: str, price_id: str | None, query: dict, params: dict) -> dict:
+        if action == "create":
+            return self._new_price(params)
+        if action == "update":
+            price = self.prices.get(price_id)
+            self._update_price(price, params)
+            return price
+        if action == "retrieve":
+            return self.prices.get(price_id)
+        ids = self.prices.order
+        if "lookup_keys" in query:
+            keys = as_list(query["lookup_keys"], "lookup_keys")
+            if len(keys) > MAX_LOOKUP_KEYS_FILTER:
+                raise ApiError(
+                    400, f"You may only specify up to {MAX_LOOKUP_KEYS_FILTER} lookup keys.", param="lookup_keys"
+                )
+            holders = {self.lookup_keys[key] for key in keys if key in self.lookup_keys}
+            ids = [id_ for id_ in ids if id_ in holders]
+        if "product" in query:
+            ids = [id_ for id_ in ids if self.prices.objects[id_]["product"] == query["product"]]
+        if "active" in query:
+            active = as_boolean(query["active"], "active")
+            ids = [id_ for id_ in ids if self.prices.objects[id_]["active"] == active]
+        return self.prices.page(query, ids)
+
+    # -- request handling ------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, query: dict, params: dict, headers) -> tuple[int, dict, dict]:
+        """Status, body and extra response headers."""
+        parts = [p for p in path.split("/") if p]
+        key = (headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        with self.lock:
+            self.stats[key_stat(key)] += 1
+        if parts == ["v1", "account"] and method == "GET":
+            return 200, {"id": self.config.account_id, "object": "account"}, {}
+        if len(parts) not in (2, 3) or parts[0] != "v1" or parts[1] not in ENDPOINT_PREFIX:
+            raise ApiError(404, f"Unrecognized request URL ({method}: {path})")
+        resource = parts[1]
+        object_id = parts[2] if len(parts) == 3 else None
+        action = {
+            ("POST", False): "create",
+            ("POST", True): "update",
+            ("GET", False): "list",
+            ("GET", True): "retrieve",
+            ("DELETE", True): "delete",
+        }.get((method, object_id is not None))
+        endpoint = ENDPOINT_PREFIX[resource] + (action or "")
+        if endpoint not in ENDPOINTS:
+            raise ApiError(405, "Method not allowed")
+        if not key.startswith(("sk_", "rk_")):
+            raise ApiError(401, "Invalid API Key provided", type_="invalid_request_error")
+        write = action in WRITES
+        if write and key in self.config.read_only_keys:
+            raise ApiError(403, "The provided key does not have the required permissions for this endpoint")
+        email = params.get("email") if resource == "customers" else None
+        if write and email and self.config.invalid_emails and re.search(self.config.invalid_emails, email):
+            raise ApiError(400, f"Invalid email address: {email}", code="email_invalid")
+        with self.lock:
+            self.stats[f"requests_{endpoint}"] += 1
+            # Rate limits come first: a 429 is decided before idempotency is consulted.
+            buckets = (self.account_bucket, self.endpoint_buckets[endpoint])
+            if not all(bucket.has_token() for bucket in buckets):
+                self.stats["rate_limited"] += 1
+                raise ApiError(429, "Too many requests hit the API too quickly.", code="rate_limit")
+            for bucket in buckets:
+                bucket.take()
+            if write and self.config.refuse_writes_with:
+                self.stats["refused"] += 1
+                advice = {"Stripe-Should-Retry": self.config.should_retry} if self.config.should_retry else {}
+                raise ApiError(self.config.refuse_writes_with, "Refused by configuration", headers=advice)
+            # A failure before the endpoint runs: nothing done, nothing stored for the key.
+            if write and self.random.random() < self.config.fail_before_rate:
+                self.stats["failed_before"] += 1
+                raise ApiError(500, "An unknown error occurred", type_="api_error")
+        idempotency_key = headers.get("Idempotency-Key") if write else None
+        fingerprint = json.dumps([endpoint, object_id, params], sort_keys=True)
+        with self.lock:
+            if idempotency_key and idempotency_key in self.idempotent:
+                stored_fingerprint, status, body = self.idempotent[idempotency_key]
+                if stored_fingerprint != fingerprint:
+                    raise ApiError(
+                        400,
+                        "Keys for idempotent requests can only be used with the same parameters they were first "
+                        "used with.",
+                        type_="idempotency_error",
+                    )
+                self.stats["idempotent_replays"] += 1
+                return status, body, {"Idempotent-Replayed": "true"}
+            status, body, lost = self._execute(resource, action, endpoint, object_id, query, params)
+            if idempotency_key:
+                self.idempotent[idempotency_key] = (fingerprint, status, body)
+            if write:
+                self.written.set()
+        if lost:
+            self.stats["lost_responses"] += 1
+            return 500, ApiError(500, "An unknown error occurred (lost response)", type_="api_error").body, {}
+        return status, body, {}
+
+    def _execute(
+        self, resource: str, action: str, endpoint: str, object_id: str | None, query: dict, params: dict
+    ) -> tuple[int, dict, bool]:
+        serve = {
+            "customers": self._customer_endpoint,
+            "products": self._product_endpoint,
+            "prices": self._price_endpoint,
+        }[resource]
+        try:
+            body = serve(action, object_id, query, params)
+        except ApiError as error:
+            return error.status, error.body, False
+        write = action in WRITES
+        if write:
+            self.stats[f"done_{endpoint}"] += 1
+        lost = write and self.random.random() < self.config.fail_after_rate
+        return 200, json.loads(json.dumps(body)), lost
+
+    def load(self, customers: list[dict]) -> list[str]:
+        with self.lock:
+            ids = [self._new_customer(params)["id"] for params in customers]
+            self.written.set()
+            return ids
+
+    # -- the store -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return json.loads(
+                json.dumps(
+                    {
+                        "customers": self.customers.snapshot(),
+                        "deleted": sorted(self.deleted),
+                        "products": self.products.snapshot(),
+                        "prices": self.prices.snapshot(),
+                        "idempotent": self.idempotent,
+                        "clock": self.clock,
+                    }
+                )
+            )
+
+    def restore(self, saved: dict) -> None:
+        self.reset()
+        with self.lock:
+            self.customers.restore(saved["customers"])
+            for customer in self.customers.objects.values():
+                self.by_email[customer["email"]].append(customer["id"])
+            self.deleted = set(saved["deleted"])
+            self.products.restore(saved["products"])
+            self.prices.restore(saved["prices"])
+            self.lookup_keys = {p["lookup_key"]: p["id"] for p in self.prices.objects.values() if p["lookup_key"]}
+            self.idempotent = {key: tuple(entry) for key, entry in saved["idempotent"].items()}
+            self.clock = saved["clock"]
+
+
+class Store:
+    """The double's objects in a JSON file: read at start, written after writes and at the end."""
+
+    def __init__(self, double: StripeDouble, path: Path):
+        self.double = double
+        self.path = path
+        self.saving = threading.Lock()
+
+    def load(self) -> None:
+        if self.path.exists():
+            self.double.restore(json.loads(self.path.read_text()))
+        self.double.written.clear()
+
+    def save(self) -> None:
+        with self.saving:
+            self.double.written.clear()
+            snapshot = self.double.snapshot()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_name(self.path.name + ".partial")
+            partial.write_text(json.dumps(snapshot))
+            os.replace(partial, self.path)  # a reader, or a kill mid-save, never sees half a file
+
+    def keep_saved(self) -> None:
+        """Save shortly after each burst of writes, for as long as the process lives."""
+
+        def loop() -> None:
+            while True:
+                self.double.written.wait()
+                time.sleep(SAVE_DELAY_SECONDS)
+                self.save()
+
+        threading.Thread(target=loop, daemon=True, name="stripe-double-store").start()
+
+
+def make_handler(double: StripeDouble):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # one small response per request: never wait for an ACK
+
+        def log_message(self, *args) -> None:  # quiet: tests read the stats instead
+            pass
+
+        def _reply(self, status: int, body: dict, headers: dict | None = None) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Request-Id", "req_" + secrets.token_hex(6))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> str:
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length).decode() if length else ""
+
+        def _control(self, method: str, path: str) -> bool:
+            if not path.startswith("/_double/"):
+                return False
+            action = path.removeprefix("/_double/")
+            if method == "GET" and action == "stats":
+                with double.lock:
+                    counts = {
+                        "customers": len(double.customers.objects),
+                        "products": len(double.products.objects),
+                        "prices": len(double.prices.objects),
+                    }
+                    self._reply(200, {**double.stats, **counts})
+            elif method == "GET" and action == "config":
+                self._reply(200, asdict(double.config))
+            elif method == "POST" and action == "config":
+                double.configure(DoubleConfig(**{**asdict(double.config), **json.loads(self._body() or "{}")}))
+                self._reply(200, asdict(double.config))
+            elif method == "POST" and action == "reset":
+                double.reset()
+                self._reply(200, {})
+            elif method == "POST" and action == "customers":
+                self._reply(200, {"ids": double.load(json.loads(self._body()))})
+            else:
+                self._reply(404, {"error": {"message": "unknown control endpoint"}})
+            return True
+
+        def _serve(self, method: str) -> None:
+            url = urlparse(self.path)
+            if self._control(method, url.path):
+                return
+            body = self._body()
+            if double.config.latency:
+                time.sleep(double.config.latency)
+            headers = {}
+            try:
+                status, payload, headers = double.handle(
+                    method, url.path, parse_form(url.query), parse_form(body), self.headers
+                )
+            except ApiError as error:
+                status, payload, headers = error.status, error.body, error.headers
+            self._reply(status, payload, headers)
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def do_DELETE(self) -> None:
+            self._serve("DELETE")
+
+    return Handler
+
+
+def serve(port: int, double: StripeDouble) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(double))
+    server.daemon_threads = True
+    return server
+
+
+class StripeDoubleServer:
+    """`with StripeDoubleServer(latency=0.15) as double: double.url` — the double in its own process.
+
+    `store` keeps its objects in that JSON file between processes; `port` is tried first."""
+
+    def __init__(self, store: Path | None = None, port: int = 0, log_path: Path | None = None, **config):
+        self.config = DoubleConfig(**config)
+        self.store = store
+        self.port = free_port(port)
+        self.log_path = log_path
+        self._process = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _control(self, method: str, action: str, payload=None):
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(f"{self.url}/_double/{action}", data=data, method=method)
+        with urllib.request.urlopen(request) as response:
+            return json.loads(response.read())
+
+    def stats(self) -> dict:
+        return self._control("GET", "stats")
+
+    def configure(self, **changes) -> None:
+        self._control("POST", "config", changes)
+
+    def reset(self) -> None:
+        """No objects, no stored keys, no counts; the configuration stays."""
+        self._control("POST", "reset", {})
+
+    def restore(self) -> None:
+        """As new: empty, and configured as it was started."""
+        self.reset()
+        self.configure(**asdict(self.config))
+
+    def load(self, customers: list[dict]) -> list[str]:
+        return self._control("POST", "customers", customers)["ids"]
+
+    def start(self) -> StripeDoubleServer:
+        command = [sys.executable, "-m", "census_stripe.demo.stripe_double", "--port", str(self.port)]
+        if self.store:
+            command += ["--store", str(self.store)]
+        self._process = start_server(command, self.port, self.log_path)
+        self.configure(**asdict(self.config))
+        return self
+
+    def stop(self) -> None:
+        """Stops the process; with a store, its objects are saved first (on SIGTERM)."""
+        if self._process is not None:
+            stop_process_group(self._process, signal.SIGTERM)
+
+    def __enter__(self) -> StripeDoubleServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--store", type=Path, help="a JSON file keeping the objects between runs")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--account-rate", type=float, default=0.0)
+    parser.add_argument("--endpoint-rate", type=float, default=0.0)
+    parser.add_argument("--fail-before-rate", type=float, default=0.0)
+    parser.add_argument("--fail-after-rate", type=float, default=0.0)
+    args = parser.parse_args()
+    config = DoubleConfig(**{k: v for k, v in vars(args).items() if k not in ("port", "store")})
+    double = StripeDouble(config)
+    store = Store(double, args.store) if args.store else None
+    if store:
+        store.load()
+        store.keep_saved()
+    # SIGTERM unwinds serve_forever like Ctrl-C does, so the store is saved on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    try:
+        serve(args.port, double).serve_forever()
+    finally:
+        if store:
+            store.save()
+
+
+if __name__ == "__main__":
+    main()
