@@ -1,5 +1,6 @@
 """`make demo`'s runner, as a user runs it: twice, on a fresh data folder, with no accounts."""
 
+import json
 import os
 import re
 import subprocess
@@ -49,7 +50,10 @@ def counts(output: str, sync: str = "customers") -> dict[str, int]:
 
 
 @pytest.mark.serial
-def test_demo_twice_second_run_writes_nothing_and_a_lost_stripe_resets_state(tmp_path):
+def test_the_demo_three_times_customers_and_catalog(tmp_path):
+    """The first run creates the customers (localstripe) and the catalog (the double); the second
+    writes no customer and makes one new price version; after localstripe's data is lost, the
+    customers' state resets with it while the catalog, kept apart, has nothing to do."""
     first = run_demo(tmp_path)
     assert counts(first) == {
         "rows_read": 300,
@@ -61,10 +65,14 @@ def test_demo_twice_second_run_writes_nothing_and_a_lost_stripe_resets_state(tmp
         "stripe_api_calls": 297,
     }
     assert "rejected 'not-an-email': invalid email" in first
-    assert "No STRIPE_API_KEY: starting a local Stripe server (localstripe) at http://127.0.0.1:" in first
+    assert "No STRIPE_API_KEY: starting a local Stripe server (localstripe) at http://127.0.0.1:8420" in first
     assert "The catalog (products and prices) is served by the project's Stripe test double at http://" in first
     assert f"DuckDB file {tmp_path / 'warehouse.duckdb'} (tables census_stripe.sync_state" in first
     assert (tmp_path / "localstripe.pickle").exists() and (tmp_path / "stripe_catalog.json").exists()
+    products, prices = counts(first, "products"), counts(first, "prices")
+    assert (products["created"], products["rejected"]) == (4, 0)
+    assert (prices["created"], prices["rejected"]) == (14, 1)
+    assert "rejected 'sso_monthly_usd'" in first and "prod_demo_sso" in first  # the price of a missing product
 
     second = run_demo(tmp_path)
     assert counts(second) == {
@@ -76,12 +84,29 @@ def test_demo_twice_second_run_writes_nothing_and_a_lost_stripe_resets_state(tmp
         "failed": 0,
         "stripe_api_calls": 0,
     }
+    assert "this run raises pro_monthly_usd from 10.00 to 12.00 USD" in second
+    assert counts(second, "products")["stripe_api_calls"] == 0
+    prices = counts(second, "prices")
+    assert (prices["created"], prices["new_versions"], prices["updated"]) == (0, 1, 0)
+    assert "'pro_monthly_usd': new version of price pro_monthly_usd: 1000 → 1200 USD/month" in second
+    stored = json.loads((tmp_path / "stripe_catalog.json").read_text())
+    monthly_usd = [
+        price
+        for price in stored["prices"]
+        if (price["product"], price["currency"], price["recurring"]["interval"]) == ("prod_demo_pro", "usd", "month")
+    ]
+    assert sorted((p["unit_amount"], p["active"], p["lookup_key"]) for p in monthly_usd) == [
+        (1000, False, None),  # archived, its lookup key moved to the new version
+        (1200, True, "pro_monthly_usd"),
+    ]
 
     # Both records are kept, or both reset: never a state that claims customers Stripe lacks.
     (tmp_path / "localstripe.pickle").unlink()
     third = run_demo(tmp_path)
     assert "starting from an empty Stripe account and an empty sync state" in third
     assert counts(third)["created"] == 294
+    for sync in ("products", "prices"):
+        assert counts(third, sync)["stripe_api_calls"] == 0, sync
 
 
 def test_your_stripe_key_is_used_as_given_and_no_local_server_starts(tmp_path, double):

@@ -51,10 +51,13 @@ def test_a_setting_outdented_beside_attributes_is_refused():
 
 
 def test_the_shipped_syncs_load():
-    files = sorted(DEFS_DIR.glob("*/defs.yaml"))
-    assert len(files) == 2
-    for path in files:
-        assert load_sync_spec(path).object == "customer"
+    objects = {path.parent.name: load_sync_spec(path).object for path in DEFS_DIR.glob("*/defs.yaml")}
+    assert objects == {
+        "customers": "customer",
+        "customer_regions": "customer",
+        "products": "product",
+        "prices": "price",
+    }
 
 
 def test_unknown_stripe_field_names_file_field_and_known_fields():

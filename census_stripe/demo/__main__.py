@@ -45,6 +45,7 @@ DAGSTER_HOME = DATA_DIR / "dagster_home"
 DEMO_API_KEY = "sk_test_census_stripe_demo"
 # A local server has no account id: the sync knows it by its address, so the demo keeps one.
 LOCAL_STRIPE_PORT = 8420
+LOCAL_CATALOG_PORT = 8421
 # The demo instance's dagster.yaml, by top-level section.
 INSTANCE_SECTIONS = {
     # One run of a sync at a time: every sync asset is in a pool of its own, limited to 1 here.
@@ -57,8 +58,19 @@ INSTANCE_SECTIONS = {
 }
 INSTANCE_CONFIG = "".join(INSTANCE_SECTIONS.values())
 JOB = "sync_to_stripe"
-SUMMARY_COUNTS = ("rows_read", "created", "updated", "archived", "unchanged", "rejected", "failed", "stripe_api_calls")
-OPTIONAL_COUNTS = ("archived",)  # only syncs that may archive (archive_missing, new price versions) count it
+SUMMARY_COUNTS = (
+    "rows_read",
+    "created",
+    "updated",
+    "new_versions",
+    "archived",
+    "unchanged",
+    "rejected",
+    "failed",
+    "stripe_api_calls",
+)
+# Only syncs of objects with versions (prices) or that may archive (archive_missing) count these.
+OPTIONAL_COUNTS = ("new_versions", "archived")
 PREVIEW_SHOWN = 20
 # `dagster dev` stops its webserver, daemon and code servers on SIGINT; on a loaded machine that takes a while.
 DEV_STOP_SECONDS = 60
@@ -144,8 +156,13 @@ def demo_environment() -> Iterator[dict[str, str]]:
             "server by its address, so it looks every customer up there again (it duplicates none)."
         )
     server = LocalStripe(port, saved_data=LOCAL_STRIPE_DATA, log_path=DATA_DIR / "localstripe.log")
+    # A fixed port, like localstripe's: the account is remembered by address and key, so a new
+    # address would cost the next run a call to ask which account it is.
     catalog = StripeDoubleServer(
-        store=LOCAL_CATALOG_DATA, log_path=DATA_DIR / "stripe_double.log", account_id=LOCAL_CATALOG_ACCOUNT
+        store=LOCAL_CATALOG_DATA,
+        port=LOCAL_CATALOG_PORT,
+        log_path=DATA_DIR / "stripe_double.log",
+        account_id=LOCAL_CATALOG_ACCOUNT,
     )
     print(
         f"No STRIPE_API_KEY: starting a local Stripe server (localstripe) at {server.url} with a demo key; "

@@ -70,6 +70,9 @@ def free_port(preferred: int = 0) -> int:
     """`preferred` if it is free, else any free port."""
     for port in (preferred, 0) if preferred else (0,):
         with socket.socket() as s:
+            # As the servers themselves bind: a port whose last connections linger in TIME_WAIT
+            # (right after the previous run's server stopped) is free; one being listened on is not.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
