@@ -54,6 +54,7 @@ import random
 import re
 import secrets
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -64,6 +65,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
 from census_stripe.demo.local_stripe import free_port, start_server, stop_process_group
@@ -377,7 +379,7 @@ class StripeDouble:
         }
         self._apply_customer(customer, params)
         self.customers.add(customer)
-        self.by_email[customer["email"]].append(customer["id"])
+        self.by_email[str(customer["email"])].append(str(customer["id"]))
         return customer
 
     def _update_customer(self, customer: dict, params: dict) -> None:
@@ -418,8 +420,7 @@ class StripeDouble:
         if action == "retrieve":
             return self.customers.get(customer_id)
         if action == "delete":
-            self.customers.get(customer_id)
-            self._delete_customer(customer_id)
+            self._delete_customer(self.customers.get(customer_id)["id"])
             return {"id": customer_id, "object": "customer", "deleted": True}
         if "email" in query:
             return self.customers.page(query, self.by_email.get(query["email"], []))
@@ -434,7 +435,7 @@ class StripeDouble:
         if product_id in self.products.objects:
             raise ApiError(400, "Product already exists.", code="resource_already_exists", param="id")
         now = self._tick()
-        product = {
+        product: dict[str, Any] = {
             "id": product_id,
             "object": "product",
             "active": True,
@@ -465,7 +466,7 @@ class StripeDouble:
     @staticmethod
     def _apply_product(product: dict, params: dict) -> None:
         refuse_empty(params, PRODUCT_REQUIRED)
-        changes = {}
+        changes: dict[str, Any] = {}
         for name, value in params.items():
             if name == "metadata":
                 continue
@@ -568,7 +569,8 @@ class StripeDouble:
             decimal = Decimal(params["unit_amount_decimal"])
         except InvalidOperation:
             decimal = Decimal(-1)
-        if not decimal.is_finite() or decimal < 0 or -decimal.as_tuple().exponent > 12:
+        exponent = decimal.as_tuple().exponent
+        if not decimal.is_finite() or decimal < 0 or (isinstance(exponent, int) and -exponent > 12):
             raise ApiError(
                 400,
                 "Invalid decimal: unit_amount_decimal must be a non-negative decimal with at most 12 decimal places",
@@ -607,7 +609,7 @@ class StripeDouble:
 
     def _apply_price(self, price: dict, params: dict) -> None:
         """The mutable fields, all checked before any is changed."""
-        changes = {}
+        changes: dict[str, Any] = {}
         if "active" in params:
             changes["active"] = as_boolean(params["active"], "active")
         if "nickname" in params:
@@ -696,7 +698,7 @@ class StripeDouble:
             ("DELETE", True): "delete",
         }.get((method, object_id is not None))
         endpoint = ENDPOINT_PREFIX[resource] + (action or "")
-        if endpoint not in ENDPOINTS:
+        if action is None or endpoint not in ENDPOINTS:
             raise ApiError(405, "Method not allowed")
         if not key.startswith(("sk_", "rk_")):
             raise ApiError(401, "Invalid API Key provided", type_="invalid_request_error")
@@ -892,7 +894,7 @@ def make_handler(double: StripeDouble):
             body = self._body()
             if double.config.latency:
                 time.sleep(double.config.latency)
-            headers = {}
+            headers: dict[str, str] = {}
             try:
                 status, payload, headers = double.handle(
                     method, url.path, parse_form(url.query), parse_form(body), self.headers
@@ -929,7 +931,7 @@ class StripeDoubleServer:
         self.store = store
         self.port = free_port(port)
         self.log_path = log_path
-        self._process = None
+        self._process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
