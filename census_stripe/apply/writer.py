@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from census_stripe.objects.base import blank_to_none
 from census_stripe.plan.lookup import ObjectLookup
-from census_stripe.plan.planner import Action, PlannedRow
+from census_stripe.plan.planner import Action, PlannedRow, diff
 from census_stripe.stripe_client.errors import StripeRequestError
 from census_stripe.warehouse.state import StateStatus
 
@@ -184,7 +183,7 @@ class StripeWriter:
         holders = ObjectLookup(self.objects, object_type.listed_by or "id", "per_key")({key: key}).found.get(key)
         holder = holders[0] if holders else None
         same_version = holder is not None and not object_type.immutable_changes(
-            {name for name in desired if blank_to_none(holder.values.get(name)) != blank_to_none(desired[name])}
+            {change.field for change in diff(holder.values, desired)}
         )
         if holder is not None and holder.id != row.target_id and same_version:
             self.logger.info("%s %s already holds %r; archiving %s", object_type.name, holder.id, key, row.target_id)
