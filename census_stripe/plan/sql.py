@@ -18,7 +18,7 @@ from sqlglot import exp
 from census_stripe.plan.keys import key_sql
 from census_stripe.spec import SyncSpec
 from census_stripe.warehouse.base import Relation
-from census_stripe.warehouse.state import of_sync
+from census_stripe.warehouse.state import StateStatus, of_sync
 
 # Both separators are control characters no warehouse value is expected to contain, so that
 # ("a", "bc") and ("ab", "c") hash differently, and so do NULL and "".
@@ -102,6 +102,11 @@ def _model_select(spec: SyncSpec, model: Relation, where: ModelSlice | None) -> 
     )
 
 
+def _col(name: str, table: str) -> exp.Column:
+    """A column of one of the query's aliased tables."""
+    return exp.column(name, table, quoted=True)
+
+
 STATE_COLUMNS = ("stripe_customer_id", "row_hash", "synced_values", "synced_at", "status", "run_id")
 
 
@@ -128,9 +133,6 @@ def changed_rows_query(
     (last synced values) are joined only to the rows that changed.
     """
 
-    def col(name: str, table: str) -> exp.Column:
-        return exp.column(name, table, quoted=True)
-
     one = exp.Literal.number(1)
     repeated_keys = (
         exp.select(
@@ -154,41 +156,43 @@ def changed_rows_query(
     changed = (
         exp.select(
             exp.Column(this=exp.Star(), table=exp.to_identifier("m", quoted=True)),
-            exp.alias_(exp.Coalesce(this=col(KEY_ROWS, "r"), expressions=[one]), KEY_ROWS, quoted=True),
+            exp.alias_(exp.Coalesce(this=_col(KEY_ROWS, "r"), expressions=[one]), KEY_ROWS, quoted=True),
             exp.alias_(
-                exp.Coalesce(this=col(STATE_ROWS, "h"), expressions=[exp.Literal.number(0)]), STATE_ROWS, quoted=True
+                exp.Coalesce(this=_col(STATE_ROWS, "h"), expressions=[exp.Literal.number(0)]), STATE_ROWS, quoted=True
             ),
         )
         .from_(exp.alias_(_model_select(spec, model, where).subquery(), "m", quoted=True))
         .join(
-            exp.alias_(repeated_keys.subquery(), "r", quoted=True), on=col(KEY, "r").eq(col(KEY, "m")), join_type="left"
+            exp.alias_(repeated_keys.subquery(), "r", quoted=True),
+            on=_col(KEY, "r").eq(_col(KEY, "m")),
+            join_type="left",
         )
         .join(
             exp.alias_(last_hashes.subquery(), "h", quoted=True),
-            on=col("customer_key", "h").eq(col(KEY, "m")),
+            on=_col("customer_key", "h").eq(_col(KEY, "m")),
             join_type="left",
         )
     )
     if not everything:
         changed = changed.where(
             exp.or_(
-                exp.Is(this=col("row_hash", "h"), expression=exp.Null()),
-                exp.NEQ(this=col("row_hash", "h"), expression=col(ROW_HASH, "m")),
-                exp.GT(this=col(STATE_ROWS, "h"), expression=one),
-                exp.Is(this=col(KEY, "m"), expression=exp.Null()),
-                exp.Not(this=exp.Is(this=col(KEY_ROWS, "r"), expression=exp.Null())),
+                exp.Is(this=_col("row_hash", "h"), expression=exp.Null()),
+                exp.NEQ(this=_col("row_hash", "h"), expression=_col(ROW_HASH, "m")),
+                exp.GT(this=_col(STATE_ROWS, "h"), expression=one),
+                exp.Is(this=_col(KEY, "m"), expression=exp.Null()),
+                exp.Not(this=exp.Is(this=_col(KEY_ROWS, "r"), expression=exp.Null())),
             )
         )
     # A key with several state rows gets none of them: which one is right cannot be known.
     join_state = exp.and_(
         of_sync(spec.name, account, table="s"),
-        col("customer_key", "s").eq(col(KEY, "c")),
-        col(STATE_ROWS, "c").eq(one),
+        _col("customer_key", "s").eq(_col(KEY, "c")),
+        _col(STATE_ROWS, "c").eq(one),
     )
     query = (
         exp.select(
             exp.Column(this=exp.Star(), table=exp.to_identifier("c", quoted=True)),
-            *(exp.alias_(col(name, "s"), STATE_PREFIX + name, quoted=True) for name in STATE_COLUMNS),
+            *(exp.alias_(_col(name, "s"), STATE_PREFIX + name, quoted=True) for name in STATE_COLUMNS),
         )
         .from_(exp.alias_(changed.subquery(), "c", quoted=True))
         .join(state.table().as_("s", quoted=True), on=join_state, join_type="left")
@@ -200,26 +204,23 @@ def left_keys_query(spec: SyncSpec, model: Relation, state: Relation, account: s
     """The state rows of keys no longer in the model that still have a live Stripe object: what
     `archive_missing` archives. Keys archived already are left out."""
 
-    def col(name: str, table: str) -> exp.Column:
-        return exp.column(name, table, quoted=True)
-
     model_keys = exp.select(exp.alias_(key_expression(spec), KEY, quoted=True)).distinct().from_(model.table())
-    status = col("status", "s")
+    status = _col("status", "s")
     live = exp.and_(
         of_sync(spec.name, account, table="s"),
-        exp.Not(this=exp.Is(this=col("stripe_customer_id", "s"), expression=exp.Null())),
+        exp.Not(this=exp.Is(this=_col("stripe_customer_id", "s"), expression=exp.Null())),
         exp.or_(
             exp.Is(this=status, expression=exp.Null()),
-            exp.NEQ(this=status.copy(), expression=exp.Literal.string("archived")),
+            exp.NEQ(this=status.copy(), expression=exp.Literal.string(StateStatus.ARCHIVED.value)),
         ),
-        exp.Is(this=col(KEY, "m"), expression=exp.Null()),
+        exp.Is(this=_col(KEY, "m"), expression=exp.Null()),
     )
     query = (
-        exp.select(col("customer_key", "s"), *(col(name, "s") for name in STATE_COLUMNS))
+        exp.select(_col("customer_key", "s"), *(_col(name, "s") for name in STATE_COLUMNS))
         .from_(state.table().as_("s", quoted=True))
         .join(
             exp.alias_(model_keys.subquery(), "m", quoted=True),
-            on=col(KEY, "m").eq(col("customer_key", "s")),
+            on=_col(KEY, "m").eq(_col("customer_key", "s")),
             join_type="left",
         )
         .where(live)
