@@ -28,6 +28,7 @@ PERSONAL_FIELDS = ("email", "name", "phone", "description")
 PERSONAL_OBJECTS = ("address.", "shipping.")
 # The preview's order: what changes in Stripe first, then rows written again unchanged, then skips.
 _WRITE_WITH_CHANGES, _WRITE_UNCHANGED, _SKIP = range(3)
+_SKIPS = (Action.SKIP_NOT_FOUND, Action.SKIP_EXISTING)
 
 
 def _table(records: list[dict], *columns: tuple[str, str]) -> dg.MetadataValue:
@@ -102,7 +103,7 @@ def version_text(row: PlannedRow, object_name: str) -> str:
 def _what_happens(row: PlannedRow, key_field: str, privacy: _Privacy, object_name: str) -> str:
     """The action, then what it changes: `update — metadata.plan: free → pro`. One cell, not two,
     so that key, action and change fit side by side in the UI's narrow metadata column."""
-    if row.action in (Action.SKIP_NOT_FOUND, Action.SKIP_EXISTING):
+    if row.action in _SKIPS:
         return f"skip — {privacy.reason(row.reason, row)}"
     if row.action is Action.NEW_VERSION:
         others = [change for change in row.changes if change.field != VERSION_CHANGE]
@@ -116,11 +117,11 @@ def _what_happens(row: PlannedRow, key_field: str, privacy: _Privacy, object_nam
     return f"{row.action.value} — " + "; ".join(change_text(change, privacy, created) for change in shown)
 
 
-_PREVIEWED = (*WRITES, Action.SKIP_NOT_FOUND, Action.SKIP_EXISTING)
+_PREVIEWED = (*WRITES, *_SKIPS)
 
 
 def _preview_order(row: PlannedRow) -> int:
-    if row.action in (Action.SKIP_NOT_FOUND, Action.SKIP_EXISTING):
+    if row.action in _SKIPS:
         return _SKIP
     return _WRITE_WITH_CHANGES if row.changes else _WRITE_UNCHANGED
 
@@ -299,7 +300,7 @@ def report_metadata(report: SyncReport, object_url: Callable[[str], str | None])
     previewed = preview_rows(report)
     rejected = report.plan.of(Action.REJECT)
     failed = [o for o in report.outcomes if o.status == "failed"]
-    skipped = report.plan.of(Action.SKIP_NOT_FOUND, Action.SKIP_EXISTING)
+    skipped = report.plan.of(*_SKIPS)
     metadata: dict[str, dg.MetadataValue] = {
         "summary": dg.MetadataValue.md(summary(report, counts, min(len(previewed), PREVIEW_ROWS), len(previewed))),
         "preview": _preview(report, previewed, privacy),
