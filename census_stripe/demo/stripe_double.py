@@ -857,9 +857,13 @@ def make_handler(double: StripeDouble):
             self.end_headers()
             self.wfile.write(data)
 
-        def _body(self) -> str:
+        def _body(self) -> str | None:
+            """The request's body; None when the client went away before sending all of it (urllib3
+            sends the headers and the body in two writes, so a killed client can leave only the
+            headers). Stripe never acts on a request it did not receive whole."""
             length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length).decode() if length else ""
+            data = self.rfile.read(length) if length else b""
+            return data.decode() if len(data) == length else None
 
         def _control(self, method: str, path: str) -> bool:
             if not path.startswith("/_double/"):
@@ -882,7 +886,7 @@ def make_handler(double: StripeDouble):
                 double.reset()
                 self._reply(200, {})
             elif method == "POST" and action == "customers":
-                self._reply(200, {"ids": double.load(json.loads(self._body()))})
+                self._reply(200, {"ids": double.load(json.loads(self._body() or "[]"))})
             else:
                 self._reply(404, {"error": {"message": "unknown control endpoint"}})
             return True
@@ -892,6 +896,11 @@ def make_handler(double: StripeDouble):
             if self._control(method, url.path):
                 return
             body = self._body()
+            if body is None:
+                with double.lock:
+                    double.stats["incomplete_requests"] += 1
+                self.close_connection = True
+                return
             if double.config.latency:
                 time.sleep(double.config.latency)
             headers: dict[str, str] = {}
