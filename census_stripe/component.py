@@ -26,10 +26,13 @@ import dagster as dg
 from dagster.components import ComponentLoadContext, Scaffolder, ScaffoldRequest
 from pydantic import BaseModel
 
+from census_stripe.plan.meter_events import CustomerSource
 from census_stripe.settings import warehouse_kind
 from census_stripe.spec import (
     ATTRIBUTES,
     COMPONENT_TYPE,
+    AnySyncSpec,
+    MeterEventSpec,
     SyncConfigError,
     SyncSettings,
     SyncSpec,
@@ -65,8 +68,8 @@ class StripeSyncScaffolder(Scaffolder):
 
 @dg.scaffold_with(StripeSyncScaffolder)
 class StripeSyncComponent(dg.Component):
-    """Syncs a dbt model to Stripe customers, products or prices: one asset `stripe/<name>`, with its
-    checks and triggers."""
+    """Syncs a dbt model to Stripe customers, products, prices or meter events: one asset
+    `stripe/<name>`, with its checks and triggers."""
 
     def __init__(self, settings: SyncSettings):
         self.settings = settings
@@ -89,8 +92,13 @@ class StripeSyncComponent(dg.Component):
 
         path = instance_file(context.path)
         spec = sync_spec(self.settings, instance_name(context.path), path)
-        check_product_sync(spec, context.path)
         sync = resolve_sync(spec, path, manifest_path(spec, context.project_root))
+        if isinstance(spec, MeterEventSpec):
+            from census_stripe.orchestration.meter_event_asset import MeterEventSync, build_meter_event_asset
+
+            meter_sync = MeterEventSync(sync, spec, customer_source(spec, context.path))
+            return dg.Definitions(assets=[build_meter_event_asset(meter_sync, warehouse_kind())])
+        check_product_sync(spec, context.path)
         sensors, schedules = sync_triggers(sync)
         return dg.Definitions(assets=[build_sync_asset(sync, warehouse_kind())], sensors=sensors, schedules=schedules)
 
@@ -107,16 +115,33 @@ def check_product_sync(spec: SyncSpec, instance: Path) -> None:
         raise SyncConfigError(instance_file(instance), [(f"{ATTRIBUTES}.product_sync", problem)])
 
 
-def sync_names_beside(path: Path) -> set[str]:
-    """The names of the sync instances in the same defs folder as this one (itself included).
+def customer_source(spec: MeterEventSpec, instance: Path) -> CustomerSource:
+    """A meter event sync's `customer.sync` must name a customer sync in the same defs folder."""
+    name = spec.meter_event.customer.sync
+    if name is None:
+        return CustomerSource()
+    customer_syncs = {each.name: each for each in syncs_beside(instance) if isinstance(each, SyncSpec)}
+    found = customer_syncs.get(name)
+    if found is None or found.object != "customer":
+        problem = f"no customer sync named {name!r} in {instance.parent}: name the sync that writes the customers"
+        raise SyncConfigError(instance_file(instance), [(f"{ATTRIBUTES}.meter_event.customer.sync", problem)])
+    return CustomerSource(found.name, found.key.field)
+
+
+def syncs_beside(path: Path) -> list[AnySyncSpec]:
+    """The sync instances in the same defs folder as this one (itself included).
     A sibling whose file is broken reports that itself."""
-    names = set()
+    specs = []
     for sibling in path.parent.glob(f"*/{DEFS_FILE}"):
         try:
-            names.add(load_sync_spec(sibling).name)
+            specs.append(load_sync_spec(sibling))
         except SyncConfigError:
             continue
-    return names
+    return specs
+
+
+def sync_names_beside(path: Path) -> set[str]:
+    return {spec.name for spec in syncs_beside(path)}
 
 
 def instance_name(path: Path) -> str:

@@ -94,6 +94,64 @@ class PartitionsSpec(_Strict):
         return chosen.column
 
 
+class MeterCustomer(_Strict):
+    """Which Stripe customer an event bills."""
+
+    column: str = pydantic.Field(description="The model column naming the customer.")
+    sync: str | None = pydantic.Field(
+        default=None,
+        description="A customer sync in the same defs folder whose key the column holds, resolved to the "
+        "customer's id through that sync's writeback. Without it the column holds Stripe ids (cus_...).",
+    )
+
+
+class MeterEventSettings(_Strict):
+    """Usage rows become Stripe Billing meter events, each sent once."""
+
+    event_name: str | None = pydantic.Field(
+        default=None, description="The meter's event name, the same for every row; or `event_name_column`."
+    )
+    event_name_column: str | None = pydantic.Field(default=None, description="A column holding the event name.")
+    customer: MeterCustomer
+    value_column: str = pydantic.Field(description="The usage to bill: a number.")
+    timestamp_column: str = pydantic.Field(
+        description="When the usage happened: Stripe accepts the past 35 days up to 5 minutes ahead."
+    )
+    identity: list[str] = pydantic.Field(
+        min_length=1,
+        description="The columns that make a row one event (e.g. customer and day); the event's identifier "
+        "is derived from them and the sync's name.",
+    )
+    api: Literal["stream", "v1"] = pydantic.Field(
+        default="stream",
+        description="`stream`: Stripe's v2 meter event stream, 100 events per request (up to 10,000 requests/s "
+        "live); `v1`: one event per request (up to 1,000/s live).",
+    )
+    customer_payload_key: str = pydantic.Field(
+        default="stripe_customer_id", description="The meter's customer mapping key in the event payload."
+    )
+    value_payload_key: str = pydantic.Field(default="value", description="The meter's value key in the payload.")
+    correct_changed: bool = pydantic.Field(
+        default=False,
+        description="An event whose value changed in the model after it was sent is cancelled (a meter "
+        "event adjustment) and sent again with the new value, while Stripe allows (24 hours). "
+        "Otherwise, and afterwards, it is reported and left as sent.",
+    )
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """Every model column read, by the setting that names it."""
+        named = {
+            "meter_event.customer.column": self.customer.column,
+            "meter_event.value_column": self.value_column,
+            "meter_event.timestamp_column": self.timestamp_column,
+        }
+        if self.event_name_column:
+            named["meter_event.event_name_column"] = self.event_name_column
+        named |= {f"meter_event.identity.{index}": column for index, column in enumerate(self.identity)}
+        return named
+
+
 class SyncSettings(_Strict):
     """Every setting a person writes; checked as a whole by `sync_spec`."""
 
@@ -107,10 +165,12 @@ class SyncSettings(_Strict):
         description="The dbt project holding the model: a folder, relative to the Dagster project's root. Its "
         "manifest is read from target/manifest.json (`dbt parse` writes it). Default: this repository's dbt_project/.",
     )
-    object: Literal["customer", "product", "price"] = pydantic.Field(
+    object: Literal["customer", "product", "price", "meter_event"] = pydantic.Field(
         default="customer", description="The kind of Stripe object each model row becomes."
     )
-    behavior: Behavior
+    behavior: Behavior | None = pydantic.Field(
+        default=None, description="Customers, products and prices: required. Meter events are only ever created."
+    )
     stripe_resource: str = pydantic.Field(
         default="stripe",
         description="The Dagster resource (a StripeResource) the sync writes through; e.g. another one for a "
@@ -126,7 +186,12 @@ class SyncSettings(_Strict):
         description="Prices: the sync that writes their products. The price's `product` column holds that sync's "
         "key, resolved to its Stripe id through that sync's state.",
     )
-    key: SyncKey
+    key: SyncKey | None = pydantic.Field(
+        default=None, description="Customers, products and prices: required. Meter events use meter_event.identity."
+    )
+    meter_event: MeterEventSettings | None = pydantic.Field(
+        default=None, description="Meter events: required; how a usage row becomes an event."
+    )
     mapping: dict[str, str] = pydantic.Field(default_factory=dict, description="Stripe field <- model column.")
     constants: dict[str, str | int | float | bool] = pydantic.Field(
         default_factory=dict, description="Stripe field <- the same value on every object."
@@ -164,9 +229,11 @@ class SyncSettings(_Strict):
 
 
 class SyncSpec(SyncSettings):
-    """The settings of one sync, checked, with its name settled."""
+    """The settings of one sync of Stripe objects (customers, products, prices), checked, with its name settled."""
 
     name: str
+    behavior: Behavior
+    key: SyncKey
 
     @property
     def object_type(self) -> StripeObjectType:
@@ -284,16 +351,90 @@ ATTRIBUTES = "attributes"
 COMPONENT_FILE_KEYS = {"type", ATTRIBUTES, "template_vars_module", "requirements", "post_processing"}
 
 
-def sync_spec(settings: SyncSettings, default_name: str, path: Path | str) -> SyncSpec:
+class MeterEventSpec(SyncSettings):
+    """The settings of one meter event sync, checked, with its name settled."""
+
+    name: str
+    meter_event: MeterEventSettings
+
+    @property
+    def other_columns(self) -> dict[str, str]:
+        """Every model column the sync reads, by the setting that names it."""
+        named = dict(self.meter_event.columns)
+        if self.partitions:
+            named["partitions." + ("time" if self.partitions.time else "values") + ".column"] = self.partitions.column
+        return named
+
+
+AnySyncSpec = SyncSpec | MeterEventSpec
+
+# What a meter event sync must leave unset, and why.
+_NOT_FOR_METER_EVENTS = {
+    "key": "meter events have no key: meter_event.identity names the columns that make a row one event",
+    "mapping": "a meter event's fields are set under meter_event",
+    "constants": "a meter event's fields are set under meter_event",
+    "archive_missing": "meter events are never archived",
+    "product_sync": "only prices refer to a product sync",
+    "automation": "a meter event sync runs per partition, or when you start it",
+}
+
+
+def _meter_event_problems(spec: MeterEventSpec) -> list[tuple[str, str]]:
+    problems = []
+    if not _NAME.match(spec.name):
+        problems.append(("name", f"use letters, digits and underscores, starting with a letter, got {spec.name!r}"))
+    given = spec.model_fields_set
+    for setting, why in _NOT_FOR_METER_EVENTS.items():
+        if setting in given and getattr(spec, setting):
+            problems.append((setting, why))
+    if spec.behavior not in (None, "create_only"):
+        problems.append(("behavior", "meter events are only ever created: leave behavior out, or create_only"))
+    meter = spec.meter_event
+    if (meter.event_name is None) == (meter.event_name_column is None):
+        problems.append(("meter_event", "give exactly one of event_name or event_name_column"))
+    if meter.event_name is not None and not 0 < len(meter.event_name) <= MAX_EVENT_NAME:
+        problems.append(("meter_event.event_name", f"Stripe takes 1 to {MAX_EVENT_NAME} characters"))
+    if len(set(meter.identity)) != len(meter.identity):
+        problems.append(("meter_event.identity", "a column is named twice"))
+    if meter.customer_payload_key == meter.value_payload_key:
+        problems.append(("meter_event.value_payload_key", "the customer and the value need two payload keys"))
+    return problems
+
+
+MAX_EVENT_NAME = 100
+
+
+def _as_problems(error: pydantic.ValidationError) -> list[tuple[str, str]]:
+    return [(".".join(str(part) for part in e["loc"]), e["msg"]) for e in error.errors()]
+
+
+def sync_spec(settings: SyncSettings, default_name: str, path: Path | str) -> AnySyncSpec:
     """The settings with their name settled, or SyncConfigError listing every problem at once."""
-    spec = SyncSpec.model_validate({**settings.model_dump(exclude_unset=True), "name": settings.name or default_name})
-    problems = _semantic_problems(spec)
+    data = {**settings.model_dump(exclude_unset=True), "name": settings.name or default_name}
+    spec: AnySyncSpec
+    try:
+        if settings.object == "meter_event":
+            spec = MeterEventSpec.model_validate(data)
+            problems = _meter_event_problems(spec)
+        else:
+            spec = SyncSpec.model_validate(data)
+            problems = _semantic_problems(spec)
+    except pydantic.ValidationError as error:
+        problems = _as_problems(error)
     if problems:
         raise SyncConfigError(path, [(f"{ATTRIBUTES}.{field}", problem) for field, problem in problems])
     return spec
 
 
-def parse_sync_spec(text: str, path: Path | str) -> SyncSpec:
+def object_sync_spec(settings: SyncSettings, default_name: str, path: Path | str) -> SyncSpec:
+    """`sync_spec` for where only a sync of Stripe objects fits (customers, products, prices)."""
+    spec = sync_spec(settings, default_name, path)
+    if not isinstance(spec, SyncSpec):
+        raise SyncConfigError(path, [(f"{ATTRIBUTES}.object", "expected a customer, product or price sync")])
+    return spec
+
+
+def parse_sync_spec(text: str, path: Path | str) -> AnySyncSpec:
     """A StripeSyncComponent's defs.yaml read without Dagster (the demo's summary, benchmarks, tests),
     or its attributes alone; the name defaults to the instance's folder, or the file's stem."""
     try:
@@ -318,23 +459,24 @@ def parse_sync_spec(text: str, path: Path | str) -> SyncSpec:
         settings = SyncSettings.model_validate(raw)
     except pydantic.ValidationError as error:
         raise SyncConfigError(
-            path,
-            [(".".join([ATTRIBUTES, *(str(part) for part in e["loc"])]), e["msg"]) for e in error.errors()],
+            path, [(f"{ATTRIBUTES}.{field}", problem) for field, problem in _as_problems(error)]
         ) from None
     return sync_spec(settings, default_name, path)
 
 
-def load_sync_spec(path: Path) -> SyncSpec:
+def load_sync_spec(path: Path) -> AnySyncSpec:
     return parse_sync_spec(path.read_text(), path)
 
 
-def check_model_columns(spec: SyncSpec, model_columns: Iterable[str], path: Path | str) -> None:
+def check_model_columns(spec: AnySyncSpec, model_columns: Iterable[str], path: Path | str) -> None:
     """Fail, naming the file and field, when the sync reads a column its model does not have."""
     available = list(model_columns)
     known = {column.lower() for column in available}
     # The columns come from the model's dbt .yml; a model documented nowhere has none to check.
     declared = f"columns: {', '.join(available)}" if available else "it declares no columns: list them in its dbt .yml"
-    named = {"key.column" if f == spec.key.field else f"mapping.{f}": c for f, c in spec.columns_by_field.items()}
+    named = {}
+    if isinstance(spec, SyncSpec):
+        named = {"key.column" if f == spec.key.field else f"mapping.{f}": c for f, c in spec.columns_by_field.items()}
     problems = [
         (
             f"{ATTRIBUTES}.{setting}",

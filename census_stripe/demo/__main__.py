@@ -23,7 +23,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from census_stripe.demo.local_stripe import LocalStripe, free_port, stop_process_group
@@ -277,7 +277,7 @@ def run() -> int:
         counts = write_seeds(demo_customer_count(), pro_price_raised=raise_a_price_once_the_catalog_is_in_stripe(env))
         print("Demo data: " + ", ".join(f"{table} {n} rows" for table, n in counts.items()))
         print(f"Running Dagster job {JOB!r}: dbt build, then the Stripe sync ...")
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         with open(DATA_DIR / "demo.log", "w") as log:
             result = subprocess.run(
                 ["dagster", "job", "execute", "-m", "census_stripe.definitions", "-j", JOB],

@@ -31,7 +31,7 @@ _WRITE_WITH_CHANGES, _WRITE_UNCHANGED, _SKIP = range(3)
 _SKIPS = (Action.SKIP_NOT_FOUND, Action.SKIP_EXISTING)
 
 
-def _table(records: list[dict], *columns: tuple[str, str]) -> dg.MetadataValue:
+def metadata_table(records: list[dict], *columns: tuple[str, str]) -> dg.MetadataValue:
     """A table of the first PREVIEW_ROWS records, without the columns that are empty in all of them."""
     shown = records[:PREVIEW_ROWS]
     kept = [(name, about) for name, about in columns if any(record.get(name) not in (None, "") for record in shown)]
@@ -149,7 +149,7 @@ def _preview(report: SyncReport, rows: list[PlannedRow], privacy: _Privacy) -> d
         }
         for row in rows
     ]
-    return _table(
+    return metadata_table(
         records,
         ("key", "The row's mapping key, as in the model"),
         ("changes", "create, update or skip, then field: before → after for the fields that change"),
@@ -176,7 +176,7 @@ def _problems(
         }
         for row, stripe_id, reason in rows
     ]
-    return _table(
+    return metadata_table(
         records,
         ("key", "The row's mapping key, as in the model"),
         ("reason", "Why the row was not written; Stripe's own message when Stripe refused it"),
@@ -190,7 +190,7 @@ def reason_kind(reason: str) -> str:
 
 
 def _counted(reasons: list[str], about: str) -> dg.MetadataValue:
-    return _table(
+    return metadata_table(
         [{"reason": reason, "rows": str(n)} for reason, n in Counter(reasons).most_common()],
         ("reason", about),
         ("rows", "Rows with this reason"),
@@ -318,7 +318,7 @@ def report_metadata(report: SyncReport, object_url: Callable[[str], str | None])
         metadata["skipped_rows"] = _problems([(row, row.stripe_id, row.reason) for row in skipped], privacy, name)
     duplicates = [row for row in report.plan.rows if row.stripe_duplicates]
     if duplicates:
-        metadata["stripe_duplicates"] = _table(
+        metadata["stripe_duplicates"] = metadata_table(
             [
                 {
                     "key": privacy.key(row.candidate.key),

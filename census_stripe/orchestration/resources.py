@@ -13,7 +13,14 @@ from census_stripe.stripe_client.values import dashboard_url
 
 if TYPE_CHECKING:
     from census_stripe.objects.base import StripeObjectType
+    from census_stripe.spec import MeterEventSettings
     from census_stripe.stripe_client.client import StripeObjects
+    from census_stripe.stripe_client.meter_types import MeterEventApi
+
+
+LIVE_KEY_REFUSED = (
+    "STRIPE_API_KEY is a live-mode key; set allow_live_mode on the stripe resource to sync to live Stripe"
+)
 
 
 class StripeResource(dg.ConfigurableResource):
@@ -42,6 +49,13 @@ class StripeResource(dg.ConfigurableResource):
         default=0.1, ge=0, lt=1, description="Share of every rate limit left for the account's other traffic."
     )
     concurrency: int = Field(default=16, ge=1, description="Stripe requests in flight at once.")
+    meter_event_requests_per_second: float = Field(
+        default=1000, description="Rate limit of v1 meter events (Stripe's own limit, apart from the account's)."
+    )
+    meter_event_stream_requests_per_second: float = Field(
+        default=10000, description="Rate limit of meter event stream requests, each up to 100 events."
+    )
+    meter_event_concurrency: int = Field(default=200, ge=1, description="Meter event requests in flight at once.")
 
     def objects(self, object_type: StripeObjectType | None = None) -> StripeObjects:
         """The endpoints of one object type (customers by default), within the account's budget."""
@@ -52,9 +66,7 @@ class StripeResource(dg.ConfigurableResource):
 
         check_api_key(self.api_key)
         if is_live_key(self.api_key) and not self.allow_live_mode:
-            raise StripeAccessError(
-                "STRIPE_API_KEY is a live-mode key; set allow_live_mode on the stripe resource to sync to live Stripe"
-            )
+            raise StripeAccessError(LIVE_KEY_REFUSED)
         limits = RateLimits(
             account=self.account_requests_per_second,
             endpoints=tuple(
@@ -69,6 +81,24 @@ class StripeResource(dg.ConfigurableResource):
         )
         budget = shared_budget(self.api_key, self.api_base, limits)
         return StripeObjects(self.api_key, self.api_base, budget, object_type=object_type or CUSTOMER)
+
+    def meter_events(self, settings: MeterEventSettings) -> MeterEventApi:
+        """The endpoint a meter event sync sends through; made inside the run's event loop."""
+        from census_stripe.stripe_client.meter_events import MeterEventStream, V1MeterEvents
+        from census_stripe.stripe_client.meter_types import MeterLimits
+
+        check_api_key(self.api_key)
+        if is_live_key(self.api_key) and not self.allow_live_mode:
+            raise StripeAccessError(LIVE_KEY_REFUSED)
+        limits = MeterLimits(
+            v1_requests_per_second=self.meter_event_requests_per_second,
+            stream_requests_per_second=self.meter_event_stream_requests_per_second,
+            concurrency=self.meter_event_concurrency,
+        )
+        endpoint = MeterEventStream if settings.api == "stream" else V1MeterEvents
+        return endpoint(
+            self.api_key, self.api_base, limits, (settings.customer_payload_key, settings.value_payload_key)
+        )
 
     def dashboard_url(self, stripe_id: str, plural: str = "customers") -> str | None:
         return dashboard_url(stripe_id, self.api_key, self.api_base, plural)

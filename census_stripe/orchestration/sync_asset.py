@@ -22,6 +22,7 @@ from census_stripe.plan.sql import ModelSlice
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.spec import (
     ATTRIBUTES,
+    AnySyncSpec,
     PartitionsSpec,
     SyncConfigError,
     SyncSpec,
@@ -49,19 +50,19 @@ class SyncRunConfig(dg.Config):
 
 @dataclass(frozen=True)
 class Sync:
-    spec: SyncSpec
+    spec: AnySyncSpec
     path: Path
     model: DbtModel
 
 
-def manifest_path(spec: SyncSpec, project_root: Path) -> Path:
+def manifest_path(spec: AnySyncSpec, project_root: Path) -> Path:
     """The manifest of the sync's dbt project: the setting's, or the demo project's for this warehouse."""
     if spec.dbt_project is None:
         return dbt_project.manifest_path
     return project_root / spec.dbt_project / "target" / "manifest.json"
 
 
-def resolve_sync(spec: SyncSpec, path: Path, manifest: Path) -> Sync:
+def resolve_sync(spec: AnySyncSpec, path: Path, manifest: Path) -> Sync:
     """The sync checked against its dbt model; SyncConfigError names the file and field if not."""
     if not manifest.exists():
         where = f"{ATTRIBUTES}.dbt_project" if spec.dbt_project else ATTRIBUTES
@@ -79,7 +80,7 @@ def load_sync(path: Path, manifest: Path = dbt_project.manifest_path) -> Sync:
     return resolve_sync(load_sync_spec(path), path, manifest)
 
 
-def _shown_path(path: Path) -> str:
+def shown_path(path: Path) -> str:
     """The sync file as a person finds it in the repository."""
     path = path.resolve()
     return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
@@ -125,7 +126,7 @@ def sync_description(spec: SyncSpec, model_name: str) -> str:
     )
 
 
-def sync_asset_key(spec: SyncSpec) -> dg.AssetKey:
+def sync_asset_key(spec: AnySyncSpec) -> dg.AssetKey:
     return sync_asset_key_of(spec.name)
 
 
@@ -179,7 +180,10 @@ def check_results(spec: SyncSpec, report: SyncReport) -> list[dg.AssetCheckResul
 
 
 def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
+    """The asset of a customer, product or price sync (meter events: meter_event_asset.py)."""
     spec, model = sync.spec, sync.model
+    if not isinstance(spec, SyncSpec):
+        raise TypeError(f"sync {spec.name} sends meter events: build it with build_meter_event_asset")
     key = sync_asset_key(spec)
 
     @dg.asset(
@@ -190,7 +194,7 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
         kinds={"stripe", warehouse_kind},
         description=sync_description(spec, model.name),
         metadata={
-            SYNC_FILE_METADATA: dg.MetadataValue.path(_shown_path(sync.path)),
+            SYNC_FILE_METADATA: dg.MetadataValue.path(shown_path(sync.path)),
             "object": spec.object,
             "behavior": spec.behavior,
             "mapping_key": f"{spec.key.field} <- {spec.key.column}",

@@ -11,12 +11,13 @@ import dagster as dg
 from census_stripe.orchestration.sync_asset import Sync, sync_asset_key
 from census_stripe.orchestration.warehouses import WarehouseResource
 from census_stripe.plan.sql import fingerprint_query
-from census_stripe.spec import ATTRIBUTES, SyncConfigError
+from census_stripe.spec import ATTRIBUTES, SyncConfigError, SyncSpec
 from census_stripe.sync import as_stored
 
 
 def model_fingerprint(sync: Sync, warehouse: WarehouseResource) -> str:
     """A short digest of the model's rows as the sync reads them, computed in the warehouse."""
+    assert isinstance(sync.spec, SyncSpec), "only syncs of Stripe objects have triggers"
     with warehouse.open(read_only=True) as session:
         spec, model = as_stored(sync.spec, sync.model.relation, session)
         watch = spec.automation.watch

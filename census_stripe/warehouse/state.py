@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from itertools import islice
 from typing import TYPE_CHECKING
@@ -84,7 +84,7 @@ CHANGES_PER_WRITE = 10_000
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class StateStatus(str, Enum):
@@ -166,6 +166,7 @@ class SyncStateStore:
         self.rejections = Relation(schema, "sync_rejections")
         self.accounts = Relation(schema, "stripe_accounts")
         self.changes = Relation(schema, "sync_changes")
+        self.ledger = Relation(schema, "meter_event_ledger")  # meter event syncs' (warehouse/ledger.py)
 
     def ensure_tables(self) -> None:
         """Create the schema and tables, and add any column a newer version brought. Safe to rerun."""

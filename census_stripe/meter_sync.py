@@ -1,0 +1,244 @@
+"""One run of one meter event sync, without Dagster: usage rows -> verdicts -> ledger -> Stripe.
+
+    report = run_meter_event_sync(spec, model=model, store=SyncStateStore(warehouse), stripe=stripe, run_id="...")
+
+1. Every row of the model (or of the partition) is judged against the ledger in one query
+   (plan/meter_events.py): new, already sent, changed since, in doubt, or rejected with a reason.
+2. New events are queued in the ledger (one INSERT ... SELECT, inside the warehouse); events in
+   doubt from a run that died are claimed; changed ones are corrected if the sync opts in.
+3. The run's events are read back in chunks and sent (apply/meter_events.py), each chunk marked
+   attempted before its first request and settled after its last answer.
+
+Sent once: the ledger remembers every accepted event for ever, and an event whose fate is unknown
+is sent again only while Stripe's 24-hour deduplication still covers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import sqlglot
+
+from census_stripe.apply.meter_events import Chunk, DeliveryReport, deliver
+from census_stripe.plan import meter_events as plan
+from census_stripe.plan.meter_events import CustomerSource
+from census_stripe.plan.sql import ModelSlice
+from census_stripe.spec import MeterEventSpec
+from census_stripe.stripe_client.errors import StripeAccessError, StripeUnreachableError
+from census_stripe.stripe_client.meter_types import Delivery, MeterEvent, MeterEventApi
+from census_stripe.stripe_client.values import StripeAccount
+from census_stripe.warehouse.base import Relation, Warehouse, literal
+from census_stripe.warehouse.ledger import MeterEventLedger
+from census_stripe.warehouse.state import Rejection, SyncStateStore, utc_now
+
+log = logging.getLogger(__name__)
+CHUNK_EVENTS = 20_000
+REJECTIONS_RECORDED = 10_000  # per run, in sync_rejections; the counts cover them all
+SAMPLE = 100
+
+
+@dataclass(frozen=True)
+class MeterRunOptions:
+    dry_run: bool = False
+    model_slice: ModelSlice | None = None
+
+
+@dataclass
+class MeterEventReport:
+    spec: MeterEventSpec
+    options: MeterRunOptions
+    account: StripeAccount
+    verdicts: dict[str, int]
+    delivery: DeliveryReport = field(default_factory=DeliveryReport)
+    rejected_sample: list[dict] = field(default_factory=list)  # rows rejected before any call, with reasons
+    attention_sample: list[dict] = field(default_factory=list)  # changed after sent, or unconfirmed
+    corrected: int = 0
+    stripe_calls: int = 0
+    rate_limited: int = 0
+    ledger_table: str = ""
+
+    @property
+    def rows_read(self) -> int:
+        return sum(self.verdicts.values())
+
+    @property
+    def rejected(self) -> int:
+        return sum(count for verdict, count in self.verdicts.items() if verdict in plan.REJECTIONS)
+
+    def counts(self) -> dict[str, int]:
+        """Stable names: the UI plots each over runs."""
+        verdicts = self.verdicts
+        return {
+            "rows_read": self.rows_read,
+            "planned_events": verdicts.get(plan.NEW, 0) + verdicts.get(plan.RESEND, 0) + self.corrected,
+            "already_sent": verdicts.get(plan.SENT, 0),
+            "resent_in_doubt": verdicts.get(plan.RESEND, 0),
+            "changed_after_sent": verdicts.get(plan.CHANGED, 0),
+            "corrected": self.corrected,
+            "unconfirmed": verdicts.get(plan.UNCONFIRMED, 0),
+            "rejected": self.rejected,
+            "accepted": self.delivery.accepted,
+            "refused": self.delivery.refused,
+            "in_doubt": self.delivery.in_doubt,
+            "stripe_api_calls": self.stripe_calls,
+            "stripe_rate_limited": self.rate_limited,
+        }
+
+
+def _events(columns: dict[str, list]) -> list[MeterEvent]:
+    from census_stripe.stripe_client.meter_events import MeterEvent
+
+    return [
+        MeterEvent(identifier, event_name, customer, value, timestamp)
+        for identifier, event_name, customer, value, timestamp in zip(
+            columns["identifier"],
+            columns["event_name"],
+            columns["stripe_customer_id"],
+            columns["value"],
+            columns["event_time"],
+            strict=True,
+        )
+    ]
+
+
+def run_meter_event_sync(
+    spec: MeterEventSpec,
+    *,
+    model: Relation,
+    store: SyncStateStore,
+    api: Callable[[], MeterEventApi],
+    account_of: Callable[[], StripeAccount],
+    customers: CustomerSource,
+    run_id: str,
+    options: MeterRunOptions = MeterRunOptions(),
+    concurrency: int = 200,
+    now: Callable[[], datetime] = utc_now,
+    log: logging.Logger = log,
+) -> MeterEventReport:
+    """`api` makes the Stripe client inside the run's event loop; `account_of` names the account
+    (remembered per key and server, as the other syncs do)."""
+    store.ensure_tables()
+    account = account_of()
+    ledger = MeterEventLedger(store.warehouse, store.ledger, spec.name, account.key)
+    ledger.ensure_table()
+    ledger.drop_queued()
+    query = plan.events_query(
+        spec, model, options.model_slice, store.state, store.ledger, account.key, customers, now()
+    )
+    verdicts = _verdict_counts(store, query)
+    report = MeterEventReport(spec, options, account, verdicts, ledger_table=ledger.name)
+    report.rejected_sample = _rows(store, query, list(plan.REJECTIONS), SAMPLE)
+    report.attention_sample = _rows(store, query, [plan.CHANGED, plan.UNCONFIRMED], SAMPLE)
+    log.info("meter event sync %s, account %s: %s", spec.name, account, verdicts)
+    if options.dry_run:
+        return report
+    _record_rejections(store, spec, account, run_id, query)
+    ledger.queue(_select(query, [plan.NEW], "event_key, event_name, stripe_customer_id, value, event_time"), run_id)
+    ledger.claim(_select(query, [plan.RESEND], "event_key"), run_id)
+    try:
+        asyncio.run(_send(spec, ledger, api, report, run_id, query, concurrency, now))
+    finally:
+        ledger.forget_unsent(run_id)
+    return report
+
+
+async def _send(
+    spec: MeterEventSpec,
+    ledger: MeterEventLedger,
+    make_api: Callable[[], MeterEventApi],
+    report: MeterEventReport,
+    run_id: str,
+    query: str,
+    concurrency: int,
+    now: Callable[[], datetime],
+) -> None:
+    api = make_api()
+    try:
+        if spec.meter_event.correct_changed:
+            report.corrected = await _correct(api, ledger, query, run_id, now())
+
+        def before_sending(chunk: Chunk) -> None:
+            ledger.mark_attempted(run_id, chunk.first, chunk.last, now())
+
+        def after_answers(chunk: Chunk) -> None:
+            open_ones = [event.identifier for event, _ in chunk.refused + chunk.in_doubt]
+            ledger.settle(run_id, chunk.first, chunk.last, now(), open_ones, [e.identifier for e, _ in chunk.refused])
+
+        chunks: Iterator[list[MeterEvent]] = map(_events, ledger.to_send(run_id, CHUNK_EVENTS))
+        try:
+            report.delivery = await deliver(
+                chunks, api, concurrency=concurrency, before_sending=before_sending, after_answers=after_answers
+            )
+        except* (StripeUnreachableError, StripeAccessError) as group:
+            # The first cause, as a plain error: the run fails with Stripe's reason.
+            raise group.exceptions[0] from None
+    finally:
+        report.stripe_calls = api.calls
+        report.rate_limited = api.rate_limited
+        await api.close()
+
+
+async def _correct(api: MeterEventApi, ledger: MeterEventLedger, query: str, run_id: str, now: datetime) -> int:
+    """Cancel the events whose value changed while Stripe still counts them, and queue the new values
+    under the next identifier. An event Stripe would not cancel stays as sent, and reported."""
+    window = literal(now - plan.RESEND_WITHIN).sql("duckdb")
+    changed = f"{_select(query, [plan.CHANGED], '*')} AND accepted_at > {window}"
+    rows = ledger.warehouse.query(_transpiled(ledger.warehouse, changed))
+    cancelled = []
+    for event_key, event_name, identifier in zip(
+        rows["event_key"], rows["event_name"], rows["sent_identifier"], strict=True
+    ):
+        outcome = await api.cancel(event_name, identifier)
+        if outcome.delivery is Delivery.ACCEPTED:
+            cancelled.append(event_key)
+        else:
+            log.warning(
+                "meter event %s changed after it was sent; Stripe did not cancel it: %s", identifier, outcome.error
+            )
+    if cancelled:
+        keys = ", ".join(literal(key).sql("duckdb") for key in cancelled)
+        ledger.revise(f"SELECT event_key, value FROM ({changed}) AS corrected WHERE event_key IN ({keys})", run_id)
+    return len(cancelled)
+
+
+def _select(query: str, verdicts: list[str], columns: str) -> str:
+    chosen = ", ".join(f"'{verdict}'" for verdict in verdicts)
+    return f"SELECT {columns} FROM ({query}) AS planned WHERE verdict IN ({chosen})"
+
+
+def _verdict_counts(store: SyncStateStore, query: str) -> dict[str, int]:
+    counted = store.warehouse.query(
+        _transpiled(store.warehouse, f"SELECT verdict, COUNT(*) AS events FROM ({query}) AS planned GROUP BY verdict")
+    )
+    return {str(verdict): int(count) for verdict, count in zip(counted.iloc[:, 0], counted.iloc[:, 1], strict=True)}
+
+
+def _rows(store: SyncStateStore, query: str, verdicts: list[str], limit: int) -> list[dict]:
+    columns = "event_key, verdict, event_name, stripe_customer_id, value, sent_value, event_time"
+    sql = f"{_select(query, verdicts, columns)} ORDER BY event_time, event_key LIMIT {limit}"
+    return store.warehouse.query(_transpiled(store.warehouse, sql)).to_dict("records")
+
+
+def _record_rejections(
+    store: SyncStateStore, spec: MeterEventSpec, account: StripeAccount, run_id: str, query: str
+) -> None:
+    rows = _rows(store, query, list(plan.REJECTIONS), REJECTIONS_RECORDED)
+    rejections = [
+        Rejection(
+            row["event_key"],
+            None,
+            "rejected",
+            plan.REJECTIONS[row["verdict"]],
+            {name: None if value is None else str(value) for name, value in row.items() if name != "verdict"},
+        )
+        for row in rows
+    ]
+    store.record_rejections(spec.name, account.key, run_id, rejections)
+
+
+def _transpiled(warehouse: Warehouse, duckdb_sql: str) -> str:
+    return sqlglot.transpile(duckdb_sql, read="duckdb", write=warehouse.dialect)[0]

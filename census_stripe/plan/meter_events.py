@@ -1,0 +1,162 @@
+"""What a meter event sync will do with each usage row, decided in one query inside the warehouse.
+
+Every row of the model (or of the partition) gets its event key (a digest of the sync's name and the
+row's identity columns), its Stripe customer, and a verdict against the ledger:
+
+    new          never sent: queue it
+    sent         Stripe has it with this value: nothing to do
+    changed      Stripe has it with another value: report it (or correct it, if the sync opts in)
+    resend       sent by a run that did not see the answer, less than RESEND_WITHIN ago: send it
+                 again under the same identifier; Stripe drops it if it has it
+    unconfirmed  the same, but Stripe's 24-hour deduplication has passed: report it, never resend
+    duplicate, no_identity, no_customer, not_a_customer_id, no_value, bad_value, no_timestamp,
+    too_old, in_future: rejected before any call, with a reason
+
+A rerun of a day whose events are all sent reads the partition once and sends nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlglot import exp
+
+from census_stripe.plan.keys import key_sql
+from census_stripe.plan.sql import ModelSlice
+from census_stripe.spec import MeterEventSpec
+from census_stripe.warehouse.base import Relation, literal
+
+# Stripe: a timestamp within the past 35 days, at most 5 minutes ahead. The oldest events are kept
+# an hour clear of the edge, so that one does not leave the window while its run sends.
+STRIPE_PAST_WINDOW = timedelta(days=35)
+PAST_MARGIN = timedelta(hours=1)
+STRIPE_FUTURE_WINDOW = timedelta(minutes=5)
+# Stripe deduplicates identifiers for 24 hours; an event in doubt is sent again only well inside that.
+RESEND_WITHIN = timedelta(hours=23)
+
+NEW, SENT, CHANGED, RESEND, UNCONFIRMED = "new", "sent", "changed", "resend", "unconfirmed"
+REJECTIONS = {
+    "duplicate": "several rows share this identity: make meter_event.identity name the columns that tell them apart",
+    "no_identity": "an identity column is empty",
+    "no_customer": "no Stripe customer for this key in the customer sync (not synced yet, or rejected there)",
+    "not_a_customer_id": "not a Stripe customer id (cus_...)",
+    "no_value": "the value is empty",
+    "bad_value": "the value is not a number",
+    "no_timestamp": "the timestamp is empty",
+    "too_old": "older than Stripe accepts (35 days)",
+    "in_future": "more than 5 minutes in the future, which Stripe refuses",
+}
+
+
+@dataclass(frozen=True)
+class CustomerSource:
+    """Where a usage row's customer id comes from: a customer sync's writeback, or the row itself."""
+
+    sync_name: str | None = None  # None: the column holds cus_ ids
+    key_field: str | None = None  # the customer sync's key field (how its keys are normalized)
+
+
+def _column(name: str, table: str | None = None) -> exp.Column:
+    return exp.column(name, table, quoted=True)
+
+
+def _text(expression: exp.Expression) -> exp.Expression:
+    return exp.cast(expression, "text")
+
+
+def _is_null(expression: exp.Expression) -> exp.Expression:
+    return exp.Is(this=expression, expression=exp.Null())
+
+
+def events_query(
+    spec: MeterEventSpec,
+    model: Relation,
+    where: ModelSlice | None,
+    state: Relation,
+    ledger: Relation,
+    account: str,
+    customers: CustomerSource,
+    now: datetime,
+) -> str:
+    """Every usage row with its event, its ledger entry and its verdict, in DuckDB's SQL."""
+    meter = spec.meter_event
+    identity = [_text(_column(name, "usage")) for name in meter.identity]
+    digest_input = exp.func("concat_ws", exp.Literal.string("\x1f"), exp.Literal.string(spec.name), *identity)
+    event_name = (
+        _text(_column(meter.event_name_column, "usage"))
+        if meter.event_name_column
+        else exp.Literal.string(meter.event_name or "")
+    )
+    customer_value = _text(_column(meter.customer.column, "usage"))
+    value = _text(_column(meter.value_column, "usage"))
+    rows = exp.select(
+        exp.alias_(exp.func("md5", digest_input), "event_key"),
+        exp.alias_(event_name, "event_name"),
+        exp.alias_(exp.cast(_column(meter.timestamp_column, "usage"), "timestamp"), "event_time"),
+        exp.alias_(exp.func("trim", value), "value"),
+        exp.alias_(exp.or_(*(_is_null(part.copy()) for part in identity)), "identity_missing"),
+    ).from_(exp.alias_(model.table(), "usage"))
+    if customers.sync_name:
+        assert customers.key_field, "a customer sync has a key field"
+        state_rows = exp.and_(
+            _column("sync_name", "customer_state").eq(exp.Literal.string(customers.sync_name)),
+            _column("stripe_account", "customer_state").eq(exp.Literal.string(account)),
+            _column("customer_key", "customer_state").eq(key_sql(customers.key_field, customer_value)),
+        )
+        rows = rows.select(
+            exp.alias_(_column("stripe_customer_id", "customer_state"), "stripe_customer_id"),
+            exp.alias_(exp.false(), "customer_malformed"),
+        ).join(exp.alias_(state.table(), "customer_state"), on=state_rows, join_type="left")
+    else:
+        trimmed = exp.func("trim", customer_value)
+        rows = rows.select(
+            exp.alias_(trimmed, "stripe_customer_id"),
+            exp.alias_(
+                exp.Not(this=exp.func("starts_with", trimmed.copy(), exp.Literal.string("cus_"))), "customer_malformed"
+            ),
+        )
+    if where:
+        rows = rows.where(where.condition().transform(lambda node: _in_usage(node)))
+    return _verdicts(rows.sql("duckdb"), ledger, spec.name, account, now)
+
+
+def _in_usage(node: exp.Expression) -> exp.Expression:
+    """The slice's column, read from the model (aliased `usage`) rather than the joined state."""
+    if isinstance(node, exp.Column) and not node.table:
+        return exp.column(node.name, "usage", quoted=True)
+    return node
+
+
+def _verdicts(rows_sql: str, ledger: Relation, sync_name: str, account: str, now: datetime) -> str:
+    def moment(delta: timedelta) -> str:
+        return literal(now + delta).sql("duckdb")
+
+    ledger_rows = (
+        "SELECT event_key, identifier AS sent_identifier, value AS sent_value, attempted_at, accepted_at "
+        f"FROM {ledger.table().sql('duckdb')} WHERE sync_name = {literal(sync_name).sql('duckdb')} "
+        f"AND stripe_account = {literal(account).sql('duckdb')}"
+    )
+    return f"""
+WITH usage_rows AS ({rows_sql}),
+counted AS (SELECT *, COUNT(*) OVER (PARTITION BY event_key) AS copies FROM usage_rows)
+SELECT counted.event_key, event_name, stripe_customer_id, value, event_time, sent_identifier, sent_value,
+  attempted_at, accepted_at,
+  CASE
+    WHEN identity_missing THEN 'no_identity'
+    WHEN copies > 1 THEN 'duplicate'
+    WHEN accepted_at IS NOT NULL AND sent_value IS NOT DISTINCT FROM value THEN '{SENT}'
+    WHEN accepted_at IS NOT NULL THEN '{CHANGED}'
+    WHEN attempted_at IS NOT NULL AND attempted_at > {moment(-RESEND_WITHIN)} THEN '{RESEND}'
+    WHEN attempted_at IS NOT NULL THEN '{UNCONFIRMED}'
+    WHEN stripe_customer_id IS NULL OR stripe_customer_id = '' THEN 'no_customer'
+    WHEN customer_malformed THEN 'not_a_customer_id'
+    WHEN value IS NULL OR value = '' THEN 'no_value'
+    WHEN TRY_CAST(value AS DOUBLE) IS NULL THEN 'bad_value'
+    WHEN event_time IS NULL THEN 'no_timestamp'
+    WHEN event_time < {moment(PAST_MARGIN - STRIPE_PAST_WINDOW)} THEN 'too_old'
+    WHEN event_time > {moment(STRIPE_FUTURE_WINDOW)} THEN 'in_future'
+    ELSE '{NEW}'
+  END AS verdict
+FROM counted LEFT JOIN ({ledger_rows}) AS sent ON sent.event_key = counted.event_key
+"""

@@ -1,0 +1,238 @@
+"""Stripe's meter event endpoints, asynchronously, through the official SDK over aiohttp.
+
+Usage is sent at Stripe's own limits (1,000 requests/s for v1 in live mode, 10,000 for the v2
+stream, each 100 events), far beyond what a thread per request sustains on a small machine: one
+event loop keeps hundreds of requests in flight.
+
+- `V1MeterEvents`: `POST /v1/billing/meter_events`, one event per request. Stripe refusing an
+  identifier it already has (`resource_already_exists`) means the event is there: accepted.
+- `MeterEventStream`: a meter event session's token, renewed before it expires (or when Stripe
+  says it has), then `POST /v2/billing/meter_event_stream` with up to 100 events; Stripe validates
+  them later, so an accepted request is the last word the sync gets.
+
+Each `send` returns a `BatchOutcome`: accepted, refused by Stripe (it has none of the batch), or in
+doubt (no answer after every retry: it may have them). 429s and 5xx are retried with backoff;
+Stripe deduplicating the identifier makes every retry safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+import stripe
+from stripe.params.billing import MeterEventAdjustmentCreateParams, MeterEventCreateParams
+from stripe.params.v2.billing import MeterEventStreamCreateParams
+
+from census_stripe.stripe_client.errors import StripeAccessError, StripeUnreachableError, redact
+from census_stripe.stripe_client.meter_types import BatchOutcome, Delivery, MeterEvent, MeterLimits
+from census_stripe.stripe_client.rate_limit import AdaptiveBucket
+from census_stripe.stripe_client.values import STRIPE_API_BASE
+
+STRIPE_METER_EVENTS_BASE = "https://meter-events.stripe.com"
+STREAM_BATCH = 100  # Stripe's limit of events per stream request
+MAX_ATTEMPTS = 8
+SESSION_RENEW_BEFORE = timedelta(minutes=1)
+# After this many requests in a row got no answer, Stripe is taken for unreachable and the run stops.
+UNREACHABLE_AFTER = 20
+
+
+class AsyncStripe:
+    """An SDK client whose requests share one aiohttp connection pool, as large as the requests in
+    flight. Made inside the event loop that uses it."""
+
+    def __init__(self, api_key: str, api_base: str | None, concurrency: int):
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(
+            limit=concurrency, ssl=ssl.create_default_context(cafile=stripe.ca_bundle_path)
+        )
+        self._http = stripe.AIOHTTPClient(connector=connector)
+        self.client = stripe.StripeClient(
+            api_key,
+            base_addresses={
+                "api": api_base or STRIPE_API_BASE,
+                "meter_events": api_base or STRIPE_METER_EVENTS_BASE,
+            },
+            http_client=self._http,
+            max_network_retries=0,  # retried here, with the pacing and the unreachable check
+        )
+
+    async def close(self) -> None:
+        await self._http.close_async()
+
+
+class _Attempts:
+    """Retries one request: 429s slow the pacer down, no answers count toward `unreachable`."""
+
+    def __init__(self, api_key: str, pacer: AdaptiveBucket):
+        self.api_key = api_key
+        self.pacer = pacer
+        self.calls = 0
+        self.rate_limited = 0
+        self._unanswered_in_row = 0
+
+    def describe(self, error: stripe.StripeError) -> str:
+        message = " ".join((error.user_message or str(error)).split())
+        status = f" (HTTP {error.http_status})" if error.http_status else ""
+        return redact(f"{type(error).__name__}{status}: {message}", self.api_key)
+
+    async def run(
+        self, request: Callable[[], Any], accepted_when: Callable[[stripe.StripeError], bool]
+    ) -> BatchOutcome:
+        failure = "not attempted"
+        for attempt in range(MAX_ATTEMPTS):
+            await asyncio.sleep(self.pacer.reserve())
+            self.calls += 1
+            try:
+                await request()
+            except stripe.StripeError as error:
+                outcome = self._judge(error, accepted_when)
+                if outcome is not None:
+                    return outcome
+                failure = self.describe(error)
+            else:
+                self._unanswered_in_row = 0
+                return BatchOutcome(Delivery.ACCEPTED)
+            await asyncio.sleep(min(8.0, 0.25 * 2**attempt) * (0.5 + random.random()))
+        return BatchOutcome(Delivery.IN_DOUBT, failure)
+
+    def _judge(
+        self, error: stripe.StripeError, accepted_when: Callable[[stripe.StripeError], bool]
+    ) -> BatchOutcome | None:
+        """The outcome an error settles, or None to try again."""
+        if isinstance(error, (stripe.AuthenticationError, stripe.PermissionError)):
+            raise StripeAccessError(self.describe(error), error.http_status) from None
+        if isinstance(error, stripe.RateLimitError):
+            self.rate_limited += 1
+            self.pacer.throttle()
+            return None
+        if isinstance(error, stripe.APIConnectionError) or (error.http_status or 0) >= 500:
+            self._unanswered_in_row += 1
+            if self._unanswered_in_row >= UNREACHABLE_AFTER:
+                raise StripeUnreachableError(self.describe(error)) from None
+            return None
+        self._unanswered_in_row = 0
+        if accepted_when(error):
+            return BatchOutcome(Delivery.ACCEPTED)
+        return BatchOutcome(Delivery.REFUSED, self.describe(error))
+
+
+def _already_there(error: stripe.StripeError) -> bool:
+    return error.code == "resource_already_exists"
+
+
+class _MeterEventEndpoints:
+    """What both ways of sending share: the client, the retries, and cancelling an event."""
+
+    def __init__(
+        self, api_key: str, api_base: str | None, limits: MeterLimits, payload_keys: tuple[str, str], rate: float
+    ):
+        self._stripe = AsyncStripe(api_key, api_base, limits.concurrency)
+        self._attempts = _Attempts(api_key, limits.pacer(rate))
+        self._customer_key, self._value_key = payload_keys
+
+    @property
+    def calls(self) -> int:
+        return self._attempts.calls
+
+    @property
+    def rate_limited(self) -> int:
+        return self._attempts.rate_limited
+
+    def _payload(self, event: MeterEvent) -> dict[str, str]:
+        return {self._customer_key: event.customer, self._value_key: event.value}
+
+    async def cancel(self, event_name: str, identifier: str) -> BatchOutcome:
+        """A meter event adjustment: Stripe stops counting the event (within its 24 hours)."""
+        params: MeterEventAdjustmentCreateParams = {
+            "event_name": event_name,
+            "type": "cancel",
+            "cancel": {"identifier": identifier},
+        }
+        return await self._attempts.run(
+            lambda: self._stripe.client.v1.billing.meter_event_adjustments.create_async(params=params),
+            lambda error: False,
+        )
+
+    async def close(self) -> None:
+        await self._stripe.close()
+
+
+class V1MeterEvents(_MeterEventEndpoints):
+    batch_size = 1
+
+    def __init__(self, api_key: str, api_base: str | None, limits: MeterLimits, payload_keys: tuple[str, str]):
+        super().__init__(api_key, api_base, limits, payload_keys, limits.v1_requests_per_second)
+
+    async def send(self, events: list[MeterEvent]) -> BatchOutcome:
+        [event] = events
+        params: MeterEventCreateParams = {
+            "event_name": event.event_name,
+            "identifier": event.identifier,
+            "timestamp": int(event.timestamp.replace(tzinfo=UTC).timestamp()),
+            "payload": self._payload(event),
+        }
+        return await self._attempts.run(
+            lambda: self._stripe.client.v1.billing.meter_events.create_async(params=params), _already_there
+        )
+
+
+class MeterEventStream(_MeterEventEndpoints):
+    batch_size = STREAM_BATCH
+
+    def __init__(self, api_key: str, api_base: str | None, limits: MeterLimits, payload_keys: tuple[str, str]):
+        super().__init__(api_key, api_base, limits, payload_keys, limits.stream_requests_per_second)
+        self._token: str | None = None
+        self._expires_at = datetime.min.replace(tzinfo=UTC)
+        self._session_lock = asyncio.Lock()
+        self.sessions = 0
+
+    @property
+    def calls(self) -> int:
+        return self._attempts.calls + self.sessions
+
+    async def _stream(self, params: MeterEventStreamCreateParams, token: str) -> None:
+        await self._stripe.client.v2.billing.meter_event_stream.create_async(params=params, options={"api_key": token})
+
+    async def _session_token(self, stale: str | None = None) -> str:
+        async with self._session_lock:
+            fresh = self._token is not None and self._token != stale
+            if fresh and datetime.now(UTC) < self._expires_at - SESSION_RENEW_BEFORE:
+                return self._token  # type: ignore[return-value]
+            try:
+                session = await self._stripe.client.v2.billing.meter_event_session.create_async()
+            except stripe.StripeError as error:
+                if isinstance(error, (stripe.AuthenticationError, stripe.PermissionError)):
+                    raise StripeAccessError(self._attempts.describe(error), error.http_status) from None
+                raise StripeUnreachableError(self._attempts.describe(error)) from None
+            self.sessions += 1
+            self._token = session.authentication_token
+            self._expires_at = datetime.fromisoformat(session.expires_at)
+            return self._token
+
+    async def send(self, events: list[MeterEvent]) -> BatchOutcome:
+        params: MeterEventStreamCreateParams = {
+            "events": [
+                {
+                    "event_name": event.event_name,
+                    "identifier": event.identifier,
+                    "timestamp": event.timestamp.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                    "payload": self._payload(event),
+                }
+                for event in events
+            ]
+        }
+        token = await self._session_token()
+        for _ in range(2):
+            try:
+                return await self._attempts.run(partial(self._stream, params, token), lambda error: False)
+            except StripeAccessError:
+                # The session ran out between our clock and Stripe's: one new session, then the key's verdict.
+                token = await self._session_token(stale=token)
+        raise StripeAccessError("Stripe refused two fresh meter event sessions in a row")

@@ -1,0 +1,155 @@
+"""The meter event ledger: which usage events Stripe has accepted, kept next to the state tables.
+
+Stripe deduplicates a meter event's identifier for 24 hours only; the ledger makes "send each event
+once" hold for ever. One row per sync, Stripe account and event (`event_key`, a digest of the sync
+and the row's identity columns), with what was sent and two moments:
+
+- `attempted_at` NULL: queued by a run, never sent. A later run queues it again from the model.
+- `attempted_at` set, `accepted_at` NULL: in doubt. The request may have reached Stripe (the run
+  died, or the answer was lost). Within Stripe's 24 hours it is sent again under the same
+  identifier, which Stripe drops if it has it; after that it is reported, never sent blindly.
+- `accepted_at` set: Stripe has it. Never sent again; a changed value is reported (or corrected).
+
+All statements are written in DuckDB's SQL and translated by sqlglot for the other warehouses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlglot
+from sqlglot import exp
+
+from census_stripe.warehouse.base import Relation, Warehouse, literal
+
+LEDGER_COLUMNS = {
+    "sync_name": "text",
+    "stripe_account": "text",
+    "event_key": "text",  # digest of the sync and the row's identity: the event, whatever its revision
+    "identifier": "text",  # what Stripe was sent: event_key, or event_key-r<n> after n corrections
+    "revision": "integer",
+    "event_name": "text",
+    "stripe_customer_id": "text",
+    "value": "text",
+    "event_time": "timestamp",
+    "run_id": "text",
+    "attempted_at": "timestamp",
+    "accepted_at": "timestamp",
+}
+SEND_COLUMNS = ("identifier", "event_name", "stripe_customer_id", "value", "event_time")
+
+
+def _text(value: str) -> str:
+    return literal(value).sql("duckdb")
+
+
+def _moment(value: datetime) -> str:
+    return literal(value).sql("duckdb")
+
+
+@dataclass(frozen=True)
+class MeterEventLedger:
+    warehouse: Warehouse
+    table: Relation
+    sync_name: str
+    account: str
+
+    @property
+    def name(self) -> str:
+        return self.table.table().sql("duckdb")
+
+    def _sql(self, duckdb_sql: str) -> str:
+        return sqlglot.transpile(duckdb_sql, read="duckdb", write=self.warehouse.dialect)[0]
+
+    def _execute(self, *duckdb_sql: str) -> None:
+        self.warehouse.execute(*map(self._sql, duckdb_sql))
+
+    @property
+    def of_sync(self) -> str:
+        return self.of_sync_in("")
+
+    def of_sync_in(self, qualifier: str) -> str:
+        """The rows of this sync and account; `qualifier` names the ledger where a statement reads two tables."""
+        return f"{qualifier}sync_name = {_text(self.sync_name)} AND {qualifier}stripe_account = {_text(self.account)}"
+
+    def ensure_table(self) -> None:
+        definitions = [
+            exp.ColumnDef(this=exp.to_identifier(name, quoted=True), kind=exp.DataType.build(kind))
+            for name, kind in LEDGER_COLUMNS.items()
+        ]
+        create = exp.Create(
+            this=exp.Schema(this=self.table.table(), expressions=definitions), kind="TABLE", exists=True
+        )
+        self.warehouse.execute_ddl(create.sql(self.warehouse.dialect))
+
+    def drop_queued(self) -> None:
+        """Events a run queued and never sent: the model says again what to send."""
+        self._execute(f"DELETE FROM {self.name} WHERE {self.of_sync} AND attempted_at IS NULL")
+
+    def queue(self, new_events_sql: str, run_id: str) -> None:
+        """Queue the events `new_events_sql` selects (columns event_key, event_name, stripe_customer_id,
+        value, event_time), in one statement, inside the warehouse."""
+        self._execute(
+            f"INSERT INTO {self.name} (sync_name, stripe_account, event_key, identifier, revision, event_name, "
+            "stripe_customer_id, value, event_time, run_id) "
+            f"SELECT {_text(self.sync_name)}, {_text(self.account)}, event_key, event_key, 0, event_name, "
+            f"stripe_customer_id, value, event_time, {_text(run_id)} FROM ({new_events_sql}) AS new_events"
+        )
+
+    def claim(self, event_keys_sql: str, run_id: str) -> None:
+        """Make this run the sender of the events `event_keys_sql` selects (in doubt, to send again)."""
+        self._execute(
+            f"UPDATE {self.name} SET run_id = {_text(run_id)} WHERE {self.of_sync} AND event_key IN ({event_keys_sql})"
+        )
+
+    def revise(self, corrections_sql: str, run_id: str) -> None:
+        """Queue the new values of corrected events (columns event_key, value) under their next identifier."""
+        self._execute(
+            f"UPDATE {self.name} SET revision = revision + 1, identifier = event_key || '-r' || "
+            f"CAST(revision + 1 AS VARCHAR), value = corrections.value, run_id = {_text(run_id)}, "
+            f"attempted_at = NULL, accepted_at = NULL FROM ({corrections_sql}) AS corrections "
+            f"WHERE {self.name}.event_key = corrections.event_key AND {self.of_sync_in(self.name + '.')}"
+        )
+
+    def to_send(self, run_id: str, chunk_rows: int) -> Iterator[dict[str, list]]:
+        """The run's events not yet accepted, in identifier order, a chunk of columns at a time."""
+        query = (
+            f"SELECT {', '.join(SEND_COLUMNS)} FROM {self.name} WHERE {self.of_sync} "
+            f"AND run_id = {_text(run_id)} AND accepted_at IS NULL ORDER BY identifier"
+        )
+        return self.warehouse.query_columns(self._sql(query), chunk_rows)
+
+    def _range(self, run_id: str, first: str, last: str) -> str:
+        return f"{self.of_sync} AND run_id = {_text(run_id)} AND identifier BETWEEN {_text(first)} AND {_text(last)}"
+
+    def mark_attempted(self, run_id: str, first: str, last: str, now: datetime) -> None:
+        """Before a chunk is sent: from now on its events may be in Stripe."""
+        self._execute(
+            f"UPDATE {self.name} SET attempted_at = {_moment(now)} WHERE {self._range(run_id, first, last)} "
+            "AND attempted_at IS NULL"
+        )
+
+    def settle(
+        self, run_id: str, first: str, last: str, now: datetime, not_accepted: Iterable[str], refused: Iterable[str]
+    ) -> None:
+        """After a chunk: every event but `not_accepted` is accepted; `refused` ones (Stripe said no,
+        so it has none of them) leave the ledger, to be sent again once the model is fixed."""
+        open_ones, refused = sorted(set(not_accepted)), sorted(set(refused))
+        excluded = f" AND identifier NOT IN ({', '.join(map(_text, open_ones))})" if open_ones else ""
+        statements = [
+            f"UPDATE {self.name} SET accepted_at = {_moment(now)} WHERE {self._range(run_id, first, last)} "
+            f"AND accepted_at IS NULL{excluded}"
+        ]
+        if refused:
+            statements.append(
+                f"DELETE FROM {self.name} WHERE {self.of_sync} AND identifier IN ({', '.join(map(_text, refused))})"
+            )
+        self._execute(*statements)
+
+    def forget_unsent(self, run_id: str) -> None:
+        """After a run that stopped early: what it queued and never attempted is queued again next time."""
+        self._execute(
+            f"DELETE FROM {self.name} WHERE {self.of_sync} AND run_id = {_text(run_id)} AND attempted_at IS NULL"
+        )
