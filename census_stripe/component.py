@@ -125,7 +125,7 @@ def customer_source(spec: MeterEventSpec, instance: Path) -> CustomerSource:
     if found is None or found.object != "customer":
         problem = f"no customer sync named {name!r} in {instance.parent}: name the sync that writes the customers"
         raise SyncConfigError(instance_file(instance), [(f"{ATTRIBUTES}.meter_event.customer.sync", problem)])
-    return CustomerSource(found.name, found.key.field)
+    return CustomerSource(found.name, found.key.field, found.stripe_resource)
 
 
 def syncs_beside(path: Path) -> list[AnySyncSpec]:

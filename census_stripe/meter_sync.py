@@ -114,20 +114,30 @@ def run_meter_event_sync(
     account_of: Callable[[], StripeAccount],
     customers: CustomerSource,
     run_id: str,
+    customer_account_of: Callable[[], StripeAccount] | None = None,
     options: MeterRunOptions = MeterRunOptions(),
     concurrency: int = 200,
     now: Callable[[], datetime] = utc_now,
     log: logging.Logger = log,
 ) -> MeterEventReport:
     """`api` makes the Stripe client inside the run's event loop; `account_of` names the account
-    (remembered per key and server, as the other syncs do)."""
+    (remembered per key and server, as the other syncs do); `customer_account_of` the account of the
+    customer sync's writeback, when that sync writes through another Stripe resource."""
     store.ensure_tables()
     account = account_of()
+    customer_account = customer_account_of() if customer_account_of else account
+    if customer_account != account:
+        log.warning(
+            "meter event sync %s sends to %s the customers of %s, which its customer sync writes to",
+            spec.name,
+            account,
+            customer_account,
+        )
     ledger = MeterEventLedger(store.warehouse, store.ledger, spec.name, account.key)
     ledger.ensure_table()
     ledger.drop_queued()
     query = plan.events_query(
-        spec, model, options.model_slice, store.state, store.ledger, account.key, customers, now()
+        spec, model, options.model_slice, store.state, store.ledger, account.key, customers, customer_account.key, now()
     )
     verdicts = _verdict_counts(store, query)
     report = MeterEventReport(spec, options, account, verdicts, ledger_table=ledger.name)

@@ -23,11 +23,11 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from census_stripe.demo.local_stripe import LocalStripe, free_port, stop_process_group
-from census_stripe.demo.seed_data import RAISED_PRICE, demo_customer_count, write_seeds
+from census_stripe.demo.seed_data import RAISED_PRICE, USAGE_DAYS, demo_customer_count, write_seeds
 from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.settings import DATA_DIR, DEFS_DIR, PROJECT_ROOT, UnknownWarehouseError, duckdb_path, warehouse_kind
 from census_stripe.stripe_client.rate_limit import is_live_key
@@ -235,6 +235,9 @@ def _print_summary(dagster_home: str) -> None:
         )
         for path, spec in specs:
             name = spec.name
+            if spec.object == "meter_event":
+                _print_usage_summary(instance, path, name)
+                continue
             if spec.partitions:
                 print(
                     f"\nSync {name!r} is partitioned by {spec.partitions.column}: materialize its partitions in the UI."
@@ -262,6 +265,20 @@ def _print_summary(dagster_home: str) -> None:
     )
 
 
+USAGE_COUNTS = ("rows_read", "planned_events", "accepted", "already_sent", "rejected", "stripe_api_calls")
+
+
+def _print_usage_summary(instance, path: Path, name: str) -> None:
+    metadata = _latest_metadata(instance, ["stripe", name])
+    print(
+        f"\nSync {name!r} ({path.relative_to(PROJECT_ROOT)}), meter events, "
+        f"Stripe account {metadata.get('stripe_account')}:"
+    )
+    for count in USAGE_COUNTS:
+        print(f"  {count:>18}: {metadata.get(count)}")
+    print(f"  {'ledger':>18}: {metadata.get('ledger')}")
+
+
 def _print_failure(dagster_home: str, started: datetime) -> None:
     import dagster as dg
 
@@ -286,11 +303,41 @@ def run() -> int:
                 stderr=subprocess.STDOUT,
                 cwd=PROJECT_ROOT,
             )
+            if result.returncode == 0:
+                result = bill_usage(env, log)
         if result.returncode != 0:
             _print_failure(env["DAGSTER_HOME"], started)
             return result.returncode
         _print_summary(env["DAGSTER_HOME"])
     return 0
+
+
+def bill_usage(env: Mapping[str, str], log) -> subprocess.CompletedProcess:
+    """The usage syncs, over the demo's days of usage: one run per sync, a single-run backfill of
+    its daily partitions. A rerun sends only what the Stripe double does not have yet."""
+    from census_stripe.spec import load_sync_spec
+
+    today = datetime.now(UTC).date()
+    days = f"{today - timedelta(days=USAGE_DAYS)}...{today - timedelta(days=1)}"
+    result: subprocess.CompletedProcess = subprocess.CompletedProcess([], 0)
+    for path in sorted(DEFS_DIR.glob("*/defs.yaml")):
+        spec = load_sync_spec(path)
+        if spec.object != "meter_event":
+            continue
+        print(f"Billing the usage of days {days.replace('...', ' to ')} with sync {spec.name!r} ...")
+        result = subprocess.run(
+            [
+                *("dagster", "asset", "materialize", "-m", "census_stripe.definitions"),
+                *("--select", f"stripe/{spec.name}", "--partition-range", days),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
+        )
+        if result.returncode != 0:
+            break
+    return result
 
 
 def dev() -> int:

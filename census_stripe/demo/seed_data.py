@@ -249,13 +249,30 @@ def catalog(pro_price_raised: bool = False) -> dict[str, list[dict]]:
     return {"raw_catalog_products": products, "raw_catalog_prices": [*prices, dict(PRICE_OF_UNKNOWN_PRODUCT)]}
 
 
+USAGE_DAYS = 7  # complete days of API usage before today, one daily partition each
+
+
+def api_usage(users: list[dict], seed: int = 7) -> dict[str, list[dict]]:
+    """API calls per user and day, for the last USAGE_DAYS complete days. Stored as days before
+    today, so the usage is always recent (Stripe takes meter events of the past 35 days only)."""
+    rng = random.Random(seed)
+    rows = [
+        {"user_id": user["user_id"], "days_ago": days_ago, "api_calls": rng.randrange(0, 5000)}
+        for user in users
+        if user["user_id"] % 3 == 0  # a third of the users call the API
+        for days_ago in range(1, USAGE_DAYS + 1)
+    ]
+    return {"raw_api_usage": rows}
+
+
 def write_seeds(
     customers: int = DEFAULT_CUSTOMERS, seed_dir: Path = SEED_DIR, pro_price_raised: bool = False
 ) -> dict[str, int]:
     """Write the raw tables as dbt seed CSVs; returns the row count of each."""
     seed_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
-    for table, rows in (generate(customers) | catalog(pro_price_raised)).items():
+    raw = generate(customers)
+    for table, rows in (raw | catalog(pro_price_raised) | api_usage(raw["raw_users"])).items():
         with open(seed_dir / f"{table}.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()

@@ -184,7 +184,11 @@ def build_meter_event_asset(meter_sync: MeterEventSync, warehouse_kind: str) -> 
         kinds={"stripe", warehouse_kind},
         description=meter_event_description(spec, sync.model.name),
         metadata={SYNC_FILE_METADATA: dg.MetadataValue.path(shown_path(sync.path)), "object": spec.object},
-        required_resource_keys={spec.stripe_resource, WAREHOUSE_RESOURCE},
+        required_resource_keys={
+            spec.stripe_resource,
+            WAREHOUSE_RESOURCE,
+            *([meter_sync.customers.stripe_resource] if meter_sync.customers.stripe_resource else []),
+        },
         pool=f"stripe_sync_{spec.name}",
         partitions_def=partitions_definition(spec.partitions),
         backfill_policy=dg.BackfillPolicy.single_run() if spec.partitions else None,
@@ -208,6 +212,8 @@ def build_meter_event_asset(meter_sync: MeterEventSync, warehouse_kind: str) -> 
             model_slice=model_slice(spec.partitions, context) if spec.partitions else None,
         )
         objects = stripe.objects()
+        customer_resource = meter_sync.customers.stripe_resource
+        customer_objects = getattr(context.resources, customer_resource).objects() if customer_resource else objects
         with warehouse.open() as session:
             store = SyncStateStore(session, warehouse.state_schema)
             report = run_meter_event_sync(
@@ -217,6 +223,9 @@ def build_meter_event_asset(meter_sync: MeterEventSync, warehouse_kind: str) -> 
                 api=partial(stripe.meter_events, spec.meter_event),
                 account_of=lambda: store.account(objects.connection_fingerprint, objects.identify_account),
                 customers=meter_sync.customers,
+                customer_account_of=lambda: store.account(
+                    customer_objects.connection_fingerprint, customer_objects.identify_account
+                ),
                 run_id=context.run.run_id,
                 options=options,
                 log=context.log,

@@ -51,12 +51,13 @@ def sync_assets(defs: dg.Definitions) -> list[dg.AssetsDefinition]:
 
 
 def whole_model_sync_job(defs: dg.Definitions) -> dg.UnresolvedAssetJobDefinition:
-    """The main job: the syncs of whole models and everything upstream of them. Partitioned syncs
-    run per partition (from the UI, or as backfills), not here."""
-    whole_model = [asset for asset in sync_assets(defs) if asset.partitions_def is None]
+    """The main job: every sync's dbt models, then the syncs of whole models. Partitioned syncs run
+    per partition (from the UI, or as backfills), not here; their models are built, ready for them."""
+    syncs = sync_assets(defs)
+    partitioned = [asset for asset in syncs if asset.partitions_def is not None]
     return dg.define_asset_job(
         "sync_to_stripe",
-        selection=dg.AssetSelection.assets(*whole_model).upstream(),
+        selection=dg.AssetSelection.assets(*syncs).upstream() - dg.AssetSelection.assets(*partitioned),
         description="Build the dbt models, then push them to Stripe: the whole pipeline.",
     )
 

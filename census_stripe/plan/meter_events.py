@@ -55,6 +55,7 @@ class CustomerSource:
 
     sync_name: str | None = None  # None: the column holds cus_ ids
     key_field: str | None = None  # the customer sync's key field (how its keys are normalized)
+    stripe_resource: str | None = None  # the resource the customer sync writes through
 
 
 def _column(name: str, table: str | None = None) -> exp.Column:
@@ -77,8 +78,11 @@ def events_query(
     ledger: Relation,
     account: str,
     customers: CustomerSource,
+    customer_account: str,
     now: datetime,
 ) -> str:
+    """`customer_account`: the account whose writeback names the customers; the events' own, unless
+    the customer sync writes through another Stripe resource."""
     """Every usage row with its event, its ledger entry and its verdict, in DuckDB's SQL."""
     meter = spec.meter_event
     identity = [_text(_column(name, "usage")) for name in meter.identity]
@@ -101,7 +105,7 @@ def events_query(
         assert customers.key_field, "a customer sync has a key field"
         state_rows = exp.and_(
             _column("sync_name", "customer_state").eq(exp.Literal.string(customers.sync_name)),
-            _column("stripe_account", "customer_state").eq(exp.Literal.string(account)),
+            _column("stripe_account", "customer_state").eq(exp.Literal.string(customer_account)),
             _column("customer_key", "customer_state").eq(key_sql(customers.key_field, customer_value)),
         )
         rows = rows.select(
