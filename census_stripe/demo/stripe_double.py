@@ -61,11 +61,13 @@ import time
 import urllib.request
 from bisect import bisect_left, insort
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlparse
 
 from census_stripe.demo.local_stripe import free_port, start_server, stop_process_group
@@ -156,6 +158,18 @@ class TokenBucket:
     def take(self) -> None:
         if self.rate > 0:
             self.tokens -= 1
+
+
+class Route(NamedTuple):
+    """What a request asks for, and the rules it passes on the way there."""
+
+    endpoint: str  # names the request's stats and its own token bucket
+    serve: Callable[[], dict]  # the endpoint itself, run under the double's lock
+    buckets: tuple[TokenBucket, ...]  # the rate limits it must pass
+    write: bool
+    resource: str
+    object_id: str | None = None
+    idempotent: bool = True  # the response to an Idempotency-Key is stored and replayed
 
 
 class ApiError(Exception):
@@ -686,6 +700,52 @@ class StripeDouble:
             self.stats[key_stat(key)] += 1
         if parts == ["v1", "account"] and method == "GET":
             return 200, {"id": self.config.account_id, "object": "account"}, {}
+        route = self._route(method, path, parts, query, params)
+        self._authenticate(route, key)
+        email = params.get("email") if route.resource == "customers" else None
+        if route.write and email and self.config.invalid_emails and re.search(self.config.invalid_emails, email):
+            raise ApiError(400, f"Invalid email address: {email}", code="email_invalid")
+        with self.lock:
+            self.stats[f"requests_{route.endpoint}"] += 1
+            # Rate limits come first: a 429 is decided before idempotency is consulted.
+            if not all(bucket.has_token() for bucket in route.buckets):
+                self.stats["rate_limited"] += 1
+                raise ApiError(429, "Too many requests hit the API too quickly.", code="rate_limit")
+            for bucket in route.buckets:
+                bucket.take()
+            if route.write and self.config.refuse_writes_with:
+                self.stats["refused"] += 1
+                advice = {"Stripe-Should-Retry": self.config.should_retry} if self.config.should_retry else {}
+                raise ApiError(self.config.refuse_writes_with, "Refused by configuration", headers=advice)
+            # A failure before the endpoint runs: nothing done, nothing stored for the key.
+            if route.write and self.random.random() < self.config.fail_before_rate:
+                self.stats["failed_before"] += 1
+                raise ApiError(500, "An unknown error occurred", type_="api_error")
+        idempotency_key = headers.get("Idempotency-Key") if route.write and route.idempotent else None
+        fingerprint = json.dumps([route.endpoint, route.object_id, params], sort_keys=True) if idempotency_key else ""
+        with self.lock:
+            if idempotency_key and idempotency_key in self.idempotent:
+                stored_fingerprint, status, body = self.idempotent[idempotency_key]
+                if stored_fingerprint != fingerprint:
+                    raise ApiError(
+                        400,
+                        "Keys for idempotent requests can only be used with the same parameters they were first "
+                        "used with.",
+                        type_="idempotency_error",
+                    )
+                self.stats["idempotent_replays"] += 1
+                return status, body, {"Idempotent-Replayed": "true"}
+            status, body, lost = self._execute(route)
+            if idempotency_key:
+                self.idempotent[idempotency_key] = (fingerprint, status, body)
+            if route.write:
+                self.written.set()
+        if lost:
+            self.stats["lost_responses"] += 1
+            return 500, ApiError(500, "An unknown error occurred (lost response)", type_="api_error").body, {}
+        return status, body, {}
+
+    def _route(self, method: str, path: str, parts: list[str], query: dict, params: dict) -> Route:
         if len(parts) not in (2, 3) or parts[0] != "v1" or parts[1] not in ENDPOINT_PREFIX:
             raise ApiError(404, f"Unrecognized request URL ({method}: {path})")
         resource = parts[1]
@@ -700,71 +760,34 @@ class StripeDouble:
         endpoint = ENDPOINT_PREFIX[resource] + (action or "")
         if action is None or endpoint not in ENDPOINTS:
             raise ApiError(405, "Method not allowed")
-        if not key.startswith(("sk_", "rk_")):
-            raise ApiError(401, "Invalid API Key provided", type_="invalid_request_error")
-        write = action in WRITES
-        if write and key in self.config.read_only_keys:
-            raise ApiError(403, "The provided key does not have the required permissions for this endpoint")
-        email = params.get("email") if resource == "customers" else None
-        if write and email and self.config.invalid_emails and re.search(self.config.invalid_emails, email):
-            raise ApiError(400, f"Invalid email address: {email}", code="email_invalid")
-        with self.lock:
-            self.stats[f"requests_{endpoint}"] += 1
-            # Rate limits come first: a 429 is decided before idempotency is consulted.
-            buckets = (self.account_bucket, self.endpoint_buckets[endpoint])
-            if not all(bucket.has_token() for bucket in buckets):
-                self.stats["rate_limited"] += 1
-                raise ApiError(429, "Too many requests hit the API too quickly.", code="rate_limit")
-            for bucket in buckets:
-                bucket.take()
-            if write and self.config.refuse_writes_with:
-                self.stats["refused"] += 1
-                advice = {"Stripe-Should-Retry": self.config.should_retry} if self.config.should_retry else {}
-                raise ApiError(self.config.refuse_writes_with, "Refused by configuration", headers=advice)
-            # A failure before the endpoint runs: nothing done, nothing stored for the key.
-            if write and self.random.random() < self.config.fail_before_rate:
-                self.stats["failed_before"] += 1
-                raise ApiError(500, "An unknown error occurred", type_="api_error")
-        idempotency_key = headers.get("Idempotency-Key") if write else None
-        fingerprint = json.dumps([endpoint, object_id, params], sort_keys=True)
-        with self.lock:
-            if idempotency_key and idempotency_key in self.idempotent:
-                stored_fingerprint, status, body = self.idempotent[idempotency_key]
-                if stored_fingerprint != fingerprint:
-                    raise ApiError(
-                        400,
-                        "Keys for idempotent requests can only be used with the same parameters they were first "
-                        "used with.",
-                        type_="idempotency_error",
-                    )
-                self.stats["idempotent_replays"] += 1
-                return status, body, {"Idempotent-Replayed": "true"}
-            status, body, lost = self._execute(resource, action, endpoint, object_id, query, params)
-            if idempotency_key:
-                self.idempotent[idempotency_key] = (fingerprint, status, body)
-            if write:
-                self.written.set()
-        if lost:
-            self.stats["lost_responses"] += 1
-            return 500, ApiError(500, "An unknown error occurred (lost response)", type_="api_error").body, {}
-        return status, body, {}
-
-    def _execute(
-        self, resource: str, action: str, endpoint: str, object_id: str | None, query: dict, params: dict
-    ) -> tuple[int, dict, bool]:
         serve = {
             "customers": self._customer_endpoint,
             "products": self._product_endpoint,
             "prices": self._price_endpoint,
         }[resource]
+        return Route(
+            endpoint,
+            partial(serve, action, object_id, query, params),
+            (self.account_bucket, self.endpoint_buckets[endpoint]),
+            write=action in WRITES,
+            resource=resource,
+            object_id=object_id,
+        )
+
+    def _authenticate(self, route: Route, key: str) -> None:
+        if not key.startswith(("sk_", "rk_")):
+            raise ApiError(401, "Invalid API Key provided", type_="invalid_request_error")
+        if route.write and key in self.config.read_only_keys:
+            raise ApiError(403, "The provided key does not have the required permissions for this endpoint")
+
+    def _execute(self, route: Route) -> tuple[int, dict, bool]:
         try:
-            body = serve(action, object_id, query, params)
+            body = route.serve()
         except ApiError as error:
             return error.status, error.body, False
-        write = action in WRITES
-        if write:
-            self.stats[f"done_{endpoint}"] += 1
-        lost = write and self.random.random() < self.config.fail_after_rate
+        if route.write:
+            self.stats[f"done_{route.endpoint}"] += 1
+        lost = route.write and self.random.random() < self.config.fail_after_rate
         return 200, json.loads(json.dumps(body)), lost
 
     def load(self, customers: list[dict]) -> list[str]:
