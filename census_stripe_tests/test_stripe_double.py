@@ -3,6 +3,7 @@ benchmarks that use it rely on that."""
 
 import socket
 import time
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -358,3 +359,233 @@ def test_a_store_keeps_the_catalog_between_processes(tmp_path):
             )["param"]
             == "lookup_key"
         )
+
+
+# -- meter events ------------------------------------------------------------------------------
+
+DAY = 24 * 3600
+
+
+@pytest.fixture
+def stripe_client(double) -> stripe.StripeClient:
+    """Both of Stripe's hosts, the API and the meter event stream's, at the double."""
+    return stripe.StripeClient(
+        "sk_test_double", base_addresses={"api": double.url, "meter_events": double.url}, max_network_retries=0
+    )
+
+
+def usage(customer: str, value: str, identifier: str, event_name: str = "api_calls", **fields) -> dict:
+    return {
+        "event_name": event_name,
+        "payload": {"stripe_customer_id": customer, "value": value},
+        "identifier": identifier,
+        **fields,
+    }
+
+
+def test_meter_events_are_summed_per_meter_and_customer(double, client):
+    ann, bob = double.load([{"email": "ann@x.com"}, {"email": "bob@x.com"}])
+    event = client.billing.meter_events.create(params=usage(ann, "3", "e1", timestamp=int(time.time()) - 3600))
+    assert (event.object, event.identifier, event.payload.to_dict(), event.livemode) == (
+        "billing.meter_event",
+        "e1",
+        {"stripe_customer_id": ann, "value": "3"},
+        False,
+    )
+    client.billing.meter_events.create(params=usage(ann, "0.5", "e2"))
+    client.billing.meter_events.create(params=usage(bob, "4", "e3"))
+    client.billing.meter_events.create(params=usage(bob, "1", "e4", event_name="storage_gb"))
+    generated = client.billing.meter_events.create(
+        params={"event_name": "api_calls", "payload": {"stripe_customer_id": bob, "value": "1"}}
+    )
+    assert generated.identifier
+    summary = double.meter_events()
+    assert summary["sums"] == {"api_calls": {ann: 3.5, bob: 5}, "storage_gb": {bob: 1}}
+    assert (summary["counted"], summary["counted_more_than_once"], summary["errors"]) == (5, 0, [])
+    stats = double.stats()
+    assert (stats["requests_meter_event_create"], stats["done_meter_event_create"]) == (5, 5)
+
+
+def test_an_identifier_is_refused_for_a_day_then_counted_again(double, client):
+    [ann] = double.load([{"email": "ann@x.com"}])
+    client.billing.meter_events.create(params=usage(ann, "2", "e1"))
+    assert error_of(lambda: client.billing.meter_events.create(params=usage(ann, "2", "e1"))) == {
+        "status": 400,
+        "code": "resource_already_exists",
+        "param": "identifier",
+    }
+    assert double.meter_events()["sums"] == {"api_calls": {ann: 2}}
+    double.advance_clock(25 * 3600)
+    client.billing.meter_events.create(params=usage(ann, "2", "e1"))  # Stripe forgot it: counted twice
+    summary = double.meter_events()
+    assert (summary["counted"], summary["counted_more_than_once"], summary["sums"]) == (2, 1, {"api_calls": {ann: 4}})
+
+
+@pytest.mark.parametrize("offset", [-36 * DAY, 301 + 5])
+def test_a_meter_event_outside_stripes_time_window_is_refused(double, client, offset):
+    [ann] = double.load([{"email": "ann@x.com"}])
+    refused = usage(ann, "1", "e1", timestamp=int(time.time()) + offset)
+    assert error_of(lambda: client.billing.meter_events.create(params=refused))["param"] == "timestamp"
+    client.billing.meter_events.create(params=usage(ann, "1", "e2", timestamp=int(time.time()) - 34 * DAY))
+    assert double.meter_events()["sums"] == {"api_calls": {ann: 1}}
+
+
+def test_a_meter_event_without_the_meters_keys_is_refused(double, client):
+    [ann] = double.load([{"email": "ann@x.com"}])
+    no_value = {"event_name": "api_calls", "payload": {"stripe_customer_id": ann}}
+    assert error_of(lambda: client.billing.meter_events.create(params=no_value)) == {
+        "status": 400,
+        "code": "parameter_missing",
+        "param": "payload[value]",
+    }
+    double.configure(meter_payload_keys=["customer", "calls"])
+    client.billing.meter_events.create(params={"event_name": "api_calls", "payload": {"customer": ann, "calls": "7"}})
+    assert double.meter_events()["sums"] == {"api_calls": {ann: 7}}
+
+
+def test_an_unknown_customer_or_a_value_not_a_number_is_accepted_then_reported(double, client):
+    [ann] = double.load([{"email": "ann@x.com"}])
+    client.billing.meter_events.create(params=usage("cus_nobody", "1", "e1"))
+    client.billing.meter_events.create(params=usage(ann, "1e3", "e2"))
+    summary = double.meter_events()
+    assert (summary["counted"], summary["sums"]) == (0, {})
+    assert summary["errors"] == [
+        {"identifier": "e1", "event_name": "api_calls", "reason": "meter_event_customer_not_found"},
+        {"identifier": "e2", "event_name": "api_calls", "reason": "meter_event_invalid_value"},
+    ]
+    client.billing.meter_events.create(params=usage(ann, "1", "e2"))  # never counted, so not taken either
+    assert double.meter_events()["sums"] == {"api_calls": {ann: 1}}
+
+
+def test_a_meter_event_is_cancelled_within_a_day_and_not_after(double, client):
+    [ann] = double.load([{"email": "ann@x.com"}])
+    for identifier in ("e1", "e2"):
+        client.billing.meter_events.create(params=usage(ann, "5", identifier))
+    adjustment = client.billing.meter_event_adjustments.create(
+        params={"event_name": "api_calls", "type": "cancel", "cancel": {"identifier": "e1"}}
+    )
+    assert (adjustment.object, adjustment.status, adjustment.cancel.identifier) == (
+        "billing.meter_event_adjustment",
+        "pending",
+        "e1",
+    )
+    summary = double.meter_events()
+    assert (summary["counted"], summary["cancelled"], summary["sums"]) == (1, 1, {"api_calls": {ann: 5}})
+    cancel = {"event_name": "api_calls", "type": "cancel"}
+    for identifier in ("e1", "never_sent"):
+        refused = {**cancel, "cancel": {"identifier": identifier}}
+        assert error_of(lambda refused=refused: client.billing.meter_event_adjustments.create(params=refused)) == {
+            "status": 400,
+            "code": None,
+            "param": "cancel[identifier]",
+        }
+    double.advance_clock(25 * 3600)
+    late = {**cancel, "cancel": {"identifier": "e2"}}
+    assert error_of(lambda: client.billing.meter_event_adjustments.create(params=late))["param"] == "cancel[identifier]"
+    assert double.meter_events()["sums"] == {"api_calls": {ann: 5}}
+
+
+def test_an_idempotency_key_replays_a_meter_event_instead_of_refusing_its_identifier(double, client):
+    [ann] = double.load([{"email": "ann@x.com"}])
+    double.configure(fail_after_rate=1.0)
+    with pytest.raises(stripe.APIError):
+        client.billing.meter_events.create(params=usage(ann, "2", "e1"), options={"idempotency_key": "k1"})
+    double.configure(fail_after_rate=0.0)
+    replayed = client.billing.meter_events.create(params=usage(ann, "2", "e1"), options={"idempotency_key": "k1"})
+    assert replayed.identifier == "e1"
+    assert double.meter_events()["sums"] == {"api_calls": {ann: 2}}
+    assert double.stats()["idempotent_replays"] == 1
+
+
+def test_meter_events_have_a_rate_limit_of_their_own(double, client):
+    [ann] = double.load([{"email": "ann@x.com"}])
+    double.configure(account_rate=1, endpoint_rate=1, meter_event_rate=3)
+    for identifier in ("e1", "e2", "e3"):
+        client.billing.meter_events.create(params=usage(ann, "1", identifier))
+    with pytest.raises(stripe.RateLimitError):
+        client.billing.meter_events.create(params=usage(ann, "1", "e4"))
+    assert double.meter_events()["counted"] == 3
+
+
+def stream(stripe_client, token: str, events: list[dict]) -> None:
+    stripe_client.v2.billing.meter_event_stream.create(params={"events": events}, options={"api_key": token})
+
+
+def test_the_stream_takes_up_to_100_events_and_judges_them_after_answering(double, stripe_client):
+    ann, bob = double.load([{"email": "ann@x.com"}, {"email": "bob@x.com"}])
+    session = stripe_client.v2.billing.meter_event_session.create()
+    assert (session.object, session.livemode) == ("v2.billing.meter_event_session", False)
+    assert session.id.startswith("mes_") and session.authentication_token
+    assert datetime.fromisoformat(session.expires_at.replace("Z", "+00:00")) - datetime.fromisoformat(
+        session.created.replace("Z", "+00:00")
+    ) == timedelta(minutes=15)
+    events = [usage(ann if i % 2 else bob, "1", f"s{i}") for i in range(100)]
+    events[0]["timestamp"] = (datetime.now(timezone.utc) - timedelta(days=36)).isoformat()
+    stream(stripe_client, session.authentication_token, events)
+    for too_many in ([usage(ann, "1", f"t{i}") for i in range(101)], [{"event_name": "api_calls"}]):
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            stream(stripe_client, session.authentication_token, too_many)
+        assert refused.value.http_status == 400
+    summary = double.meter_events()
+    assert summary["sums"] == {"api_calls": {ann: 50, bob: 49}}
+    assert summary["errors"] == [{"identifier": "s0", "event_name": "api_calls", "reason": "timestamp_too_far_in_past"}]
+    stats = double.stats()
+    assert (stats["meter_event_sessions"], stats["requests_meter_event_stream"], stats["meter_events_streamed"]) == (
+        1,
+        3,
+        100,
+    )
+
+
+def test_the_stream_drops_identifiers_it_counted_within_a_day(double, client, stripe_client):
+    [ann] = double.load([{"email": "ann@x.com"}])
+    client.billing.meter_events.create(params=usage(ann, "1", "e1"))
+    token = stripe_client.v2.billing.meter_event_session.create().authentication_token
+    stream(stripe_client, token, [usage(ann, "1", "e1"), usage(ann, "1", "e2"), usage(ann, "1", "e2")])
+    stream(stripe_client, token, [usage(ann, "1", "e2"), usage("cus_nobody", "1", "e3")])
+    summary = double.meter_events()
+    assert (summary["counted"], summary["sums"]) == (2, {"api_calls": {ann: 2}})
+    assert [error["reason"] for error in summary["errors"]] == ["meter_event_customer_not_found"]
+    assert double.stats()["meter_event_duplicates"] == 3
+
+
+def test_an_expired_or_unknown_session_is_refused_with_stripes_session_error(double, stripe_client):
+    [ann] = double.load([{"email": "ann@x.com"}])
+    token = stripe_client.v2.billing.meter_event_session.create().authentication_token
+    double.advance_clock(15 * 60 + 1)
+    for key in (token, "sk_test_double"):
+        with pytest.raises(stripe.TemporarySessionExpiredError) as refused:
+            stream(stripe_client, key, [usage(ann, "1", "e1")])
+        assert (refused.value.http_status, refused.value.code) == (401, "billing_meter_event_session_expired")
+    assert double.meter_events()["counted"] == 0
+
+
+def test_the_stream_has_a_rate_limit_of_its_own(double, stripe_client):
+    [ann] = double.load([{"email": "ann@x.com"}])
+    token = stripe_client.v2.billing.meter_event_session.create().authentication_token
+    double.configure(account_rate=1, meter_event_stream_rate=2)
+    stream(stripe_client, token, [usage(ann, "1", "e1")])
+    stream(stripe_client, token, [usage(ann, "1", "e2")])
+    with pytest.raises(stripe.RateLimitError):
+        stream(stripe_client, token, [usage(ann, "1", "e3")])
+    assert double.meter_events()["counted"] == 2
+
+
+def test_a_store_keeps_the_meter_events_between_processes(tmp_path):
+    store = tmp_path / "catalog.json"
+    with StripeDoubleServer(store=store) as server:
+        [ann] = server.load([{"email": "ann@x.com"}])
+        v1 = make_client("sk_test_double", server.url, max_network_retries=0).v1
+        v1.billing.meter_events.create(params=usage(ann, "2.5", "e1"))
+        v1.billing.meter_events.create(params=usage("cus_nobody", "1", "e2"))
+        summary = server.meter_events()
+    with StripeDoubleServer(store=store) as server:
+        v1 = make_client("sk_test_double", server.url, max_network_retries=0).v1
+        assert server.meter_events() == summary
+        assert error_of(lambda: v1.billing.meter_events.create(params=usage(ann, "2.5", "e1")))["code"] == (
+            "resource_already_exists"
+        )
+        v1.billing.meter_event_adjustments.create(
+            params={"event_name": "api_calls", "type": "cancel", "cancel": {"identifier": "e1"}}
+        )
+        assert server.meter_events()["sums"] == {"api_calls": {ann: 0}}

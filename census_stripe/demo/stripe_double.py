@@ -50,6 +50,7 @@ import argparse
 import hashlib
 import json
 import os
+import queue
 import random
 import re
 import secrets
@@ -58,14 +59,18 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.request
 from bisect import bisect_left, insort
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlparse
 
 from census_stripe.demo.local_stripe import free_port, start_server, stop_process_group
@@ -121,6 +126,22 @@ CURRENCIES = frozenset(
 )
 SAVE_DELAY_SECONDS = 0.2  # writes in one burst are saved together
 
+# Usage-based billing: each meter event endpoint by its path, named as its stats and token bucket are.
+METER_ENDPOINTS = {
+    "v1/billing/meter_events": "meter_event_create",
+    "v1/billing/meter_event_adjustments": "meter_event_adjustment_create",
+    "v2/billing/meter_event_session": "meter_event_session",
+    "v2/billing/meter_event_stream": "meter_event_stream",
+}
+METER_EVENT_FIELDS = ("event_name", "payload", "identifier", "timestamp")
+MAX_METER_TEXT = 100  # characters of an event_name or identifier
+MAX_STREAMED_EVENTS = 100  # per meter event stream request
+DAY = 24 * 3600  # an identifier is unique, and its event cancellable, for a rolling day after receipt
+MAX_EVENT_AGE = 35 * DAY
+MAX_EVENT_LEAD = 300  # seconds an event's timestamp may be ahead of Stripe's clock
+MAX_REPORTED_ERRORS = 1000
+DECIMAL = re.compile(r"-?\d+(\.\d+)?")
+
 
 @dataclass
 class DoubleConfig:
@@ -135,6 +156,12 @@ class DoubleConfig:
     should_retry: str = ""  # "true" or "false": sent as Stripe-Should-Retry with that answer
     seed: int = 0
     account_id: str = "acct_double"
+    clock_offset_seconds: float = 0.0  # added to the real clock for meter events: tests jump a day ahead with it
+    # The meter's customer key, then its value key, in each event's payload.
+    meter_payload_keys: list[str] = field(default_factory=lambda: ["stripe_customer_id", "value"])
+    meter_event_rate: float = 0.0  # requests/s to the v1 meter events, a limit apart from the account's; 0 = unlimited
+    meter_event_stream_rate: float = 0.0  # requests/s to the v2 meter event stream; 0 = unlimited
+    session_ttl_seconds: float = 900.0  # a meter event session's lifetime
 
 
 class TokenBucket:
@@ -156,6 +183,19 @@ class TokenBucket:
     def take(self) -> None:
         if self.rate > 0:
             self.tokens -= 1
+
+
+class Route(NamedTuple):
+    """What a request asks for, and the rules it passes on the way there."""
+
+    endpoint: str  # names the request's stats and its own token bucket
+    serve: Callable[[], dict]  # the endpoint itself, run under the double's lock
+    buckets: tuple[TokenBucket, ...]  # the rate limits it must pass
+    write: bool
+    resource: str
+    object_id: str | None = None
+    idempotent: bool = True  # the response to an Idempotency-Key is stored and replayed
+    session: bool = False  # authenticated by a meter event session's token instead of an API key
 
 
 class ApiError(Exception):
@@ -202,6 +242,19 @@ def parse_form(body: str) -> dict:
     return params
 
 
+def parse_body(path: str, body: str) -> dict:
+    """v1 takes Stripe's form encoding, v2 JSON."""
+    if not path.startswith("/v2/"):
+        return parse_form(body)
+    try:
+        params = json.loads(body) if body else {}
+    except ValueError:
+        params = None
+    if not isinstance(params, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="parameter_invalid")
+    return params
+
+
 def as_list(value, name: str) -> list:
     """A list parameter as either encoding sends it: `name[]=…` or `name[0]=…`."""
     if isinstance(value, list):
@@ -230,16 +283,23 @@ def choice(value, name: str, allowed) -> str:
     raise ApiError(400, f"Invalid {name}: must be one of {', '.join(allowed)}", code="parameter_invalid", param=name)
 
 
-def required(params: dict, names) -> None:
+def qualified(prefix: str, name: str) -> str:
+    """A parameter's name as Stripe's errors give it: `events[0][payload]` for `payload` in `events[0]`."""
+    return f"{prefix}[{name}]" if prefix else name
+
+
+def required(params: dict, names, prefix: str = "") -> None:
     for name in names:
         if name not in params:
-            raise ApiError(400, f"Missing required param: {name}.", code="parameter_missing", param=name)
+            param = qualified(prefix, name)
+            raise ApiError(400, f"Missing required param: {param}.", code="parameter_missing", param=param)
 
 
-def refuse_unknown(params: dict, accepted) -> None:
+def refuse_unknown(params: dict, accepted, prefix: str = "") -> None:
     for name in params:
         if name not in accepted:
-            raise ApiError(400, f"Received unknown parameter: {name}", code="parameter_unknown", param=name)
+            param = qualified(prefix, name)
+            raise ApiError(400, f"Received unknown parameter: {param}", code="parameter_unknown", param=param)
 
 
 def refuse_empty(params: dict, names) -> None:
@@ -268,6 +328,221 @@ def merge_metadata(target: dict, value) -> None:
             target["metadata"].pop(key, None)
         else:
             target["metadata"][key] = item
+
+
+def short_text(value, param: str) -> str:
+    if isinstance(value, str) and 1 <= len(value) <= MAX_METER_TEXT:
+        return value
+    raise ApiError(
+        400,
+        f"Invalid string: {param} must have 1 to {MAX_METER_TEXT} characters",
+        code="parameter_invalid",
+        param=param,
+    )
+
+
+def rfc3339(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def rfc3339_seconds(value, param: str) -> float:
+    """A v2 timestamp, an RFC 3339 string such as "2026-11-27T10:00:00.000Z", in seconds."""
+    text = value if isinstance(value, str) else ""
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"  # Python 3.10's fromisoformat knows no "Z"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise ApiError(
+            400, f"Invalid timestamp: {param} must be an RFC 3339 date-time", code="parameter_invalid", param=param
+        )
+    return moment.timestamp()
+
+
+class MeterEvent(NamedTuple):
+    identifier: str
+    event_name: str
+    payload: dict[str, str]
+    timestamp: float  # seconds since the epoch
+
+
+def meter_event(fields, prefix: str, now: float, seconds: Callable[[Any, str], float]) -> MeterEvent:
+    """An event with its shape checked, as Stripe checks it on receipt; `seconds` reads its timestamp as
+    the API version sends it. Whether it can be counted is judged apart (`Refusal`)."""
+    if not isinstance(fields, dict):
+        raise ApiError(400, f"Invalid object: {prefix}", code="parameter_invalid", param=prefix)
+    refuse_unknown(fields, METER_EVENT_FIELDS, prefix)
+    required(fields, ("event_name", "payload"), prefix)
+    payload = fields["payload"]
+    if not isinstance(payload, dict) or not all(isinstance(value, str) for value in payload.values()):
+        param = qualified(prefix, "payload")
+        raise ApiError(400, f"Invalid object: {param} must map names to strings", code="parameter_invalid", param=param)
+    return MeterEvent(
+        identifier=(
+            short_text(fields["identifier"], qualified(prefix, "identifier"))
+            if "identifier" in fields
+            else "mev_" + secrets.token_hex(12)
+        ),
+        event_name=short_text(fields["event_name"], qualified(prefix, "event_name")),
+        payload=payload,
+        timestamp=seconds(fields["timestamp"], qualified(prefix, "timestamp")) if "timestamp" in fields else now,
+    )
+
+
+class Refusal(NamedTuple):
+    """Why an event is not counted. `reason` is the code of Stripe's meter error report (where the v2
+    stream's refusals go); v1 refuses the request itself, a 400 of `message`, `param` and `code`."""
+
+    reason: str
+    message: str
+    param: str
+    code: str | None = None
+
+    def error(self) -> ApiError:
+        return ApiError(400, self.message, code=self.code, param=self.param)
+
+
+def refusal_on_receipt(event: MeterEvent, now: float, payload_keys: list[str]) -> Refusal | None:
+    """What Stripe's v1 answers with a 400: a timestamp out of its window, a payload without the meter's keys."""
+    if event.timestamp < now - MAX_EVENT_AGE:
+        return Refusal(
+            "timestamp_too_far_in_past",
+            "The event timestamp cannot be more than 35 days in the past: expected a timestamp of at least "
+            f"{int(now - MAX_EVENT_AGE)}.",
+            "timestamp",
+        )
+    if event.timestamp > now + MAX_EVENT_LEAD:
+        return Refusal(
+            "timestamp_in_future",
+            "The event timestamp cannot be more than 5 minutes in the future: expected a timestamp of at most "
+            f"{int(now + MAX_EVENT_LEAD)}.",
+            "timestamp",
+        )
+    for key, reason in zip(
+        payload_keys, ("meter_event_no_customer_defined", "meter_event_value_not_found"), strict=True
+    ):
+        if key not in event.payload:
+            return Refusal(reason, f"The payload has no '{key}'.", f"payload[{key}]", "parameter_missing")
+    return None
+
+
+def as_number(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+class CountedEvent(NamedTuple):
+    """One identifier's record, kept small: a run may count millions. The names are interned, shared by
+    every event of the meter or the customer; the value is kept to take it out of the sums on cancel."""
+
+    last_counted: float  # the double's time
+    times: int  # counted in all, over every day it was sent again
+    event_name: str
+    customer: str
+    value: str
+    cancelled: bool
+
+
+class MeterEvents:
+    """Meter events counted, summed per meter (event_name) and customer, and the ones refused after the
+    request was answered (Stripe's error report). Used under the double's lock."""
+
+    def __init__(self, saved: dict | None = None):
+        saved = saved or {}
+        self.by_identifier: dict[str, CountedEvent] = {
+            identifier: CountedEvent(last, times, sys.intern(name), sys.intern(customer), value, cancelled)
+            for identifier, (last, times, name, customer, value, cancelled) in saved.get("by_identifier", {}).items()
+        }
+        self.sums: dict[str, dict[str, Decimal]] = {
+            name: {customer: Decimal(total) for customer, total in totals.items()}
+            for name, totals in saved.get("sums", {}).items()
+        }
+        self.counts: int = saved.get("counts", 0)
+        self.cancels: int = saved.get("cancels", 0)
+        self.counted_more_than_once: int = saved.get("counted_more_than_once", 0)
+        self.errors: deque[dict] = deque(saved.get("errors", []), maxlen=MAX_REPORTED_ERRORS)
+
+    def recently_counted(self, identifier: str, now: float) -> bool:
+        record = self.by_identifier.get(identifier)
+        return record is not None and now - record.last_counted < DAY
+
+    def count(self, event: MeterEvent, customer: str, value: str, now: float) -> None:
+        previous = self.by_identifier.get(event.identifier)
+        times = previous.times + 1 if previous else 1
+        if times == 2:
+            self.counted_more_than_once += 1
+        name, customer = sys.intern(event.event_name), sys.intern(customer)
+        self.by_identifier[event.identifier] = CountedEvent(now, times, name, customer, value, False)
+        totals = self.sums.setdefault(name, {})
+        totals[customer] = totals.get(customer, Decimal(0)) + Decimal(value)
+        self.counts += 1
+
+    def cancel(self, identifier: str, event_name: str, now: float) -> bool:
+        """Takes the event out of the sums, if it was counted under that name within the last day."""
+        record = self.by_identifier.get(identifier)
+        if record is None or record.cancelled or record.event_name != event_name or now - record.last_counted >= DAY:
+            return False
+        self.by_identifier[identifier] = record._replace(cancelled=True)
+        self.sums[record.event_name][record.customer] -= Decimal(record.value)
+        self.cancels += 1
+        return True
+
+    def refuse(self, event: MeterEvent, reason: str) -> None:
+        self.errors.append({"identifier": event.identifier, "event_name": event.event_name, "reason": reason})
+
+    def summary(self) -> dict:
+        return {
+            "counted": self.counts - self.cancels,
+            "counted_more_than_once": self.counted_more_than_once,
+            "cancelled": self.cancels,
+            "sums": {name: {c: as_number(total) for c, total in totals.items()} for name, totals in self.sums.items()},
+            "errors": list(self.errors),
+        }
+
+    def snapshot(self) -> dict:
+        """Copies that later writes leave alone (the records are tuples), cheap enough to take under the lock."""
+        return {
+            "by_identifier": dict(self.by_identifier),
+            "sums": {name: {c: str(total) for c, total in totals.items()} for name, totals in self.sums.items()},
+            "counts": self.counts,
+            "cancels": self.cancels,
+            "counted_more_than_once": self.counted_more_than_once,
+            "errors": list(self.errors),
+        }
+
+
+class Backlog:
+    """Work handed to a worker thread, and a wait for what was handed in so far: a wait for a settled
+    state that ends even while more work keeps arriving."""
+
+    def __init__(self) -> None:
+        self.work: queue.SimpleQueue = queue.SimpleQueue()
+        self.progress = threading.Condition()
+        self.handed_in = 0
+        self.done = 0
+
+    def put(self, item) -> None:
+        with self.progress:
+            self.handed_in += 1
+        self.work.put(item)
+
+    def serve(self, handle: Callable) -> None:
+        while True:
+            item = self.work.get()
+            try:
+                handle(item)
+            except Exception:  # a bug in the double: in its log, and the worker lives on so settle() returns
+                traceback.print_exc()
+            finally:
+                with self.progress:
+                    self.done += 1
+                    self.progress.notify_all()
+
+    def settle(self) -> None:
+        with self.progress:
+            target = self.handed_in
+            self.progress.wait_for(lambda: self.done >= target)
 
 
 class Collection:
@@ -333,6 +608,11 @@ class StripeDouble:
     def __init__(self, config: DoubleConfig):
         self.lock = threading.Lock()
         self.written = threading.Event()  # set after every completed write, for the store
+        # Stripe answers the v2 stream before it looks at the events: a worker counts them after the reply.
+        self.streamed = Backlog()
+        threading.Thread(
+            target=self.streamed.serve, args=(self._count_streamed,), daemon=True, name="stripe-double-meter-stream"
+        ).start()
         self.configure(config)
         self.reset()
 
@@ -340,9 +620,18 @@ class StripeDouble:
         self.config = config
         self.random = random.Random(config.seed)
         self.account_bucket = TokenBucket(config.account_rate)
-        self.endpoint_buckets = {name: TokenBucket(config.endpoint_rate) for name in ENDPOINTS}
+        self.endpoint_buckets = {
+            **{name: TokenBucket(config.endpoint_rate) for name in (*ENDPOINTS, "meter_event_adjustment_create")},
+            "meter_event_create": TokenBucket(config.meter_event_rate),
+            "meter_event_stream": TokenBucket(config.meter_event_stream_rate),
+        }
+
+    def now(self) -> float:
+        """The meter events' clock."""
+        return time.time() + self.config.clock_offset_seconds
 
     def reset(self) -> None:
+        self.streamed.settle()  # no event sent before the reset is counted after it
         with self.lock:
             self.customers = Collection("customer", "/v1/customers")
             self.by_email: dict[str, list[str]] = defaultdict(list)  # email -> ids, in creation order
@@ -353,6 +642,8 @@ class StripeDouble:
             self.idempotent: dict[str, tuple[str, int, dict]] = {}
             self.stats: Counter = Counter()
             self.clock = 1_700_000_000
+            self.meter_events = MeterEvents()
+            self.sessions: dict[str, float] = {}  # a meter event session's token -> when it expires
             self.written.set()
 
     def _tick(self) -> int:
@@ -676,6 +967,120 @@ class StripeDouble:
             ids = [id_ for id_ in ids if self.prices.objects[id_]["active"] == active]
         return self.prices.page(query, ids)
 
+    # -- meter events ----------------------------------------------------------------------
+
+    def _create_meter_event(self, params: dict) -> dict:
+        now = self.now()
+        event = meter_event(params, "", now, partial(as_count, minimum=0))
+        refusal = refusal_on_receipt(event, now, self.config.meter_payload_keys)
+        if refusal:
+            raise refusal.error()
+        if self.meter_events.recently_counted(event.identifier, now):
+            raise ApiError(
+                400,
+                f"An event with identifier '{event.identifier}' already exists.",
+                code="resource_already_exists",
+                param="identifier",
+            )
+        self._count(event, now)  # whatever it finds, the request was accepted
+        return {
+            "object": "billing.meter_event",
+            "created": int(now),
+            "event_name": event.event_name,
+            "identifier": event.identifier,
+            "livemode": False,
+            "payload": event.payload,
+            "timestamp": int(event.timestamp),
+        }
+
+    def _count(self, event: MeterEvent, now: float) -> None:
+        """What Stripe checks after accepting an event: its customer exists and its value is a number."""
+        customer_key, value_key = self.config.meter_payload_keys
+        customer, value = event.payload[customer_key], event.payload[value_key]
+        if customer not in self.customers.objects:
+            self.meter_events.refuse(event, "meter_event_customer_not_found")
+        elif not DECIMAL.fullmatch(value):
+            self.meter_events.refuse(event, "meter_event_invalid_value")
+        else:
+            self.meter_events.count(event, customer, value, now)
+
+    def _adjust_meter_event(self, params: dict) -> dict:
+        refuse_unknown(params, ("event_name", "type", "cancel"))
+        required(params, ("event_name", "type"))
+        adjustment = choice(params["type"], "type", ("cancel",))
+        cancel = params.get("cancel")
+        if not isinstance(cancel, dict) or "identifier" not in cancel:
+            raise ApiError(
+                400, "Missing required param: cancel[identifier].", code="parameter_missing", param="cancel[identifier]"
+            )
+        identifier = short_text(cancel["identifier"], "cancel[identifier]")
+        if not self.meter_events.cancel(identifier, params["event_name"], self.now()):
+            raise ApiError(
+                400,
+                f"No event '{params['event_name']}' with identifier '{identifier}' was received in the last 24 "
+                "hours: only those can be cancelled.",
+                param="cancel[identifier]",
+            )
+        return {
+            "object": "billing.meter_event_adjustment",
+            "event_name": params["event_name"],
+            "livemode": False,
+            "status": "pending",
+            "type": adjustment,
+            "cancel": {"identifier": identifier},
+        }
+
+    def _new_session(self, params: dict) -> dict:
+        refuse_unknown(params, ())
+        now = self.now()
+        self.sessions = {token: expiry for token, expiry in self.sessions.items() if expiry > now}
+        token = secrets.token_urlsafe(32)
+        self.sessions[token] = now + self.config.session_ttl_seconds
+        self.stats["meter_event_sessions"] += 1
+        return {
+            "object": "v2.billing.meter_event_session",
+            "id": "mes_" + secrets.token_hex(12),
+            "authentication_token": token,
+            "created": rfc3339(now),
+            "expires_at": rfc3339(self.sessions[token]),
+            "livemode": False,
+        }
+
+    def _stream_meter_events(self, params: dict) -> dict:
+        """Only the request's shape is checked before the answer; the events are judged afterwards."""
+        refuse_unknown(params, ("events",))
+        required(params, ("events",))
+        events = params["events"]
+        if not isinstance(events, list) or not 1 <= len(events) <= MAX_STREAMED_EVENTS:
+            raise ApiError(
+                400,
+                f"Invalid array: events must hold 1 to {MAX_STREAMED_EVENTS} events",
+                code="parameter_invalid",
+                param="events",
+            )
+        now = self.now()
+        batch = [meter_event(event, f"events[{index}]", now, rfc3339_seconds) for index, event in enumerate(events)]
+        self.streamed.put((now, batch))
+        self.stats["meter_events_streamed"] += len(batch)
+        return {}
+
+    def _count_streamed(self, received: tuple[float, list[MeterEvent]]) -> None:
+        received_at, batch = received
+        with self.lock:
+            for event in batch:
+                refusal = refusal_on_receipt(event, received_at, self.config.meter_payload_keys)
+                if refusal:
+                    self.meter_events.refuse(event, refusal.reason)
+                elif self.meter_events.recently_counted(event.identifier, received_at):
+                    self.stats["meter_event_duplicates"] += 1  # dropped without a word, as Stripe does
+                else:
+                    self._count(event, received_at)
+
+    def meter_summary(self) -> dict:
+        self.streamed.settle()
+        with self.lock:
+            return self.meter_events.summary()
+
     # -- request handling ------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: dict, params: dict, headers) -> tuple[int, dict, dict]:
@@ -686,6 +1091,55 @@ class StripeDouble:
             self.stats[key_stat(key)] += 1
         if parts == ["v1", "account"] and method == "GET":
             return 200, {"id": self.config.account_id, "object": "account"}, {}
+        route = self._route(method, path, parts, query, params)
+        self._authenticate(route, key)
+        email = params.get("email") if route.resource == "customers" else None
+        if route.write and email and self.config.invalid_emails and re.search(self.config.invalid_emails, email):
+            raise ApiError(400, f"Invalid email address: {email}", code="email_invalid")
+        with self.lock:
+            self.stats[f"requests_{route.endpoint}"] += 1
+            # Rate limits come first: a 429 is decided before idempotency is consulted.
+            if not all(bucket.has_token() for bucket in route.buckets):
+                self.stats["rate_limited"] += 1
+                raise ApiError(429, "Too many requests hit the API too quickly.", code="rate_limit")
+            for bucket in route.buckets:
+                bucket.take()
+            if route.write and self.config.refuse_writes_with:
+                self.stats["refused"] += 1
+                advice = {"Stripe-Should-Retry": self.config.should_retry} if self.config.should_retry else {}
+                raise ApiError(self.config.refuse_writes_with, "Refused by configuration", headers=advice)
+            # A failure before the endpoint runs: nothing done, nothing stored for the key.
+            if route.write and self.random.random() < self.config.fail_before_rate:
+                self.stats["failed_before"] += 1
+                raise ApiError(500, "An unknown error occurred", type_="api_error")
+        idempotency_key = headers.get("Idempotency-Key") if route.write and route.idempotent else None
+        fingerprint = json.dumps([route.endpoint, route.object_id, params], sort_keys=True) if idempotency_key else ""
+        with self.lock:
+            if idempotency_key and idempotency_key in self.idempotent:
+                stored_fingerprint, status, body = self.idempotent[idempotency_key]
+                if stored_fingerprint != fingerprint:
+                    raise ApiError(
+                        400,
+                        "Keys for idempotent requests can only be used with the same parameters they were first "
+                        "used with.",
+                        type_="idempotency_error",
+                    )
+                self.stats["idempotent_replays"] += 1
+                return status, body, {"Idempotent-Replayed": "true"}
+            status, body, lost = self._execute(route)
+            if idempotency_key:
+                self.idempotent[idempotency_key] = (fingerprint, status, body)
+            if route.write:
+                self.written.set()
+        if lost:
+            self.stats["lost_responses"] += 1
+            return 500, ApiError(500, "An unknown error occurred (lost response)", type_="api_error").body, {}
+        return status, body, {}
+
+    def _route(self, method: str, path: str, parts: list[str], query: dict, params: dict) -> Route:
+        meter_endpoint = METER_ENDPOINTS.get("/".join(parts))
+        if meter_endpoint:
+            return self._meter_route(method, meter_endpoint, params)
         if len(parts) not in (2, 3) or parts[0] != "v1" or parts[1] not in ENDPOINT_PREFIX:
             raise ApiError(404, f"Unrecognized request URL ({method}: {path})")
         resource = parts[1]
@@ -700,71 +1154,72 @@ class StripeDouble:
         endpoint = ENDPOINT_PREFIX[resource] + (action or "")
         if action is None or endpoint not in ENDPOINTS:
             raise ApiError(405, "Method not allowed")
-        if not key.startswith(("sk_", "rk_")):
-            raise ApiError(401, "Invalid API Key provided", type_="invalid_request_error")
-        write = action in WRITES
-        if write and key in self.config.read_only_keys:
-            raise ApiError(403, "The provided key does not have the required permissions for this endpoint")
-        email = params.get("email") if resource == "customers" else None
-        if write and email and self.config.invalid_emails and re.search(self.config.invalid_emails, email):
-            raise ApiError(400, f"Invalid email address: {email}", code="email_invalid")
-        with self.lock:
-            self.stats[f"requests_{endpoint}"] += 1
-            # Rate limits come first: a 429 is decided before idempotency is consulted.
-            buckets = (self.account_bucket, self.endpoint_buckets[endpoint])
-            if not all(bucket.has_token() for bucket in buckets):
-                self.stats["rate_limited"] += 1
-                raise ApiError(429, "Too many requests hit the API too quickly.", code="rate_limit")
-            for bucket in buckets:
-                bucket.take()
-            if write and self.config.refuse_writes_with:
-                self.stats["refused"] += 1
-                advice = {"Stripe-Should-Retry": self.config.should_retry} if self.config.should_retry else {}
-                raise ApiError(self.config.refuse_writes_with, "Refused by configuration", headers=advice)
-            # A failure before the endpoint runs: nothing done, nothing stored for the key.
-            if write and self.random.random() < self.config.fail_before_rate:
-                self.stats["failed_before"] += 1
-                raise ApiError(500, "An unknown error occurred", type_="api_error")
-        idempotency_key = headers.get("Idempotency-Key") if write else None
-        fingerprint = json.dumps([endpoint, object_id, params], sort_keys=True)
-        with self.lock:
-            if idempotency_key and idempotency_key in self.idempotent:
-                stored_fingerprint, status, body = self.idempotent[idempotency_key]
-                if stored_fingerprint != fingerprint:
-                    raise ApiError(
-                        400,
-                        "Keys for idempotent requests can only be used with the same parameters they were first "
-                        "used with.",
-                        type_="idempotency_error",
-                    )
-                self.stats["idempotent_replays"] += 1
-                return status, body, {"Idempotent-Replayed": "true"}
-            status, body, lost = self._execute(resource, action, endpoint, object_id, query, params)
-            if idempotency_key:
-                self.idempotent[idempotency_key] = (fingerprint, status, body)
-            if write:
-                self.written.set()
-        if lost:
-            self.stats["lost_responses"] += 1
-            return 500, ApiError(500, "An unknown error occurred (lost response)", type_="api_error").body, {}
-        return status, body, {}
-
-    def _execute(
-        self, resource: str, action: str, endpoint: str, object_id: str | None, query: dict, params: dict
-    ) -> tuple[int, dict, bool]:
         serve = {
             "customers": self._customer_endpoint,
             "products": self._product_endpoint,
             "prices": self._price_endpoint,
         }[resource]
+        return Route(
+            endpoint,
+            partial(serve, action, object_id, query, params),
+            (self.account_bucket, self.endpoint_buckets[endpoint]),
+            write=action in WRITES,
+            resource=resource,
+            object_id=object_id,
+        )
+
+    def _meter_route(self, method: str, endpoint: str, params: dict) -> Route:
+        """Meter events and the stream have rate limits of their own, not the account's. The stream and
+        its sessions store no idempotent responses: a stream's events carry their identifiers instead."""
+        if method != "POST":
+            raise ApiError(405, "Method not allowed")
+        own = self.endpoint_buckets
+        serve, buckets, idempotent = {
+            "meter_event_create": (self._create_meter_event, (own["meter_event_create"],), True),
+            "meter_event_adjustment_create": (
+                self._adjust_meter_event,
+                (self.account_bucket, own["meter_event_adjustment_create"]),
+                True,
+            ),
+            "meter_event_session": (self._new_session, (self.account_bucket,), False),
+            "meter_event_stream": (self._stream_meter_events, (own["meter_event_stream"],), False),
+        }[endpoint]
+        return Route(
+            endpoint,
+            partial(serve, params),
+            buckets,
+            write=True,
+            resource="meter_events",
+            idempotent=idempotent,
+            session=endpoint == "meter_event_stream",
+        )
+
+    def _authenticate(self, route: Route, key: str) -> None:
+        if route.session:
+            with self.lock:
+                expires_at = self.sessions.get(key, 0.0)
+            if expires_at <= self.now():
+                raise ApiError(
+                    401,
+                    "The meter event session's authentication token has expired or does not exist: create a new "
+                    "session.",
+                    type_="temporary_session_expired",
+                    code="billing_meter_event_session_expired",
+                )
+            return
+        if not key.startswith(("sk_", "rk_")):
+            raise ApiError(401, "Invalid API Key provided", type_="invalid_request_error")
+        if route.write and key in self.config.read_only_keys:
+            raise ApiError(403, "The provided key does not have the required permissions for this endpoint")
+
+    def _execute(self, route: Route) -> tuple[int, dict, bool]:
         try:
-            body = serve(action, object_id, query, params)
+            body = route.serve()
         except ApiError as error:
             return error.status, error.body, False
-        write = action in WRITES
-        if write:
-            self.stats[f"done_{endpoint}"] += 1
-        lost = write and self.random.random() < self.config.fail_after_rate
+        if route.write:
+            self.stats[f"done_{route.endpoint}"] += 1
+        lost = route.write and self.random.random() < self.config.fail_after_rate
         return 200, json.loads(json.dumps(body)), lost
 
     def load(self, customers: list[dict]) -> list[str]:
@@ -776,19 +1231,24 @@ class StripeDouble:
     # -- the store -------------------------------------------------------------------------
 
     def snapshot(self) -> dict:
+        self.streamed.settle()
         with self.lock:
-            return json.loads(
-                json.dumps(
-                    {
-                        "customers": self.customers.snapshot(),
-                        "deleted": sorted(self.deleted),
-                        "products": self.products.snapshot(),
-                        "prices": self.prices.snapshot(),
-                        "idempotent": self.idempotent,
-                        "clock": self.clock,
-                    }
-                )
-            )
+            return {
+                **json.loads(
+                    json.dumps(
+                        {
+                            "customers": self.customers.snapshot(),
+                            "deleted": sorted(self.deleted),
+                            "products": self.products.snapshot(),
+                            "prices": self.prices.snapshot(),
+                            "idempotent": self.idempotent,
+                            "clock": self.clock,
+                        }
+                    )
+                ),
+                # Not copied through JSON like the rest: millions of events would hold the lock for seconds.
+                "meter_events": self.meter_events.snapshot(),
+            }
 
     def restore(self, saved: dict) -> None:
         self.reset()
@@ -802,6 +1262,7 @@ class StripeDouble:
             self.lookup_keys = {p["lookup_key"]: p["id"] for p in self.prices.objects.values() if p["lookup_key"]}
             self.idempotent = {key: tuple(entry) for key, entry in saved["idempotent"].items()}
             self.clock = saved["clock"]
+            self.meter_events = MeterEvents(saved.get("meter_events"))  # files saved before meter events have none
 
 
 class Store:
@@ -870,6 +1331,7 @@ def make_handler(double: StripeDouble):
                 return False
             action = path.removeprefix("/_double/")
             if method == "GET" and action == "stats":
+                double.streamed.settle()
                 with double.lock:
                     counts = {
                         "customers": len(double.customers.objects),
@@ -887,6 +1349,8 @@ def make_handler(double: StripeDouble):
                 self._reply(200, {})
             elif method == "POST" and action == "customers":
                 self._reply(200, {"ids": double.load(json.loads(self._body() or "[]"))})
+            elif method == "GET" and action == "meter_events":
+                self._reply(200, double.meter_summary())
             else:
                 self._reply(404, {"error": {"message": "unknown control endpoint"}})
             return True
@@ -906,7 +1370,7 @@ def make_handler(double: StripeDouble):
             headers: dict[str, str] = {}
             try:
                 status, payload, headers = double.handle(
-                    method, url.path, parse_form(url.query), parse_form(body), self.headers
+                    method, url.path, parse_form(url.query), parse_body(url.path, body), self.headers
                 )
             except ApiError as error:
                 status, payload, headers = error.status, error.body, error.headers
@@ -924,10 +1388,15 @@ def make_handler(double: StripeDouble):
     return Handler
 
 
+class DoubleHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's backlog of 5 drops SYNs when hundreds of clients connect at once (a usage push does),
+    # and each dropped SYN costs its client a retransmit a second later.
+    request_queue_size = 1024
+
+
 def serve(port: int, double: StripeDouble) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(double))
-    server.daemon_threads = True
-    return server
+    return DoubleHTTPServer(("127.0.0.1", port), make_handler(double))
 
 
 class StripeDoubleServer:
@@ -969,6 +1438,16 @@ class StripeDoubleServer:
 
     def load(self, customers: list[dict]) -> list[str]:
         return self._control("POST", "customers", customers)["ids"]
+
+    def meter_events(self) -> dict:
+        """Meter events counted (cancels excluded), identifiers counted more than once, cancels, the sums
+        per event_name and customer, and the error report; once the events streamed so far are judged."""
+        return self._control("GET", "meter_events")
+
+    def advance_clock(self, seconds: float) -> None:
+        """Moves the meter events' clock: a day later, an identifier is new again."""
+        offset = self._control("GET", "config")["clock_offset_seconds"]
+        self.configure(clock_offset_seconds=offset + seconds)
 
     def start(self) -> StripeDoubleServer:
         command = [sys.executable, "-m", "census_stripe.demo.stripe_double", "--port", str(self.port)]
