@@ -3,7 +3,7 @@ benchmarks that use it rely on that."""
 
 import socket
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -520,7 +520,7 @@ def test_the_stream_takes_up_to_100_events_and_judges_them_after_answering(doubl
         session.created.replace("Z", "+00:00")
     ) == timedelta(minutes=15)
     events = [usage(ann if i % 2 else bob, "1", f"s{i}") for i in range(100)]
-    events[0]["timestamp"] = (datetime.now(timezone.utc) - timedelta(days=36)).isoformat()
+    events[0]["timestamp"] = (datetime.now(UTC) - timedelta(days=36)).isoformat()
     stream(stripe_client, session.authentication_token, events)
     for too_many in ([usage(ann, "1", f"t{i}") for i in range(101)], [{"event_name": "api_calls"}]):
         with pytest.raises(stripe.InvalidRequestError) as refused:

@@ -24,6 +24,7 @@ from census_stripe.warehouse.state import SyncStateStore, utc_now
 API_KEY = "sk_test_usage"
 MODEL = Relation("main", "usage")
 ACCOUNT = StripeAccount("acct_double", False)
+WHOLE_MODEL = MeterRunOptions()
 UNLIMITED = MeterLimits(v1_requests_per_second=100_000, stream_requests_per_second=100_000, concurrency=64)
 
 
@@ -77,7 +78,7 @@ def run_usage_sync(
     url: str,
     spec: MeterEventSpec,
     run_id: str,
-    options: MeterRunOptions = MeterRunOptions(),
+    options: MeterRunOptions = WHOLE_MODEL,
     now: Callable[[], datetime] = utc_now,
     limits: MeterLimits = UNLIMITED,
     api_key: str = API_KEY,
@@ -108,5 +109,7 @@ def ledger_counts(path: Path) -> dict[str, int]:
 
 if __name__ == "__main__":
     warehouse, url, api, run_id = sys.argv[1:5]
-    report = run_usage_sync(Path(warehouse), url, meter_spec(api, partitioned=False), run_id)
+    # A few requests in flight, so that a test can kill the run while it is sending.
+    slow = MeterLimits(v1_requests_per_second=100_000, stream_requests_per_second=100_000, concurrency=4)
+    report = run_usage_sync(Path(warehouse), url, meter_spec(api, partitioned=False), run_id, limits=slow)
     print(report.counts())

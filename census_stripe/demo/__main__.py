@@ -163,14 +163,15 @@ def demo_environment() -> Iterator[dict[str, str]]:
         port=LOCAL_CATALOG_PORT,
         log_path=DATA_DIR / "stripe_double.log",
         account_id=LOCAL_CATALOG_ACCOUNT,
+        meter_customers_elsewhere=True,
     )
     print(
         f"No STRIPE_API_KEY: starting a local Stripe server (localstripe) at {server.url} with a demo key; "
         f"its data is kept in {LOCAL_STRIPE_DATA}"
     )
     print(
-        f"The catalog (products and prices) is served by the project's Stripe test double at {catalog.url}, "
-        f"as localstripe has no Prices; its data is kept in {LOCAL_CATALOG_DATA}"
+        f"The catalog (products and prices) and the usage (meter events) are served by the project's Stripe "
+        f"test double at {catalog.url}, as localstripe has neither; its data is kept in {LOCAL_CATALOG_DATA}"
     )
     with server, catalog:
         yield env | {

@@ -65,7 +65,7 @@ from bisect import bisect_left, insort
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -156,6 +156,8 @@ class DoubleConfig:
     should_retry: str = ""  # "true" or "false": sent as Stripe-Should-Retry with that answer
     seed: int = 0
     account_id: str = "acct_double"
+    # The demo's customers live in localstripe, its meter events here: any cus_ id is then a customer.
+    meter_customers_elsewhere: bool = False
     clock_offset_seconds: float = 0.0  # added to the real clock for meter events: tests jump a day ahead with it
     # The meter's customer key, then its value key, in each event's payload.
     meter_payload_keys: list[str] = field(default_factory=lambda: ["stripe_customer_id", "value"])
@@ -342,7 +344,7 @@ def short_text(value, param: str) -> str:
 
 
 def rfc3339(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def rfc3339_seconds(value, param: str) -> float:
@@ -997,7 +999,10 @@ class StripeDouble:
         """What Stripe checks after accepting an event: its customer exists and its value is a number."""
         customer_key, value_key = self.config.meter_payload_keys
         customer, value = event.payload[customer_key], event.payload[value_key]
-        if customer not in self.customers.objects:
+        known = customer in self.customers.objects or (
+            self.config.meter_customers_elsewhere and customer.startswith("cus_")
+        )
+        if not known:
             self.meter_events.refuse(event, "meter_event_customer_not_found")
         elif not DECIMAL.fullmatch(value):
             self.meter_events.refuse(event, "meter_event_invalid_value")

@@ -68,11 +68,7 @@ class MeterEventLedger:
 
     @property
     def of_sync(self) -> str:
-        return self.of_sync_in("")
-
-    def of_sync_in(self, qualifier: str) -> str:
-        """The rows of this sync and account; `qualifier` names the ledger where a statement reads two tables."""
-        return f"{qualifier}sync_name = {_text(self.sync_name)} AND {qualifier}stripe_account = {_text(self.account)}"
+        return f"sync_name = {_text(self.sync_name)} AND stripe_account = {_text(self.account)}"
 
     def ensure_table(self) -> None:
         definitions = [
@@ -107,10 +103,12 @@ class MeterEventLedger:
     def revise(self, corrections_sql: str, run_id: str) -> None:
         """Queue the new values of corrected events (columns event_key, value) under their next identifier."""
         self._execute(
-            f"UPDATE {self.name} SET revision = revision + 1, identifier = event_key || '-r' || "
-            f"CAST(revision + 1 AS VARCHAR), value = corrections.value, run_id = {_text(run_id)}, "
-            f"attempted_at = NULL, accepted_at = NULL FROM ({corrections_sql}) AS corrections "
-            f"WHERE {self.name}.event_key = corrections.event_key AND {self.of_sync_in(self.name + '.')}"
+            f"UPDATE {self.name} SET revision = revision + 1, "
+            "identifier = corrected_key || '-r' || CAST(revision + 1 AS VARCHAR), "
+            f"value = corrected_value, run_id = {_text(run_id)}, attempted_at = NULL, accepted_at = NULL "
+            "FROM (SELECT event_key AS corrected_key, value AS corrected_value "
+            f"FROM ({corrections_sql}) AS chosen) AS corrections "
+            f"WHERE event_key = corrected_key AND {self.of_sync}"
         )
 
     def to_send(self, run_id: str, chunk_rows: int) -> Iterator[dict[str, list]]:
