@@ -66,13 +66,17 @@ def test_the_demo_three_times_customers_and_catalog(tmp_path):
     }
     assert "rejected 'not-an-email': invalid email" in first
     assert "No STRIPE_API_KEY: starting a local Stripe server (localstripe) at http://127.0.0.1:8420" in first
-    assert "The catalog (products and prices) is served by the project's Stripe test double at http://" in first
+    assert "The catalog (products and prices) and the usage (meter events) are served by the project's Stripe" in first
     assert f"DuckDB file {tmp_path / 'warehouse.duckdb'} (tables census_stripe.sync_state" in first
     assert (tmp_path / "localstripe.pickle").exists() and (tmp_path / "stripe_catalog.json").exists()
     products, prices = counts(first, "products"), counts(first, "prices")
     assert (products["created"], products["rejected"]) == (4, 0)
     assert (prices["created"], prices["rejected"]) == (14, 1)
     assert "rejected 'sso_monthly_usd'" in first and "prod_demo_sso" in first  # the price of a missing product
+    # A week of API usage billed as meter events; the usage of the 6 customers rejected above with them.
+    usage = counts(first, "api_usage")
+    assert (usage["rows_read"], usage["accepted"], usage["rejected"]) == (700, 693, 7)
+    assert len(json.loads((tmp_path / "stripe_catalog.json").read_text())["meter_events"]["by_identifier"]) == 693
 
     second = run_demo(tmp_path)
     assert counts(second) == {
@@ -89,6 +93,8 @@ def test_the_demo_three_times_customers_and_catalog(tmp_path):
     prices = counts(second, "prices")
     assert (prices["created"], prices["new_versions"], prices["updated"]) == (0, 1, 0)
     assert "'pro_monthly_usd': new version of price pro_monthly_usd: 1000 → 1200 USD/month" in second
+    usage = counts(second, "api_usage")  # the same days again: nothing new to bill
+    assert (usage["already_sent"], usage["accepted"], usage["stripe_api_calls"]) == (693, 0, 0)
     stored = json.loads((tmp_path / "stripe_catalog.json").read_text())
     monthly_usd = [
         price
@@ -105,7 +111,7 @@ def test_the_demo_three_times_customers_and_catalog(tmp_path):
     third = run_demo(tmp_path)
     assert "starting from an empty Stripe account and an empty sync state" in third
     assert counts(third)["created"] == 294
-    for sync in ("products", "prices"):
+    for sync in ("products", "prices", "api_usage"):
         assert counts(third, sync)["stripe_api_calls"] == 0, sync
 
 
