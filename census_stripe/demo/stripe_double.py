@@ -50,7 +50,6 @@ import argparse
 import hashlib
 import json
 import os
-import queue
 import random
 import re
 import secrets
@@ -59,7 +58,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import urllib.request
 from bisect import bisect_left, insort
 from collections import Counter, defaultdict, deque
@@ -67,7 +65,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
-from functools import partial
+from functools import lru_cache, partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -133,7 +131,8 @@ METER_ENDPOINTS = {
     "v2/billing/meter_event_session": "meter_event_session",
     "v2/billing/meter_event_stream": "meter_event_stream",
 }
-METER_EVENT_FIELDS = ("event_name", "payload", "identifier", "timestamp")
+METER_EVENT_FIELDS = frozenset(("event_name", "payload", "identifier", "timestamp"))
+METER_EVENT_REQUIRED = frozenset(("event_name", "payload"))
 MAX_METER_TEXT = 100  # characters of an event_name or identifier
 MAX_STREAMED_EVENTS = 100  # per meter event stream request
 DAY = 24 * 3600  # an identifier is unique, and its event cancellable, for a rolling day after receipt
@@ -218,6 +217,7 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+@lru_cache(maxsize=256)  # a few keys and session tokens, each of them sent thousands of times a second
 def key_stat(api_key: str) -> str:
     """The stats entry counting API requests made with this key: a hash, so stats never hold a key."""
     return "key_sha256_" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
@@ -330,9 +330,10 @@ def merge_metadata(target: dict, value) -> None:
             target["metadata"][key] = item
 
 
-def short_text(value, param: str) -> str:
-    if isinstance(value, str) and 1 <= len(value) <= MAX_METER_TEXT:
+def short_text(value, prefix: str, name: str) -> str:
+    if isinstance(value, str) and 0 < len(value) <= MAX_METER_TEXT:
         return value
+    param = qualified(prefix, name)
     raise ApiError(
         400,
         f"Invalid string: {param} must have 1 to {MAX_METER_TEXT} characters",
@@ -373,21 +374,24 @@ def meter_event(fields, prefix: str, now: float, seconds: Callable[[Any, str], f
     the API version sends it. Whether it can be counted is judged apart (`Refusal`)."""
     if not isinstance(fields, dict):
         raise ApiError(400, f"Invalid object: {prefix}", code="parameter_invalid", param=prefix)
-    refuse_unknown(fields, METER_EVENT_FIELDS, prefix)
-    required(fields, ("event_name", "payload"), prefix)
+    # The stream brings tens of thousands of events a second: the usual case is told by two set comparisons,
+    # and only a wrong event goes through the checks that name what is wrong with it.
+    if not METER_EVENT_REQUIRED <= fields.keys() <= METER_EVENT_FIELDS:
+        refuse_unknown(fields, METER_EVENT_FIELDS, prefix)
+        required(fields, sorted(METER_EVENT_REQUIRED), prefix)
     payload = fields["payload"]
-    if not isinstance(payload, dict) or not all(isinstance(value, str) for value in payload.values()):
+    if not isinstance(payload, dict) or not set(map(type, payload.values())) <= {str}:
         param = qualified(prefix, "payload")
         raise ApiError(400, f"Invalid object: {param} must map names to strings", code="parameter_invalid", param=param)
+    identifier = fields.get("identifier")
+    timestamp = fields.get("timestamp")
     return MeterEvent(
-        identifier=(
-            short_text(fields["identifier"], qualified(prefix, "identifier"))
-            if "identifier" in fields
-            else "mev_" + secrets.token_hex(12)
-        ),
-        event_name=short_text(fields["event_name"], qualified(prefix, "event_name")),
+        identifier="mev_" + secrets.token_hex(12)
+        if identifier is None
+        else short_text(identifier, prefix, "identifier"),
+        event_name=short_text(fields["event_name"], prefix, "event_name"),
         payload=payload,
-        timestamp=seconds(fields["timestamp"], qualified(prefix, "timestamp")) if "timestamp" in fields else now,
+        timestamp=now if timestamp is None else seconds(timestamp, qualified(prefix, "timestamp")),
     )
 
 
@@ -420,12 +424,16 @@ def refusal_on_receipt(event: MeterEvent, now: float, payload_keys: list[str]) -
             f"{int(now + MAX_EVENT_LEAD)}.",
             "timestamp",
         )
-    for key, reason in zip(
-        payload_keys, ("meter_event_no_customer_defined", "meter_event_value_not_found"), strict=True
-    ):
-        if key not in event.payload:
-            return Refusal(reason, f"The payload has no '{key}'.", f"payload[{key}]", "parameter_missing")
+    customer_key, value_key = payload_keys
+    if customer_key not in event.payload:
+        return missing_from_payload(customer_key, "meter_event_no_customer_defined")
+    if value_key not in event.payload:
+        return missing_from_payload(value_key, "meter_event_value_not_found")
     return None
+
+
+def missing_from_payload(key: str, reason: str) -> Refusal:
+    return Refusal(reason, f"The payload has no '{key}'.", f"payload[{key}]", "parameter_missing")
 
 
 def as_number(value: Decimal) -> int | float:
@@ -513,35 +521,44 @@ class MeterEvents:
 
 
 class Backlog:
-    """Work handed to a worker thread, and a wait for what was handed in so far: a wait for a settled
-    state that ends even while more work keeps arriving."""
+    """Batches of streamed events accepted and not yet judged. Stripe answers the stream before it judges
+    the events: the thread of each reply judges one waiting batch once its answer is sent, so a client that
+    sends faster than the double can judge is slowed down, instead of the backlog (and the memory) growing
+    without end as behind a worker thread that 200 request threads starve of the GIL."""
 
-    def __init__(self) -> None:
-        self.work: queue.SimpleQueue = queue.SimpleQueue()
+    def __init__(self, judge: Callable) -> None:
+        self.judge = judge
+        self.waiting: deque = deque()
         self.progress = threading.Condition()
         self.handed_in = 0
         self.done = 0
 
-    def put(self, item) -> None:
+    def put(self, batch) -> None:
         with self.progress:
             self.handed_in += 1
-        self.work.put(item)
+        self.waiting.append(batch)
 
-    def serve(self, handle: Callable) -> None:
-        while True:
-            item = self.work.get()
-            try:
-                handle(item)
-            except Exception:  # a bug in the double: in its log, and the worker lives on so settle() returns
-                traceback.print_exc()
-            finally:
-                with self.progress:
-                    self.done += 1
-                    self.progress.notify_all()
+    def work_off(self) -> bool:
+        """Judges the oldest waiting batch; False when none waits."""
+        try:
+            batch = self.waiting.popleft()
+        except IndexError:
+            return False
+        try:
+            self.judge(batch)
+        finally:
+            with self.progress:
+                self.done += 1
+                self.progress.notify_all()
+        return True
 
     def settle(self) -> None:
+        """Judges what waits and waits for what other threads are judging: all handed in so far is done."""
         with self.progress:
             target = self.handed_in
+        while self.work_off():
+            pass
+        with self.progress:
             self.progress.wait_for(lambda: self.done >= target)
 
 
@@ -608,11 +625,7 @@ class StripeDouble:
     def __init__(self, config: DoubleConfig):
         self.lock = threading.Lock()
         self.written = threading.Event()  # set after every completed write, for the store
-        # Stripe answers the v2 stream before it looks at the events: a worker counts them after the reply.
-        self.streamed = Backlog()
-        threading.Thread(
-            target=self.streamed.serve, args=(self._count_streamed,), daemon=True, name="stripe-double-meter-stream"
-        ).start()
+        self.streamed = Backlog(self._count_streamed)
         self.configure(config)
         self.reset()
 
@@ -1013,7 +1026,7 @@ class StripeDouble:
             raise ApiError(
                 400, "Missing required param: cancel[identifier].", code="parameter_missing", param="cancel[identifier]"
             )
-        identifier = short_text(cancel["identifier"], "cancel[identifier]")
+        identifier = short_text(cancel["identifier"], "cancel", "identifier")
         if not self.meter_events.cancel(identifier, params["event_name"], self.now()):
             raise ApiError(
                 400,
@@ -1303,6 +1316,7 @@ def make_handler(double: StripeDouble):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # one small response per request: never wait for an ACK
+        wbufsize = -1  # buffered, so that a reply leaves in one send (flushed by _reply), not one per header
 
         def log_message(self, *args) -> None:  # quiet: tests read the stats instead
             pass
@@ -1317,6 +1331,7 @@ def make_handler(double: StripeDouble):
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
+            self.wfile.flush()  # before anything done after the reply
 
         def _body(self) -> str | None:
             """The request's body; None when the client went away before sending all of it (urllib3
@@ -1374,7 +1389,10 @@ def make_handler(double: StripeDouble):
                 )
             except ApiError as error:
                 status, payload, headers = error.status, error.body, error.headers
-            self._reply(status, payload, headers)
+            try:
+                self._reply(status, payload, headers)
+            finally:
+                double.streamed.work_off()
 
         def do_GET(self) -> None:
             self._serve("GET")
