@@ -1,5 +1,5 @@
-"""A test double of Stripe's Customer, Product and Price APIs, for what localstripe cannot do:
-volume, 429s, idempotency, latency, lost responses, and Prices at all.
+"""A test double of Stripe's Customer, Product, Price and meter event APIs, for what localstripe
+cannot do: volume, 429s, idempotency, latency, lost responses, and Prices and usage at all.
 
 It is an HTTP server, run as its own process, modelled on Stripe's documented behaviour
 (docs/stripe.md). It shares no code with the engine it judges.
@@ -18,12 +18,38 @@ It is an HTTP server, run as its own process, modelled on Stripe's documented be
   `parameter_unknown`, as Stripe answers. A lookup key belongs to one price of the account; taking
   it from another needs `transfer_lookup_key=true`. `tax_behavior` may be set once. Prices are
   never deleted; an archived (`active: false`) price is still retrieved and listed.
+- Meter events (usage), on the double's clock, `time.time() + clock_offset_seconds`:
+  - `POST /v1/billing/meter_events` (form): `event_name` and `identifier` (1 to 100 characters; an
+    identifier is made up when none is sent), `payload` (holding the meter's customer and value keys,
+    `meter_payload_keys`), `timestamp` (seconds; default now). Refused with a 400: a bad shape, a
+    timestamp more than 35 days back or 5 minutes ahead (param `timestamp`), a payload without the keys
+    (`parameter_missing`), an identifier counted within the last 24 hours (`resource_already_exists`).
+    A day later the same identifier is counted again, as Stripe does: `counted_more_than_once` shows it.
+    An unknown customer, or a value that is no decimal number, is answered 200 and goes to the error
+    report, uncounted, as Stripe judges those after answering.
+  - `POST /v1/billing/meter_event_adjustments` (`type=cancel`, `cancel[identifier]`) takes an event
+    counted within the last 24 hours out of the sums; any other is a 400 on `cancel[identifier]`.
+  - `POST /v2/billing/meter_event_session` (JSON, a secret key) gives an `authentication_token` that
+    lives `session_ttl_seconds`. `POST /v2/billing/meter_event_stream` (JSON, that token as Bearer)
+    takes 1 to 100 events (`timestamp` an RFC 3339 string) and answers `{}` once their shape is
+    checked. An unknown or expired token is v2's 401 `temporary_session_expired` /
+    `billing_meter_event_session_expired` (the SDK raises `stripe.TemporarySessionExpiredError`).
+    The events are judged after the reply, as v1 judges its: the refused ones go to the error report
+    (with Stripe's codes: `timestamp_too_far_in_past`, `meter_event_customer_not_found`, ...), an
+    identifier counted within the day is dropped without a word (stats `meter_event_duplicates`).
+    The thread that answered judges one waiting batch right after its answer: a client that sends
+    faster than the double judges is slowed down rather than the backlog growing.
+  - Kept compact, for millions of events: per identifier when it was last counted and how often
+    (about 300 bytes each), per meter and customer the sum.
 - Rate limits: token buckets per endpoint (`create`, `update`, `list`, `retrieve`, `delete` for
-  customers; `product_create`, `price_update` and so on for the catalog) and one for the account; a
-  request over either gets a 429 *before* the idempotency layer sees it.
+  customers; `product_create`, `price_update`, `meter_event_adjustment_create` and so on) and one for
+  the account; a request over either gets a 429 *before* the idempotency layer sees it. As at Stripe,
+  v1 meter events (`meter_event_rate`) and the stream (`meter_event_stream_rate`) have limits of their
+  own, apart from the account's; a session takes the account's.
 - Idempotency: the first response to an `Idempotency-Key` is stored (400s and 500s included) and
   replayed for the same key, with the header `Idempotent-Replayed: true`; the same key with other
-  parameters is a 400 `idempotency_error`.
+  parameters is a 400 `idempotency_error`. Not for the meter event stream and its sessions, whose
+  events carry their identifiers instead.
 - Faults: a chosen share of writes fails with a 500 before the endpoint runs (nothing done,
   nothing stored for the key), or after it ran (the response is lost: the object exists and the
   key replays the success), plus a fixed latency per request. Or every write answered with one
@@ -33,13 +59,17 @@ It is an HTTP server, run as its own process, modelled on Stripe's documented be
   `email_invalid`, as Stripe answers an address it cannot accept.
 - Keys: `sk_`/`rk_` keys are accepted; a key listed as read-only gets 403 on writes. The stats
   count the API requests made with each key, by a hash of it (`key_stat`), and the requests and
-  completed writes per endpoint (`requests_<endpoint>`, `done_<endpoint>`).
-- Persistence (optional): with `--store PATH`, the objects and stored idempotent responses are
-  read from that JSON file at start, written back shortly after each burst of writes, and on
-  SIGTERM. Without it, everything lives in memory.
+  completed writes per endpoint (`requests_<endpoint>`, `done_<endpoint>`), the events in accepted
+  stream requests (`meter_events_streamed`) and the sessions made (`meter_event_sessions`).
+- Persistence (optional): with `--store PATH`, the objects, the meter events and stored idempotent
+  responses are read from that JSON file at start, written back shortly after each burst of writes,
+  and on SIGTERM. Without it, everything lives in memory.
 
 Control endpoints (no auth): GET /_double/stats, POST /_double/config (JSON), POST /_double/reset,
-POST /_double/customers (JSON list of customer params, created directly, for fixtures).
+POST /_double/customers (JSON list of customer params, created directly, for fixtures),
+GET /_double/meter_events (`counted` without the cancelled, `counted_more_than_once`, `cancelled`,
+`sums` per event_name and customer, the last 1,000 `errors` of the error report). Stats and meter
+events are read once the events streamed until then are judged.
 
     python -m census_stripe.demo.stripe_double --port 12111 --latency 0.15 --endpoint-rate 25
 """
