@@ -247,6 +247,20 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def compact_response(fingerprint: str, status: int, body: str | dict) -> tuple[str, int, str]:
+    """A stored idempotent response as kept now; files saved before hold the parameters' JSON itself as
+    the fingerprint, and the body as an object."""
+    return (
+        digest(fingerprint) if fingerprint.startswith("[") else fingerprint,
+        status,
+        body if isinstance(body, str) else json.dumps(body),
+    )
+
+
 @lru_cache(maxsize=256)  # a few keys and session tokens, each of them sent thousands of times a second
 def key_stat(api_key: str) -> str:
     """The stats entry counting API requests made with this key: a hash, so stats never hold a key."""
@@ -682,7 +696,8 @@ class StripeDouble:
             self.products = Collection("product", "/v1/products")
             self.prices = Collection("price", "/v1/prices")
             self.lookup_keys: dict[str, str] = {}  # lookup key -> the price holding it
-            self.idempotent: dict[str, tuple[str, int, dict]] = {}
+            # Idempotency-Key -> (fingerprint, status, body as JSON), kept as strings: a usage push keeps millions.
+            self.idempotent: dict[str, tuple[str, int, str]] = {}
             self.stats: Counter = Counter()
             self.clock = 1_700_000_000
             self.meter_events = MeterEvents()
@@ -1156,7 +1171,9 @@ class StripeDouble:
                 self.stats["failed_before"] += 1
                 raise ApiError(500, "An unknown error occurred", type_="api_error")
         idempotency_key = headers.get("Idempotency-Key") if route.write and route.idempotent else None
-        fingerprint = json.dumps([route.endpoint, route.object_id, params], sort_keys=True) if idempotency_key else ""
+        fingerprint = (
+            digest(json.dumps([route.endpoint, route.object_id, params], sort_keys=True)) if idempotency_key else ""
+        )
         with self.lock:
             if idempotency_key and idempotency_key in self.idempotent:
                 stored_fingerprint, status, body = self.idempotent[idempotency_key]
@@ -1168,7 +1185,7 @@ class StripeDouble:
                         type_="idempotency_error",
                     )
                 self.stats["idempotent_replays"] += 1
-                return status, body, {"Idempotent-Replayed": "true"}
+                return status, json.loads(body), {"Idempotent-Replayed": "true"}
             status, body, lost = self._execute(route)
             if idempotency_key:
                 self.idempotent[idempotency_key] = (fingerprint, status, body)
@@ -1177,7 +1194,7 @@ class StripeDouble:
         if lost:
             self.stats["lost_responses"] += 1
             return 500, ApiError(500, "An unknown error occurred (lost response)", type_="api_error").body, {}
-        return status, body, {}
+        return status, json.loads(body), {}
 
     def _route(self, method: str, path: str, parts: list[str], query: dict, params: dict) -> Route:
         meter_endpoint = METER_ENDPOINTS.get("/".join(parts))
@@ -1255,15 +1272,17 @@ class StripeDouble:
         if route.write and key in self.config.read_only_keys:
             raise ApiError(403, "The provided key does not have the required permissions for this endpoint")
 
-    def _execute(self, route: Route) -> tuple[int, dict, bool]:
+    def _execute(self, route: Route) -> tuple[int, str, bool]:
+        """Status, the body as JSON (apart from the live objects, which later writes change), and whether
+        the response is to be lost."""
         try:
             body = route.serve()
         except ApiError as error:
-            return error.status, error.body, False
+            return error.status, json.dumps(error.body), False
         if route.write:
             self.stats[f"done_{route.endpoint}"] += 1
         lost = route.write and self.random.random() < self.config.fail_after_rate
-        return 200, json.loads(json.dumps(body)), lost
+        return 200, json.dumps(body), lost
 
     def load(self, customers: list[dict]) -> list[str]:
         with self.lock:
@@ -1303,7 +1322,7 @@ class StripeDouble:
             self.products.restore(saved["products"])
             self.prices.restore(saved["prices"])
             self.lookup_keys = {p["lookup_key"]: p["id"] for p in self.prices.objects.values() if p["lookup_key"]}
-            self.idempotent = {key: tuple(entry) for key, entry in saved["idempotent"].items()}
+            self.idempotent = {key: compact_response(*entry) for key, entry in saved["idempotent"].items()}
             self.clock = saved["clock"]
             self.meter_events = MeterEvents(saved.get("meter_events"))  # files saved before meter events have none
 
