@@ -1,6 +1,7 @@
 """The Stripe test double behaves as docs/stripe.md says Stripe does; the tests and
 benchmarks that use it rely on that."""
 
+import json
 import socket
 import time
 from datetime import UTC, datetime, timedelta
@@ -359,6 +360,30 @@ def test_a_store_keeps_the_catalog_between_processes(tmp_path):
             )["param"]
             == "lookup_key"
         )
+
+
+def test_a_store_saved_with_whole_idempotency_fingerprints_still_replays_its_keys(tmp_path):
+    # As the double saved its stored responses before it kept them as strings: the parameters' JSON, an object.
+    product = {"id": "prod_a", "object": "product", "name": "A", "active": True}
+    store = tmp_path / "catalog.json"
+    store.write_text(
+        json.dumps(
+            {
+                "customers": [],
+                "deleted": [],
+                "products": [product],
+                "prices": [],
+                "idempotent": {"k-old": ['["product_create", null, {"id": "prod_a", "name": "A"}]', 200, product]},
+                "clock": 1_700_000_000,
+            }
+        )
+    )
+    with StripeDoubleServer(store=store) as server:
+        products = make_client("sk_test_double", server.url, max_network_retries=0).v1.products
+        replayed = products.create(params={"id": "prod_a", "name": "A"}, options={"idempotency_key": "k-old"})
+        assert (replayed.id, server.stats()["idempotent_replays"]) == ("prod_a", 1)
+        with pytest.raises(stripe.IdempotencyError):
+            products.create(params={"id": "prod_a", "name": "B"}, options={"idempotency_key": "k-old"})
 
 
 # -- meter events ------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""A test double of Stripe's Customer, Product and Price APIs, for what localstripe cannot do:
-volume, 429s, idempotency, latency, lost responses, and Prices at all.
+"""A test double of Stripe's Customer, Product, Price and meter event APIs, for what localstripe
+cannot do: volume, 429s, idempotency, latency, lost responses, and Prices and usage at all.
 
 It is an HTTP server, run as its own process, modelled on Stripe's documented behaviour
 (docs/stripe.md). It shares no code with the engine it judges.
@@ -18,12 +18,38 @@ It is an HTTP server, run as its own process, modelled on Stripe's documented be
   `parameter_unknown`, as Stripe answers. A lookup key belongs to one price of the account; taking
   it from another needs `transfer_lookup_key=true`. `tax_behavior` may be set once. Prices are
   never deleted; an archived (`active: false`) price is still retrieved and listed.
+- Meter events (usage), on the double's clock, `time.time() + clock_offset_seconds`:
+  - `POST /v1/billing/meter_events` (form): `event_name` and `identifier` (1 to 100 characters; an
+    identifier is made up when none is sent), `payload` (holding the meter's customer and value keys,
+    `meter_payload_keys`), `timestamp` (seconds; default now). Refused with a 400: a bad shape, a
+    timestamp more than 35 days back or 5 minutes ahead (param `timestamp`), a payload without the keys
+    (`parameter_missing`), an identifier counted within the last 24 hours (`resource_already_exists`).
+    A day later the same identifier is counted again, as Stripe does: `counted_more_than_once` shows it.
+    An unknown customer, or a value that is no decimal number, is answered 200 and goes to the error
+    report, uncounted, as Stripe judges those after answering.
+  - `POST /v1/billing/meter_event_adjustments` (`type=cancel`, `cancel[identifier]`) takes an event
+    counted within the last 24 hours out of the sums; any other is a 400 on `cancel[identifier]`.
+  - `POST /v2/billing/meter_event_session` (JSON, a secret key) gives an `authentication_token` that
+    lives `session_ttl_seconds`. `POST /v2/billing/meter_event_stream` (JSON, that token as Bearer)
+    takes 1 to 100 events (`timestamp` an RFC 3339 string) and answers `{}` once their shape is
+    checked. An unknown or expired token is v2's 401 `temporary_session_expired` /
+    `billing_meter_event_session_expired` (the SDK raises `stripe.TemporarySessionExpiredError`).
+    The events are judged after the reply, as v1 judges its: the refused ones go to the error report
+    (with Stripe's codes: `timestamp_too_far_in_past`, `meter_event_customer_not_found`, ...), an
+    identifier counted within the day is dropped without a word (stats `meter_event_duplicates`).
+    The thread that answered judges one waiting batch right after its answer: a client that sends
+    faster than the double judges is slowed down rather than the backlog growing.
+  - Kept compact, for millions of events: per identifier when it was last counted and how often
+    (about 300 bytes each), per meter and customer the sum.
 - Rate limits: token buckets per endpoint (`create`, `update`, `list`, `retrieve`, `delete` for
-  customers; `product_create`, `price_update` and so on for the catalog) and one for the account; a
-  request over either gets a 429 *before* the idempotency layer sees it.
+  customers; `product_create`, `price_update`, `meter_event_adjustment_create` and so on) and one for
+  the account; a request over either gets a 429 *before* the idempotency layer sees it. As at Stripe,
+  v1 meter events (`meter_event_rate`) and the stream (`meter_event_stream_rate`) have limits of their
+  own, apart from the account's; a session takes the account's.
 - Idempotency: the first response to an `Idempotency-Key` is stored (400s and 500s included) and
   replayed for the same key, with the header `Idempotent-Replayed: true`; the same key with other
-  parameters is a 400 `idempotency_error`.
+  parameters is a 400 `idempotency_error`. Not for the meter event stream and its sessions, whose
+  events carry their identifiers instead.
 - Faults: a chosen share of writes fails with a 500 before the endpoint runs (nothing done,
   nothing stored for the key), or after it ran (the response is lost: the object exists and the
   key replays the success), plus a fixed latency per request. Or every write answered with one
@@ -33,13 +59,17 @@ It is an HTTP server, run as its own process, modelled on Stripe's documented be
   `email_invalid`, as Stripe answers an address it cannot accept.
 - Keys: `sk_`/`rk_` keys are accepted; a key listed as read-only gets 403 on writes. The stats
   count the API requests made with each key, by a hash of it (`key_stat`), and the requests and
-  completed writes per endpoint (`requests_<endpoint>`, `done_<endpoint>`).
-- Persistence (optional): with `--store PATH`, the objects and stored idempotent responses are
-  read from that JSON file at start, written back shortly after each burst of writes, and on
-  SIGTERM. Without it, everything lives in memory.
+  completed writes per endpoint (`requests_<endpoint>`, `done_<endpoint>`), the events in accepted
+  stream requests (`meter_events_streamed`) and the sessions made (`meter_event_sessions`).
+- Persistence (optional): with `--store PATH`, the objects, the meter events and stored idempotent
+  responses are read from that JSON file at start, written back shortly after each burst of writes,
+  and on SIGTERM. Without it, everything lives in memory.
 
 Control endpoints (no auth): GET /_double/stats, POST /_double/config (JSON), POST /_double/reset,
-POST /_double/customers (JSON list of customer params, created directly, for fixtures).
+POST /_double/customers (JSON list of customer params, created directly, for fixtures),
+GET /_double/meter_events (`counted` without the cancelled, `counted_more_than_once`, `cancelled`,
+`sums` per event_name and customer, the last 1,000 `errors` of the error report). Stats and meter
+events are read once the events streamed until then are judged.
 
     python -m census_stripe.demo.stripe_double --port 12111 --latency 0.15 --endpoint-rate 25
 """
@@ -50,7 +80,6 @@ import argparse
 import hashlib
 import json
 import os
-import queue
 import random
 import re
 import secrets
@@ -59,7 +88,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import urllib.request
 from bisect import bisect_left, insort
 from collections import Counter, defaultdict, deque
@@ -67,7 +95,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from functools import partial
+from functools import lru_cache, partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -133,7 +161,8 @@ METER_ENDPOINTS = {
     "v2/billing/meter_event_session": "meter_event_session",
     "v2/billing/meter_event_stream": "meter_event_stream",
 }
-METER_EVENT_FIELDS = ("event_name", "payload", "identifier", "timestamp")
+METER_EVENT_FIELDS = frozenset(("event_name", "payload", "identifier", "timestamp"))
+METER_EVENT_REQUIRED = frozenset(("event_name", "payload"))
 MAX_METER_TEXT = 100  # characters of an event_name or identifier
 MAX_STREAMED_EVENTS = 100  # per meter event stream request
 DAY = 24 * 3600  # an identifier is unique, and its event cancellable, for a rolling day after receipt
@@ -220,6 +249,21 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def compact_response(fingerprint: str, status: int, body: str | dict) -> tuple[str, int, str]:
+    """A stored idempotent response as kept now; files saved before hold the parameters' JSON itself as
+    the fingerprint, and the body as an object."""
+    return (
+        digest(fingerprint) if fingerprint.startswith("[") else fingerprint,
+        status,
+        body if isinstance(body, str) else json.dumps(body),
+    )
+
+
+@lru_cache(maxsize=256)  # a few keys and session tokens, each of them sent thousands of times a second
 def key_stat(api_key: str) -> str:
     """The stats entry counting API requests made with this key: a hash, so stats never hold a key."""
     return "key_sha256_" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
@@ -332,9 +376,10 @@ def merge_metadata(target: dict, value) -> None:
             target["metadata"][key] = item
 
 
-def short_text(value, param: str) -> str:
-    if isinstance(value, str) and 1 <= len(value) <= MAX_METER_TEXT:
+def short_text(value, prefix: str, name: str) -> str:
+    if isinstance(value, str) and 0 < len(value) <= MAX_METER_TEXT:
         return value
+    param = qualified(prefix, name)
     raise ApiError(
         400,
         f"Invalid string: {param} must have 1 to {MAX_METER_TEXT} characters",
@@ -375,21 +420,24 @@ def meter_event(fields, prefix: str, now: float, seconds: Callable[[Any, str], f
     the API version sends it. Whether it can be counted is judged apart (`Refusal`)."""
     if not isinstance(fields, dict):
         raise ApiError(400, f"Invalid object: {prefix}", code="parameter_invalid", param=prefix)
-    refuse_unknown(fields, METER_EVENT_FIELDS, prefix)
-    required(fields, ("event_name", "payload"), prefix)
+    # The stream brings tens of thousands of events a second: the usual case is told by two set comparisons,
+    # and only a wrong event goes through the checks that name what is wrong with it.
+    if not METER_EVENT_REQUIRED <= fields.keys() <= METER_EVENT_FIELDS:
+        refuse_unknown(fields, METER_EVENT_FIELDS, prefix)
+        required(fields, sorted(METER_EVENT_REQUIRED), prefix)
     payload = fields["payload"]
-    if not isinstance(payload, dict) or not all(isinstance(value, str) for value in payload.values()):
+    if not isinstance(payload, dict) or not set(map(type, payload.values())) <= {str}:
         param = qualified(prefix, "payload")
         raise ApiError(400, f"Invalid object: {param} must map names to strings", code="parameter_invalid", param=param)
+    identifier = fields.get("identifier")
+    timestamp = fields.get("timestamp")
     return MeterEvent(
-        identifier=(
-            short_text(fields["identifier"], qualified(prefix, "identifier"))
-            if "identifier" in fields
-            else "mev_" + secrets.token_hex(12)
-        ),
-        event_name=short_text(fields["event_name"], qualified(prefix, "event_name")),
+        identifier="mev_" + secrets.token_hex(12)
+        if identifier is None
+        else short_text(identifier, prefix, "identifier"),
+        event_name=short_text(fields["event_name"], prefix, "event_name"),
         payload=payload,
-        timestamp=seconds(fields["timestamp"], qualified(prefix, "timestamp")) if "timestamp" in fields else now,
+        timestamp=now if timestamp is None else seconds(timestamp, qualified(prefix, "timestamp")),
     )
 
 
@@ -422,12 +470,16 @@ def refusal_on_receipt(event: MeterEvent, now: float, payload_keys: list[str]) -
             f"{int(now + MAX_EVENT_LEAD)}.",
             "timestamp",
         )
-    for key, reason in zip(
-        payload_keys, ("meter_event_no_customer_defined", "meter_event_value_not_found"), strict=True
-    ):
-        if key not in event.payload:
-            return Refusal(reason, f"The payload has no '{key}'.", f"payload[{key}]", "parameter_missing")
+    customer_key, value_key = payload_keys
+    if customer_key not in event.payload:
+        return missing_from_payload(customer_key, "meter_event_no_customer_defined")
+    if value_key not in event.payload:
+        return missing_from_payload(value_key, "meter_event_value_not_found")
     return None
+
+
+def missing_from_payload(key: str, reason: str) -> Refusal:
+    return Refusal(reason, f"The payload has no '{key}'.", f"payload[{key}]", "parameter_missing")
 
 
 def as_number(value: Decimal) -> int | float:
@@ -515,35 +567,44 @@ class MeterEvents:
 
 
 class Backlog:
-    """Work handed to a worker thread, and a wait for what was handed in so far: a wait for a settled
-    state that ends even while more work keeps arriving."""
+    """Batches of streamed events accepted and not yet judged. Stripe answers the stream before it judges
+    the events: the thread of each reply judges one waiting batch once its answer is sent, so a client that
+    sends faster than the double can judge is slowed down, instead of the backlog (and the memory) growing
+    without end as behind a worker thread that 200 request threads starve of the GIL."""
 
-    def __init__(self) -> None:
-        self.work: queue.SimpleQueue = queue.SimpleQueue()
+    def __init__(self, judge: Callable) -> None:
+        self.judge = judge
+        self.waiting: deque = deque()
         self.progress = threading.Condition()
         self.handed_in = 0
         self.done = 0
 
-    def put(self, item) -> None:
+    def put(self, batch) -> None:
         with self.progress:
             self.handed_in += 1
-        self.work.put(item)
+        self.waiting.append(batch)
 
-    def serve(self, handle: Callable) -> None:
-        while True:
-            item = self.work.get()
-            try:
-                handle(item)
-            except Exception:  # a bug in the double: in its log, and the worker lives on so settle() returns
-                traceback.print_exc()
-            finally:
-                with self.progress:
-                    self.done += 1
-                    self.progress.notify_all()
+    def work_off(self) -> bool:
+        """Judges the oldest waiting batch; False when none waits."""
+        try:
+            batch = self.waiting.popleft()
+        except IndexError:
+            return False
+        try:
+            self.judge(batch)
+        finally:
+            with self.progress:
+                self.done += 1
+                self.progress.notify_all()
+        return True
 
     def settle(self) -> None:
+        """Judges what waits and waits for what other threads are judging: all handed in so far is done."""
         with self.progress:
             target = self.handed_in
+        while self.work_off():
+            pass
+        with self.progress:
             self.progress.wait_for(lambda: self.done >= target)
 
 
@@ -610,11 +671,7 @@ class StripeDouble:
     def __init__(self, config: DoubleConfig):
         self.lock = threading.Lock()
         self.written = threading.Event()  # set after every completed write, for the store
-        # Stripe answers the v2 stream before it looks at the events: a worker counts them after the reply.
-        self.streamed = Backlog()
-        threading.Thread(
-            target=self.streamed.serve, args=(self._count_streamed,), daemon=True, name="stripe-double-meter-stream"
-        ).start()
+        self.streamed = Backlog(self._count_streamed)
         self.configure(config)
         self.reset()
 
@@ -641,7 +698,8 @@ class StripeDouble:
             self.products = Collection("product", "/v1/products")
             self.prices = Collection("price", "/v1/prices")
             self.lookup_keys: dict[str, str] = {}  # lookup key -> the price holding it
-            self.idempotent: dict[str, tuple[str, int, dict]] = {}
+            # Idempotency-Key -> (fingerprint, status, body as JSON), kept as strings: a usage push keeps millions.
+            self.idempotent: dict[str, tuple[str, int, str]] = {}
             self.stats: Counter = Counter()
             self.clock = 1_700_000_000
             self.meter_events = MeterEvents()
@@ -1018,7 +1076,7 @@ class StripeDouble:
             raise ApiError(
                 400, "Missing required param: cancel[identifier].", code="parameter_missing", param="cancel[identifier]"
             )
-        identifier = short_text(cancel["identifier"], "cancel[identifier]")
+        identifier = short_text(cancel["identifier"], "cancel", "identifier")
         if not self.meter_events.cancel(identifier, params["event_name"], self.now()):
             raise ApiError(
                 400,
@@ -1118,7 +1176,9 @@ class StripeDouble:
                 self.stats["failed_before"] += 1
                 raise ApiError(500, "An unknown error occurred", type_="api_error")
         idempotency_key = headers.get("Idempotency-Key") if route.write and route.idempotent else None
-        fingerprint = json.dumps([route.endpoint, route.object_id, params], sort_keys=True) if idempotency_key else ""
+        fingerprint = (
+            digest(json.dumps([route.endpoint, route.object_id, params], sort_keys=True)) if idempotency_key else ""
+        )
         with self.lock:
             if idempotency_key and idempotency_key in self.idempotent:
                 stored_fingerprint, status, body = self.idempotent[idempotency_key]
@@ -1130,7 +1190,7 @@ class StripeDouble:
                         type_="idempotency_error",
                     )
                 self.stats["idempotent_replays"] += 1
-                return status, body, {"Idempotent-Replayed": "true"}
+                return status, json.loads(body), {"Idempotent-Replayed": "true"}
             status, body, lost = self._execute(route)
             if idempotency_key:
                 self.idempotent[idempotency_key] = (fingerprint, status, body)
@@ -1139,7 +1199,7 @@ class StripeDouble:
         if lost:
             self.stats["lost_responses"] += 1
             return 500, ApiError(500, "An unknown error occurred (lost response)", type_="api_error").body, {}
-        return status, body, {}
+        return status, json.loads(body), {}
 
     def _route(self, method: str, path: str, parts: list[str], query: dict, params: dict) -> Route:
         meter_endpoint = METER_ENDPOINTS.get("/".join(parts))
@@ -1217,15 +1277,17 @@ class StripeDouble:
         if route.write and key in self.config.read_only_keys:
             raise ApiError(403, "The provided key does not have the required permissions for this endpoint")
 
-    def _execute(self, route: Route) -> tuple[int, dict, bool]:
+    def _execute(self, route: Route) -> tuple[int, str, bool]:
+        """Status, the body as JSON (apart from the live objects, which later writes change), and whether
+        the response is to be lost."""
         try:
             body = route.serve()
         except ApiError as error:
-            return error.status, error.body, False
+            return error.status, json.dumps(error.body), False
         if route.write:
             self.stats[f"done_{route.endpoint}"] += 1
         lost = route.write and self.random.random() < self.config.fail_after_rate
-        return 200, json.loads(json.dumps(body)), lost
+        return 200, json.dumps(body), lost
 
     def load(self, customers: list[dict]) -> list[str]:
         with self.lock:
@@ -1265,7 +1327,7 @@ class StripeDouble:
             self.products.restore(saved["products"])
             self.prices.restore(saved["prices"])
             self.lookup_keys = {p["lookup_key"]: p["id"] for p in self.prices.objects.values() if p["lookup_key"]}
-            self.idempotent = {key: tuple(entry) for key, entry in saved["idempotent"].items()}
+            self.idempotent = {key: compact_response(*entry) for key, entry in saved["idempotent"].items()}
             self.clock = saved["clock"]
             self.meter_events = MeterEvents(saved.get("meter_events"))  # files saved before meter events have none
 
@@ -1308,6 +1370,7 @@ def make_handler(double: StripeDouble):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # one small response per request: never wait for an ACK
+        wbufsize = -1  # buffered, so that a reply leaves in one send (flushed by _reply), not one per header
 
         def log_message(self, *args) -> None:  # quiet: tests read the stats instead
             pass
@@ -1322,6 +1385,7 @@ def make_handler(double: StripeDouble):
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
+            self.wfile.flush()  # before anything done after the reply
 
         def _body(self) -> str | None:
             """The request's body; None when the client went away before sending all of it (urllib3
@@ -1379,7 +1443,10 @@ def make_handler(double: StripeDouble):
                 )
             except ApiError as error:
                 status, payload, headers = error.status, error.body, error.headers
-            self._reply(status, payload, headers)
+            try:
+                self._reply(status, payload, headers)
+            finally:
+                double.streamed.work_off()
 
         def do_GET(self) -> None:
             self._serve("GET")
