@@ -1,6 +1,7 @@
 """Meter events are sent once: past Stripe's 24-hour deduplication, through a killed run, on both
 APIs. Against the Stripe double as a real server, on real DuckDB files."""
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -155,3 +156,26 @@ def test_a_changed_value_is_reported_and_corrected_when_the_sync_opts_in(double,
     assert summary["sums"]["api_calls"][customers[0]] == 5 * 5000
     quiet = run_usage_sync(usage, double.url, meter_spec(correct_changed=True, partitioned=False), "run-4").counts()
     assert (quiet["already_sent"], quiet["stripe_api_calls"]) == (100, 0)
+
+
+def test_the_stream_takes_a_new_session_when_stripe_says_the_old_one_expired(double, customers):
+    from census_stripe.stripe_client.meter_events import MeterEventStream
+    from census_stripe.stripe_client.meter_types import Delivery, MeterEvent
+    from census_stripe_tests.usage import API_KEY, UNLIMITED
+
+    now = utc_now()
+    events = [MeterEvent(f"evt-{i}", "api_calls", customers[i], "1", now) for i in range(2)]
+
+    async def send_across_an_expiry() -> tuple[list[Delivery], int]:
+        stream = MeterEventStream(API_KEY, double.url, UNLIMITED, ("stripe_customer_id", "value"))
+        try:
+            first = await stream.send(events[:1])
+            double.advance_clock(20 * 60)  # Stripe's sessions last 15 minutes; ours still looks fresh
+            second = await stream.send(events[1:])
+            return [first.delivery, second.delivery], stream.sessions
+        finally:
+            await stream.close()
+
+    deliveries, sessions = asyncio.run(send_across_an_expiry())
+    assert deliveries == [Delivery.ACCEPTED, Delivery.ACCEPTED] and sessions == 2
+    assert double.meter_events()["counted"] == 2

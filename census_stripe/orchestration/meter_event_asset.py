@@ -5,7 +5,6 @@ customers; each materialization sends the partition's events Stripe does not hav
 what it did as metadata, with the same two checks as every sync (rows rejected, writes refused).
 """
 
-
 from dataclasses import dataclass
 from functools import partial
 

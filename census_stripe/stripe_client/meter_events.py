@@ -67,6 +67,10 @@ class AsyncStripe:
         await self._http.close_async()
 
 
+class SessionExpired(Exception):
+    """Stripe says the meter event session's token has expired (its clock ran ahead of ours)."""
+
+
 class _Attempts:
     """Retries one request: 429s slow the pacer down, no answers count toward `unreachable`."""
 
@@ -85,22 +89,29 @@ class _Attempts:
     async def run(
         self, request: Callable[[], Any], accepted_when: Callable[[stripe.StripeError], bool]
     ) -> BatchOutcome:
+        outcome, _ = await self.call(request, accepted_when)
+        return outcome
+
+    async def call(
+        self, request: Callable[[], Any], accepted_when: Callable[[stripe.StripeError], bool]
+    ) -> tuple[BatchOutcome, Any]:
+        """The outcome, and Stripe's answer when it accepted."""
         failure = "not attempted"
         for attempt in range(MAX_ATTEMPTS):
             await asyncio.sleep(self.pacer.reserve())
             self.calls += 1
             try:
-                await request()
+                answer = await request()
             except stripe.StripeError as error:
                 outcome = self._judge(error, accepted_when)
                 if outcome is not None:
-                    return outcome
+                    return outcome, None
                 failure = self.describe(error)
             else:
                 self._unanswered_in_row = 0
-                return BatchOutcome(Delivery.ACCEPTED)
+                return BatchOutcome(Delivery.ACCEPTED), answer
             await asyncio.sleep(min(8.0, 0.25 * 2**attempt) * (0.5 + random.random()))
-        return BatchOutcome(Delivery.IN_DOUBT, failure)
+        return BatchOutcome(Delivery.IN_DOUBT, failure), None
 
     def _judge(
         self, error: stripe.StripeError, accepted_when: Callable[[stripe.StripeError], bool]
@@ -108,6 +119,8 @@ class _Attempts:
         """The outcome an error settles, or None to try again."""
         if isinstance(error, (stripe.AuthenticationError, stripe.PermissionError)):
             raise StripeAccessError(self.describe(error), error.http_status) from None
+        if isinstance(error, stripe.TemporarySessionExpiredError):
+            raise SessionExpired from None
         if isinstance(error, stripe.RateLimitError):
             self.rate_limited += 1
             self.pacer.throttle()
@@ -193,10 +206,6 @@ class MeterEventStream(_MeterEventEndpoints):
         self._session_lock = asyncio.Lock()
         self.sessions = 0
 
-    @property
-    def calls(self) -> int:
-        return self._attempts.calls + self.sessions
-
     async def _stream(self, params: MeterEventStreamCreateParams, token: str) -> None:
         await self._stripe.client.v2.billing.meter_event_stream.create_async(params=params, options={"api_key": token})
 
@@ -205,12 +214,10 @@ class MeterEventStream(_MeterEventEndpoints):
             fresh = self._token is not None and self._token != stale
             if fresh and datetime.now(UTC) < self._expires_at - SESSION_RENEW_BEFORE:
                 return self._token  # type: ignore[return-value]
-            try:
-                session = await self._stripe.client.v2.billing.meter_event_session.create_async()
-            except stripe.StripeError as error:
-                if isinstance(error, (stripe.AuthenticationError, stripe.PermissionError)):
-                    raise StripeAccessError(self._attempts.describe(error), error.http_status) from None
-                raise StripeUnreachableError(self._attempts.describe(error)) from None
+            create = self._stripe.client.v2.billing.meter_event_session.create_async
+            outcome, session = await self._attempts.call(create, lambda error: False)
+            if outcome.delivery is not Delivery.ACCEPTED:
+                raise StripeUnreachableError(f"no meter event session: {outcome.error}")
             self.sessions += 1
             self._token = session.authentication_token
             self._expires_at = datetime.fromisoformat(session.expires_at)
@@ -232,7 +239,7 @@ class MeterEventStream(_MeterEventEndpoints):
         for _ in range(2):
             try:
                 return await self._attempts.run(partial(self._stream, params, token), lambda error: False)
-            except StripeAccessError:
-                # The session ran out between our clock and Stripe's: one new session, then the key's verdict.
+            except SessionExpired:
+                # Stripe's clock ran past the session before ours did: a new session, once.
                 token = await self._session_token(stale=token)
-        raise StripeAccessError("Stripe refused two fresh meter event sessions in a row")
+        return BatchOutcome(Delivery.REFUSED, "Stripe called two meter event sessions in a row expired")
