@@ -56,6 +56,7 @@ bench: $(MANIFEST)  ## the benchmarks of BENCHMARKS.md (several minutes; figures
 	$(BIN)/python -m benchmarks.first_sync_lookup
 	$(BIN)/python -m benchmarks.throughput
 	$(BIN)/python -m benchmarks.load_time
+	$(BIN)/python -m benchmarks.meter_events
 
 lint: $(INSTALLED)  ## style and static checks
 	$(BIN)/ruff check census_stripe census_stripe_tests

@@ -57,6 +57,7 @@ def test_the_shipped_syncs_load():
         "customer_regions": "customer",
         "products": "product",
         "prices": "price",
+        "api_usage": "meter_event",
     }
 
 

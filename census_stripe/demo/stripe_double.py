@@ -704,6 +704,7 @@ class StripeDouble:
             self.clock = 1_700_000_000
             self.meter_events = MeterEvents()
             self.sessions: dict[str, float] = {}  # a meter event session's token -> when it expires
+            self.session_keys: dict[str, str] = {}  # a meter event session's token -> the key that opened it
             self.written.set()
 
     def _tick(self) -> int:
@@ -1097,6 +1098,7 @@ class StripeDouble:
         refuse_unknown(params, ())
         now = self.now()
         self.sessions = {token: expiry for token, expiry in self.sessions.items() if expiry > now}
+        self.session_keys = {token: key for token, key in self.session_keys.items() if token in self.sessions}
         token = secrets.token_urlsafe(32)
         self.sessions[token] = now + self.config.session_ttl_seconds
         self.stats["meter_event_sessions"] += 1
@@ -1151,7 +1153,8 @@ class StripeDouble:
         parts = [p for p in path.split("/") if p]
         key = (headers.get("Authorization") or "").removeprefix("Bearer ").strip()
         with self.lock:
-            self.stats[key_stat(key)] += 1
+            # A meter event session's requests count as the requests of the key that opened it.
+            self.stats[key_stat(self.session_keys.get(key, key))] += 1
         if parts == ["v1", "account"] and method == "GET":
             return 200, {"id": self.config.account_id, "object": "account"}, {}
         route = self._route(method, path, parts, query, params)
@@ -1192,6 +1195,8 @@ class StripeDouble:
                 self.stats["idempotent_replays"] += 1
                 return status, json.loads(body), {"Idempotent-Replayed": "true"}
             status, body, lost = self._execute(route)
+            if route.endpoint == "meter_event_session" and status == 200:
+                self.session_keys[json.loads(body)["authentication_token"]] = key
             if idempotency_key:
                 self.idempotent[idempotency_key] = (fingerprint, status, body)
             if route.write:
