@@ -36,7 +36,8 @@ from census_stripe.warehouse.ledger import MeterEventLedger
 from census_stripe.warehouse.state import Rejection, SyncStateStore, utc_now
 
 log = logging.getLogger(__name__)
-CHUNK_EVENTS = 20_000
+# Events per chunk: one ledger UPDATE before and one after; a killed run leaves at most a few chunks in doubt.
+CHUNK_EVENTS = 50_000
 REJECTIONS_RECORDED = 10_000  # per run, in sync_rejections; the counts cover them all
 SAMPLE = 100
 
@@ -90,19 +91,19 @@ class MeterEventReport:
 
 
 def _events(columns: dict[str, list]) -> list[MeterEvent]:
-    from census_stripe.stripe_client.meter_events import MeterEvent
-
-    return [
-        MeterEvent(identifier, event_name, customer, value, timestamp)
-        for identifier, event_name, customer, value, timestamp in zip(
-            columns["identifier"],
-            columns["event_name"],
-            columns["stripe_customer_id"],
-            columns["value"],
-            columns["event_time"],
-            strict=True,
+    return list(
+        map(
+            MeterEvent._make,
+            zip(
+                columns["identifier"],
+                columns["event_name"],
+                columns["stripe_customer_id"],
+                columns["value"],
+                columns["event_time"],
+                strict=True,
+            ),
         )
-    ]
+    )
 
 
 def run_meter_event_sync(

@@ -13,6 +13,7 @@ unsettled: in doubt, for the next run to send again within Stripe's 24-hour dedu
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -53,6 +54,12 @@ class DeliveryReport:
     accepted: int = 0
     refused: int = 0
     in_doubt: int = 0
+    seconds: float = 0.0  # from the first chunk read to the last answer
+
+    @property
+    def events_per_second(self) -> float:
+        return self.accepted / self.seconds if self.seconds else 0.0
+
     refused_sample: list[tuple[MeterEvent, str]] = field(default_factory=list)
     in_doubt_sample: list[tuple[MeterEvent, str]] = field(default_factory=list)
 
@@ -80,6 +87,7 @@ async def deliver(
     """Send every chunk; `before_sending` runs before a chunk's first request, `after_answers` once
     Stripe has answered for all of it. A StripeUnreachableError or StripeAccessError stops everything."""
     report = DeliveryReport()
+    started = time.perf_counter()
     queue: asyncio.Queue[tuple[Chunk, list[MeterEvent]] | None] = asyncio.Queue(maxsize=concurrency)
 
     async def read() -> None:
@@ -105,4 +113,5 @@ async def deliver(
         group.create_task(read())
         for _ in range(concurrency):
             group.create_task(send())
+    report.seconds = time.perf_counter() - started
     return report

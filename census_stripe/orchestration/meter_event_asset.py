@@ -142,6 +142,7 @@ def meter_event_metadata(report: MeterEventReport) -> dict[str, dg.MetadataValue
         "stripe_account": dg.MetadataValue.text(str(report.account)),
         "dry_run": dg.MetadataValue.bool(report.options.dry_run),
         "ledger": dg.MetadataValue.text(report.ledger_table),
+        "events_per_second": dg.MetadataValue.float(round(report.delivery.events_per_second, 1)),
     }
     return metadata
 

@@ -229,7 +229,7 @@ class MeterEventStream(_MeterEventEndpoints):
                 {
                     "event_name": event.event_name,
                     "identifier": event.identifier,
-                    "timestamp": event.timestamp.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                    "timestamp": event.timestamp.isoformat(timespec="milliseconds") + "Z",
                     "payload": self._payload(event),
                 }
                 for event in events

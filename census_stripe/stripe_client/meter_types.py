@@ -6,13 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from census_stripe.stripe_client.rate_limit import AdaptiveBucket
 
 
-@dataclass(frozen=True)
-class MeterEvent:
+class MeterEvent(NamedTuple):
+    """A tuple: a run builds a million of them."""
+
     identifier: str
     event_name: str
     customer: str
