@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import psutil
 import pytest
 
@@ -24,6 +26,7 @@ from census_stripe.orchestration.dead_runs import (
     why_run_cannot_free_its_slots,
 )
 from census_stripe.settings import PROJECT_ROOT
+from census_stripe.warehouse.state import utc_now
 from census_stripe_tests.conftest import MATERIALIZE_DEMO_SYNC, dagster_process_env
 from census_stripe_tests.synthetic import make_model
 from census_stripe_tests.test_delivery import assert_stripe_equals_model, customers_for
@@ -350,3 +353,53 @@ def test_the_demo_killed_mid_sync_runs_again(double, tmp_path):
     assert_killed_run_was_cleared(tmp_path / "dagster_home")
     emails = [customer.values["email"] for customer in customers_for(double, key="sk_test_reader").iter_all()]
     assert len(emails) == len(set(emails)) == 294
+
+
+# --- usage billing, really killed -------------------------------------------------------------------
+
+USAGE_DAYS = 20
+
+
+def bill_usage(home: Path, warehouse: Path, double, log: Path) -> subprocess.Popen:
+    """`dagster asset materialize` of the demo's api_usage sync over the last USAGE_DAYS days."""
+    today = utc_now().date()
+    days = f"{today - timedelta(days=USAGE_DAYS)}...{today - timedelta(days=1)}"
+    command = [*MATERIALIZE_DEMO_SYNC[:-1], "stripe/api_usage", "--partition-range", days]
+    with open(log, "w") as output:
+        return subprocess.Popen(
+            command,
+            env=dagster_process_env(home, warehouse, double.url, api_key="sk_test_deadruns"),
+            cwd=PROJECT_ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def test_usage_billing_killed_mid_partition_then_rerun_bills_each_event_once(double, dagster_home, tmp_path):
+    warehouse = tmp_path / "warehouse.duckdb"
+    make_model(warehouse, 300)
+    customers = start_materialize(dagster_home, warehouse, double, tmp_path / "customers.log")
+    finish(customers, tmp_path / "customers.log")
+    with duckdb.connect(str(warehouse)) as connection:
+        connection.execute(
+            f"""create table main.stripe_api_usage as
+                select email, cast(current_date - cast(d as integer) as date) as usage_date, d * 10 as api_calls
+                from main.stripe_customers, range(1, {USAGE_DAYS + 1}) as t(d)"""
+        )
+    events = 300 * USAGE_DAYS
+    # 60 stream requests at 10/s: the run is killed with some answered and some in flight.
+    double.configure(latency=0.3, meter_event_stream_rate=10)
+    killed = bill_usage(dagster_home, warehouse, double, tmp_path / "killed.log")
+    wait_until(lambda: double.stats().get("meter_events_streamed", 0) >= 1000, 120, "the usage run to stream")
+    kill_process_group(killed)
+    assert double.meter_events()["counted"] < events
+
+    rerun = bill_usage(dagster_home, warehouse, double, tmp_path / "rerun.log")
+    finish(rerun, tmp_path / "rerun.log")
+    summary = double.meter_events()
+    assert (summary["counted"], summary["counted_more_than_once"]) == (events, 0)
+    with duckdb.connect(str(warehouse)) as connection:
+        assert connection.execute(
+            "select count(*), count(accepted_at) from census_stripe.meter_event_ledger"
+        ).fetchone() == (events, events)
