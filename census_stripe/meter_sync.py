@@ -18,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-
-import sqlglot
+from typing import TYPE_CHECKING
 
 from census_stripe.apply.meter_events import Chunk, DeliveryReport, deliver
 from census_stripe.plan import meter_events as plan
@@ -32,8 +31,11 @@ from census_stripe.stripe_client.errors import StripeAccessError, StripeUnreacha
 from census_stripe.stripe_client.meter_types import Delivery, MeterEvent, MeterEventApi
 from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.warehouse.base import Relation, Warehouse, literal
-from census_stripe.warehouse.ledger import MeterEventLedger
+from census_stripe.warehouse.ledger import MeterEventLedger, in_dialect
 from census_stripe.warehouse.state import Rejection, SyncStateStore, utc_now
+
+if TYPE_CHECKING:
+    import pandas as pd  # the warehouse makes the frames; loading the code location imports neither
 
 log = logging.getLogger(__name__)
 # Events per chunk: one ledger UPDATE before and one after; a killed run leaves at most a few chunks in doubt.
@@ -137,8 +139,9 @@ def run_meter_event_sync(
     ledger = MeterEventLedger(store.warehouse, store.ledger, spec.name, account.key)
     ledger.ensure_table()
     ledger.drop_queued()
+    stored_spec, stored_model, where = as_stored(spec, model, options.model_slice, store.warehouse)
     query = plan.events_query(
-        spec, model, options.model_slice, store.state, store.ledger, account.key, customers, customer_account.key, now()
+        stored_spec, stored_model, where, store.state, store.ledger, account.key, customers, customer_account.key, now()
     )
     verdicts = _verdict_counts(store, query)
     report = MeterEventReport(spec, options, account, verdicts, ledger_table=ledger.name)
@@ -198,7 +201,7 @@ async def _correct(api: MeterEventApi, ledger: MeterEventLedger, query: str, run
     under the next identifier. An event Stripe would not cancel stays as sent, and reported."""
     window = literal(now - plan.RESEND_WITHIN).sql("duckdb")
     changed = f"{_select(query, [plan.CHANGED], '*')} AND accepted_at > {window}"
-    rows = ledger.warehouse.query(_transpiled(ledger.warehouse, changed))
+    rows = _lower_keys(ledger.warehouse.query(in_dialect(ledger.warehouse, changed)))
     cancelled = []
     for event_key, event_name, identifier in zip(
         rows["event_key"], rows["event_name"], rows["sent_identifier"], strict=True
@@ -223,7 +226,7 @@ def _select(query: str, verdicts: list[str], columns: str) -> str:
 
 def _verdict_counts(store: SyncStateStore, query: str) -> dict[str, int]:
     counted = store.warehouse.query(
-        _transpiled(store.warehouse, f"SELECT verdict, COUNT(*) AS events FROM ({query}) AS planned GROUP BY verdict")
+        in_dialect(store.warehouse, f"SELECT verdict, COUNT(*) AS events FROM ({query}) AS planned GROUP BY verdict")
     )
     return {str(verdict): int(count) for verdict, count in zip(counted.iloc[:, 0], counted.iloc[:, 1], strict=True)}
 
@@ -231,7 +234,7 @@ def _verdict_counts(store: SyncStateStore, query: str) -> dict[str, int]:
 def _rows(store: SyncStateStore, query: str, verdicts: list[str], limit: int) -> list[dict]:
     columns = "event_key, verdict, event_name, stripe_customer_id, value, sent_value, event_time"
     sql = f"{_select(query, verdicts, columns)} ORDER BY event_time, event_key LIMIT {limit}"
-    return store.warehouse.query(_transpiled(store.warehouse, sql)).to_dict("records")
+    return _lower_keys(store.warehouse.query(in_dialect(store.warehouse, sql))).to_dict("records")
 
 
 def _record_rejections(
@@ -251,5 +254,27 @@ def _record_rejections(
     store.record_rejections(spec.name, account.key, run_id, rejections)
 
 
-def _transpiled(warehouse: Warehouse, duckdb_sql: str) -> str:
-    return sqlglot.transpile(duckdb_sql, read="duckdb", write=warehouse.dialect)[0]
+def _lower_keys(rows: pd.DataFrame) -> pd.DataFrame:
+    """Result columns as named in the query, whatever case the warehouse answers in."""
+    return rows.rename(columns=str.lower)
+
+
+def as_stored(spec: MeterEventSpec, model: Relation, where: ModelSlice | None, warehouse: Warehouse):
+    """The model, its columns and the partition's column as the warehouse names what dbt created
+    unquoted (Snowflake upper-cases them); unchanged elsewhere."""
+    fold = warehouse.model_identifier
+    meter = spec.meter_event
+    folded = meter.model_copy(
+        update={
+            "customer": meter.customer.model_copy(update={"column": fold(meter.customer.column)}),
+            "value_column": fold(meter.value_column),
+            "timestamp_column": fold(meter.timestamp_column),
+            "event_name_column": meter.event_name_column and fold(meter.event_name_column),
+            "identity": [fold(column) for column in meter.identity],
+        }
+    )
+    return (
+        spec.model_copy(update={"meter_event": folded}),
+        Relation(fold(model.schema), fold(model.name), model.database),
+        where and replace(where, column=fold(where.column)),
+    )

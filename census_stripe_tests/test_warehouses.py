@@ -17,6 +17,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -27,7 +28,9 @@ import sqlglot
 from dagster_duckdb import DuckDBResource
 from dagster_snowflake import SnowflakeResource
 
+from census_stripe.component import customer_source
 from census_stripe.demo.seed_data import DEFAULT_CUSTOMERS, write_seeds
+from census_stripe.orchestration.meter_event_asset import MeterEventSync, build_meter_event_asset
 from census_stripe.orchestration.resources import StripeResource
 from census_stripe.orchestration.snowflake_warehouse import SnowflakeWarehouseResource
 from census_stripe.orchestration.sync_asset import build_sync_asset, load_sync
@@ -38,11 +41,14 @@ from census_stripe.orchestration.warehouses import (
     warehouse_from_env,
 )
 from census_stripe.plan import sql
-from census_stripe.settings import DBT_PROJECT_DIR
+from census_stripe.settings import DBT_PROJECT_DIR, DEFS_DIR
+from census_stripe.spec import MeterEventSpec
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.postgres import RedshiftWarehouse
-from census_stripe.warehouse.state import StateRecord, StateStatus, SyncStateStore
+from census_stripe.warehouse.state import StateRecord, StateStatus, SyncStateStore, utc_now
 from census_stripe_tests.conftest import API_KEY, DEMO_SYNC, postgres_sql, require_postgres
+
+USAGE_SYNC = DEFS_DIR / "api_usage" / "defs.yaml"
 
 POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "test"}
 STATE_SCHEMA = "census_stripe_test_state"
@@ -175,6 +181,41 @@ def test_the_sync_runs_the_same_on_every_warehouse(warehouse, stripe_url, stripe
     second = counts(dg.materialize([asset], resources=resources))
     assert (second["created"], second["updated"], second["stripe_api_calls"]) == (0, 0, 0)
     assert second["unchanged"] == 294
+
+
+def test_usage_is_billed_once_on_every_warehouse(warehouse, double):
+    """The meter event path's SQL (verdicts, ledger) on each warehouse: yesterday's usage of the
+    demo's model billed through the customers synced there, then nothing on a rerun."""
+    stripe = StripeResource(
+        api_key=API_KEY,
+        api_base=double.url,
+        account_requests_per_second=1000,
+        create_requests_per_second=1000,
+        update_requests_per_second=1000,
+    )
+    resources = {"stripe": stripe, "stripe_catalog": stripe, "warehouse": warehouse.resource}
+    dg.materialize(
+        [build_sync_asset(load_sync(DEMO_SYNC, warehouse.manifest), warehouse.resource.kind)], resources=resources
+    )
+    usage_sync = load_sync(USAGE_SYNC, warehouse.manifest)
+    assert isinstance(usage_sync.spec, MeterEventSpec)
+    usage = MeterEventSync(usage_sync, usage_sync.spec, customer_source(usage_sync.spec, USAGE_SYNC.parent))
+    asset = build_meter_event_asset(usage, warehouse.resource.kind)
+    yesterday = str(utc_now().date() - timedelta(days=1))
+
+    def bill() -> dict:
+        result = dg.materialize([asset], resources=resources, partition_key=yesterday)
+        [event] = result.get_asset_materialization_events()
+        return {name: value.value for name, value in event.materialization.metadata.items()}
+
+    first = bill()
+    # A third of the 300 users call the API each day; the one of them the customers sync rejected has no customer.
+    assert (first["rows_read"], first["accepted"], first["rejected"], first["refused"]) == (100, 99, 1, 0)
+    assert double.meter_events()["counted"] == 99
+    again = bill()
+    assert (again["already_sent"], again["accepted"], again["stripe_api_calls"]) == (99, 0, 0)
+    ledger = f'"{warehouse.resource.state_schema}"."meter_event_ledger"'
+    assert warehouse.sql(f"select count(*) from {ledger} where accepted_at is not null") == [(99,)]
 
 
 def test_the_redshift_adapter_runs_its_statements_over_the_postgres_protocol(postgres_schema):

@@ -73,10 +73,10 @@ class Warehouse(ABC):
         """The result in chunks of at most `chunk_rows`, so memory stays bounded."""
 
     def query_columns(self, sql: str, chunk_rows: int) -> Iterator[dict[str, list]]:
-        """The result in chunks of at most `chunk_rows`, each as column name -> Python values: the
-        cheapest shape to turn into many small API requests."""
+        """The result in chunks of at most `chunk_rows`, each as column name (lower case) -> Python
+        values: the cheapest shape to turn into many small API requests."""
         for chunk in self.query_chunks(sql, chunk_rows):
-            yield {str(name): chunk[name].tolist() for name in chunk.columns}
+            yield {str(name).lower(): chunk[name].tolist() for name in chunk.columns}
 
     @abstractmethod
     def execute(self, *statements: str) -> None:

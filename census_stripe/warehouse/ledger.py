@@ -41,6 +41,13 @@ LEDGER_COLUMNS = {
 SEND_COLUMNS = ("identifier", "event_name", "stripe_customer_id", "value", "event_time")
 
 
+def in_dialect(warehouse: Warehouse, duckdb_sql: str) -> str:
+    """A statement written in DuckDB's SQL, for `warehouse`. Every identifier is quoted, as the state
+    tables' columns were created: lower case is then lower case on Snowflake too, and the model's
+    columns are named as the warehouse stores them (`Warehouse.model_identifier`)."""
+    return sqlglot.transpile(duckdb_sql, read="duckdb", write=warehouse.dialect, identify=True)[0]
+
+
 def _text(value: str) -> str:
     return literal(value).sql("duckdb")
 
@@ -61,7 +68,7 @@ class MeterEventLedger:
         return self.table.table().sql("duckdb")
 
     def _sql(self, duckdb_sql: str) -> str:
-        return sqlglot.transpile(duckdb_sql, read="duckdb", write=self.warehouse.dialect)[0]
+        return in_dialect(self.warehouse, duckdb_sql)
 
     def _execute(self, *duckdb_sql: str) -> None:
         self.warehouse.execute(*map(self._sql, duckdb_sql))
