@@ -12,6 +12,7 @@ from datetime import timedelta
 import duckdb
 import pytest
 
+from census_stripe.meter_sync import MeterRunOptions
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.warehouse.state import utc_now
 from census_stripe_tests.usage import (
@@ -179,3 +180,49 @@ def test_the_stream_takes_a_new_session_when_stripe_says_the_old_one_expired(dou
     deliveries, sessions = asyncio.run(send_across_an_expiry())
     assert deliveries == [Delivery.ACCEPTED, Delivery.ACCEPTED] and sessions == 2
     assert double.meter_events()["counted"] == 2
+
+
+@pytest.mark.parametrize(
+    ("api", "days", "faults"),
+    [
+        # 6 stream requests: a higher share of faults, so that each kind happens.
+        ("stream", 30, {"meter_event_stream_rate": 4, "fail_before_rate": 0.3, "fail_after_rate": 0.3}),
+        ("v1", 5, {"meter_event_rate": 50, "fail_before_rate": 0.15, "fail_after_rate": 0.15}),
+    ],
+)
+def test_with_faults_and_rate_limits_every_event_is_counted_once(double, tmp_path, customers, api, days, faults):
+    usage = tmp_path / "usage.duckdb"
+    events = make_usage(usage, customers, days=days)
+    # Writes fail before or after Stripe applied them (a lost answer), and the limits answer 429s;
+    # the double's faults follow its fixed seed, so every run sees them.
+    double.configure(**faults)
+    counts = run_usage_sync(usage, double.url, meter_spec(api, partitioned=False), "faults").counts()
+    assert (counts["accepted"], counts["refused"], counts["in_doubt"]) == (events, 0, 0)
+    stats = double.stats()
+    assert stats["failed_before"] > 0 and stats["lost_responses"] > 0 and stats["rate_limited"] > 0
+    summary = double.meter_events()
+    assert (summary["counted"], summary["counted_more_than_once"]) == (events, 0)
+
+
+def test_a_dry_run_judges_every_row_and_sends_nothing(double, usage):
+    report = run_usage_sync(usage, double.url, meter_spec(partitioned=False), "dry", MeterRunOptions(dry_run=True))
+    assert (report.counts()["planned_events"], report.counts()["stripe_api_calls"]) == (100, 0)
+    assert double.meter_events()["counted"] == 0
+    assert ledger_counts(usage)["rows"] == 0
+
+
+def test_stripe_unreachable_stops_the_run_without_the_key_and_loses_nothing(tmp_path, usage, double):
+    from census_stripe.demo.local_stripe import free_port
+    from census_stripe.stripe_client.errors import StripeUnreachableError
+
+    nothing_there = f"http://127.0.0.1:{free_port(0)}"
+    with pytest.raises(StripeUnreachableError) as stopped:
+        run_usage_sync(usage, nothing_there, meter_spec("v1", partitioned=False), "unreachable", api_key=SECRET)
+    assert SECRET not in str(stopped.value)
+    # Nothing reached Stripe, so nothing is sent twice: the next run, Stripe back, sends every event once.
+    again = run_usage_sync(usage, double.url, meter_spec("v1", partitioned=False), "back", api_key=SECRET).counts()
+    assert again["accepted"] == 100
+    assert double.meter_events()["counted_more_than_once"] == 0
+
+
+SECRET = "sk_test_UNREACHABLEsecret0123456789"

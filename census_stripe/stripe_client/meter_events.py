@@ -79,12 +79,18 @@ class _Attempts:
         self.pacer = pacer
         self.calls = 0
         self.rate_limited = 0
+        self.session_tokens: list[str] = []  # meter event sessions' tokens: secrets too, while they last
         self._unanswered_in_row = 0
 
     def describe(self, error: stripe.StripeError) -> str:
+        """Stripe's explanation on one line, without the key or a session token (errors of the SDK
+        may quote the request's Authorization header)."""
         message = " ".join((error.user_message or str(error)).split())
         status = f" (HTTP {error.http_status})" if error.http_status else ""
-        return redact(f"{type(error).__name__}{status}: {message}", self.api_key)
+        text = f"{type(error).__name__}{status}: {message}"
+        for secret in (self.api_key, *self.session_tokens):
+            text = redact(text, secret)
+        return text
 
     async def run(
         self, request: Callable[[], Any], accepted_when: Callable[[stripe.StripeError], bool]
@@ -220,6 +226,7 @@ class MeterEventStream(_MeterEventEndpoints):
                 raise StripeUnreachableError(f"no meter event session: {outcome.error}")
             self.sessions += 1
             self._token = session.authentication_token
+            self._attempts.session_tokens.append(session.authentication_token)
             self._expires_at = datetime.fromisoformat(session.expires_at)
             return self._token
 
