@@ -34,7 +34,7 @@ dev: $(MANIFEST)  ## the Dagster UI (http://127.0.0.1:3000) on the demo's wareho
 # mypy first; then two processes share the tests, a file each (a module's fixtures are set up once);
 # then the tests marked serial run on their own (pyproject.toml says why).
 test: typecheck $(MANIFEST) browser  ## the type checker, then the test suite: real DuckDB, real dbt, a real local Stripe server
-	$(BIN)/python -m pytest -m 'not serial' --numprocesses 2 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'not serial' --numprocesses 2 --dist loadfile --durations 15 $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS)
 
 # Request parameters are the stripe SDK's TypedDicts: a misspelled Stripe parameter fails here, offline.
