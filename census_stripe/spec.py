@@ -93,6 +93,11 @@ class PartitionsSpec(_Strict):
         assert chosen is not None, "the validator requires exactly one"
         return chosen.column
 
+    @property
+    def named_column(self) -> dict[str, str]:
+        """The partition column, by the setting that names it."""
+        return {"partitions." + ("time" if self.time else "values") + ".column": self.column}
+
 
 class MeterCustomer(_Strict):
     """Which Stripe customer an event bills."""
@@ -259,9 +264,7 @@ class SyncSpec(SyncSettings):
     @property
     def other_columns(self) -> dict[str, str]:
         """Model columns named outside the mapping, by the setting that names them."""
-        named = {}
-        if self.partitions:
-            named["partitions." + ("time" if self.partitions.time else "values") + ".column"] = self.partitions.column
+        named = self.partitions.named_column if self.partitions else {}
         if self.automation.watch and self.automation.watch.updated_at_column:
             named["automation.watch.updated_at_column"] = self.automation.watch.updated_at_column
         return named
@@ -360,10 +363,7 @@ class MeterEventSpec(SyncSettings):
     @property
     def other_columns(self) -> dict[str, str]:
         """Every model column the sync reads, by the setting that names it."""
-        named = dict(self.meter_event.columns)
-        if self.partitions:
-            named["partitions." + ("time" if self.partitions.time else "values") + ".column"] = self.partitions.column
-        return named
+        return self.meter_event.columns | (self.partitions.named_column if self.partitions else {})
 
 
 AnySyncSpec = SyncSpec | MeterEventSpec
