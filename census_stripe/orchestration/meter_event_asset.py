@@ -15,8 +15,6 @@ from census_stripe.meter_sync import MeterEventReport, MeterRunOptions, run_mete
 from census_stripe.orchestration.metadata import metadata_table
 from census_stripe.orchestration.resources import StripeResource
 from census_stripe.orchestration.sync_asset import (
-    FAILED_CHECK,
-    REJECTED_CHECK,
     SYNC_FILE_METADATA,
     SYNC_GROUP,
     WAREHOUSE_RESOURCE,
@@ -26,6 +24,9 @@ from census_stripe.orchestration.sync_asset import (
     shown_path,
     sync_asset_key,
     sync_asset_key_of,
+    sync_check_results,
+    sync_check_specs,
+    sync_outcome,
 )
 from census_stripe.orchestration.warehouses import WarehouseResource
 from census_stripe.plan.meter_events import REJECTIONS, CustomerSource
@@ -149,26 +150,13 @@ def meter_event_metadata(report: MeterEventReport) -> dict[str, dg.MetadataValue
 
 def meter_event_checks(spec: MeterEventSpec, report: MeterEventReport) -> list[dg.AssetCheckResult]:
     counts = report.counts()
-    rows = counts["rows_read"]
-    rejected_share = counts["rejected"] / rows if rows else 0.0
-    sent = counts["accepted"] + counts["refused"] + counts["in_doubt"]
-    refused_share = counts["refused"] / sent if sent else 0.0
-    return [
-        dg.AssetCheckResult(
-            check_name=REJECTED_CHECK,
-            passed=rejected_share <= spec.max_rejected_rate,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=f"{counts['rejected']} of {rows} usage rows rejected",
-            metadata={"rejected_share": rejected_share, "max_rejected_rate": spec.max_rejected_rate},
-        ),
-        dg.AssetCheckResult(
-            check_name=FAILED_CHECK,
-            passed=refused_share <= spec.max_failure_rate,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=f"{counts['refused']} of {sent} meter events refused by Stripe",
-            metadata={"failed_share": refused_share, "max_failure_rate": spec.max_failure_rate},
-        ),
-    ]
+    return sync_check_results(
+        spec,
+        rejected="usage rows rejected",
+        rejected_of=(counts["rejected"], counts["rows_read"]),
+        failed="meter events refused by Stripe",
+        failed_of=(counts["refused"], counts["accepted"] + counts["refused"] + counts["in_doubt"]),
+    )
 
 
 def build_meter_event_asset(meter_sync: MeterEventSync, warehouse_kind: str) -> dg.AssetsDefinition:
@@ -191,17 +179,7 @@ def build_meter_event_asset(meter_sync: MeterEventSync, warehouse_kind: str) -> 
         pool=f"stripe_sync_{spec.name}",
         partitions_def=partitions_definition(spec.partitions),
         backfill_policy=dg.BackfillPolicy.single_run() if spec.partitions else None,
-        check_specs=[
-            dg.AssetCheckSpec(
-                REJECTED_CHECK, asset=key, description=f"At most {spec.max_rejected_rate:.0%} of rows rejected."
-            ),
-            dg.AssetCheckSpec(
-                FAILED_CHECK,
-                asset=key,
-                blocking=True,
-                description=f"At most {spec.max_failure_rate:.0%} of meter events refused.",
-            ),
-        ],
+        check_specs=sync_check_specs(spec, key, "meter events refused"),
     )
     def _sync(context: dg.AssetExecutionContext, config: MeterEventRunConfig):
         stripe: StripeResource = getattr(context.resources, spec.stripe_resource)
@@ -229,11 +207,8 @@ def build_meter_event_asset(meter_sync: MeterEventSync, warehouse_kind: str) -> 
                 options=options,
                 log=context.log,
             )
-        metadata = meter_event_metadata(report)
-        if options.dry_run:
-            context.log_event(dg.AssetObservation(asset_key=context.asset_key, metadata=metadata))
-            yield from meter_event_checks(spec, report)
-            return
-        yield dg.MaterializeResult(metadata=metadata, check_results=meter_event_checks(spec, report))
+        yield from sync_outcome(
+            context, meter_event_metadata(report), meter_event_checks(spec, report), options.dry_run
+        )
 
     return _sync

@@ -6,6 +6,7 @@ checks: the share of rows rejected, and the share of writes Stripe refused (bloc
 writes nothing. A partitioned sync writes its partition's rows again on every run.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -157,26 +158,69 @@ def model_slice(partitions: PartitionsSpec, context: dg.AssetExecutionContext) -
     return ModelSlice(partitions.column, start=window.start.replace(tzinfo=None), end=window.end.replace(tzinfo=None))
 
 
-def check_results(spec: SyncSpec, report: SyncReport) -> list[dg.AssetCheckResult]:
-    counts = report.counts()
-    rejected_share = counts["rejected"] / counts["rows_read"] if counts["rows_read"] else 0.0
-    planned = " (dry run: planned)" if report.options.dry_run else ""
+def sync_check_specs(spec: AnySyncSpec, key: dg.AssetKey, failed_what: str) -> list[dg.AssetCheckSpec]:
+    """Every sync's two checks: rows rejected (a warning), and `failed_what` (blocking)."""
+    return [
+        dg.AssetCheckSpec(
+            REJECTED_CHECK, asset=key, description=f"At most {spec.max_rejected_rate:.0%} of rows rejected."
+        ),
+        dg.AssetCheckSpec(
+            FAILED_CHECK,
+            asset=key,
+            blocking=True,
+            description=f"At most {spec.max_failure_rate:.0%} of {failed_what}.",
+        ),
+    ]
+
+
+def sync_check_results(
+    spec: AnySyncSpec, *, rejected: str, rejected_of: tuple[int, int], failed: str, failed_of: tuple[int, int]
+) -> list[dg.AssetCheckResult]:
+    """The two checks judged: `rejected_of` and `failed_of` are (how many, out of how many);
+    `rejected` and `failed` finish their descriptions."""
+    (rejected_count, rows), (failed_count, attempts) = rejected_of, failed_of
+    rejected_share = rejected_count / rows if rows else 0.0
+    failed_share = failed_count / attempts if attempts else 0.0
     return [
         dg.AssetCheckResult(
             check_name=REJECTED_CHECK,
             passed=rejected_share <= spec.max_rejected_rate,
             severity=dg.AssetCheckSeverity.WARN,
-            description=f"{counts['rejected']} of {counts['rows_read']} rows rejected{planned}",
+            description=f"{rejected_count} of {rows} {rejected}",
             metadata={"rejected_share": rejected_share, "max_rejected_rate": spec.max_rejected_rate},
         ),
         dg.AssetCheckResult(
             check_name=FAILED_CHECK,
-            passed=report.failure_rate <= spec.max_failure_rate,
+            passed=failed_share <= spec.max_failure_rate,
             severity=dg.AssetCheckSeverity.ERROR,
-            description=f"{counts['failed']} of {len(report.outcomes)} Stripe writes failed",
-            metadata={"failed_share": report.failure_rate, "max_failure_rate": spec.max_failure_rate},
+            description=f"{failed_count} of {attempts} {failed}",
+            metadata={"failed_share": failed_share, "max_failure_rate": spec.max_failure_rate},
         ),
     ]
+
+
+def check_results(spec: SyncSpec, report: SyncReport) -> list[dg.AssetCheckResult]:
+    counts = report.counts()
+    planned = " (dry run: planned)" if report.options.dry_run else ""
+    return sync_check_results(
+        spec,
+        rejected=f"rows rejected{planned}",
+        rejected_of=(counts["rejected"], counts["rows_read"]),
+        failed="Stripe writes failed",
+        failed_of=(counts["failed"], len(report.outcomes)),
+    )
+
+
+def sync_outcome(
+    context: dg.AssetExecutionContext, metadata: dict, checks: list[dg.AssetCheckResult], dry_run: bool
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """A run's materialization with its checks; a dry run's observation instead, since nothing in
+    Stripe changed (its checks judge the plan: no write failed, since none was made)."""
+    if dry_run:
+        context.log_event(dg.AssetObservation(asset_key=context.asset_key, metadata=metadata))
+        yield from checks
+        return
+    yield dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
 def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
@@ -210,17 +254,7 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
         # A backfill over many partitions is one run over their combined rows.
         backfill_policy=dg.BackfillPolicy.single_run() if spec.partitions else None,
         automation_condition=dg.AutomationCondition.eager() if spec.automation.eager else None,
-        check_specs=[
-            dg.AssetCheckSpec(
-                REJECTED_CHECK, asset=key, description=f"At most {spec.max_rejected_rate:.0%} of rows rejected."
-            ),
-            dg.AssetCheckSpec(
-                FAILED_CHECK,
-                asset=key,
-                blocking=True,
-                description=f"At most {spec.max_failure_rate:.0%} of Stripe writes failed.",
-            ),
-        ],
+        check_specs=sync_check_specs(spec, key, "Stripe writes failed"),
     )
     def _sync(context: dg.AssetExecutionContext, config: SyncRunConfig):
         stripe: StripeResource = getattr(context.resources, spec.stripe_resource)
@@ -243,12 +277,6 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
                 concurrency=stripe.concurrency,
             )
         metadata = report_metadata(report, partial(stripe.dashboard_url, plural=spec.object_type.plural))
-        if options.dry_run:
-            # The checks judge the plan (no write failed, since none was made); the asset itself
-            # is only observed, as nothing in Stripe changed.
-            context.log_event(dg.AssetObservation(asset_key=context.asset_key, metadata=metadata))
-            yield from check_results(spec, report)
-            return
-        yield dg.MaterializeResult(metadata=metadata, check_results=check_results(spec, report))
+        yield from sync_outcome(context, metadata, check_results(spec, report), options.dry_run)
 
     return _sync
