@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from census_stripe.apply.meter_events import Chunk, DeliveryReport, deliver
+from census_stripe.apply.meter_events import SAMPLE, Chunk, DeliveryReport, deliver
 from census_stripe.plan import meter_events as plan
 from census_stripe.plan.meter_events import CustomerSource
 from census_stripe.plan.sql import ModelSlice
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 # Events per chunk: one ledger UPDATE before and one after; a killed run leaves at most a few chunks in doubt.
 CHUNK_EVENTS = 50_000
 REJECTIONS_RECORDED = 10_000  # per run, in sync_rejections; the counts cover them all
-SAMPLE = 100
 
 
 @dataclass(frozen=True)
@@ -145,14 +144,19 @@ def run_meter_event_sync(
     )
     verdicts = _verdict_counts(store, query)
     report = MeterEventReport(spec, options, account, verdicts, ledger_table=ledger.name)
-    report.rejected_sample = _rows(store, query, list(plan.REJECTIONS), SAMPLE)
-    report.attention_sample = _rows(store, query, [plan.CHANGED, plan.UNCONFIRMED], SAMPLE)
+    # Each query below evaluates the plan over the whole partition again: only those with rows to find run.
+    rejected = _rows(store, query, list(plan.REJECTIONS), REJECTIONS_RECORDED) if report.rejected else []
+    report.rejected_sample = rejected[:SAMPLE]
+    if verdicts.get(plan.CHANGED) or verdicts.get(plan.UNCONFIRMED):
+        report.attention_sample = _rows(store, query, [plan.CHANGED, plan.UNCONFIRMED], SAMPLE)
     log.info("meter event sync %s, account %s: %s", spec.name, account, verdicts)
     if options.dry_run:
         return report
-    _record_rejections(store, spec, account, run_id, query)
-    ledger.queue(_select(query, [plan.NEW], "event_key, event_name, stripe_customer_id, value, event_time"), run_id)
-    ledger.claim(_select(query, [plan.RESEND], "event_key"), run_id)
+    _record_rejections(store, spec, account, run_id, rejected)
+    if verdicts.get(plan.NEW):
+        ledger.queue(_select(query, [plan.NEW], "event_key, event_name, stripe_customer_id, value, event_time"), run_id)
+    if verdicts.get(plan.RESEND):
+        ledger.claim(_select(query, [plan.RESEND], "event_key"), run_id)
     try:
         asyncio.run(_send(spec, ledger, api, report, run_id, query, concurrency, now))
     finally:
@@ -172,7 +176,7 @@ async def _send(
 ) -> None:
     api = make_api()
     try:
-        if spec.meter_event.correct_changed:
+        if spec.meter_event.correct_changed and report.verdicts.get(plan.CHANGED):
             report.corrected = await _correct(api, ledger, query, run_id, now())
 
         def before_sending(chunk: Chunk) -> None:
@@ -238,9 +242,8 @@ def _rows(store: SyncStateStore, query: str, verdicts: list[str], limit: int) ->
 
 
 def _record_rejections(
-    store: SyncStateStore, spec: MeterEventSpec, account: StripeAccount, run_id: str, query: str
+    store: SyncStateStore, spec: MeterEventSpec, account: StripeAccount, run_id: str, rows: list[dict]
 ) -> None:
-    rows = _rows(store, query, list(plan.REJECTIONS), REJECTIONS_RECORDED)
     rejections = [
         Rejection(
             row["event_key"],

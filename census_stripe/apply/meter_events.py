@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from census_stripe.stripe_client.meter_types import BatchOutcome, Delivery, MeterEvent, MeterEventApi
 
-SAMPLE = 100  # refused and in-doubt events kept for the run's metadata (all are in the ledger or rejections)
+SAMPLE = 100  # events or rows of each kind kept for the run's metadata (all are in the ledger or rejections)
 
 
 @dataclass
