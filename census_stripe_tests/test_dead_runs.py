@@ -220,10 +220,12 @@ def dagster_home(tmp_path) -> Path:
     return home
 
 
-def start_materialize(home: Path, warehouse: Path, double, log: Path) -> subprocess.Popen:
+def start_materialize(
+    home: Path, warehouse: Path, double, log: Path, command: list[str] = MATERIALIZE_DEMO_SYNC
+) -> subprocess.Popen:
     with open(log, "w") as output:
         return subprocess.Popen(
-            MATERIALIZE_DEMO_SYNC,
+            command,
             env=dagster_process_env(home, warehouse, double.url, api_key="sk_test_deadruns"),
             cwd=PROJECT_ROOT,
             stdout=output,
@@ -365,15 +367,7 @@ def bill_usage(home: Path, warehouse: Path, double, log: Path) -> subprocess.Pop
     today = utc_now().date()
     days = f"{today - timedelta(days=USAGE_DAYS)}...{today - timedelta(days=1)}"
     command = [*MATERIALIZE_DEMO_SYNC[:-1], "stripe/api_usage", "--partition-range", days]
-    with open(log, "w") as output:
-        return subprocess.Popen(
-            command,
-            env=dagster_process_env(home, warehouse, double.url, api_key="sk_test_deadruns"),
-            cwd=PROJECT_ROOT,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    return start_materialize(home, warehouse, double, log, command)
 
 
 def test_usage_billing_killed_mid_partition_then_rerun_bills_each_event_once(double, dagster_home, tmp_path):

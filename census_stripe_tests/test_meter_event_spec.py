@@ -8,6 +8,7 @@ import pytest
 from census_stripe.component import customer_source
 from census_stripe.settings import DEFS_DIR
 from census_stripe.spec import MeterEventSpec, SyncConfigError, check_model_columns, parse_sync_spec
+from census_stripe_tests.test_spec import problems
 
 VALID = """
 model: usage
@@ -19,13 +20,6 @@ meter_event:
   timestamp_column: day
   identity: [email, day]
 """
-
-
-def problems(text: str) -> list[tuple[str, str]]:
-    with pytest.raises(SyncConfigError) as raised:
-        parse_sync_spec(text, "defs/usage/defs.yaml")
-    assert all(line.startswith("defs/usage/defs.yaml: ") for line in str(raised.value).splitlines())
-    return raised.value.problems
 
 
 def test_a_meter_event_sync_loads_without_key_or_behavior():
