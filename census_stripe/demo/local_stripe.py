@@ -1,24 +1,22 @@
 """A local Stripe server (localstripe) for the demo and the tests, run as a separate process.
 
-localstripe is GPL and only ever runs as its own process; nothing here imports it. It keeps its
-store in the fixed file /tmp/localstripe.pickle, so `saved_data` lets the demo keep its customers
-between runs by copying that file in before start and out after stop.
+localstripe is GPL and only ever runs as its own process; nothing here imports it. Each server
+keeps its store in a file of its own (localstripe_server.py): `saved_data` for the demo, which
+keeps its customers between runs, otherwise a temporary file removed when the server stops.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import psutil
-
-LOCALSTRIPE_STORE = Path("/tmp/localstripe.pickle")
 
 
 def stop_process_group(process: subprocess.Popen, first_signal: int, grace_seconds: float = 10) -> None:
@@ -89,27 +87,28 @@ class LocalStripe:
         self.saved_data = saved_data
         self.log_path = log_path
         self._process: subprocess.Popen | None = None
+        self._scratch: tempfile.TemporaryDirectory | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> LocalStripe:
-        command = [sys.executable, "-m", "localstripe", "--port", str(self.port)]
-        if self.saved_data and self.saved_data.exists():
-            shutil.copyfile(self.saved_data, LOCALSTRIPE_STORE)
+        if self.saved_data:
+            store = self.saved_data
+            store.parent.mkdir(parents=True, exist_ok=True)
         else:
-            command.append("--from-scratch")
-        self._process = start_server(command, self.port, self.log_path)
+            self._scratch = tempfile.TemporaryDirectory(prefix="localstripe_")
+            store = Path(self._scratch.name) / "localstripe.pickle"
+        server = [sys.executable, "-m", "census_stripe.demo.localstripe_server", str(store)]
+        self._process = start_server([*server, "--port", str(self.port)], self.port, self.log_path)
         return self
 
     def stop(self) -> None:
-        if self._process is None:
-            return
-        stop_process_group(self._process, signal.SIGTERM)
-        if self.saved_data and LOCALSTRIPE_STORE.exists():
-            self.saved_data.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(LOCALSTRIPE_STORE, self.saved_data)
+        if self._process is not None:
+            stop_process_group(self._process, signal.SIGTERM)
+        if self._scratch is not None:
+            self._scratch.cleanup()
 
     def __enter__(self) -> LocalStripe:
         return self.start()
