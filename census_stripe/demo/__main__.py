@@ -26,13 +26,15 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from census_stripe.demo.local_stripe import LocalStripe, free_port, stop_process_group
+from census_stripe.demo.local_stripe import LocalStripe, stop_process_group
 from census_stripe.demo.seed_data import RAISED_PRICE, USAGE_DAYS, demo_customer_count, write_seeds
 from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.settings import DATA_DIR, DEFS_DIR, PROJECT_ROOT, UnknownWarehouseError, duckdb_path, warehouse_kind
 from census_stripe.stripe_client.rate_limit import is_live_key
 
 LOCAL_STRIPE_DATA = DATA_DIR / "localstripe.pickle"
+# The port the local Stripe server listened on last: the next run asks for it again (see LOCAL_STRIPE_PORT).
+LOCAL_STRIPE_LAST_PORT = DATA_DIR / "localstripe.port"
 LOCAL_CATALOG_DATA = DATA_DIR / "stripe_catalog.json"
 # The test double answers GET /v1/account, so the catalog syncs' state is filed under this account
 # whatever port the double listens on.
@@ -149,12 +151,8 @@ def demo_environment() -> Iterator[dict[str, str]]:
         print("No saved local Stripe data: starting from an empty Stripe account and an empty sync state.")
     if not LOCAL_CATALOG_DATA.exists() and _forget_sync_state(catalog=True):
         print("No saved local catalog data: the catalog's syncs start from an empty Stripe catalog and state.")
-    port = free_port(LOCAL_STRIPE_PORT)
-    if port != LOCAL_STRIPE_PORT:
-        print(
-            f"Port {LOCAL_STRIPE_PORT} is taken; the local Stripe server runs on {port}. The sync knows a local "
-            "server by its address, so it looks every customer up there again (it duplicates none)."
-        )
+    # The port of the last run, so that a port taken once (by another program) does not change the address again.
+    port = int(LOCAL_STRIPE_LAST_PORT.read_text()) if LOCAL_STRIPE_LAST_PORT.exists() else LOCAL_STRIPE_PORT
     server = LocalStripe(port, saved_data=LOCAL_STRIPE_DATA, log_path=DATA_DIR / "localstripe.log")
     # A fixed port, like localstripe's: the account is remembered by address and key, so a new
     # address would cost the next run a call to ask which account it is.
@@ -165,15 +163,21 @@ def demo_environment() -> Iterator[dict[str, str]]:
         account_id=LOCAL_CATALOG_ACCOUNT,
         meter_customers_elsewhere=True,
     )
-    print(
-        f"No STRIPE_API_KEY: starting a local Stripe server (localstripe) at {server.url} with a demo key; "
-        f"its data is kept in {LOCAL_STRIPE_DATA}"
-    )
-    print(
-        f"The catalog (products and prices) and the usage (meter events) are served by the project's Stripe "
-        f"test double at {catalog.url}, as localstripe has neither; its data is kept in {LOCAL_CATALOG_DATA}"
-    )
     with server, catalog:
+        LOCAL_STRIPE_LAST_PORT.write_text(str(server.port))
+        if server.port != port:
+            print(
+                f"Port {port} is taken; the local Stripe server runs on {server.port}, from now on. The sync knows a "
+                "local server by its address, so it looks every customer up there again (it duplicates none)."
+            )
+        print(
+            f"No STRIPE_API_KEY: starting a local Stripe server (localstripe) at {server.url} with a demo key; "
+            f"its data is kept in {LOCAL_STRIPE_DATA}"
+        )
+        print(
+            f"The catalog (products and prices) and the usage (meter events) are served by the project's Stripe "
+            f"test double at {catalog.url}, as localstripe has neither; its data is kept in {LOCAL_CATALOG_DATA}"
+        )
         yield env | {
             "STRIPE_API_BASE": server.url,
             "STRIPE_API_KEY": DEMO_API_KEY,
