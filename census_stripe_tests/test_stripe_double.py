@@ -14,6 +14,15 @@ import stripe
 from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.stripe_client.client import make_client
 
+# Token buckets of a few requests that take 100 s to refill: the requests of a test meet the limit
+# exactly, however long a busy machine takes between them.
+WINDOW = 100
+
+
+def limits(**requests_per_window: int) -> dict:
+    """The double's rate limits as this many requests per WINDOW, in buckets holding a WINDOW's worth."""
+    return {name: count / WINDOW for name, count in requests_per_window.items()} | {"rate_window_seconds": WINDOW}
+
 
 @pytest.fixture
 def customers(double):
@@ -75,7 +84,7 @@ def test_a_lost_response_hides_a_done_write_that_the_same_key_replays(double, cu
 
 
 def test_rate_limits_answer_429_before_idempotency(double, customers):
-    double.configure(endpoint_rate=2)
+    double.configure(**limits(endpoint_rate=2))
     customers.create(params={"email": "a@x.com"}, options={"idempotency_key": "a"})
     customers.create(params={"email": "b@x.com"}, options={"idempotency_key": "b"})
     with pytest.raises(stripe.RateLimitError):
@@ -309,7 +318,7 @@ def test_a_lookup_key_belongs_to_one_price_and_moves_only_when_transferred(clien
 
 
 def test_catalog_endpoints_have_their_own_rate_limits_idempotency_and_stats(double, client):
-    double.configure(endpoint_rate=2)
+    double.configure(**limits(endpoint_rate=2))
     client.products.create(params={"id": "prod_a", "name": "A"}, options={"idempotency_key": "p"})
     replayed = client.products.create(params={"id": "prod_a", "name": "A"}, options={"idempotency_key": "p"})
     assert replayed.id == "prod_a"
@@ -525,7 +534,7 @@ def test_an_idempotency_key_replays_a_meter_event_instead_of_refusing_its_identi
 
 def test_meter_events_have_a_rate_limit_of_their_own(double, client):
     [ann] = double.load([{"email": "ann@x.com"}])
-    double.configure(account_rate=1, endpoint_rate=1, meter_event_rate=3)
+    double.configure(**limits(account_rate=1, endpoint_rate=1, meter_event_rate=3))
     for identifier in ("e1", "e2", "e3"):
         client.billing.meter_events.create(params=usage(ann, "1", identifier))
     with pytest.raises(stripe.RateLimitError):
@@ -589,7 +598,7 @@ def test_an_expired_or_unknown_session_is_refused_with_stripes_session_error(dou
 def test_the_stream_has_a_rate_limit_of_its_own(double, stripe_client):
     [ann] = double.load([{"email": "ann@x.com"}])
     token = stripe_client.v2.billing.meter_event_session.create().authentication_token
-    double.configure(account_rate=1, meter_event_stream_rate=2)
+    double.configure(**limits(account_rate=1, meter_event_stream_rate=2))
     stream(stripe_client, token, [usage(ann, "1", "e1")])
     stream(stripe_client, token, [usage(ann, "1", "e2")])
     with pytest.raises(stripe.RateLimitError):
