@@ -43,6 +43,7 @@ from census_stripe.orchestration.warehouses import (
 from census_stripe.plan import sql
 from census_stripe.settings import DBT_PROJECT_DIR, DEFS_DIR
 from census_stripe.spec import MeterEventSpec
+from census_stripe.stripe_client.client import local_account
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.postgres import RedshiftWarehouse
 from census_stripe.warehouse.state import StateRecord, StateStatus, SyncStateStore, utc_now
@@ -172,11 +173,15 @@ def test_the_sync_runs_the_same_on_every_warehouse(warehouse, stripe_url, stripe
     in_stripe = {c.values["email"].lower(): c.id for c in stripe_customers.iter_all()}
     assert len(in_stripe) == 294
 
+    # The warehouse is the module's: the usage test syncs customers there too, to another Stripe account.
+    account = f"\"stripe_account\" = '{local_account(stripe_url, API_KEY).key}'"
     state = f'"{warehouse.resource.state_schema}"."sync_state"'
-    written = warehouse.sql(f'select "customer_key", "stripe_customer_id" from {state} where "status" = \'synced\'')
+    written = warehouse.sql(
+        f'select "customer_key", "stripe_customer_id" from {state} where "status" = \'synced\' and {account}'
+    )
     assert dict(written) == in_stripe  # the writeback: every Stripe id, in this warehouse
     rejections = f'"{warehouse.resource.state_schema}"."sync_rejections"'
-    assert warehouse.sql(f"select count(*) from {rejections}") == [(6,)]
+    assert warehouse.sql(f"select count(*) from {rejections} where {account}") == [(6,)]
 
     second = counts(dg.materialize([asset], resources=resources))
     assert (second["created"], second["updated"], second["stripe_api_calls"]) == (0, 0, 0)
