@@ -123,9 +123,9 @@ def page(webserver):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
         page.set_default_timeout(UI_DEADLINE_SECONDS * 1000)
-        # On a first visit a "Join the Dagster community" dialog covers the page, whenever it comes:
-        # skipped before any click it would be in the way of.
-        page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
+        # A browser that has seen the UI before: on a first visit, a "Join the Dagster community" dialog
+        # would cover the page a second after it loads (or later, on a busy machine) until skipped.
+        page.add_init_script("window.localStorage.setItem('communityNux', JSON.stringify('1'))")
         yield page
         browser.close()
 
@@ -159,6 +159,7 @@ def materialize_from_the_asset_page(page: Page, webserver: Webserver, launchpad_
     known = len(webserver.runs())
     materialize = page.get_by_role("button", name="Materialize").first
     # The models were built outside this Dagster instance, so it may ask whether to go on.
+    materialize.wait_for()
     if launchpad_edit:
         box = materialize.bounding_box()
         page.mouse.click(box["x"] + box["width"] + 12, box["y"] + box["height"] / 2)  # the ▾ beside it
