@@ -33,8 +33,6 @@ from census_stripe.settings import DATA_DIR, DEFS_DIR, PROJECT_ROOT, UnknownWare
 from census_stripe.stripe_client.rate_limit import is_live_key
 
 LOCAL_STRIPE_DATA = DATA_DIR / "localstripe.pickle"
-# The port the local Stripe server listened on last: the next run asks for it again (see LOCAL_STRIPE_PORT).
-LOCAL_STRIPE_LAST_PORT = DATA_DIR / "localstripe.port"
 LOCAL_CATALOG_DATA = DATA_DIR / "stripe_catalog.json"
 # The test double answers GET /v1/account, so the catalog syncs' state is filed under this account
 # whatever port the double listens on.
@@ -45,7 +43,8 @@ CATALOG_OBJECTS = ("product", "price")
 OBJECT_ORDER = ("customer", "product", "price")
 DAGSTER_HOME = DATA_DIR / "dagster_home"
 DEMO_API_KEY = "sk_test_census_stripe_demo"
-# A local server has no account id: the sync knows it by its address, so the demo keeps one.
+# A local server has no account id: the sync knows it by its address, so the demo keeps one. These are
+# the usual ports; a server that had to take another (this one was taken) asks for that one from then on.
 LOCAL_STRIPE_PORT = 8420
 LOCAL_CATALOG_PORT = 8421
 # The demo instance's dagster.yaml, by top-level section.
@@ -130,6 +129,17 @@ def write_instance_config(path: Path) -> None:
         path.write_text(text + ("\n" if text and not text.endswith("\n") else "") + "".join(missing))
 
 
+def last_port(server: str, usual: int) -> int:
+    """The port `server` listened on in the last run, else its usual one: a port taken once (by another
+    program, another checkout's demo) does not change the server's address again."""
+    kept = DATA_DIR / f"{server}.port"
+    return int(kept.read_text()) if kept.exists() else usual
+
+
+def keep_port(server: str, port: int) -> None:
+    (DATA_DIR / f"{server}.port").write_text(str(port))
+
+
 @contextmanager
 def demo_environment() -> Iterator[dict[str, str]]:
     """Environment variables for Dagster processes, with a local Stripe server running if needed."""
@@ -151,20 +161,20 @@ def demo_environment() -> Iterator[dict[str, str]]:
         print("No saved local Stripe data: starting from an empty Stripe account and an empty sync state.")
     if not LOCAL_CATALOG_DATA.exists() and _forget_sync_state(catalog=True):
         print("No saved local catalog data: the catalog's syncs start from an empty Stripe catalog and state.")
-    # The port of the last run, so that a port taken once (by another program) does not change the address again.
-    port = int(LOCAL_STRIPE_LAST_PORT.read_text()) if LOCAL_STRIPE_LAST_PORT.exists() else LOCAL_STRIPE_PORT
+    port = last_port("localstripe", LOCAL_STRIPE_PORT)
     server = LocalStripe(port, saved_data=LOCAL_STRIPE_DATA, log_path=DATA_DIR / "localstripe.log")
     # A fixed port, like localstripe's: the account is remembered by address and key, so a new
     # address would cost the next run a call to ask which account it is.
     catalog = StripeDoubleServer(
         store=LOCAL_CATALOG_DATA,
-        port=LOCAL_CATALOG_PORT,
+        port=last_port("stripe_catalog", LOCAL_CATALOG_PORT),
         log_path=DATA_DIR / "stripe_double.log",
         account_id=LOCAL_CATALOG_ACCOUNT,
         meter_customers_elsewhere=True,
     )
     with server, catalog:
-        LOCAL_STRIPE_LAST_PORT.write_text(str(server.port))
+        keep_port("localstripe", server.port)
+        keep_port("stripe_catalog", catalog.port)
         if server.port != port:
             print(
                 f"Port {port} is taken; the local Stripe server runs on {server.port}, from now on. The sync knows a "
