@@ -15,7 +15,7 @@ from datetime import datetime
 import sqlglot
 from sqlglot import exp
 
-from census_stripe.plan.keys import key_sql
+from census_stripe.plan.keys import LOWER_CASED_FIELDS, key_sql, legacy_key_sql
 from census_stripe.spec import SyncSpec
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.state import StateStatus, of_sync
@@ -32,6 +32,7 @@ ROW_HASH = "__row_hash"
 KEY_ROWS = "__key_rows"
 STATE_ROWS = "__state_rows"
 STATE_PREFIX = "__state_"
+FORMER_KEY = "__former_key"
 
 
 def value_alias(position: int) -> str:
@@ -48,9 +49,9 @@ def _text(column: str) -> exp.Expression:
     return exp.cast(exp.column(column, quoted=True), "text")
 
 
-def key_expression(spec: SyncSpec) -> exp.Expression:
+def key_expression(spec: SyncSpec, dialect: str | None = None) -> exp.Expression:
     """The key of a model row, as `plan.keys` defines it (Python's twin: keys.normalize_key)."""
-    return key_sql(spec.key.field, _text(spec.key.column))
+    return key_sql(spec.key.field, _text(spec.key.column), dialect)
 
 
 def row_hash_expression(spec: SyncSpec) -> exp.Func:
@@ -93,11 +94,11 @@ def _rows(model: Relation, where: ModelSlice | None) -> exp.Select:
     return query.where(where.condition()) if where else query
 
 
-def _model_select(spec: SyncSpec, model: Relation, where: ModelSlice | None) -> exp.Select:
+def _model_select(spec: SyncSpec, model: Relation, where: ModelSlice | None, dialect: str) -> exp.Select:
     values = [exp.alias_(_text(column), value_alias(i), quoted=True) for i, column in enumerate(spec.columns)]
     return _rows(model, where).select(
         *values,
-        exp.alias_(key_expression(spec), KEY, quoted=True),
+        exp.alias_(key_expression(spec, dialect), KEY, quoted=True),
         exp.alias_(row_hash_expression(spec), ROW_HASH, quoted=True),
     )
 
@@ -136,11 +137,11 @@ def changed_rows_query(
     one = exp.Literal.number(1)
     repeated_keys = (
         exp.select(
-            exp.alias_(key_expression(spec), KEY, quoted=True),
+            exp.alias_(key_expression(spec, dialect), KEY, quoted=True),
             exp.alias_(exp.Count(this=exp.Star()), KEY_ROWS, quoted=True),
         )
         .from_(model.table())
-        .group_by(key_expression(spec))
+        .group_by(key_expression(spec, dialect))
         .having(exp.GT(this=exp.Count(this=exp.Star()), expression=one))
     )
     last_hashes = (
@@ -161,7 +162,7 @@ def changed_rows_query(
                 exp.Coalesce(this=_col(STATE_ROWS, "h"), expressions=[exp.Literal.number(0)]), STATE_ROWS, quoted=True
             ),
         )
-        .from_(exp.alias_(_model_select(spec, model, where).subquery(), "m", quoted=True))
+        .from_(exp.alias_(_model_select(spec, model, where, dialect).subquery(), "m", quoted=True))
         .join(
             exp.alias_(repeated_keys.subquery(), "r", quoted=True),
             on=_col(KEY, "r").eq(_col(KEY, "m")),
@@ -190,21 +191,39 @@ def changed_rows_query(
         _col(STATE_ROWS, "c").eq(one),
     )
     query = (
-        exp.select(
-            exp.Column(this=exp.Star(), table=exp.to_identifier("c", quoted=True)),
-            *(exp.alias_(_col(name, "s"), STATE_PREFIX + name, quoted=True) for name in STATE_COLUMNS),
-        )
+        exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("c", quoted=True)))
         .from_(exp.alias_(changed.subquery(), "c", quoted=True))
         .join(state.table().as_("s", quoted=True), on=join_state, join_type="left")
     )
-    return query.sql(dialect=dialect)
+    if spec.key.field not in LOWER_CASED_FIELDS:
+        state_columns = [exp.alias_(_col(name, "s"), STATE_PREFIX + name, quoted=True) for name in STATE_COLUMNS]
+        return query.select(*state_columns).sql(dialect=dialect)
+    # A key with no state row may have one filed under the form older versions gave it (the
+    # database's LOWER). Only such rows compute that form, so a run with nothing new pays nothing.
+    key_value = _col(value_alias(spec.columns.index(spec.key.column)), "c")
+    unfiled = exp.and_(_col(STATE_ROWS, "c").eq(exp.Literal.number(0)), _col(KEY_ROWS, "c").eq(one))
+    former_key = exp.Case().when(unfiled, legacy_key_sql(spec.key.field, key_value))
+    join_former = exp.and_(of_sync(spec.name, account, table="f"), _col("customer_key", "f").eq(former_key))
+    state_columns = [
+        exp.alias_(exp.Coalesce(this=_col(name, "s"), expressions=[_col(name, "f")]), STATE_PREFIX + name, quoted=True)
+        for name in STATE_COLUMNS
+    ]
+    query = query.select(*state_columns, exp.alias_(_col("customer_key", "f"), FORMER_KEY, quoted=True))
+    return query.join(state.table().as_("f", quoted=True), on=join_former, join_type="left").sql(dialect=dialect)
+
+
+def model_keys_query(spec: SyncSpec, model: Relation, keys: list[str], dialect: str) -> str:
+    """Which of `keys` some row of the (whole) model has."""
+    key = key_expression(spec, dialect)
+    wanted = exp.In(this=key.copy(), expressions=[exp.Literal.string(k) for k in keys])
+    return exp.select(exp.alias_(key, KEY, quoted=True)).distinct().from_(model.table()).where(wanted).sql(dialect)
 
 
 def left_keys_query(spec: SyncSpec, model: Relation, state: Relation, account: str, dialect: str) -> str:
     """The state rows of keys no longer in the model that still have a live Stripe object: what
     `archive_missing` archives. Keys archived already are left out."""
 
-    model_keys = exp.select(exp.alias_(key_expression(spec), KEY, quoted=True)).distinct().from_(model.table())
+    model_keys = exp.select(exp.alias_(key_expression(spec, dialect), KEY, quoted=True)).distinct().from_(model.table())
     status = _col("status", "s")
     live = exp.and_(
         of_sync(spec.name, account, table="s"),
