@@ -185,31 +185,28 @@ def changed_rows_query(
             )
         )
     # A key with several state rows gets none of them: which one is right cannot be known.
-    join_state = exp.and_(
-        of_sync(spec.name, account, table="s"),
-        _col("customer_key", "s").eq(_col(KEY, "c")),
-        _col(STATE_ROWS, "c").eq(one),
-    )
+    filed_key: exp.Expression = exp.Case().when(_col(STATE_ROWS, "c").eq(one), _col(KEY, "c"))
+    former_key = None
+    if spec.key.field in LOWER_CASED_FIELDS:
+        # A key with no state row may have one filed under the form earlier versions gave it (the
+        # database's LOWER). Only such rows compute that form, and the state is joined once, so a
+        # run with nothing new pays nothing for it.
+        key_value = _col(value_alias(spec.columns.index(spec.key.column)), "c")
+        unfiled = exp.and_(_col(STATE_ROWS, "c").eq(exp.Literal.number(0)), _col(KEY_ROWS, "c").eq(one))
+        filed_key = filed_key.when(unfiled, legacy_key_sql(spec.key.field, key_value))
+        former_key = exp.Case().when(unfiled.copy(), _col("customer_key", "s"))
+    join_state = exp.and_(of_sync(spec.name, account, table="s"), _col("customer_key", "s").eq(filed_key))
     query = (
-        exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("c", quoted=True)))
+        exp.select(
+            exp.Column(this=exp.Star(), table=exp.to_identifier("c", quoted=True)),
+            *(exp.alias_(_col(name, "s"), STATE_PREFIX + name, quoted=True) for name in STATE_COLUMNS),
+        )
         .from_(exp.alias_(changed.subquery(), "c", quoted=True))
         .join(state.table().as_("s", quoted=True), on=join_state, join_type="left")
     )
-    if spec.key.field not in LOWER_CASED_FIELDS:
-        state_columns = [exp.alias_(_col(name, "s"), STATE_PREFIX + name, quoted=True) for name in STATE_COLUMNS]
-        return query.select(*state_columns).sql(dialect=dialect)
-    # A key with no state row may have one filed under the form older versions gave it (the
-    # database's LOWER). Only such rows compute that form, so a run with nothing new pays nothing.
-    key_value = _col(value_alias(spec.columns.index(spec.key.column)), "c")
-    unfiled = exp.and_(_col(STATE_ROWS, "c").eq(exp.Literal.number(0)), _col(KEY_ROWS, "c").eq(one))
-    former_key = exp.Case().when(unfiled, legacy_key_sql(spec.key.field, key_value))
-    join_former = exp.and_(of_sync(spec.name, account, table="f"), _col("customer_key", "f").eq(former_key))
-    state_columns = [
-        exp.alias_(exp.Coalesce(this=_col(name, "s"), expressions=[_col(name, "f")]), STATE_PREFIX + name, quoted=True)
-        for name in STATE_COLUMNS
-    ]
-    query = query.select(*state_columns, exp.alias_(_col("customer_key", "f"), FORMER_KEY, quoted=True))
-    return query.join(state.table().as_("f", quoted=True), on=join_former, join_type="left").sql(dialect=dialect)
+    if former_key is not None:
+        query = query.select(exp.alias_(former_key, FORMER_KEY, quoted=True))
+    return query.sql(dialect=dialect)
 
 
 def model_keys_query(spec: SyncSpec, model: Relation, keys: list[str], dialect: str) -> str:
