@@ -127,7 +127,8 @@ def changed_rows_query(
     than one state row (damaged state: the run looks the key up again and files one row).
     `everything` selects all rows, for a full resync; `where` keeps to a slice of the model (keys
     repeat across the whole model, though). Only the account's own state rows are read: another
-    account's Stripe ids mean nothing here.
+    account's Stripe ids mean nothing here. An email key with no state row gets the state row
+    filed under its former key, if one is (`FORMER_KEY`: see plan/keys.py, rows.settle_former_keys).
 
     Memory stays small however large the model: repeated keys are counted from the key column
     alone, the model is compared with narrow (key, hash) state rows, and the wide state columns
