@@ -186,7 +186,7 @@ def changed_rows_query(
             )
         )
     # A key with several state rows gets none of them: which one is right cannot be known.
-    filed_key: exp.Expression = exp.Case().when(_col(STATE_ROWS, "c").eq(one), _col(KEY, "c"))
+    filed_key = exp.Case().when(_col(STATE_ROWS, "c").eq(one), _col(KEY, "c"))
     former_key = None
     if spec.key.field in LOWER_CASED_FIELDS:
         # A key with no state row may have one filed under the form earlier versions gave it (the
