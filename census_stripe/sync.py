@@ -347,7 +347,9 @@ def _apply(
         save(map(state_after_outcome, outcomes))
         written.extend(outcomes)
 
-    writer = StripeWriter(stripe, spec.name, on_batch=record, concurrency=concurrency, logger=log)
+    writer = StripeWriter(
+        stripe, spec.name, run_id, spec.key.field, on_batch=record, concurrency=concurrency, logger=log
+    )
     unreachable = None
     try:
         if plan.writes:
