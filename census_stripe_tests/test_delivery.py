@@ -118,12 +118,19 @@ def write_requests(double) -> int:
     return stats.get("requests_create", 0) + stats.get("requests_update", 0)
 
 
-def kill_runs_at_random_points(model: Path, double, runs: int = 5, seed: int = 7) -> int:
-    """Start `runs` runs of the demo sync one after another, each killed (SIGKILL) at a random point
-    after its first write request; how many were killed before they finished."""
-    generator = random.Random(seed)
+def finish_run(model: Path, double) -> dict[str, int]:
+    """A last run of the demo sync, left to finish; its counts."""
+    final = run_in_process(model, double, concurrency=4, rate=200)
+    output, errors = final.communicate(timeout=300)
+    assert final.returncode == 0, errors[-3000:]
+    return json.loads(output)
+
+
+def test_runs_killed_at_random_points_converge_without_duplicates(double, model):
+    double.configure(latency=0.01, fail_after_rate=0.02)
+    generator = random.Random(7)
     kills = 0
-    for _ in range(runs):
+    for _ in range(5):
         # At 40 writes/s a whole run writes for over 7 s. Start-up takes from 1 s to many on a busy
         # machine, so the kill is timed from the run's first write request, not from its start.
         before = write_requests(double)
@@ -136,20 +143,6 @@ def kill_runs_at_random_points(model: Path, double, runs: int = 5, seed: int = 7
             process.send_signal(signal.SIGKILL)
             kills += 1
         process.communicate()
-    return kills
-
-
-def finish_run(model: Path, double) -> dict[str, int]:
-    """A last run of the demo sync, left to finish; its counts."""
-    final = run_in_process(model, double, concurrency=4, rate=200)
-    output, errors = final.communicate(timeout=300)
-    assert final.returncode == 0, errors[-3000:]
-    return json.loads(output)
-
-
-def test_runs_killed_at_random_points_converge_without_duplicates(double, model):
-    double.configure(latency=0.01, fail_after_rate=0.02)
-    kills = kill_runs_at_random_points(model, double)
     assert kills >= 3, "the runs finished before they could be killed; make them slower"
     assert 0 < double.stats()["customers"] <= ROWS
 
