@@ -114,14 +114,6 @@ class Place:
         return [(stripe_id, status) for stripe_id, status in rows.itertuples(index=False)]
 
 
-@pytest.fixture(scope="module")
-def fakesnow_server():
-    import fakesnow
-
-    with fakesnow.server() as server:
-        yield server
-
-
 @pytest.fixture(params=["duckdb", "postgres", "snowflake"])
 def place(request, tmp_path) -> Iterator[Place]:
     suffix = uuid.uuid4().hex[:8]
