@@ -126,6 +126,16 @@ def warehouse_path(built_warehouse, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fakesnow_server() -> Iterator[dict]:
+    """fakesnow's Snowflake server, one per session: `fakesnow.server()` works once per process, since
+    it imports its module `fakesnow.server` over itself."""
+    import fakesnow
+
+    with fakesnow.server() as connection:
+        yield connection
+
+
+@pytest.fixture(scope="session")
 def local_stripe_server():
     with LocalStripe() as server:
         yield server
@@ -226,5 +236,6 @@ def key_warehouse(request, tmp_path_factory):
     databases of every kind of collation, fakesnow (census_stripe_tests/key_warehouses.py)."""
     from census_stripe_tests.key_warehouses import open_warehouse
 
-    with open_warehouse(request.param, tmp_path_factory.mktemp(request.param)) as warehouse:
+    server = request.getfixturevalue("fakesnow_server") if request.param == "snowflake" else None
+    with open_warehouse(request.param, tmp_path_factory.mktemp(request.param), server) as warehouse:
         yield warehouse

@@ -29,7 +29,8 @@ POSTGRES_LOCALES = {
 
 
 @contextmanager
-def open_warehouse(kind: str, folder: Path) -> Iterator[Warehouse]:
+def open_warehouse(kind: str, folder: Path, snowflake_server: dict | None = None) -> Iterator[Warehouse]:
+    """`kind` open; Snowflake's is a database of its own on `snowflake_server` (fakesnow's)."""
     if kind == "duckdb":
         with duckdb.connect(str(folder / "warehouse.duckdb")) as connection:
             yield DuckDBWarehouse(connection)
@@ -43,14 +44,15 @@ def open_warehouse(kind: str, folder: Path) -> Iterator[Warehouse]:
         finally:
             postgres_sql(f"DROP DATABASE {database} WITH (FORCE)")
     elif kind == "snowflake":
-        import fakesnow
         import snowflake.connector
 
         from census_stripe.warehouse.snowflake import SnowflakeWarehouse
 
-        with fakesnow.patch(), snowflake.connector.connect(database="CENSUS_KEYS", schema="PUBLIC") as connection:
-            connection.cursor().execute("CREATE DATABASE IF NOT EXISTS CENSUS_KEYS")
-            connection.cursor().execute("CREATE SCHEMA IF NOT EXISTS CENSUS_KEYS.PUBLIC")
+        assert snowflake_server is not None, "fakesnow's server"
+        database = f"KEYS_{uuid.uuid4().hex[:8].upper()}"
+        with snowflake.connector.connect(**snowflake_server) as connection:
+            connection.cursor().execute(f"CREATE DATABASE {database}")
+            connection.cursor().execute(f"USE DATABASE {database}")
             yield SnowflakeWarehouse(connection)
     else:
         raise ValueError(f"no warehouse {kind!r} (known: {', '.join(KEY_WAREHOUSES)})")
