@@ -66,7 +66,7 @@ def sync(model: Path, customers: StripeObjects, concurrency=8, options: RunOptio
             model=MODEL,
             store=SyncStateStore(DuckDBWarehouse(connection)),
             stripe=customers,
-            run_id="run",
+            run_id=f"run-{uuid.uuid4().hex[:8]}",  # each call is a run of its own
             options=options,
             concurrency=concurrency,
         )
@@ -123,6 +123,14 @@ def kill_after_creates(processes: Processes, model: Path, double, creates: int, 
     processes.kill(run)
 
 
+def finish_run(processes: Processes, model: Path, double) -> dict[str, int]:
+    """A last run of the demo sync, left to finish; its counts."""
+    final = run_in_process(processes, model, double, concurrency=4)
+    output, errors = final.communicate(timeout=600)
+    assert final.returncode == 0, errors[-3000:]
+    return json.loads(output)
+
+
 def test_runs_killed_at_random_points_converge_without_duplicates(double, model, processes):
     double.configure(fail_after_rate=0.02)
     generator = random.Random(7)
@@ -134,11 +142,7 @@ def test_runs_killed_at_random_points_converge_without_duplicates(double, model,
         double.resume(drop_waiting=generator.random() < 0.5)
     assert 0 < double.stats()["customers"] < ROWS
 
-    final = run_in_process(processes, model, double, concurrency=4)
-    output, errors = final.communicate(timeout=600)
-    assert final.returncode == 0, errors[-3000:]
-    counts = json.loads(output)
-    assert counts["failed"] == 0
+    assert finish_run(processes, model, double)["failed"] == 0
     assert_stripe_equals_model(double, model)
 
 
