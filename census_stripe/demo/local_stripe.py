@@ -84,7 +84,8 @@ def announce_port(listening: socket.socket, port_file: Path | None) -> int:
 
 
 def free_port(preferred: int = 0) -> int:
-    """`preferred` if it is free, else any free port."""
+    """`preferred` if it is free, else any free port: free now, and another process may take it before it
+    is used. Only for a server that cannot bind a port of its own choosing (see `start_server`)."""
     for port in (preferred, 0) if preferred else (0,):
         with socket.socket() as s:
             # As the servers themselves bind: a port whose last connections linger in TIME_WAIT
