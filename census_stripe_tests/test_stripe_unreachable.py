@@ -8,6 +8,8 @@ counted.
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -99,27 +101,35 @@ def test_a_server_answering_500_to_every_write_stops_the_run_after_the_breakers_
     assert statuses(model) == {}
 
 
-def fail_every_write_after(double, writes: int) -> threading.Thread:
-    """Turn the double into a server answering 500 to every write once `writes` creates are done: it
-    holds the next creates (a kill point) until it is configured so, then lets them through."""
+@contextmanager
+def every_write_failing_after(double, writes: int) -> Iterator[None]:
+    """The double turns into a server answering 500 to every write once `writes` creates are done: it
+    holds the next creates (a kill point) until it is configured so, then lets them through. The
+    thread that switches it never outlives the block, so no later test's double is switched."""
     double.pause_after(writes, "create")
+    over = threading.Event()
 
     def outage() -> None:
-        double.wait_until_paused()
-        double.configure(fail_before_rate=1.0)
-        double.resume()
+        while not over.is_set():
+            if double.pause_state()["paused"]:
+                double.configure(fail_before_rate=1.0)
+                double.resume()
+                return
+            over.wait(0.02)
 
     switch = threading.Thread(target=outage, daemon=True)
     switch.start()
-    return switch
+    try:
+        yield
+    finally:
+        over.set()
+        switch.join()
 
 
 def test_an_outage_mid_run_keeps_what_stripe_accepted_and_the_rerun_converges(double, model):
-    switch = fail_every_write_after(double, 50)
     customers = customers_for(double)
-    message = sync_stopping(model, customers)
-    # The sync could not stop before the outage began, and the outage ended the switch's work.
-    switch.join()
+    with every_write_failing_after(double, 50):
+        message = sync_stopping(model, customers)
     assert message.startswith(f"Stripe unreachable at {double.url} (APIError (HTTP 500): ")
     assert message.endswith(f": 50 writes done, {ROWS - 50} left for the next run")
     # Every write Stripe accepted is recorded as synced; the rest are neither recorded nor failed.
