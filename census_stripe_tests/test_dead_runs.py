@@ -349,8 +349,11 @@ def test_the_demo_killed_mid_sync_runs_again(double, tmp_path, processes):
     held = kill_while_paused(processes, killed, double)
     assert double.stats()["customers"] == 10 + held < 294
 
-    rerun = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr + (tmp_path / "demo.log").read_text()[-3000:]
+    rerun = processes.start(
+        command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    output, _ = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, output + (tmp_path / "demo.log").read_text()[-3000:]
     assert_killed_run_was_cleared(tmp_path / "dagster_home")
     emails = [customer.values["email"] for customer in customers_for(double, key="sk_test_reader").iter_all()]
     assert len(emails) == len(set(emails)) == 294

@@ -21,6 +21,7 @@ from census_stripe.orchestration.project import sync_resources
 from census_stripe.orchestration.warehouses import PostgresWarehouseResource
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.stripe_client.client import make_client
+from census_stripe_tests.conftest import Processes
 
 YOUR_KEY = "sk_test_CANARYyourown0123456789"
 
@@ -30,15 +31,18 @@ DEMO_RUN = [sys.executable, "-m", "census_stripe.demo", "run"]
 DEMO_SERVERS = [sys.executable, "-c", "from census_stripe.demo.__main__ import demo_environment as e\nwith e(): pass"]
 
 
-def demo(data_dir, command: list[str] = DEMO_RUN, **settings) -> subprocess.CompletedProcess:
-    """`python -m census_stripe.demo run` in a shell with only these of the project's variables set."""
+def demo(processes: Processes, data_dir, command: list[str] = DEMO_RUN, **settings) -> subprocess.CompletedProcess:
+    """`python -m census_stripe.demo run` in a shell with only these of the project's variables set; the
+    test owns it and what it starts (its local Stripe servers, Dagster), stopped however the test ends."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DAGSTER_", "CENSUS_STRIPE_"))}
     env |= {"CENSUS_STRIPE_DATA_DIR": str(data_dir), **settings}
-    return subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+    run = processes.start(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = run.communicate(timeout=900)
+    return subprocess.CompletedProcess(command, run.returncode, stdout, stderr)
 
 
-def run_demo(data_dir, **settings) -> str:
-    completed = demo(data_dir, **settings)
+def run_demo(processes: Processes, data_dir, **settings) -> str:
+    completed = demo(processes, data_dir, **settings)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     return completed.stdout
 
@@ -51,11 +55,11 @@ def counts(output: str, sync: str = "customers") -> dict[str, int]:
 
 
 @pytest.mark.serial
-def test_the_demo_twice_customers_and_catalog_then_its_local_stripe_lost(tmp_path):
+def test_the_demo_twice_customers_and_catalog_then_its_local_stripe_lost(tmp_path, processes):
     """The first run creates the customers (localstripe) and the catalog (the double); the second
     writes no customer and makes one new price version; after localstripe's data is lost, the
     customers' state resets with it while the catalog's and the usage's, kept apart, stay."""
-    first = run_demo(tmp_path)
+    first = run_demo(processes, tmp_path)
     assert counts(first) == {
         "rows_read": 300,
         "created": 294,
@@ -88,7 +92,7 @@ def test_the_demo_twice_customers_and_catalog_then_its_local_stripe_lost(tmp_pat
     assert (usage["rows_read"], usage["accepted"], usage["rejected"]) == (700, 693, 7)
     assert len(json.loads((tmp_path / "stripe_catalog.json").read_text())["meter_events"]["by_identifier"]) == 693
 
-    second = run_demo(tmp_path)
+    second = run_demo(processes, tmp_path)
     assert counts(second) == {
         "rows_read": 300,
         "created": 0,
@@ -120,7 +124,7 @@ def test_the_demo_twice_customers_and_catalog_then_its_local_stripe_lost(tmp_pat
     # a third run would start with (a sync with no state creates its every row; one whose state and
     # Stripe agree makes no call, as the second run showed).
     (tmp_path / "localstripe.pickle").unlink()
-    servers = demo(tmp_path, DEMO_SERVERS)
+    servers = demo(processes, tmp_path, DEMO_SERVERS)
     assert servers.returncode == 0, servers.stdout + servers.stderr
     assert "No saved local Stripe data: starting from an empty Stripe account and an empty sync state." in (
         servers.stdout
@@ -134,8 +138,8 @@ def test_the_demo_twice_customers_and_catalog_then_its_local_stripe_lost(tmp_pat
     assert ledger == (693,)
 
 
-def test_your_stripe_key_is_used_as_given_and_no_local_server_starts(tmp_path, double):
-    output = run_demo(tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
+def test_your_stripe_key_is_used_as_given_and_no_local_server_starts(tmp_path, double, processes):
+    output = run_demo(processes, tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
     assert f"Using the Stripe API at {double.url} with your key (test mode)" in output
     assert "localstripe" not in output and not (tmp_path / "localstripe.pickle").exists()
     assert "test double" not in output and not (tmp_path / "stripe_catalog.json").exists()
@@ -149,9 +153,9 @@ def test_your_stripe_key_is_used_as_given_and_no_local_server_starts(tmp_path, d
     assert YOUR_KEY not in output + (tmp_path / "demo.log").read_text()
 
 
-def test_a_failed_demo_shows_the_failed_checks_the_first_error_and_the_failing_rows(tmp_path, double):
+def test_a_failed_demo_shows_the_failed_checks_the_first_error_and_the_failing_rows(tmp_path, double, processes):
     double.configure(invalid_emails="^[a-d]")  # Stripe refuses every address that starts with a to d
-    completed = demo(tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
+    completed = demo(processes, tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
     assert completed.returncode != 0
     output = completed.stdout
     failed, writes = map(int, re.search(r"(\d+) of (\d+) Stripe writes failed", output).groups())
@@ -205,9 +209,9 @@ def test_the_summary_names_a_postgres_warehouse_not_a_duckdb_file():
     assert describe_warehouse(warehouse) == "PostgreSQL database 'analytics' at db.internal:6432 as sync"
 
 
-def test_an_unknown_warehouse_gets_the_projects_message_on_every_path(tmp_path):
+def test_an_unknown_warehouse_gets_the_projects_message_on_every_path(tmp_path, processes):
     message = "CENSUS_STRIPE_WAREHOUSE='nonsense' is not a warehouse; use one of duckdb, postgres"
-    completed = demo(tmp_path, CENSUS_STRIPE_WAREHOUSE="nonsense")
+    completed = demo(processes, tmp_path, CENSUS_STRIPE_WAREHOUSE="nonsense")
     assert completed.returncode == 2 and message in completed.stderr
     venv = Path(sys.executable).parent.parent
     for target in ("demo", "dev"):
@@ -262,7 +266,7 @@ def test_seeds_rewritten_while_read_are_always_read_whole(tmp_path):
     rewritten = threading.Event()
 
     def rewrite() -> None:
-        for turn in range(60):
+        for turn in range(20):
             write_seeds(300 + turn % 2, tmp_path)
         rewritten.set()
 
