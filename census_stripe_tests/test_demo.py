@@ -18,6 +18,7 @@ from census_stripe.orchestration.project import sync_resources
 from census_stripe.orchestration.warehouses import PostgresWarehouseResource
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.stripe_client.client import make_client
+from census_stripe_tests.meters import create_meter
 
 YOUR_KEY = "sk_test_CANARYyourown0123456789"
 
@@ -116,6 +117,7 @@ def test_the_demo_three_times_customers_and_catalog(tmp_path):
 
 
 def test_your_stripe_key_is_used_as_given_and_no_local_server_starts(tmp_path, double):
+    create_meter(double.url, api_key=YOUR_KEY)  # your Stripe's meters are yours to create: the demo makes none there
     output = run_demo(tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
     assert f"Using the Stripe API at {double.url} with your key (test mode)" in output
     assert "localstripe" not in output and not (tmp_path / "localstripe.pickle").exists()

@@ -49,8 +49,8 @@ class MeterCheckError(RuntimeError):
         self.problems = problems
         listed = "\n".join(f"- {problem}" for problem in problems)
         super().__init__(
-            f"meter event sync {sync_name!r} sent nothing: Stripe would accept its events and bill none of them.\n"
-            f"{listed}"
+            f"meter event sync {sync_name!r} sent nothing: Stripe bills an event only through the active meter of "
+            f"its event name, reading the payload keys the sync sends.\n{listed}"
         )
 
 
