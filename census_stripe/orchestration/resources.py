@@ -28,7 +28,7 @@ class StripeResource(dg.ConfigurableResource):
 
     api_key: str = Field(
         description="Secret (sk_...) or restricted (rk_...) key with write access to what the syncs write "
-        "(Customers, Products, Prices)."
+        "(Customers, Products, Prices, meter events; and read access to Billing meters for usage syncs)."
     )
     api_base: str | None = Field(
         default=None, description="Another API server, e.g. a local emulator; Stripe itself when unset."
