@@ -132,6 +132,19 @@ def test_your_stripe_key_is_used_as_given_and_no_local_server_starts(tmp_path, d
     assert YOUR_KEY not in output + (tmp_path / "demo.log").read_text()
 
 
+def test_with_your_key_and_no_meter_the_demo_bills_nothing_and_says_how_to_create_it(tmp_path, double):
+    completed = demo(tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
+    assert completed.returncode != 0
+    output = completed.stdout
+    assert "of 'stripe/api_usage' failed.\nFirst error:\n  stripe__api_usage: " in output
+    assert "MeterCheckError: meter event sync 'api_usage' sent nothing" in output
+    assert "- no meter has the event name 'api_calls': create one with that event name" in output
+    stats = double.stats()
+    assert stats["customers"] == 294  # the job before it ran
+    assert not stats.get("requests_meter_event_stream") and not stats.get("meter_event_sessions")
+    assert YOUR_KEY not in output
+
+
 def test_a_failed_demo_shows_the_failed_checks_the_first_error_and_the_failing_rows(tmp_path, double):
     double.configure(invalid_emails="^[a-d]")  # Stripe refuses every address that starts with a to d
     completed = demo(tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)

@@ -315,7 +315,7 @@ def _print_failure(dagster_home: str, started: datetime) -> None:
     from census_stripe.demo.report import failure_report
 
     with dg.DagsterInstance.from_config(dagster_home) as instance:
-        print("\n".join(failure_report(instance, JOB, started)))
+        print("\n".join(failure_report(instance, started)))
     print(f"The run's full log: {DATA_DIR / 'demo.log'}")
 
 
