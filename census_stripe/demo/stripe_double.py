@@ -56,9 +56,11 @@ It is an HTTP server, run as its own process, modelled on Stripe's documented be
   have limits of their own, apart from the account's; v1 meter events sent with a test-mode key take the
   account's bucket instead, and so does a session.
 - Idempotency: the first response to an `Idempotency-Key` is stored (400s and 500s included) and
-  replayed for the same key, with the header `Idempotent-Replayed: true`; the same key with other
-  parameters is a 400 `idempotency_error`. Not for the meter event stream and its sessions, whose
-  events carry their identifiers instead.
+  replayed for the same key, with the header `Idempotent-Replayed: true`, for 24 hours on the
+  double's clock (as Stripe prunes keys after 24 hours; tests move the clock with `advance_clock`);
+  after that the key is new again. The same key with other parameters is a 400
+  `idempotency_error`. Not for the meter event stream and its sessions, whose events carry their
+  identifiers instead.
 - Faults: a chosen share of writes fails with a 500 before the endpoint runs (nothing done,
   nothing stored for the key), or after it ran (the response is lost: the object exists and the
   key replays the success), plus a fixed latency per request. Or every write answered with one
@@ -402,13 +404,19 @@ def digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def compact_response(fingerprint: str, status: int, body: str | dict) -> tuple[str, int, str]:
+IDEMPOTENCY_KEY_SECONDS = 24 * 3600  # how long Stripe replays a key's stored response
+
+
+def compact_response(
+    fingerprint: str, status: int, body: str | dict, stored_at: float | None = None, *, now: float
+) -> tuple[str, int, str, float]:
     """A stored idempotent response as kept now; files saved before hold the parameters' JSON itself as
-    the fingerprint, and the body as an object."""
+    the fingerprint, the body as an object, and no moment (taken as stored now)."""
     return (
         digest(fingerprint) if fingerprint.startswith("[") else fingerprint,
         status,
         body if isinstance(body, str) else json.dumps(body),
+        now if stored_at is None else stored_at,
     )
 
 
@@ -877,8 +885,9 @@ class StripeDouble:
             self.meters = Collection("billing meter", "/v1/billing/meters")
             # event name -> its active meter, or else the last one deactivated: each event is judged by it
             self.meter_by_event_name: dict[str, dict] = {}
-            # Idempotency-Key -> (fingerprint, status, body as JSON), kept as strings: a usage push keeps millions.
-            self.idempotent: dict[str, tuple[str, int, str]] = {}
+            # Idempotency-Key -> (fingerprint, status, body as JSON, stored at on the double's clock), kept as
+            # strings: a usage push keeps millions.
+            self.idempotent: dict[str, tuple[str, int, str, float]] = {}
             self.stats: Counter = Counter()
             self.clock = 1_700_000_000
             self.meter_events = MeterEvents()
@@ -1448,8 +1457,11 @@ class StripeDouble:
             digest(json.dumps([route.endpoint, route.object_id, params], sort_keys=True)) if idempotency_key else ""
         )
         with self.lock:
-            if idempotency_key and idempotency_key in self.idempotent:
-                stored_fingerprint, status, body = self.idempotent[idempotency_key]
+            stored = self.idempotent.get(idempotency_key) if idempotency_key else None
+            if stored and self.now() - stored[3] >= IDEMPOTENCY_KEY_SECONDS:
+                stored = None  # pruned after 24 hours: the key is new again
+            if stored:
+                stored_fingerprint, status, body, _ = stored
                 if stored_fingerprint != fingerprint:
                     raise ApiError(
                         400,
@@ -1463,7 +1475,7 @@ class StripeDouble:
             if route.endpoint == "meter_event_session" and status == 200:
                 self.session_keys[json.loads(body)["authentication_token"]] = key
             if idempotency_key:
-                self.idempotent[idempotency_key] = (fingerprint, status, body)
+                self.idempotent[idempotency_key] = (fingerprint, status, body, self.now())
             if route.write:
                 self.written.set()
         if lost:
@@ -1613,7 +1625,8 @@ class StripeDouble:
             self.meters.restore(saved.get("meters", []))  # files saved before meters have none
             for meter in sorted(self.meters.objects.values(), key=lambda meter: meter["status"] == "active"):
                 self.meter_by_event_name[meter["event_name"]] = meter
-            self.idempotent = {key: compact_response(*entry) for key, entry in saved["idempotent"].items()}
+            now = self.now()
+            self.idempotent = {key: compact_response(*entry, now=now) for key, entry in saved["idempotent"].items()}
             self.clock = saved["clock"]
             self.meter_events = MeterEvents(saved.get("meter_events"))  # files saved before meter events have none
 
