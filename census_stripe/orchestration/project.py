@@ -15,6 +15,7 @@ from census_stripe.orchestration.warehouses import warehouse_from_env
 from census_stripe.spec import COMPONENT_TYPE, SyncConfigError
 
 YAML_SUFFIXES = (".yaml", ".yml")
+BILLING_API_BASE = "STRIPE_BILLING_API_BASE"
 
 
 def sync_resources() -> dict[str, dg.ConfigurableResource]:
@@ -24,6 +25,8 @@ def sync_resources() -> dict[str, dg.ConfigurableResource]:
     client at another server; CENSUS_STRIPE_WAREHOUSE and its variables pick the warehouse.
     `stripe_catalog` is the Stripe the product and price syncs name: the same as `stripe`, unless
     STRIPE_CATALOG_API_BASE gives it a server of its own (the demo's, as localstripe has no Prices).
+    STRIPE_BILLING_API_BASE sends both resources' Billing meters and meter events to another server
+    (the demo's, as localstripe has no Billing).
     """
     return {
         "stripe": stripe_resource("STRIPE_API_BASE"),
@@ -39,6 +42,7 @@ def stripe_resource(api_base_variable: str) -> StripeResource:
     return StripeResource(
         api_key=dg.EnvVar("STRIPE_API_KEY"),
         api_base=dg.EnvVar(api_base_variable) if os.environ.get(api_base_variable) else None,
+        billing_api_base=dg.EnvVar(BILLING_API_BASE) if os.environ.get(BILLING_API_BASE) else None,
     )
 
 
