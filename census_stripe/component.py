@@ -117,7 +117,8 @@ def check_product_sync(spec: SyncSpec, instance: Path) -> None:
 
 
 def customer_source(spec: MeterEventSpec, instance: Path) -> CustomerSource:
-    """A meter event sync's `customer.sync` must name a customer sync in the same defs folder."""
+    """A meter event sync's `customer.sync` must name a customer sync in the same defs folder, that
+    writes through the same Stripe resource (at run time, meter_sync.py also compares the accounts)."""
     name = spec.meter_event.customer.sync
     if name is None:
         return CustomerSource()
@@ -126,6 +127,14 @@ def customer_source(spec: MeterEventSpec, instance: Path) -> CustomerSource:
     if found is None or found.object != "customer":
         problem = f"no customer sync named {name!r} in {instance.parent}: name the sync that writes the customers"
         raise SyncConfigError(instance_file(instance), [(f"{ATTRIBUTES}.meter_event.customer.sync", problem)])
+    if found.stripe_resource != spec.stripe_resource:
+        # Stripe takes events for customers another account holds, and bills no one.
+        problem = (
+            f"the customer sync {name!r} writes its customers through {found.stripe_resource!r}, this sync sends "
+            f"its events through {spec.stripe_resource!r}: an event bills only a customer of the account it is "
+            f"sent to. Set stripe_resource: {found.stripe_resource}"
+        )
+        raise SyncConfigError(instance_file(instance), [(f"{ATTRIBUTES}.stripe_resource", problem)])
     return CustomerSource(found.name, found.key.field, found.stripe_resource)
 
 

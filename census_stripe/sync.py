@@ -31,7 +31,7 @@ from census_stripe.plan.planner import (
     decide_by_key,
 )
 from census_stripe.plan.references import resolve_references
-from census_stripe.plan.rows import Candidate, candidates_from_chunk, left_keys
+from census_stripe.plan.rows import Candidate, candidates_from_chunk, left_keys, settle_former_keys
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import SyncSpec
 from census_stripe.stripe_client.errors import StripeUnreachableError
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 10_000
+KEYS_PER_QUERY = 1_000
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,7 @@ def plan_sync(
     candidates: Iterable[Candidate] = chain.from_iterable(
         candidates_from_chunk(spec, chunk) for chunk in warehouse.query_chunks(query, CHUNK_ROWS)
     )
+    candidates = settle_former_keys(candidates, lambda keys: _model_keys(warehouse, spec, model, keys))
     candidates = resolve_references(spec, candidates, lambda sync: store.stripe_ids(sync, account.key))
     listed = list(stripe.iter_all()) if options.full_resync else None
     known = store.known_customers(spec.name, account.key)
@@ -258,9 +260,20 @@ def plan_sync(
         live = LiveAccount({c.id: c for c in listed}, index_by_key(listed, spec.key.field))
     plan = build_plan(spec, candidates, rows_read, lookup, live, repush=options.repush)
     if spec.archive_missing and where is None:
-        left = warehouse.query(sql.left_keys_query(spec, model, store.state, account.key, warehouse.dialect))
-        plan.rows.extend(archives(left_keys(left)))
+        query = sql.left_keys_query(spec, model, store.state, account.key, warehouse.dialect)
+        left = left_keys(spec.object_type, warehouse.query(query))
+        plan.rows.extend(archives(spec, left, lookup))
+        plan.state_problems.extend(left.damaged)
     return plan, lookup
+
+
+def _model_keys(warehouse: Warehouse, spec: SyncSpec, model: Relation, keys: list[str]) -> set[str]:
+    """Which of `keys` some model row has."""
+    found: set[str] = set()
+    for start in range(0, len(keys), KEYS_PER_QUERY):
+        query = sql.model_keys_query(spec, model, keys[start : start + KEYS_PER_QUERY], warehouse.dialect)
+        found.update(warehouse.query(query).iloc[:, 0])
+    return found
 
 
 def run_sync(
@@ -287,6 +300,9 @@ def run_sync(
     _warn_about_state(plan, store, spec, account, log)
     report = SyncReport(spec, options, plan, account=account, changes_query=store.changes_query(run_id))
     if not options.dry_run:
+        if refiled := {row.candidate.former_key: row.key for row in plan.rows if row.candidate.former_key}:
+            store.refile(spec.name, account.key, refiled)
+            log.info("%d state rows of %s filed again under their key by today's rule", len(refiled), spec.name)
         report.outcomes = _apply(spec, plan, store, stripe, account.key, run_id, log, concurrency, lookup)
         if unbound := store.drop_unbound(spec.name):
             log.info(
@@ -348,7 +364,9 @@ def _apply(
         save(map(state_after_outcome, outcomes))
         written.extend(outcomes)
 
-    writer = StripeWriter(stripe, spec.name, on_batch=record, concurrency=concurrency, logger=log)
+    writer = StripeWriter(
+        stripe, spec.name, run_id, spec.key.field, on_batch=record, concurrency=concurrency, logger=log
+    )
     unreachable = None
     try:
         if plan.writes:

@@ -47,6 +47,7 @@ from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.postgres import RedshiftWarehouse
 from census_stripe.warehouse.state import StateRecord, StateStatus, SyncStateStore, utc_now
 from census_stripe_tests.conftest import API_KEY, DEMO_SYNC, postgres_sql, require_postgres
+from census_stripe_tests.meters import create_meter
 
 USAGE_SYNC = DEFS_DIR / "api_usage" / "defs.yaml"
 
@@ -84,14 +85,6 @@ def postgres_schema():
     yield schema
     for name in (schema, f"{schema}_raw", f"{schema}_staging", f"{schema}_{STATE_SCHEMA}"):
         postgres_sql(f'drop schema if exists "{name}" cascade')
-
-
-@pytest.fixture(scope="module")
-def fakesnow_server():
-    import fakesnow
-
-    with fakesnow.server() as connection:
-        yield connection
 
 
 @pytest.fixture(scope="module", params=["duckdb", "postgres", "snowflake"])
@@ -199,6 +192,7 @@ def test_usage_is_billed_once_on_every_warehouse(warehouse, double):
     )
     usage_sync = load_sync(USAGE_SYNC, warehouse.manifest)
     assert isinstance(usage_sync.spec, MeterEventSpec)
+    create_meter(double.url)
     usage = MeterEventSync(usage_sync, usage_sync.spec, customer_source(usage_sync.spec, USAGE_SYNC.parent))
     asset = build_meter_event_asset(usage, warehouse.resource.kind)
     yesterday = str(utc_now().date() - timedelta(days=1))

@@ -18,6 +18,7 @@ YAML_SUFFIXES = (".yaml", ".yml")
 # Set to `true` in a deployment's environment only: the same definitions then refuse live keys on a
 # developer's machine, where the variable is unset.
 ALLOW_LIVE_MODE = "CENSUS_STRIPE_ALLOW_LIVE_MODE"
+BILLING_API_BASE = "STRIPE_BILLING_API_BASE"
 
 
 def sync_resources() -> dict[str, dg.ConfigurableResource]:
@@ -28,6 +29,8 @@ def sync_resources() -> dict[str, dg.ConfigurableResource]:
     `stripe_catalog` is the Stripe the product and price syncs name: the same as `stripe`, unless
     STRIPE_CATALOG_API_BASE gives it a server of its own (the demo's, as localstripe has no Prices).
     Live keys are refused unless CENSUS_STRIPE_ALLOW_LIVE_MODE is `true`.
+    STRIPE_BILLING_API_BASE sends both resources' Billing meters and meter events to another server
+    (the demo's, as localstripe has no Billing).
     """
     allow_live_mode = live_mode_allowed()
     return {
@@ -55,6 +58,7 @@ def stripe_resource(api_base_variable: str, allow_live_mode: bool) -> StripeReso
         api_key=dg.EnvVar("STRIPE_API_KEY"),
         api_base=dg.EnvVar(api_base_variable) if os.environ.get(api_base_variable) else None,
         allow_live_mode=allow_live_mode,
+        billing_api_base=dg.EnvVar(BILLING_API_BASE) if os.environ.get(BILLING_API_BASE) else None,
     )
 
 

@@ -15,10 +15,12 @@ from datetime import datetime
 import sqlglot
 from sqlglot import exp
 
-from census_stripe.plan.keys import key_sql
+from census_stripe.objects import foreign_id_prefixes
+from census_stripe.objects.base import StripeObjectType
+from census_stripe.plan.keys import LOWER_CASED_FIELDS, key_sql, legacy_key_sql
 from census_stripe.spec import SyncSpec
 from census_stripe.warehouse.base import Relation
-from census_stripe.warehouse.state import StateStatus, of_sync
+from census_stripe.warehouse.state import WRITTEN_STATUSES, StateStatus, of_sync
 
 # Both separators are control characters no warehouse value is expected to contain, so that
 # ("a", "bc") and ("ab", "c") hash differently, and so do NULL and "".
@@ -32,6 +34,7 @@ ROW_HASH = "__row_hash"
 KEY_ROWS = "__key_rows"
 STATE_ROWS = "__state_rows"
 STATE_PREFIX = "__state_"
+FORMER_KEY = "__former_key"
 
 
 def value_alias(position: int) -> str:
@@ -48,9 +51,9 @@ def _text(column: str) -> exp.Expression:
     return exp.cast(exp.column(column, quoted=True), "text")
 
 
-def key_expression(spec: SyncSpec) -> exp.Expression:
+def key_expression(spec: SyncSpec, dialect: str | None = None) -> exp.Expression:
     """The key of a model row, as `plan.keys` defines it (Python's twin: keys.normalize_key)."""
-    return key_sql(spec.key.field, _text(spec.key.column))
+    return key_sql(spec.key.field, _text(spec.key.column), dialect)
 
 
 def row_hash_expression(spec: SyncSpec) -> exp.Func:
@@ -93,11 +96,11 @@ def _rows(model: Relation, where: ModelSlice | None) -> exp.Select:
     return query.where(where.condition()) if where else query
 
 
-def _model_select(spec: SyncSpec, model: Relation, where: ModelSlice | None) -> exp.Select:
+def _model_select(spec: SyncSpec, model: Relation, where: ModelSlice | None, dialect: str) -> exp.Select:
     values = [exp.alias_(_text(column), value_alias(i), quoted=True) for i, column in enumerate(spec.columns)]
     return _rows(model, where).select(
         *values,
-        exp.alias_(key_expression(spec), KEY, quoted=True),
+        exp.alias_(key_expression(spec, dialect), KEY, quoted=True),
         exp.alias_(row_hash_expression(spec), ROW_HASH, quoted=True),
     )
 
@@ -108,6 +111,35 @@ def _col(name: str, table: str) -> exp.Column:
 
 
 STATE_COLUMNS = ("stripe_customer_id", "row_hash", "synced_values", "synced_at", "status", "run_id")
+
+
+def id_of_type(object_type: StripeObjectType, stripe_id: exp.Expression) -> exp.Condition:
+    """Whether an id can name an object of `object_type` (Python's twin: `objects.is_id_of`)."""
+
+    def begins(prefix: str) -> exp.Condition:
+        start = exp.Substring(
+            this=stripe_id.copy(), start=exp.Literal.number(1), length=exp.Literal.number(len(prefix))
+        )
+        return start.eq(exp.Literal.string(prefix))
+
+    conditions: list[exp.Condition] = [exp.not_(begins(prefix)) for prefix in foreign_id_prefixes(object_type)]
+    if not object_type.custom_ids:
+        conditions.append(begins(object_type.id_prefix))
+    return exp.and_(*conditions)
+
+
+def sound_state(object_type: StripeObjectType) -> exp.Condition:
+    """Whether a state row can be trusted, as far as SQL judges it cheaply: a known status, an id
+    of the object's kind, and a key filed as written with its id and row hash. A row that is not is
+    read again however the model row changed, and judged, with the rest, by `plan.rows`."""
+    status, stripe_id = exp.column("status", quoted=True), exp.column("stripe_customer_id", quoted=True)
+    missing = exp.or_(stripe_id.is_(exp.Null()), exp.column("row_hash", quoted=True).is_(exp.Null()))
+    written = exp.func("COALESCE", status.copy(), exp.Literal.string("")).isin(*(s.value for s in WRITTEN_STATUSES))
+    return exp.and_(
+        exp.or_(status.copy().is_(exp.Null()), status.copy().isin(*(s.value for s in StateStatus))),
+        exp.or_(stripe_id.copy().is_(exp.Null()), id_of_type(object_type, stripe_id)),
+        exp.not_(exp.and_(written, missing)),
+    )
 
 
 def changed_rows_query(
@@ -122,11 +154,13 @@ def changed_rows_query(
     """Model rows that need a look, with what the state table knows of each in this account.
 
     A row needs a look when its hash differs from the one Stripe last accepted, when it has no key,
-    when its key repeats in the model (so every copy can be rejected), or when its key has more
-    than one state row (damaged state: the run looks the key up again and files one row).
+    when its key repeats in the model (so every copy can be rejected), or when its key's state
+    cannot be trusted (`sound_state`, or more than one row: the run looks the key up again and
+    files one sound row).
     `everything` selects all rows, for a full resync; `where` keeps to a slice of the model (keys
     repeat across the whole model, though). Only the account's own state rows are read: another
-    account's Stripe ids mean nothing here.
+    account's Stripe ids mean nothing here. An email key with no state row gets the state row
+    filed under its former key, if one is (`FORMER_KEY`: see plan/keys.py, rows.settle_former_keys).
 
     Memory stays small however large the model: repeated keys are counted from the key column
     alone, the model is compared with narrow (key, hash) state rows, and the wide state columns
@@ -136,17 +170,19 @@ def changed_rows_query(
     one = exp.Literal.number(1)
     repeated_keys = (
         exp.select(
-            exp.alias_(key_expression(spec), KEY, quoted=True),
+            exp.alias_(key_expression(spec, dialect), KEY, quoted=True),
             exp.alias_(exp.Count(this=exp.Star()), KEY_ROWS, quoted=True),
         )
         .from_(model.table())
-        .group_by(key_expression(spec))
+        .group_by(key_expression(spec, dialect))
         .having(exp.GT(this=exp.Count(this=exp.Star()), expression=one))
     )
+    # A row that cannot be trusted counts as one without a hash: read again.
+    trusted_hash = exp.Case().when(sound_state(spec.object_type), exp.column("row_hash", quoted=True))
     last_hashes = (
         exp.select(
             exp.column("customer_key", quoted=True),
-            exp.alias_(exp.Min(this=exp.column("row_hash", quoted=True)), "row_hash", quoted=True),
+            exp.alias_(exp.Min(this=trusted_hash), "row_hash", quoted=True),
             exp.alias_(exp.Count(this=exp.Star()), STATE_ROWS, quoted=True),
         )
         .from_(state.table())
@@ -161,7 +197,7 @@ def changed_rows_query(
                 exp.Coalesce(this=_col(STATE_ROWS, "h"), expressions=[exp.Literal.number(0)]), STATE_ROWS, quoted=True
             ),
         )
-        .from_(exp.alias_(_model_select(spec, model, where).subquery(), "m", quoted=True))
+        .from_(exp.alias_(_model_select(spec, model, where, dialect).subquery(), "m", quoted=True))
         .join(
             exp.alias_(repeated_keys.subquery(), "r", quoted=True),
             on=_col(KEY, "r").eq(_col(KEY, "m")),
@@ -184,11 +220,17 @@ def changed_rows_query(
             )
         )
     # A key with several state rows gets none of them: which one is right cannot be known.
-    join_state = exp.and_(
-        of_sync(spec.name, account, table="s"),
-        _col("customer_key", "s").eq(_col(KEY, "c")),
-        _col(STATE_ROWS, "c").eq(one),
-    )
+    filed_key = exp.Case().when(_col(STATE_ROWS, "c").eq(one), _col(KEY, "c"))
+    former_key = None
+    if spec.key.field in LOWER_CASED_FIELDS:
+        # A key with no state row may have one filed under the form earlier versions gave it (the
+        # database's LOWER). Only such rows compute that form, and the state is joined once, so a
+        # run with nothing new pays nothing for it.
+        key_value = _col(value_alias(spec.columns.index(spec.key.column)), "c")
+        unfiled = exp.and_(_col(STATE_ROWS, "c").eq(exp.Literal.number(0)), _col(KEY_ROWS, "c").eq(one))
+        filed_key = filed_key.when(unfiled, legacy_key_sql(spec.key.field, key_value))
+        former_key = exp.Case().when(unfiled.copy(), _col("customer_key", "s"))
+    join_state = exp.and_(of_sync(spec.name, account, table="s"), _col("customer_key", "s").eq(filed_key))
     query = (
         exp.select(
             exp.Column(this=exp.Star(), table=exp.to_identifier("c", quoted=True)),
@@ -197,17 +239,32 @@ def changed_rows_query(
         .from_(exp.alias_(changed.subquery(), "c", quoted=True))
         .join(state.table().as_("s", quoted=True), on=join_state, join_type="left")
     )
+    if former_key is not None:
+        query = query.select(exp.alias_(former_key, FORMER_KEY, quoted=True))
     return query.sql(dialect=dialect)
+
+
+def model_keys_query(spec: SyncSpec, model: Relation, keys: list[str], dialect: str) -> str:
+    """Which of `keys` some row of the (whole) model has."""
+    key = key_expression(spec, dialect)
+    wanted = exp.In(this=key.copy(), expressions=[exp.Literal.string(k) for k in keys])
+    return exp.select(exp.alias_(key, KEY, quoted=True)).distinct().from_(model.table()).where(wanted).sql(dialect)
 
 
 def left_keys_query(spec: SyncSpec, model: Relation, state: Relation, account: str, dialect: str) -> str:
     """The state rows of keys no longer in the model that still have a live Stripe object: what
-    `archive_missing` archives. Keys archived already are left out."""
+    `archive_missing` archives. Keys archived already are left out. Each row comes with the number
+    of state rows its key has (`STATE_ROWS`): a key with several cannot be trusted."""
 
-    model_keys = exp.select(exp.alias_(key_expression(spec), KEY, quoted=True)).distinct().from_(model.table())
+    model_keys = exp.select(exp.alias_(key_expression(spec, dialect), KEY, quoted=True)).distinct().from_(model.table())
+    per_key = exp.Window(this=exp.Count(this=exp.Star()), partition_by=[exp.column("customer_key", quoted=True)])
+    sync_rows = (
+        exp.select(exp.Star(), exp.alias_(per_key, STATE_ROWS, quoted=True))
+        .from_(state.table())
+        .where(of_sync(spec.name, account))
+    )
     status = _col("status", "s")
     live = exp.and_(
-        of_sync(spec.name, account, table="s"),
         exp.Not(this=exp.Is(this=_col("stripe_customer_id", "s"), expression=exp.Null())),
         exp.or_(
             exp.Is(this=status, expression=exp.Null()),
@@ -216,8 +273,8 @@ def left_keys_query(spec: SyncSpec, model: Relation, state: Relation, account: s
         exp.Is(this=_col(KEY, "m"), expression=exp.Null()),
     )
     query = (
-        exp.select(_col("customer_key", "s"), *(_col(name, "s") for name in STATE_COLUMNS))
-        .from_(state.table().as_("s", quoted=True))
+        exp.select(_col("customer_key", "s"), *(_col(name, "s") for name in (*STATE_COLUMNS, STATE_ROWS)))
+        .from_(exp.alias_(sync_rows.subquery(), "s", quoted=True))
         .join(
             exp.alias_(model_keys.subquery(), "m", quoted=True),
             on=_col(KEY, "m").eq(_col("customer_key", "s")),

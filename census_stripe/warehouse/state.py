@@ -14,7 +14,7 @@ All are created on first use; creating them again is harmless.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -81,6 +81,7 @@ _CHANGE_COLUMNS = {
     "recorded_at": "timestamp",
 }
 CHANGES_PER_WRITE = 10_000
+KEYS_PER_UPDATE = 1_000
 
 
 def utc_now() -> datetime:
@@ -96,6 +97,10 @@ class StateStatus(str, Enum):
     NOT_FOUND = "not_found"
     EXISTING = "existing"  # Create Only found it in Stripe already, and left it alone
     ARCHIVED = "archived"  # its key left the model, and the object was archived
+
+
+# A key filed with one of these has its object's id and the hash of the row Stripe accepted.
+WRITTEN_STATUSES = (StateStatus.SYNCED, StateStatus.EXISTING)
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,26 @@ class SyncStateStore:
         if rows:
             self.warehouse.replace_rows(self.state, _frame(rows, _STATE_COLUMNS), STATE_KEY)
 
+    def refile(self, sync_name: str, account: str, new_keys: Mapping[str, str]) -> None:
+        """File state rows under new keys (former key -> new key), all in one transaction."""
+        key = exp.column("customer_key", quoted=True)
+        pairs = sorted(new_keys.items())
+        statements = []
+        for start in range(0, len(pairs), KEYS_PER_UPDATE):
+            batch = pairs[start : start + KEYS_PER_UPDATE]
+            new_key = exp.Case(
+                ifs=[
+                    exp.If(this=key.eq(exp.Literal.string(former)), true=exp.Literal.string(new))
+                    for former, new in batch
+                ]
+            )
+            formers = exp.In(this=key.copy(), expressions=[exp.Literal.string(former) for former, _ in batch])
+            update = exp.update(
+                self.state.table(), {"customer_key": new_key}, where=exp.and_(of_sync(sync_name, account), formers)
+            )
+            statements.append(update.sql(self.warehouse.dialect))
+        self.warehouse.execute(*statements)
+
     def record_rejections(self, sync_name: str, account: str, run_id: str, rejections: Iterable[Rejection]) -> None:
         now = utc_now()
         rows = [
@@ -293,10 +318,18 @@ class SyncStateStore:
         return int(self.warehouse.query(query.sql(self.warehouse.dialect)).iloc[0, 0])
 
     def stripe_ids(self, sync_name: str, account: str) -> dict[str, str]:
-        """Every key of a sync with its Stripe id in the account: how another sync refers to its objects."""
+        """Every key of a sync with its Stripe id in the account: how another sync refers to its
+        objects. A key with several state rows (damaged state) is left out: which id is right is
+        not known until that sync repairs its state."""
         key, stripe_id = exp.column("customer_key", quoted=True), exp.column("stripe_customer_id", quoted=True)
-        condition = exp.and_(of_sync(sync_name, account), exp.Not(this=exp.Is(this=stripe_id, expression=exp.Null())))
-        query = exp.select(key, stripe_id).from_(self.state.table()).where(condition)
+        one_row = exp.EQ(this=exp.Count(this=exp.Star()), expression=exp.Literal.number(1))
+        query = (
+            exp.select(key, exp.Min(this=stripe_id))
+            .from_(self.state.table())
+            .where(of_sync(sync_name, account))
+            .group_by(key.copy())
+            .having(exp.and_(one_row, exp.Not(this=exp.Is(this=exp.Min(this=stripe_id.copy()), expression=exp.Null()))))
+        )
         rows = self.warehouse.query(query.sql(self.warehouse.dialect))
         return dict(zip(rows.iloc[:, 0], rows.iloc[:, 1], strict=True))
 
