@@ -44,7 +44,7 @@ DEFS_FILE = "defs.yaml"
 
 STARTING_ATTRIBUTES = """\
 model: stripe_customers          # the dbt model to read; the sync runs downstream of it
-# dbt_project: dbt               # its dbt project, relative to this Dagster project (default: the demo's)
+# dbt_project: dbt               # its dbt project, a folder of this Dagster project (default: dbt_project)
 behavior: update_or_create       # or update_only: never creates, skips rows not in Stripe
 key:                             # how a row finds its Stripe customer
   field: email                   # or metadata.<name> for an external id
@@ -58,7 +58,8 @@ automation:                      # what starts the sync, besides you in the UI
 
 
 class StripeSyncScaffolder(Scaffolder):
-    """`dg scaffold defs census_stripe.StripeSyncComponent <name>`: a defs.yaml that loads on the demo's model."""
+    """`dg scaffold defs census_stripe.StripeSyncComponent <name>`: a defs.yaml to fill in with your model's
+    names (as it is, it reads the demo's model `stripe_customers`)."""
 
     def scaffold(self, request: ScaffoldRequest) -> None:
         request.target_path.mkdir(parents=True, exist_ok=True)

@@ -142,6 +142,7 @@ def run_meter_event_sync(
     ledger.ensure_table()
     ledger.drop_queued()
     stored_spec, stored_model, where = as_stored(spec, model, options.model_slice, store.warehouse)
+    store.warehouse.require_model(spec.model, stored_model)
     query = plan.events_query(
         stored_spec, stored_model, where, store.state, store.ledger, account.key, customers, customer_account.key, now()
     )

@@ -13,13 +13,13 @@ from dagster_duckdb import DuckDBResource
 
 from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.meter_sync import run_meter_event_sync
-from census_stripe.orchestration.dbt import DbtModel
+from census_stripe.orchestration.dbt_models import DbtModel
 from census_stripe.orchestration.meter_event_asset import MeterEventSync, build_meter_event_asset
 from census_stripe.orchestration.resources import StripeResource
 from census_stripe.orchestration.sync_asset import Sync
 from census_stripe.orchestration.warehouses import DuckDBWarehouseResource
 from census_stripe.plan.meter_events import CustomerSource
-from census_stripe.settings import DEFS_DIR
+from census_stripe.settings import DBT_PROJECT_DIR, DEFS_DIR
 from census_stripe.spec import MeterEventSpec, SyncConfigError, parse_sync_spec
 from census_stripe.stripe_client.client import StripeObjects
 from census_stripe.stripe_client.errors import StripeAccountMismatchError
@@ -95,10 +95,15 @@ registry_modules = ["census_stripe"]
 
 
 def load_defs_folder(root: Path, syncs: dict[str, str], monkeypatch) -> dg.Definitions:
-    """A Dagster project holding these sync instances, loaded as Dagster loads a defs folder."""
+    """A Dagster project holding these sync instances, loaded as Dagster loads a defs folder. Its syncs
+    read the demo's models: their `dbt_project` names this checkout's by its full path."""
     module = f"billing_{uuid.uuid4().hex[:8]}"
     root.mkdir()
     (root / "pyproject.toml").write_text(DEFS_PROJECT.format(module=module))
+    syncs = {
+        path: text.replace("attributes:\n", f"attributes:\n  dbt_project: {DBT_PROJECT_DIR}\n", 1)
+        for path, text in syncs.items()
+    }
     for path, text in {"__init__.py": "", "defs/__init__.py": "", **syncs}.items():
         (root / module / path).parent.mkdir(parents=True, exist_ok=True)
         (root / module / path).write_text(text)

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 
 LIVE_KEY_REFUSED = (
-    "STRIPE_API_KEY is a live-mode key; set allow_live_mode on the stripe resource to sync to live Stripe"
+    "STRIPE_API_KEY is a live-mode key; set allow_live_mode on the stripe resource to sync to live Stripe "
+    "(sync_resources() sets it from CENSUS_STRIPE_ALLOW_LIVE_MODE=true)"
 )
 
 
