@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 
 from census_stripe.objects import PRICE
-from census_stripe.orchestration.dbt import DbtModel
+from census_stripe.orchestration.dbt_models import DbtModel
 from census_stripe.orchestration.metadata import report_metadata
 from census_stripe.orchestration.sync_asset import Sync, build_sync_asset
 from census_stripe.sync import RunOptions

@@ -27,6 +27,7 @@ from census_stripe.orchestration.dead_runs import (
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.warehouse.state import utc_now
 from census_stripe_tests.conftest import MATERIALIZE_DEMO_SYNC, Processes, dagster_process_env
+from census_stripe_tests.meters import create_meter
 from census_stripe_tests.synthetic import make_model
 from census_stripe_tests.test_delivery import assert_stripe_equals_model, customers_for
 
@@ -386,6 +387,7 @@ def test_usage_billing_killed_mid_partition_then_rerun_bills_each_event_once(dou
                 from main.stripe_customers, range(1, {USAGE_DAYS + 1}) as t(d)"""
         )
     events = 300 * USAGE_DAYS
+    create_meter(double.url)
     # Killed with 10 stream requests of 100 events answered and the next ones sent, held by the double.
     double.pause_after(10, "meter_event_stream")
     killed = bill_usage(processes, dagster_home, warehouse, double, tmp_path / "killed.log")

@@ -48,6 +48,7 @@ from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.postgres import RedshiftWarehouse
 from census_stripe.warehouse.state import StateRecord, StateStatus, SyncStateStore, utc_now
 from census_stripe_tests.conftest import API_KEY, DEMO_SYNC, postgres_sql, require_postgres
+from census_stripe_tests.meters import create_meter
 
 USAGE_SYNC = DEFS_DIR / "api_usage" / "defs.yaml"
 
@@ -198,6 +199,7 @@ def test_usage_is_billed_once_on_every_warehouse(warehouse, double):
     )
     usage_sync = load_sync(USAGE_SYNC, warehouse.manifest)
     assert isinstance(usage_sync.spec, MeterEventSpec)
+    create_meter(double.url)
     usage = MeterEventSync(usage_sync, usage_sync.spec, customer_source(usage_sync.spec, USAGE_SYNC.parent))
     asset = build_meter_event_asset(usage, warehouse.resource.kind)
     yesterday = str(utc_now().date() - timedelta(days=1))
