@@ -344,6 +344,7 @@ def test_the_demo_killed_mid_sync_runs_again(double, tmp_path, processes):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DAGSTER_", "CENSUS_STRIPE_"))}
     env |= {"CENSUS_STRIPE_DATA_DIR": str(tmp_path), "STRIPE_API_BASE": double.url, "STRIPE_API_KEY": "sk_test_demo"}
     command = [sys.executable, "-m", "census_stripe.demo", "run"]
+    create_meter(double.url, api_key="sk_test_demo")  # with your own key, your Stripe's meters are yours to create
     double.pause_after(10, "create")
     with open(tmp_path / "first.log", "w") as output:
         killed = processes.start(command, env=env, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT)
