@@ -71,6 +71,13 @@ class ModelSlice:
     end: datetime | None = None
     values: tuple[str, ...] = ()
 
+    @property
+    def label(self) -> str:
+        """The rows in words: `region in eu, us`, `day from 2024-05-01 to 2024-05-02`."""
+        if self.values:
+            return f"{self.column} in {', '.join(self.values)}"
+        return f"{self.column} from {self.start:%Y-%m-%d} to {self.end:%Y-%m-%d}"
+
     def condition(self) -> exp.Condition:
         column = exp.column(self.column, quoted=True)
         if self.values:
@@ -205,16 +212,7 @@ def left_keys_query(spec: SyncSpec, model: Relation, state: Relation, account: s
     `archive_missing` archives. Keys archived already are left out."""
 
     model_keys = exp.select(exp.alias_(key_expression(spec), KEY, quoted=True)).distinct().from_(model.table())
-    status = _col("status", "s")
-    live = exp.and_(
-        of_sync(spec.name, account, table="s"),
-        exp.Not(this=exp.Is(this=_col("stripe_customer_id", "s"), expression=exp.Null())),
-        exp.or_(
-            exp.Is(this=status, expression=exp.Null()),
-            exp.NEQ(this=status.copy(), expression=exp.Literal.string(StateStatus.ARCHIVED.value)),
-        ),
-        exp.Is(this=_col(KEY, "m"), expression=exp.Null()),
-    )
+    left = exp.and_(_live(spec, account), exp.Is(this=_col(KEY, "m"), expression=exp.Null()))
     query = (
         exp.select(_col("customer_key", "s"), *(_col(name, "s") for name in STATE_COLUMNS))
         .from_(state.table().as_("s", quoted=True))
@@ -223,9 +221,30 @@ def left_keys_query(spec: SyncSpec, model: Relation, state: Relation, account: s
             on=_col(KEY, "m").eq(_col("customer_key", "s")),
             join_type="left",
         )
-        .where(live)
+        .where(left)
     )
     return query.sql(dialect=dialect)
+
+
+def live_objects_query(spec: SyncSpec, state: Relation, account: str, dialect: str) -> str:
+    """How many objects the sync has in Stripe and has not archived: what an archive's share is of."""
+    query = (
+        exp.select(exp.Count(this=exp.Star())).from_(state.table().as_("s", quoted=True)).where(_live(spec, account))
+    )
+    return query.sql(dialect=dialect)
+
+
+def _live(spec: SyncSpec, account: str) -> exp.Condition:
+    """State rows (`s`) of the sync's objects in the account that Stripe holds, not archived."""
+    status = _col("status", "s")
+    return exp.and_(
+        of_sync(spec.name, account, table="s"),
+        exp.Not(this=exp.Is(this=_col("stripe_customer_id", "s"), expression=exp.Null())),
+        exp.or_(
+            exp.Is(this=status, expression=exp.Null()),
+            exp.NEQ(this=status.copy(), expression=exp.Literal.string(StateStatus.ARCHIVED.value)),
+        ),
+    )
 
 
 def row_count_query(model: Relation, dialect: str, where: ModelSlice | None = None) -> str:
