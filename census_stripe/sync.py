@@ -277,8 +277,10 @@ def plan_sync(
         live = LiveAccount({c.id: c for c in listed}, index_by_key(listed, spec.key.field))
     plan = build_plan(spec, candidates, rows_read, lookup, live, repush=options.repush)
     if spec.archive_missing and where is None:
-        left = warehouse.query(sql.left_keys_query(spec, model, store.state, account.key, warehouse.dialect))
-        plan.rows.extend(archives(left_keys(left)))
+        query = sql.left_keys_query(spec, model, store.state, account.key, warehouse.dialect)
+        left = left_keys(spec.object_type, warehouse.query(query))
+        plan.rows.extend(archives(spec, left, lookup))
+        plan.state_problems.extend(left.damaged)
     return plan, lookup
 
 
@@ -403,7 +405,9 @@ def _apply(
         save(map(state_after_outcome, outcomes))
         written.extend(outcomes)
 
-    writer = StripeWriter(stripe, spec.name, on_batch=record, concurrency=concurrency, logger=log)
+    writer = StripeWriter(
+        stripe, spec.name, run_id, spec.key.field, on_batch=record, concurrency=concurrency, logger=log
+    )
     unreachable = None
     try:
         if plan.writes:

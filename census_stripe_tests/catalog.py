@@ -3,6 +3,7 @@ type read from YAML, and runs through run_sync (no Dagster) or the sync's Dagste
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -63,15 +64,16 @@ EVERY_CHANGED_ROW = RunOptions()
 
 
 def run(
-    warehouse: Path, spec: SyncSpec, url: str, run_id: str = "run", options: RunOptions = EVERY_CHANGED_ROW
+    warehouse: Path, spec: SyncSpec, url: str, run_id: str | None = None, options: RunOptions = EVERY_CHANGED_ROW
 ) -> SyncReport:
+    """One run of the sync; a run of its own (a fresh id) unless `run_id` names one."""
     with duckdb.connect(str(warehouse)) as connection:
         return run_sync(
             spec,
             model=Relation("main", spec.model),
             store=SyncStateStore(DuckDBWarehouse(connection)),
             stripe=stripe_for(url, spec.object_type),
-            run_id=run_id,
+            run_id=run_id or f"run-{uuid.uuid4().hex[:8]}",
             options=options,
         )
 

@@ -126,6 +126,16 @@ def warehouse_path(built_warehouse, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fakesnow_server() -> Iterator[dict]:
+    """fakesnow's Snowflake server, one per session: `fakesnow.server()` works once per process, since
+    it imports its module `fakesnow.server` over itself."""
+    import fakesnow
+
+    with fakesnow.server() as connection:
+        yield connection
+
+
+@pytest.fixture(scope="session")
 def local_stripe_server():
     with LocalStripe() as server:
         yield server

@@ -1,5 +1,6 @@
 """The sync as a Dagster Component: `dg` on this project, and a user's own Dagster project, with its
-own dbt project, that adds a sync the way the README says and materializes it into Stripe."""
+own dbt project, that adds a sync the way the README ("In your own Dagster project") says and
+materializes it into Stripe."""
 
 import json
 import os

@@ -4,8 +4,8 @@ import pytest
 
 from census_stripe.objects import CUSTOMER
 from census_stripe.plan.lookup import LookupResult
-from census_stripe.plan.planner import Action, FieldChange, LiveAccount, build_plan, diff
-from census_stripe.plan.rows import Candidate, PriorState, rejection_reason
+from census_stripe.plan.planner import Action, FieldChange, LiveAccount, Plan, archives, build_plan, diff
+from census_stripe.plan.rows import Candidate, LeftKey, LeftKeys, PriorState, rejection_reason
 from census_stripe.spec import parse_sync_spec
 from census_stripe.stripe_client.values import StripeObject
 
@@ -181,3 +181,36 @@ def test_full_resync_finds_a_customer_deleted_in_stripe_again_by_key():
         spec(), [candidate(prior=prior)], rows_read=1, lookup=finds_nothing, live=LiveAccount({}, {})
     ).rows
     assert row.action is Action.CREATE
+
+
+PRODUCTS_TEXT = """
+model: products
+object: product
+behavior: update_or_create
+archive_missing: true
+key: {field: id, column: id}
+mapping: {name: name}
+"""
+
+
+def test_keys_that_left_the_model_with_damaged_state_archive_only_the_one_object_stripe_holds_under_them():
+    products = parse_sync_spec(PRODUCTS_TEXT, "products.yaml")
+    sound = LeftKey("old", "old", synced({"name": "Old", "active": "true"}, stripe_id="old"))
+    damaged = [("solo", "unknown status 'x'"), ("gone", "2 state rows for one key"), ("twice", "unknown status 'x'")]
+    lookup = finds(
+        {
+            "solo": [StripeObject("solo", {"id": "solo", "active": "true"})],
+            "twice": [StripeObject("prod_1", {}), StripeObject("prod_2", {})],
+        }
+    )
+    plan = Plan(rows_read=5, rows=archives(products, LeftKeys([sound], damaged), lookup))
+    decided = {row.candidate.key: (row.action, row.stripe_id, row.reason) for row in plan.rows}
+    assert decided == {
+        "old": (Action.ARCHIVE, "old", None),
+        "solo": (Action.ARCHIVE, "solo", None),
+        "gone": (Action.SKIP_NOT_FOUND, None, "left the model, and no Stripe object holds this id: nothing archived"),
+        "twice": (Action.SKIP_NOT_FOUND, None, "left the model, and 2 Stripe products hold this id: nothing archived"),
+    }
+    # None of these is a model row: the model's five rows were all unchanged.
+    counts = plan.counts()
+    assert (counts[Action.UNCHANGED], counts[Action.ARCHIVE], counts[Action.SKIP_NOT_FOUND]) == (5, 2, 2)

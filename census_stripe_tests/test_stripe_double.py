@@ -4,6 +4,7 @@ benchmarks that use it rely on that."""
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -614,3 +615,77 @@ def test_a_store_keeps_the_meter_events_between_processes(tmp_path):
             params={"event_name": "api_calls", "type": "cancel", "cancel": {"identifier": "e1"}}
         )
         assert server.meter_events()["sums"] == {"api_calls": {ann: 0}}
+
+
+# -- kill points -------------------------------------------------------------------------------
+
+
+def customer_create(double, index: int) -> None:
+    make_client("sk_test_double", double.url, max_network_retries=0).v1.customers.create(
+        params={"email": f"held{index}@x.com"}
+    )
+
+
+def meter_event_create(double, index: int) -> None:
+    make_client("sk_test_double", double.url, max_network_retries=0).v1.billing.meter_events.create(
+        params=usage("cus_elsewhere", "1", f"held{index}")
+    )
+
+
+def meter_event_stream(double, index: int) -> None:
+    client = stripe.StripeClient(
+        "sk_test_double", base_addresses={"api": double.url, "meter_events": double.url}, max_network_retries=0
+    )
+    token = client.v2.billing.meter_event_session.create().authentication_token
+    stream(client, token, [usage("cus_elsewhere", "1", f"held{index}-{event}") for event in range(10)])
+
+
+def accepted(double, endpoint: str) -> int:
+    return double.stats().get(f"done_{endpoint}", 0)
+
+
+KILL_POINT_ENDPOINTS = {
+    "create": customer_create,
+    "meter_event_create": meter_event_create,
+    "meter_event_stream": meter_event_stream,
+}
+
+
+@pytest.mark.parametrize("endpoint", KILL_POINT_ENDPOINTS)
+@pytest.mark.parametrize("drop_waiting", [False, True], ids=["held served", "held dropped"])
+def test_a_pause_accepts_exactly_n_requests_then_holds_the_rest_until_told(double, endpoint, drop_waiting):
+    double.configure(meter_customers_elsewhere=True)
+    send = KILL_POINT_ENDPOINTS[endpoint]
+    double.pause_after(3, endpoint)
+    with ThreadPoolExecutor(5) as pool:
+        requests = [pool.submit(send, double, index) for index in range(5)]
+        state = double.wait_until_paused(waiting=2)
+        assert (state["accepted"], state["serving"], state["waiting"]) == (3, 0, 2)
+        assert accepted(double, endpoint) == 3
+        assert sum(not request.done() for request in requests) >= 2  # the clients of the held requests wait
+        double.resume(drop_waiting=drop_waiting)
+        failures = [request.exception() for request in requests]
+    if drop_waiting:
+        assert sum(isinstance(failure, stripe.APIConnectionError) for failure in failures) == 2
+        assert (accepted(double, endpoint), double.stats()["dropped_at_pause"]) == (3, 2)
+    else:
+        assert failures == [None] * 5
+        assert accepted(double, endpoint) == 5
+    assert not double.pause_state()["armed"]
+
+
+def test_a_pause_counts_only_accepted_requests_and_holds_only_its_endpoints(double, customers):
+    double.configure(invalid_emails="^bad")
+    double.pause_after(1, "create")
+    with pytest.raises(stripe.InvalidRequestError):
+        customers.create(params={"email": "bad@x.com"})  # a 400: not accepted, so not counted
+    customers.create(params={"email": "good@x.com"})
+    assert double.pause_state()["paused"]
+    # Other endpoints are served while creates are held.
+    assert [c.email for c in customers.list().data] == ["good@x.com"]
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(customer_create, double, 1)
+        double.wait_until_paused(waiting=1)
+        double.reset()  # a reset drops what the pause holds: nothing from before it is served after
+        assert isinstance(held.exception(), stripe.APIConnectionError)
+    assert double.stats()["customers"] == 0 and not double.pause_state()["armed"]

@@ -7,7 +7,7 @@ untouched), materializes it (Stripe gets the customers, the page shows the count
 preview), and, after the data changes twice, reads the counts plotted over the runs.
 
 With CENSUS_STRIPE_SCREENSHOTS=docs (`make screenshots`) the screenshots land in docs/ for the
-README; otherwise in the test's temporary folder.
+README's tour; otherwise in the test's temporary folder.
 """
 
 import json

@@ -87,14 +87,6 @@ def postgres_schema():
         postgres_sql(f'drop schema if exists "{name}" cascade')
 
 
-@pytest.fixture(scope="module")
-def fakesnow_server():
-    import fakesnow
-
-    with fakesnow.server() as connection:
-        yield connection
-
-
 @pytest.fixture(scope="module", params=["duckdb", "postgres", "snowflake"])
 def warehouse(request, tmp_path_factory) -> WarehouseUnderTest:
     target = tmp_path_factory.mktemp(f"dbt_{request.param}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from census_stripe.plan.lookup import ObjectLookup
+from census_stripe.plan.lookup import ObjectLookup, index_by_key
 from census_stripe.plan.planner import Action, PlannedRow, diff
 from census_stripe.stripe_client.errors import StripeRequestError
 from census_stripe.warehouse.state import StateStatus
@@ -51,29 +51,37 @@ class Outcome:
     error: str | None = None
 
 
-def idempotency_key(sync_name: str, row: PlannedRow) -> str:
-    """The same write of the same row gets the same key, in this run or the next, so a retry
-    replays instead of repeating (within Stripe's 24 hours).
+def _key(*parts: str) -> str:
+    return f"census-stripe-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:40]}"
 
-    Two things change the key. After a run in which the write failed for good: Stripe replays a
-    stored error too, and would refuse the row for a day. And a create that replaces a customer
-    gone from Stripe names that customer: otherwise Stripe would answer with the stored response of
-    the first create, the id of the very customer that is gone. Both are safe, because the row's
-    key was looked up again (consistently) before this run planned to create it. A new version
-    names the object it replaces, so that each replacement is created once; an archive names the
-    run that last wrote the key.
+
+def create_key(sync_name: str, row: PlannedRow) -> str:
+    """A create's key names what is created, in any run: the sync, the key, the row and the object
+    it replaces. Two runs that decide the same create (a rerun resuming a create whose answer was
+    lost, or two runs at once) then make one object, and Stripe replays it to the second. A later
+    create of the same row is only decided when a consistent lookup found no object with the key,
+    so a replay then names an object since deleted or given another key; the writer checks that
+    before it believes a replay (`StripeWriter._created`).
+
+    The key changes after a run in which the create failed for good (Stripe replays a stored error
+    too, and would refuse the row for a day), and names the customer a create replaces (the state's
+    id, gone from Stripe). A new version names the price it replaces, so each replacement is made once.
     """
     prior = row.candidate.prior
     after_failure = (prior.run_id or "") if prior and prior.status is StateStatus.FAILED else ""
-    if row.action is Action.CREATE:
-        target = prior.stripe_id if prior and prior.stripe_id else ""
-    elif row.action is Action.ARCHIVE:
-        # A key archived, brought back, and archived again is archived anew, not replayed.
-        target = f"{row.stripe_id}@{prior.run_id if prior else ''}"
-    else:
-        target = row.stripe_id or ""
-    parts = [sync_name, row.candidate.key or "", row.candidate.row_hash, row.action.value, target, after_failure]
-    return f"census-stripe-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:40]}"
+    replaced = row.stripe_id if row.action is Action.NEW_VERSION else (prior.stripe_id if prior else None)
+    return _key(sync_name, row.key, row.candidate.row_hash, row.action.value, replaced or "", after_failure)
+
+
+def write_key(sync_name: str, run_id: str, row: PlannedRow, request: str = "") -> str:
+    """The key of a write that sets values on an object (an update, a re-push, a reactivation, an
+    archive, the archive of a version replaced) names the run that decided it. Its retries in the
+    run replay; a later run's decision to write the same values is sent anew, so that Stripe applies
+    it even when its values were written before within the day (and changed since, by hand or by
+    the sync). Sending such a write again is harmless: it sets each field it names to a value, and
+    setting a value twice leaves what setting it once does. So the next run resumes a write whose
+    answer was lost by deciding it again from the state, which recorded nothing for it."""
+    return _key(sync_name, run_id, row.key, row.candidate.row_hash, row.action.value, row.target_id, request)
 
 
 class Progress:
@@ -106,6 +114,8 @@ class StripeWriter:
         self,
         objects: StripeObjects,
         sync_name: str,
+        run_id: str,
+        key_field: str,
         on_batch: Callable[[list[Outcome]], None],
         concurrency: int = 16,
         batch_size: int = 100,
@@ -113,6 +123,8 @@ class StripeWriter:
     ):
         self.objects = objects
         self.sync_name = sync_name
+        self.run_id = run_id
+        self.key_field = key_field  # the sync's key: what a replayed create must still hold
         self.on_batch = on_batch
         self.concurrency = concurrency
         self.batch_size = batch_size
@@ -162,16 +174,29 @@ class StripeWriter:
             outcomes.extend(batch)
             batch.clear()
 
-    def _create(self, row: PlannedRow) -> Outcome:
+    def _created(self, row: PlannedRow, new_version: bool = False) -> str:
+        """Create the row's object; its id. A replayed create is believed only while the object it
+        names is still in Stripe with the row's key: otherwise an earlier create under this key made
+        an object since deleted, or given another key by hand, and Stripe hands its id back for a
+        day. Only now is it known that a new object is wanted."""
         values = row.candidate.values
-        key = idempotency_key(self.sync_name, row)
-        created = self.objects.create(values, key)
-        if created.replayed and not self.objects.exists(created.id):
-            # An earlier create under this key made an object since deleted; Stripe hands its id
-            # back for a day. Only now is it known that a new object is wanted.
-            self.logger.info("Stripe replayed the create of %s, since deleted; creating anew", created.id)
-            created = self.objects.create(values, f"{key}-after-{created.id}")
-        return Outcome(row, WriteStatus.CREATED, created.id)
+        key = create_key(self.sync_name, row)
+        created = self.objects.create(values, key, new_version=new_version)
+        if created.replayed and not self._holds_key(created.id, row.key):
+            self.logger.info(
+                "Stripe replayed the create of %s, since deleted or given another %s; creating anew",
+                created.id,
+                self.key_field,
+            )
+            created = self.objects.create(values, f"{key}-after-{created.id}", new_version=new_version)
+        return created.id
+
+    def _holds_key(self, stripe_id: str, key: str) -> bool:
+        found = self.objects.retrieve(stripe_id)
+        return found is not None and key in index_by_key([found], self.key_field)
+
+    def _create(self, row: PlannedRow) -> Outcome:
+        return Outcome(row, WriteStatus.CREATED, self._created(row))
 
     def _new_version(self, row: PlannedRow) -> Outcome:
         """Create the new version, then archive the old one. A run stopped in between left the key
@@ -189,12 +214,12 @@ class StripeWriter:
             self.logger.info("%s %s already holds %r; archiving %s", object_type.name, holder.id, key, row.target_id)
             new_id = holder.id
         else:
-            new_id = self.objects.create(desired, idempotency_key(self.sync_name, row), new_version=True).id
+            new_id = self._created(row, new_version=True)
         self._archive(row)
         return Outcome(row, WriteStatus.NEW_VERSION, new_id)
 
     def _archive(self, row: PlannedRow) -> None:
-        self.objects.update(row.target_id, {"active": "false"}, f"{idempotency_key(self.sync_name, row)}-archive")
+        self.objects.update(row.target_id, {"active": "false"}, write_key(self.sync_name, self.run_id, row, "archive"))
 
     def _archived(self, row: PlannedRow) -> Outcome:
         try:
@@ -217,7 +242,7 @@ class StripeWriter:
                 return self._archived(row)
             try:
                 values = row.values_to_send(self.objects.object_type)
-                self.objects.update(row.target_id, values, idempotency_key(self.sync_name, row))
+                self.objects.update(row.target_id, values, write_key(self.sync_name, self.run_id, row))
                 return Outcome(row, WriteStatus.UPDATED, row.stripe_id)
             except StripeRequestError as error:
                 if error.http_status != 404:

@@ -19,18 +19,20 @@ from localstripe import resources, server
 def main() -> None:
     store_path = Path(sys.argv.pop(1))
 
-    def load(store: resources.Store) -> None:
-        if store_path.exists():
-            with store_path.open("rb") as saved:
-                store.clear()
-                store.update(pickle.load(saved))
-
     def dump(store: resources.Store) -> None:
         # Written beside and renamed: a server killed mid-write leaves the last whole store.
         partial = store_path.with_suffix(".partial")
         with partial.open("wb") as saved:
             pickle.dump(dict(store), saved, protocol=pickle.HIGHEST_PROTOCOL)
         partial.replace(store_path)
+
+    def load(store: resources.Store) -> None:
+        if store_path.exists():
+            with store_path.open("rb") as saved:
+                store.clear()
+                store.update(pickle.load(saved))
+        # The store exists from the start, an empty one too: the demo tells "no Stripe data" from it.
+        dump(store)
 
     resources.Store.try_load_from_disk = load
     resources.Store.dump_to_disk = dump

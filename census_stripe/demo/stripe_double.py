@@ -65,11 +65,18 @@ It is an HTTP server, run as its own process, modelled on Stripe's documented be
   responses are read from that JSON file at start, written back shortly after each burst of writes,
   and on SIGTERM. Without it, everything lives in memory.
 
+- Kill points (`PausePoint`): told to pause after N accepted requests to chosen endpoints, the
+  double answers exactly N of them 2xx, then holds the next ones (received whole, not served) and
+  reports itself paused, until told to go on: the held requests are then served, or dropped
+  unserved. A test kills its client while the double is paused, so the kill lands exactly there.
+
 Control endpoints (no auth): GET /_double/stats, POST /_double/config (JSON), POST /_double/reset,
 POST /_double/customers (JSON list of customer params, created directly, for fixtures),
 GET /_double/meter_events (`counted` without the cancelled, `counted_more_than_once`, `cancelled`,
-`sums` per event_name and customer, the last 1,000 `errors` of the error report). Stats and meter
-events are read once the events streamed until then are judged.
+`sums` per event_name and customer, the last 1,000 `errors` of the error report), POST /_double/pause
+(`{"after": N, "endpoints": [...]}`), GET /_double/pause (its state), POST /_double/resume
+(`{"drop_waiting": false}`). Stats and meter events are read once the events streamed until then are
+judged. A reset drops the requests a pause holds.
 
     python -m census_stripe.demo.stripe_double --port 12111 --latency 0.15 --endpoint-rate 25
 """
@@ -214,6 +221,121 @@ class TokenBucket:
     def take(self) -> None:
         if self.rate > 0:
             self.tokens -= 1
+
+
+ACTION_BY_METHOD = {
+    ("POST", False): "create",
+    ("POST", True): "update",
+    ("GET", False): "list",
+    ("GET", True): "retrieve",
+    ("DELETE", True): "delete",
+}
+
+
+def object_target(method: str, parts: list[str]) -> tuple[str, str | None, str | None] | None:
+    """The resource, object id and action of a request to the customers, products or prices API (the
+    action None for a method the path does not take); None for any other path."""
+    if len(parts) not in (2, 3) or parts[0] != "v1" or parts[1] not in ENDPOINT_PREFIX:
+        return None
+    object_id = parts[2] if len(parts) == 3 else None
+    return parts[1], object_id, ACTION_BY_METHOD.get((method, object_id is not None))
+
+
+def endpoint_of(method: str, path: str) -> str | None:
+    """The endpoint a request is for, named as its stats and token bucket are (`account` for
+    `GET /v1/account`); None for a request no endpoint takes."""
+    parts = [p for p in path.split("/") if p]
+    if parts == ["v1", "account"] and method == "GET":
+        return "account"
+    if "/".join(parts) in METER_ENDPOINTS:
+        return METER_ENDPOINTS["/".join(parts)]
+    target = object_target(method, parts)
+    if target is None or target[2] is None:
+        return None
+    endpoint = ENDPOINT_PREFIX[target[0]] + target[2]
+    return endpoint if endpoint in ENDPOINTS else None
+
+
+class Admission(NamedTuple):
+    """What the pause point decided for a request: serve it (`counted` when it counts against the
+    pause), or drop it unserved."""
+
+    serve: bool
+    counted: bool = False
+    generation: int = 0
+
+
+class PausePoint:
+    """A kill point for tests: once `after` requests to the chosen endpoints have been accepted
+    (answered 2xx), further requests to them are held, received whole but not served, until the
+    test says go on. Requests being served count against `after` too, so exactly `after` are
+    accepted when the double reports itself paused, with no answer in flight: a test that then
+    kills its client kills it exactly there. On going on, the requests held are either served (as
+    Stripe serves a request whose client died after sending it) or dropped unserved (as if they had
+    never arrived whole: the client sees its connection closed)."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.armed = False
+        self.endpoints: frozenset[str] = frozenset()  # empty: every endpoint
+        self.after = 0
+        self.accepted = 0
+        self.serving = 0
+        self.waiting = 0
+        # Each arming is a generation; the requests one holds are released when it ends, served or dropped.
+        self.generation = 0
+        self.dropped_at_end: dict[int, bool] = {}
+
+    def arm(self, endpoints: list[str], after: int) -> None:
+        with self.condition:
+            self._end(drop_waiting=False)
+            self.armed, self.endpoints, self.after = True, frozenset(endpoints), after
+            self.accepted = self.serving = 0
+
+    def release(self, drop_waiting: bool) -> None:
+        with self.condition:
+            self._end(drop_waiting)
+
+    def _end(self, drop_waiting: bool) -> None:
+        if self.armed:
+            self.dropped_at_end[self.generation] = drop_waiting
+        self.armed = False
+        self.generation += 1
+        self.condition.notify_all()
+
+    def enter(self, endpoint: str | None) -> Admission:
+        """Admits a request at once, or holds it while the pause is reached."""
+        with self.condition:
+            if not self.armed or endpoint is None or (self.endpoints and endpoint not in self.endpoints):
+                return Admission(serve=True)
+            generation = self.generation
+            self.waiting += 1
+            self.condition.wait_for(lambda: self.generation != generation or self.accepted + self.serving < self.after)
+            self.waiting -= 1
+            if self.generation != generation:
+                return Admission(serve=not self.dropped_at_end[generation])
+            self.serving += 1
+            return Admission(serve=True, counted=True, generation=generation)
+
+    def leave(self, admission: Admission, status: int) -> None:
+        """A request admitted has been answered with `status`."""
+        with self.condition:
+            if admission.counted and admission.generation == self.generation:
+                self.serving -= 1
+                self.accepted += 200 <= status < 300
+                self.condition.notify_all()
+
+    def state(self) -> dict:
+        with self.condition:
+            return {
+                "armed": self.armed,
+                "endpoints": sorted(self.endpoints),
+                "after": self.after,
+                "accepted": self.accepted,
+                "serving": self.serving,
+                "waiting": self.waiting,
+                "paused": self.armed and self.accepted >= self.after and self.serving == 0,
+            }
 
 
 class Route(NamedTuple):
@@ -672,6 +794,7 @@ class StripeDouble:
         self.lock = threading.Lock()
         self.written = threading.Event()  # set after every completed write, for the store
         self.streamed = Backlog(self._count_streamed)
+        self.pause = PausePoint()
         self.configure(config)
         self.reset()
 
@@ -690,6 +813,8 @@ class StripeDouble:
         return time.time() + self.config.clock_offset_seconds
 
     def reset(self) -> None:
+        # Requests a pause holds belong to what came before: never served into what comes after.
+        self.pause.release(drop_waiting=True)
         self.streamed.settle()  # no event sent before the reset is counted after it
         with self.lock:
             self.customers = Collection("customer", "/v1/customers")
@@ -1210,17 +1335,10 @@ class StripeDouble:
         meter_endpoint = METER_ENDPOINTS.get("/".join(parts))
         if meter_endpoint:
             return self._meter_route(method, meter_endpoint, params)
-        if len(parts) not in (2, 3) or parts[0] != "v1" or parts[1] not in ENDPOINT_PREFIX:
+        target = object_target(method, parts)
+        if target is None:
             raise ApiError(404, f"Unrecognized request URL ({method}: {path})")
-        resource = parts[1]
-        object_id = parts[2] if len(parts) == 3 else None
-        action = {
-            ("POST", False): "create",
-            ("POST", True): "update",
-            ("GET", False): "list",
-            ("GET", True): "retrieve",
-            ("DELETE", True): "delete",
-        }.get((method, object_id is not None))
+        resource, object_id, action = target
         endpoint = ENDPOINT_PREFIX[resource] + (action or "")
         if action is None or endpoint not in ENDPOINTS:
             raise ApiError(405, "Method not allowed")
@@ -1425,6 +1543,15 @@ def make_handler(double: StripeDouble):
                 self._reply(200, {"ids": double.load(json.loads(self._body() or "[]"))})
             elif method == "GET" and action == "meter_events":
                 self._reply(200, double.meter_summary())
+            elif method == "GET" and action == "pause":
+                self._reply(200, double.pause.state())
+            elif method == "POST" and action == "pause":
+                settings = json.loads(self._body() or "{}")
+                double.pause.arm(settings.get("endpoints", []), int(settings["after"]))
+                self._reply(200, double.pause.state())
+            elif method == "POST" and action == "resume":
+                double.pause.release(bool(json.loads(self._body() or "{}").get("drop_waiting")))
+                self._reply(200, double.pause.state())
             else:
                 self._reply(404, {"error": {"message": "unknown control endpoint"}})
             return True
@@ -1439,18 +1566,26 @@ def make_handler(double: StripeDouble):
                     double.stats["incomplete_requests"] += 1
                 self.close_connection = True
                 return
-            if double.config.latency:
-                time.sleep(double.config.latency)
-            headers: dict[str, str] = {}
+            admission = double.pause.enter(endpoint_of(method, url.path))
+            if not admission.serve:
+                with double.lock:
+                    double.stats["dropped_at_pause"] += 1
+                self.close_connection = True
+                return
+            status = 500
             try:
-                status, payload, headers = double.handle(
-                    method, url.path, parse_form(url.query), parse_body(url.path, body), self.headers
-                )
-            except ApiError as error:
-                status, payload, headers = error.status, error.body, error.headers
-            try:
+                if double.config.latency:
+                    time.sleep(double.config.latency)
+                headers: dict[str, str] = {}
+                try:
+                    status, payload, headers = double.handle(
+                        method, url.path, parse_form(url.query), parse_body(url.path, body), self.headers
+                    )
+                except ApiError as error:
+                    status, payload, headers = error.status, error.body, error.headers
                 self._reply(status, payload, headers)
             finally:
+                double.pause.leave(admission, status)
                 double.streamed.work_off()
 
         def do_GET(self) -> None:
@@ -1520,6 +1655,35 @@ class StripeDoubleServer:
         """Meter events counted (cancels excluded), identifiers counted more than once, cancels, the sums
         per event_name and customer, and the error report; once the events streamed so far are judged."""
         return self._control("GET", "meter_events")
+
+    def pause_after(self, accepted: int, *endpoints: str) -> None:
+        """A kill point: once `accepted` requests to `endpoints` (named as in the stats: `create`,
+        `update`, `meter_event_create`, `meter_event_stream`, `account`, ...; every endpoint when
+        none is named) have been answered 2xx, hold the next ones unserved until `resume`."""
+        self._control("POST", "pause", {"after": accepted, "endpoints": list(endpoints)})
+
+    def pause_state(self) -> dict:
+        """`paused` (the requests accepted reached `after`, none in flight), `accepted`, `serving`,
+        and `waiting`: the requests held."""
+        return self._control("GET", "pause")
+
+    def wait_until_paused(self, waiting: int = 1, client: subprocess.Popen | None = None, timeout: float = 600) -> dict:
+        """The pause state once the double is paused with `waiting` requests held, so that the client is
+        known to be mid-run, waiting on Stripe. Fails if `client` exits first, or after `timeout` s (a
+        deadline for a broken test, not a timing)."""
+        deadline = time.monotonic() + timeout
+        while not ((state := self.pause_state())["paused"] and state["waiting"] >= waiting):
+            if client is not None and client.poll() is not None:
+                raise AssertionError(f"the client exited (code {client.returncode}) before the pause: {state}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the double did not pause within {timeout:.0f} s: {state}")
+            time.sleep(0.02)
+        return state
+
+    def resume(self, drop_waiting: bool = False) -> dict:
+        """Ends the pause: the requests held are served, or with `drop_waiting` dropped unserved (their
+        clients see the connection closed)."""
+        return self._control("POST", "resume", {"drop_waiting": drop_waiting})
 
     def advance_clock(self, seconds: float) -> None:
         """Moves the meter events' clock: a day later, an identifier is new again."""

@@ -141,6 +141,10 @@ class StripeObjectType:
     write_check_field: str = "description"
     # The key field Stripe can list by (`email=`, `lookup_keys[]=`), or retrieve by (`id`).
     listed_by: str | None = None
+    # How the ids Stripe makes for these objects begin (`cus_`). With `custom_ids`, an object may
+    # carry an id of someone's choosing instead (a product's own `id`, a price made as a legacy plan).
+    id_prefix: str = ""
+    custom_ids: bool = False
 
     def endpoint(self, verb: str) -> str:
         return self.endpoint_prefix + verb

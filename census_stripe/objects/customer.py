@@ -68,4 +68,5 @@ CUSTOMER = StripeObjectType(
     update_params=update_params,
     whole_objects=("shipping", "address"),
     listed_by="email",
+    id_prefix="cus_",
 )

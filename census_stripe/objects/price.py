@@ -102,4 +102,6 @@ PRICE = StripeObjectType(
     endpoint_prefix="prices.",
     write_check_field="nickname",
     listed_by="lookup_key",
+    id_prefix="price_",
+    custom_ids=True,
 )

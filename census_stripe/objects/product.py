@@ -69,4 +69,6 @@ PRODUCT = StripeObjectType(
     archivable=True,
     endpoint_prefix="products.",
     listed_by="id",
+    id_prefix="prod_",
+    custom_ids=True,
 )

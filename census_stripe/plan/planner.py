@@ -15,7 +15,7 @@ from enum import Enum
 
 from census_stripe.objects.base import StripeObjectType, blank_to_none
 from census_stripe.plan.lookup import LookupResult
-from census_stripe.plan.rows import Candidate, LeftKey, rejection_reason
+from census_stripe.plan.rows import Candidate, LeftKeys, PriorState, rejection_reason
 from census_stripe.spec import SyncSpec
 from census_stripe.stripe_client.values import StripeObject
 
@@ -95,8 +95,8 @@ class Plan:
     def counts(self) -> dict[Action, int]:
         counted = Counter(row.action for row in self.rows)
         # Rows the warehouse found unchanged never reached Python; they count as unchanged too.
-        # (Archives are of keys not in the model.)
-        counted[Action.UNCHANGED] += self.rows_read - len(self.rows) + counted[Action.ARCHIVE]
+        # (Archives are of keys no model row has.)
+        counted[Action.UNCHANGED] += self.rows_read - sum(1 for row in self.rows if row.candidate.key_rows)
         return {action: counted[action] for action in Action}
 
     def replace(self, decided_again: Mapping[int, PlannedRow]) -> None:
@@ -266,14 +266,37 @@ def _not_found_reason(spec: SyncSpec, candidate: Candidate) -> str:
     return f"no Stripe {name} has this {spec.key.field} (Update Only never creates)"
 
 
-def archives(left: Iterable[LeftKey]) -> list[PlannedRow]:
-    """`archive_missing`: every object whose key left the model is archived, never deleted."""
-    return [
-        PlannedRow(
-            Action.ARCHIVE,
-            Candidate(key.key, key.key, {"active": "false"}, "", 1, key.prior),
-            stripe_id=key.stripe_id,
-            changes=(FieldChange("active", (key.prior.synced_values or {}).get("active") or "true", "false"),),
-        )
-        for key in left
-    ]
+def archives(spec: SyncSpec, left: LeftKeys, lookup: Lookup) -> list[PlannedRow]:
+    """`archive_missing`: every object whose key left the model is archived, never deleted.
+
+    A key whose state cannot be trusted is looked up in Stripe instead (one `lookup` call for all
+    of them): the one object holding it is archived; when none or several do, nothing is, and the
+    key is filed without an object.
+    """
+    rows = [_archive(key.key, key.prior, key.stripe_id, key.prior.synced_values or {}) for key in left.sound]
+    if not left.damaged:
+        return rows
+    found = lookup({key: key for key, _ in left.damaged}).found
+    for key, _ in left.damaged:
+        holders = found.get(key, [])
+        if len(holders) == 1:
+            rows.append(_archive(key, None, holders[0].id, holders[0].values))
+        else:
+            held = f"{len(holders)} Stripe {spec.object_type.plural} hold" if holders else "no Stripe object holds"
+            reason = f"left the model, and {held} this {spec.key.field}: nothing archived"
+            rows.append(PlannedRow(Action.SKIP_NOT_FOUND, _left(key, None), reason=reason))
+    return rows
+
+
+def _left(key: str, prior: PriorState | None) -> Candidate:
+    """A key no model row has any more."""
+    return Candidate(key, key, {"active": "false"}, "", 0, prior)
+
+
+def _archive(key: str, prior: PriorState | None, stripe_id: str, before: Mapping[str, str | None]) -> PlannedRow:
+    return PlannedRow(
+        Action.ARCHIVE,
+        _left(key, prior),
+        stripe_id=stripe_id,
+        changes=(FieldChange("active", before.get("active") or "true", "false"),),
+    )

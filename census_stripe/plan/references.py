@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 
+from census_stripe.objects import OBJECT_TYPES, is_id_of
 from census_stripe.objects.base import blank_to_none
 from census_stripe.plan.keys import normalize_key
 from census_stripe.plan.rows import Candidate
@@ -23,6 +24,7 @@ def resolve_references(spec: SyncSpec, candidates: Iterable[Candidate], stripe_i
         for name, referenced in spec.object_type.references.items()
         if name in spec.columns_by_field or name in spec.constants
     }
+    kinds = {name: OBJECT_TYPES[spec.object_type.references[name]] for name in referring}
     if not referring:
         yield from candidates
         return
@@ -35,7 +37,8 @@ def resolve_references(spec: SyncSpec, candidates: Iterable[Candidate], stripe_i
                 continue  # an empty required field is a rejection of its own
             # A referenced key is never an email: only trimmed, like the other sync's keys.
             stripe_id = ids[sync].get(normalize_key("id", written) or "")
-            if stripe_id is None:
+            if stripe_id is None or not is_id_of(kinds[name], stripe_id):
+                # Not synced, or the other sync's state for it is damaged (until that sync repairs it).
                 problems.append(f"unknown {name} {written!r}: not synced by {sync}")
             else:
                 values[name] = stripe_id

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from census_stripe.objects.base import blank_to_none
+from census_stripe.objects import is_id_of
+from census_stripe.objects.base import StripeObjectType, blank_to_none
 from census_stripe.plan import keys, sql
 from census_stripe.spec import SyncSpec
 from census_stripe.warehouse.base import is_missing
-from census_stripe.warehouse.state import StateStatus
+from census_stripe.warehouse.state import WRITTEN_STATUSES, StateStatus
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where rows are read: loading the code location reads none
@@ -42,7 +43,7 @@ class Candidate:
     key_value: str | None  # as written in the model, for people to read
     values: dict[str, str | None]
     row_hash: str
-    key_rows: int
+    key_rows: int  # the model rows with this key: 0 for a key that left the model
     prior: PriorState | None
     # What was wrong with this key's state row(s), which were then ignored: the key is looked up
     # in Stripe again, and the run files one sound row for it.
@@ -77,7 +78,7 @@ def candidates_from_chunk(spec: SyncSpec, chunk: pd.DataFrame) -> list[Candidate
         if int(record[sql.STATE_ROWS]) > 1:
             problem = f"{int(record[sql.STATE_ROWS])} state rows for one key"
         elif any(value is not None for value in state.values()):
-            prior, problem = _prior(state)
+            prior, problem = _prior(state, spec.object_type)
         out.append(
             Candidate(
                 key=record[sql.KEY],
@@ -92,17 +93,29 @@ def candidates_from_chunk(spec: SyncSpec, chunk: pd.DataFrame) -> list[Candidate
     return out
 
 
-def _prior(state: dict) -> tuple[PriorState | None, str | None]:
-    """A state row as what the run knew of its key, or why it cannot be read."""
+def _prior(state: dict, object_type: StripeObjectType) -> tuple[PriorState | None, str | None]:
+    """A state row as what the run knew of its key, or why it cannot be trusted. The rows the SQL
+    reads again whatever the model holds (`plan.sql.sound_state`) are judged here too."""
     synced_values, problem = _synced_values(state["synced_values"])
     if problem is not None:
         return None, problem
+    try:
+        status = StateStatus(state["status"]) if state["status"] else None
+    except ValueError:
+        return None, f"unknown status {state['status']!r}"
+    stripe_id = state["stripe_customer_id"]
+    if stripe_id and not is_id_of(object_type, stripe_id):
+        return None, f"{stripe_id!r} is not a {object_type.name} id"
+    if status in WRITTEN_STATUSES:
+        missing = [name for name in ("stripe_customer_id", "row_hash") if not state[name]]
+        if missing:
+            return None, f"status {status.value} without {' or '.join(missing)}"
     prior = PriorState(
-        stripe_id=state["stripe_customer_id"],
+        stripe_id=stripe_id,
         row_hash=state["row_hash"],
         synced_values=synced_values,
         synced_at=state["synced_at"],
-        status=StateStatus(state["status"]) if state["status"] else None,
+        status=status,
         run_id=state["run_id"],
     )
     return prior, None
@@ -117,15 +130,28 @@ class LeftKey:
     prior: PriorState
 
 
-def left_keys(frame: pd.DataFrame) -> list[LeftKey]:
-    """`plan.sql.left_keys_query` results; a state row that cannot be read is kept out (never archived)."""
-    keys = []
+@dataclass(frozen=True)
+class LeftKeys:
+    """Keys that left the model: those whose state row is sound, and (key, problem) for each
+    whose row(s) cannot be trusted to say which object to archive."""
+
+    sound: list[LeftKey]
+    damaged: list[tuple[str, str]]
+
+
+def left_keys(object_type: StripeObjectType, frame: pd.DataFrame) -> LeftKeys:
+    """`plan.sql.left_keys_query` results, judged as the model's rows' state is."""
+    sound, damaged = [], {}
     for record in frame.to_dict("records"):
+        key = record["customer_key"]
         state = {name: _none_if_missing(record[name]) for name in sql.STATE_COLUMNS}
-        prior, _ = _prior(state)
-        if prior is not None and prior.stripe_id:
-            keys.append(LeftKey(record["customer_key"], prior.stripe_id, prior))
-    return keys
+        rows = int(record[sql.STATE_ROWS])
+        prior, problem = (None, f"{rows} state rows for one key") if rows > 1 else _prior(state, object_type)
+        if problem is not None:
+            damaged[key] = problem
+        elif prior is not None and prior.stripe_id:
+            sound.append(LeftKey(key, prior.stripe_id, prior))
+    return LeftKeys(sound, list(damaged.items()))
 
 
 def _synced_values(stored: str | None) -> tuple[dict[str, str | None] | None, str | None]:

@@ -15,10 +15,12 @@ from datetime import datetime
 import sqlglot
 from sqlglot import exp
 
+from census_stripe.objects import foreign_id_prefixes
+from census_stripe.objects.base import StripeObjectType
 from census_stripe.plan.keys import key_sql
 from census_stripe.spec import SyncSpec
 from census_stripe.warehouse.base import Relation
-from census_stripe.warehouse.state import StateStatus, of_sync
+from census_stripe.warehouse.state import WRITTEN_STATUSES, StateStatus, of_sync
 
 # Both separators are control characters no warehouse value is expected to contain, so that
 # ("a", "bc") and ("ab", "c") hash differently, and so do NULL and "".
@@ -117,6 +119,35 @@ def _col(name: str, table: str) -> exp.Column:
 STATE_COLUMNS = ("stripe_customer_id", "row_hash", "synced_values", "synced_at", "status", "run_id")
 
 
+def id_of_type(object_type: StripeObjectType, stripe_id: exp.Expression) -> exp.Condition:
+    """Whether an id can name an object of `object_type` (Python's twin: `objects.is_id_of`)."""
+
+    def begins(prefix: str) -> exp.Condition:
+        start = exp.Substring(
+            this=stripe_id.copy(), start=exp.Literal.number(1), length=exp.Literal.number(len(prefix))
+        )
+        return start.eq(exp.Literal.string(prefix))
+
+    conditions: list[exp.Condition] = [exp.not_(begins(prefix)) for prefix in foreign_id_prefixes(object_type)]
+    if not object_type.custom_ids:
+        conditions.append(begins(object_type.id_prefix))
+    return exp.and_(*conditions)
+
+
+def sound_state(object_type: StripeObjectType) -> exp.Condition:
+    """Whether a state row can be trusted, as far as SQL judges it cheaply: a known status, an id
+    of the object's kind, and a key filed as written with its id and row hash. A row that is not is
+    read again however the model row changed, and judged, with the rest, by `plan.rows`."""
+    status, stripe_id = exp.column("status", quoted=True), exp.column("stripe_customer_id", quoted=True)
+    missing = exp.or_(stripe_id.is_(exp.Null()), exp.column("row_hash", quoted=True).is_(exp.Null()))
+    written = exp.func("COALESCE", status.copy(), exp.Literal.string("")).isin(*(s.value for s in WRITTEN_STATUSES))
+    return exp.and_(
+        exp.or_(status.copy().is_(exp.Null()), status.copy().isin(*(s.value for s in StateStatus))),
+        exp.or_(stripe_id.copy().is_(exp.Null()), id_of_type(object_type, stripe_id)),
+        exp.not_(exp.and_(written, missing)),
+    )
+
+
 def changed_rows_query(
     spec: SyncSpec,
     model: Relation,
@@ -129,8 +160,9 @@ def changed_rows_query(
     """Model rows that need a look, with what the state table knows of each in this account.
 
     A row needs a look when its hash differs from the one Stripe last accepted, when it has no key,
-    when its key repeats in the model (so every copy can be rejected), or when its key has more
-    than one state row (damaged state: the run looks the key up again and files one row).
+    when its key repeats in the model (so every copy can be rejected), or when its key's state
+    cannot be trusted (`sound_state`, or more than one row: the run looks the key up again and
+    files one sound row).
     `everything` selects all rows, for a full resync; `where` keeps to a slice of the model (keys
     repeat across the whole model, though). Only the account's own state rows are read: another
     account's Stripe ids mean nothing here.
@@ -150,10 +182,12 @@ def changed_rows_query(
         .group_by(key_expression(spec))
         .having(exp.GT(this=exp.Count(this=exp.Star()), expression=one))
     )
+    # A row that cannot be trusted counts as one without a hash: read again.
+    trusted_hash = exp.Case().when(sound_state(spec.object_type), exp.column("row_hash", quoted=True))
     last_hashes = (
         exp.select(
             exp.column("customer_key", quoted=True),
-            exp.alias_(exp.Min(this=exp.column("row_hash", quoted=True)), "row_hash", quoted=True),
+            exp.alias_(exp.Min(this=trusted_hash), "row_hash", quoted=True),
             exp.alias_(exp.Count(this=exp.Star()), STATE_ROWS, quoted=True),
         )
         .from_(state.table())
@@ -209,13 +243,20 @@ def changed_rows_query(
 
 def left_keys_query(spec: SyncSpec, model: Relation, state: Relation, account: str, dialect: str) -> str:
     """The state rows of keys no longer in the model that still have a live Stripe object: what
-    `archive_missing` archives. Keys archived already are left out."""
+    `archive_missing` archives. Keys archived already are left out. Each row comes with the number
+    of state rows its key has (`STATE_ROWS`): a key with several cannot be trusted."""
 
     model_keys = exp.select(exp.alias_(key_expression(spec), KEY, quoted=True)).distinct().from_(model.table())
-    left = exp.and_(_live(spec, account), exp.Is(this=_col(KEY, "m"), expression=exp.Null()))
+    per_key = exp.Window(this=exp.Count(this=exp.Star()), partition_by=[exp.column("customer_key", quoted=True)])
+    sync_rows = (
+        exp.select(exp.Star(), exp.alias_(per_key, STATE_ROWS, quoted=True))
+        .from_(state.table())
+        .where(of_sync(spec.name, account))
+    )
+    left = exp.and_(_live(), exp.Is(this=_col(KEY, "m"), expression=exp.Null()))
     query = (
-        exp.select(_col("customer_key", "s"), *(_col(name, "s") for name in STATE_COLUMNS))
-        .from_(state.table().as_("s", quoted=True))
+        exp.select(_col("customer_key", "s"), *(_col(name, "s") for name in (*STATE_COLUMNS, STATE_ROWS)))
+        .from_(exp.alias_(sync_rows.subquery(), "s", quoted=True))
         .join(
             exp.alias_(model_keys.subquery(), "m", quoted=True),
             on=_col(KEY, "m").eq(_col("customer_key", "s")),
@@ -227,18 +268,17 @@ def left_keys_query(spec: SyncSpec, model: Relation, state: Relation, account: s
 
 
 def live_objects_query(spec: SyncSpec, state: Relation, account: str, dialect: str) -> str:
-    """How many objects the sync has in Stripe and has not archived: what an archive's share is of."""
-    query = (
-        exp.select(exp.Count(this=exp.Star())).from_(state.table().as_("s", quoted=True)).where(_live(spec, account))
-    )
-    return query.sql(dialect=dialect)
+    """How many keys of the sync have an object in Stripe it has not archived: what an archive's
+    share is of. A key with several (damaged) state rows counts once."""
+    keys = exp.Count(this=exp.Distinct(expressions=[_col("customer_key", "s")]))
+    live = exp.and_(of_sync(spec.name, account, table="s"), _live())
+    return exp.select(keys).from_(state.table().as_("s", quoted=True)).where(live).sql(dialect=dialect)
 
 
-def _live(spec: SyncSpec, account: str) -> exp.Condition:
-    """State rows (`s`) of the sync's objects in the account that Stripe holds, not archived."""
+def _live() -> exp.Condition:
+    """State rows (`s`) whose key has an object in Stripe, not archived."""
     status = _col("status", "s")
     return exp.and_(
-        of_sync(spec.name, account, table="s"),
         exp.Not(this=exp.Is(this=_col("stripe_customer_id", "s"), expression=exp.Null())),
         exp.or_(
             exp.Is(this=status, expression=exp.Null()),

@@ -1,7 +1,7 @@
 """BigQuery, over google-cloud-bigquery (as dagster-gcp's BigQueryResource opens it).
 
 Not exercised against BigQuery in the test suite: no BigQuery emulator runs offline here. The
-SQL it runs is generated in BigQuery's dialect and checked with sqlglot; see the README.
+SQL it runs is generated in BigQuery's dialect and checked with sqlglot; see docs/warehouses.md.
 """
 
 from __future__ import annotations

@@ -109,6 +109,10 @@ class StateStatus(str, Enum):
     ARCHIVED = "archived"  # its key left the model, and the object was archived
 
 
+# A key filed with one of these has its object's id and the hash of the row Stripe accepted.
+WRITTEN_STATUSES = (StateStatus.SYNCED, StateStatus.EXISTING)
+
+
 @dataclass(frozen=True)
 class StateRecord:
     """One key's state after a run."""
@@ -321,10 +325,18 @@ class SyncStateStore:
         return int(self.warehouse.query(query.sql(self.warehouse.dialect)).iloc[0, 0])
 
     def stripe_ids(self, sync_name: str, account: str) -> dict[str, str]:
-        """Every key of a sync with its Stripe id in the account: how another sync refers to its objects."""
+        """Every key of a sync with its Stripe id in the account: how another sync refers to its
+        objects. A key with several state rows (damaged state) is left out: which id is right is
+        not known until that sync repairs its state."""
         key, stripe_id = exp.column("customer_key", quoted=True), exp.column("stripe_customer_id", quoted=True)
-        condition = exp.and_(of_sync(sync_name, account), exp.Not(this=exp.Is(this=stripe_id, expression=exp.Null())))
-        query = exp.select(key, stripe_id).from_(self.state.table()).where(condition)
+        one_row = exp.EQ(this=exp.Count(this=exp.Star()), expression=exp.Literal.number(1))
+        query = (
+            exp.select(key, exp.Min(this=stripe_id))
+            .from_(self.state.table())
+            .where(of_sync(sync_name, account))
+            .group_by(key.copy())
+            .having(exp.and_(one_row, exp.Not(this=exp.Is(this=exp.Min(this=stripe_id.copy()), expression=exp.Null()))))
+        )
         rows = self.warehouse.query(query.sql(self.warehouse.dialect))
         return dict(zip(rows.iloc[:, 0], rows.iloc[:, 1], strict=True))
 
