@@ -5,13 +5,21 @@ failed and naming the counts; a Launchpad override lets one run through. Real Du
 Stripe double, and Dagster's materialize, so the check results and the blocking are Dagster's own.
 """
 
+from fractions import Fraction
+
 import dagster as dg
 import duckdb
 import pytest
 
 from census_stripe.objects import PRODUCT
 from census_stripe.orchestration.sync_asset import GUARD_CHECKS
-from census_stripe.plan.guards import MAX_ARCHIVE_RATE, MAX_ROW_COUNT_CHANGE
+from census_stripe.plan.guards import (
+    MAX_ARCHIVE_RATE,
+    MAX_ROW_COUNT_CHANGE,
+    Threshold,
+    archive_verdict,
+    row_count_verdict,
+)
 from census_stripe_tests.catalog import catalog_asset, catalog_sync, stripe_for, write_model
 from census_stripe_tests.conftest import SyncRunner, resources
 from census_stripe_tests.test_meter_event_spec import VALID as METER_EVENTS
@@ -254,6 +262,21 @@ def test_the_row_count_is_reported_unguarded_when_max_row_count_change_is_not_se
     assert passed(result, MAX_ROW_COUNT_CHANGE) == (
         "18 rows in products, 20 at the last sync (-10 %): max_row_count_change not set"
     )
+
+
+@pytest.mark.parametrize("rate", ["0.05", "0.1", "0.25", "0.3", "0.5"])
+def test_a_share_exactly_at_the_threshold_passes_and_one_more_is_refused_whatever_the_size(rate):
+    """The shares are floats: judged exactly as their fractions would be, for every size up to 1,000."""
+    archive, row_count = Threshold(MAX_ARCHIVE_RATE, float(rate)), Threshold(MAX_ROW_COUNT_CHANGE, float(rate))
+    for size in range(1, 1001):
+        at = int(Fraction(rate) * size)  # the most a run may archive, or add, exactly
+        assert archive_verdict(at, size, size, "products", archive).passed
+        assert row_count_verdict(size + at, size, "m", row_count).passed
+        assert row_count_verdict(size - at, size, "m", row_count).passed
+        if at < size:
+            assert not archive_verdict(at + 1, size, size, "products", archive).passed
+            assert not row_count_verdict(size - at - 1, size, "m", row_count).passed
+        assert not row_count_verdict(size + at + 1, size, "m", row_count).passed
 
 
 def test_thresholds_are_checked_where_they_are_written():

@@ -63,7 +63,8 @@ def percent(share: float | None) -> str:
 def archive_verdict(archives: int, live: int, rows_read: int, plural: str, threshold: Threshold) -> Verdict:
     """`archives` of the `live` objects the sync has in Stripe, planned from a model of `rows_read` rows."""
     share = archives / live if live else 0.0
-    limit = threshold.limit if threshold.limit is not None else 1.0
+    limit = threshold.limit
+    assert limit is not None, "max_archive_rate always has a value"
     would = f"would archive {archives} of {live} {plural}"
     # Only a person's one-run override to 100 % archives from an empty model: the sync file's
     # setting stands for every run, and an empty model is almost always a load that failed.
