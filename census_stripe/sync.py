@@ -40,7 +40,7 @@ from census_stripe.plan.planner import (
     decide_by_key,
 )
 from census_stripe.plan.references import resolve_references
-from census_stripe.plan.rows import Candidate, candidates_from_chunk, left_keys
+from census_stripe.plan.rows import Candidate, candidates_from_chunk, left_keys, settle_former_keys
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import SyncSpec
 from census_stripe.stripe_client.errors import StripeUnreachableError
@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 10_000
+KEYS_PER_QUERY = 1_000
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,7 @@ def plan_sync(
     candidates: Iterable[Candidate] = chain.from_iterable(
         candidates_from_chunk(spec, chunk) for chunk in warehouse.query_chunks(query, CHUNK_ROWS)
     )
+    candidates = settle_former_keys(candidates, lambda keys: _model_keys(warehouse, spec, model, keys))
     candidates = resolve_references(spec, candidates, lambda sync: store.stripe_ids(sync, account.key))
     listed = list(stripe.iter_all()) if options.full_resync else None
     known = store.known_customers(spec.name, account.key)
@@ -282,6 +284,15 @@ def plan_sync(
         plan.rows.extend(archives(spec, left, lookup))
         plan.state_problems.extend(left.damaged)
     return plan, lookup
+
+
+def _model_keys(warehouse: Warehouse, spec: SyncSpec, model: Relation, keys: list[str]) -> set[str]:
+    """Which of `keys` some model row has."""
+    found: set[str] = set()
+    for start in range(0, len(keys), KEYS_PER_QUERY):
+        query = sql.model_keys_query(spec, model, keys[start : start + KEYS_PER_QUERY], warehouse.dialect)
+        found.update(warehouse.query(query).iloc[:, 0])
+    return found
 
 
 def run_sync(
@@ -314,6 +325,9 @@ def run_sync(
     if report.refused and not options.dry_run:
         log.error("sync %s refused before any write: nothing was written to Stripe", spec.name)
     elif not options.dry_run:
+        if refiled := {row.candidate.former_key: row.key for row in plan.rows if row.candidate.former_key}:
+            store.refile(spec.name, account.key, refiled)
+            log.info("%d state rows of %s filed again under their key by today's rule", len(refiled), spec.name)
         report.outcomes = _apply(spec, plan, store, stripe, account.key, run_id, log, concurrency, lookup)
         # Only a run that synced sets what the next is compared with: after a refusal, the
         # next run is compared with the last count that was synced, not with the suspect one.

@@ -224,3 +224,18 @@ def sync_runner(warehouse_path, stripe_url):
         return SyncRunner(load_sync(path), warehouse_path, stripe_url)
 
     return make
+
+
+# Every warehouse a key must be the same on: PostgreSQL in a database of each kind of collation.
+KEY_WAREHOUSES = ("duckdb", "postgres_c", "postgres_c_utf8", "postgres_icu", "postgres_icu_tr", "snowflake")
+
+
+@pytest.fixture(scope="module", params=KEY_WAREHOUSES)
+def key_warehouse(request, tmp_path_factory):
+    """Each warehouse a key must be the same on, in turn, open for a module's tests: DuckDB, PostgreSQL
+    databases of every kind of collation, fakesnow (census_stripe_tests/key_warehouses.py)."""
+    from census_stripe_tests.key_warehouses import open_warehouse
+
+    server = request.getfixturevalue("fakesnow_server") if request.param == "snowflake" else None
+    with open_warehouse(request.param, tmp_path_factory.mktemp(request.param), server) as warehouse:
+        yield warehouse

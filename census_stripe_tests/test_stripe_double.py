@@ -62,6 +62,16 @@ def test_idempotency_replays_the_first_response_and_refuses_other_parameters(dou
     assert double.stats()["customers"] == 1
 
 
+def test_a_key_replays_for_24_hours_then_is_new_again(double, customers):
+    first = customers.create(params={"email": "day@x.com"}, options={"idempotency_key": "k-day"})
+    double.advance_clock(24 * 3600 - 60)
+    assert customers.create(params={"email": "day@x.com"}, options={"idempotency_key": "k-day"}).id == first.id
+    double.advance_clock(120)
+    second = customers.create(params={"email": "day@x.com"}, options={"idempotency_key": "k-day"})
+    assert second.id != first.id
+    assert double.stats()["customers"] == 2
+
+
 def test_a_lost_response_hides_a_done_write_that_the_same_key_replays(double, customers):
     double.configure(fail_after_rate=1.0)
     with pytest.raises(stripe.APIError):

@@ -47,9 +47,11 @@ It is an HTTP server, run as its own process, modelled on Stripe's documented be
   v1 meter events (`meter_event_rate`) and the stream (`meter_event_stream_rate`) have limits of their
   own, apart from the account's; a session takes the account's.
 - Idempotency: the first response to an `Idempotency-Key` is stored (400s and 500s included) and
-  replayed for the same key, with the header `Idempotent-Replayed: true`; the same key with other
-  parameters is a 400 `idempotency_error`. Not for the meter event stream and its sessions, whose
-  events carry their identifiers instead.
+  replayed for the same key, with the header `Idempotent-Replayed: true`, for 24 hours on the
+  double's clock (as Stripe prunes keys after 24 hours; tests move the clock with `advance_clock`);
+  after that the key is new again. The same key with other parameters is a 400
+  `idempotency_error`. Not for the meter event stream and its sessions, whose events carry their
+  identifiers instead.
 - Faults: a chosen share of writes fails with a 500 before the endpoint runs (nothing done,
   nothing stored for the key), or after it ran (the response is lost: the object exists and the
   key replays the success), plus a fixed latency per request. Or every write answered with one
@@ -375,13 +377,19 @@ def digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def compact_response(fingerprint: str, status: int, body: str | dict) -> tuple[str, int, str]:
+IDEMPOTENCY_KEY_SECONDS = 24 * 3600  # how long Stripe replays a key's stored response
+
+
+def compact_response(
+    fingerprint: str, status: int, body: str | dict, stored_at: float | None = None, *, now: float
+) -> tuple[str, int, str, float]:
     """A stored idempotent response as kept now; files saved before hold the parameters' JSON itself as
-    the fingerprint, and the body as an object."""
+    the fingerprint, the body as an object, and no moment (taken as stored now)."""
     return (
         digest(fingerprint) if fingerprint.startswith("[") else fingerprint,
         status,
         body if isinstance(body, str) else json.dumps(body),
+        now if stored_at is None else stored_at,
     )
 
 
@@ -823,8 +831,9 @@ class StripeDouble:
             self.products = Collection("product", "/v1/products")
             self.prices = Collection("price", "/v1/prices")
             self.lookup_keys: dict[str, str] = {}  # lookup key -> the price holding it
-            # Idempotency-Key -> (fingerprint, status, body as JSON), kept as strings: a usage push keeps millions.
-            self.idempotent: dict[str, tuple[str, int, str]] = {}
+            # Idempotency-Key -> (fingerprint, status, body as JSON, stored at on the double's clock), kept as
+            # strings: a usage push keeps millions.
+            self.idempotent: dict[str, tuple[str, int, str, float]] = {}
             self.stats: Counter = Counter()
             self.clock = 1_700_000_000
             self.meter_events = MeterEvents()
@@ -1308,8 +1317,11 @@ class StripeDouble:
             digest(json.dumps([route.endpoint, route.object_id, params], sort_keys=True)) if idempotency_key else ""
         )
         with self.lock:
-            if idempotency_key and idempotency_key in self.idempotent:
-                stored_fingerprint, status, body = self.idempotent[idempotency_key]
+            stored = self.idempotent.get(idempotency_key) if idempotency_key else None
+            if stored and self.now() - stored[3] >= IDEMPOTENCY_KEY_SECONDS:
+                stored = None  # pruned after 24 hours: the key is new again
+            if stored:
+                stored_fingerprint, status, body, _ = stored
                 if stored_fingerprint != fingerprint:
                     raise ApiError(
                         400,
@@ -1323,7 +1335,7 @@ class StripeDouble:
             if route.endpoint == "meter_event_session" and status == 200:
                 self.session_keys[json.loads(body)["authentication_token"]] = key
             if idempotency_key:
-                self.idempotent[idempotency_key] = (fingerprint, status, body)
+                self.idempotent[idempotency_key] = (fingerprint, status, body, self.now())
             if route.write:
                 self.written.set()
         if lost:
@@ -1450,7 +1462,8 @@ class StripeDouble:
             self.products.restore(saved["products"])
             self.prices.restore(saved["prices"])
             self.lookup_keys = {p["lookup_key"]: p["id"] for p in self.prices.objects.values() if p["lookup_key"]}
-            self.idempotent = {key: compact_response(*entry) for key, entry in saved["idempotent"].items()}
+            now = self.now()
+            self.idempotent = {key: compact_response(*entry, now=now) for key, entry in saved["idempotent"].items()}
             self.clock = saved["clock"]
             self.meter_events = MeterEvents(saved.get("meter_events"))  # files saved before meter events have none
 

@@ -6,7 +6,7 @@ Two strongly consistent ways exist (Search is not one: it lags writes by up to a
   of an email and works for any key, but costs one call per 100 objects in the account.
 - per key, for the key Stripe can find objects by (the type's `listed_by`):
   - customers' email: `list(email=...)`, one call per spelling. Stripe's email filter is exact
-    and case-sensitive, so the model's spelling and its lower-case form are both asked for; a
+    and case-sensitive, so the model's spelling and its key (plan/keys.py) are both asked for; a
     customer stored in a third spelling (`Ada@Example.com` for `ada@EXAMPLE.com`) is not found.
   - prices' lookup key: `list(lookup_keys=[...])`, up to 10 keys a call.
   - products' id: `retrieve(id)`, one call per key.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -50,6 +52,9 @@ class Candidate:
     state_problem: str | None = None
     # Why a value could not be resolved (a price's product key that its product sync does not know).
     problems: tuple[str, ...] = ()
+    # The key its state row was filed under by an older version's rule (keys.legacy_key_sql), when
+    # that row is its prior: the run files the row again under `key`.
+    former_key: str | None = None
 
 
 def _none_if_missing(value):
@@ -88,6 +93,7 @@ def candidates_from_chunk(spec: SyncSpec, chunk: pd.DataFrame) -> list[Candidate
                 key_rows=int(record[sql.KEY_ROWS]),
                 prior=prior,
                 state_problem=problem,
+                former_key=record.get(sql.FORMER_KEY),
             )
         )
     return out
@@ -119,6 +125,36 @@ def _prior(state: dict, object_type: StripeObjectType) -> tuple[PriorState | Non
         run_id=state["run_id"],
     )
     return prior, None
+
+
+def settle_former_keys(
+    candidates: Iterable[Candidate], held_by_model: Callable[[list[str]], set[str]]
+) -> Iterator[Candidate]:
+    """Candidates, each keeping a state row found under its former key only when the row is its
+    alone: no other model row claims it, and no model row has that key under today's rule
+    (`held_by_model` says which of some keys a model row has). Otherwise the row is left where
+    it is and the candidate is looked up in Stripe, like a new key.
+
+    The candidates that found one are few (keys filed before an upgrade, matched once), so
+    they are held back and come last."""
+    claims: dict[str, list[Candidate]] = defaultdict(list)
+    for candidate in candidates:
+        if candidate.former_key is None:
+            yield candidate
+        else:
+            claims[candidate.former_key].append(candidate)
+    held = held_by_model([former for former, claimants in claims.items() if len(claimants) == 1]) if claims else set()
+    for former, claimants in claims.items():
+        if len(claimants) == 1 and former not in held:
+            yield claimants[0]
+            continue
+        # Several rows claim it, or one row met several state rows under it (damaged state).
+        copies = Counter(claimant.key for claimant in claimants)
+        for claimant in {claimant.key: claimant for claimant in reversed(claimants)}.values():
+            problem = (
+                f"{copies[claimant.key]} state rows for its former key {former!r}" if copies[claimant.key] > 1 else None
+            )
+            yield replace(claimant, prior=None, former_key=None, state_problem=problem or claimant.state_problem)
 
 
 @dataclass(frozen=True)

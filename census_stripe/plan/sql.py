@@ -17,7 +17,7 @@ from sqlglot import exp
 
 from census_stripe.objects import foreign_id_prefixes
 from census_stripe.objects.base import StripeObjectType
-from census_stripe.plan.keys import key_sql
+from census_stripe.plan.keys import LOWER_CASED_FIELDS, key_sql, legacy_key_sql
 from census_stripe.spec import SyncSpec
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.state import WRITTEN_STATUSES, StateStatus, of_sync
@@ -34,6 +34,7 @@ ROW_HASH = "__row_hash"
 KEY_ROWS = "__key_rows"
 STATE_ROWS = "__state_rows"
 STATE_PREFIX = "__state_"
+FORMER_KEY = "__former_key"
 
 
 def value_alias(position: int) -> str:
@@ -50,9 +51,9 @@ def _text(column: str) -> exp.Expression:
     return exp.cast(exp.column(column, quoted=True), "text")
 
 
-def key_expression(spec: SyncSpec) -> exp.Expression:
+def key_expression(spec: SyncSpec, dialect: str | None = None) -> exp.Expression:
     """The key of a model row, as `plan.keys` defines it (Python's twin: keys.normalize_key)."""
-    return key_sql(spec.key.field, _text(spec.key.column))
+    return key_sql(spec.key.field, _text(spec.key.column), dialect)
 
 
 def row_hash_expression(spec: SyncSpec) -> exp.Func:
@@ -102,11 +103,11 @@ def _rows(model: Relation, where: ModelSlice | None) -> exp.Select:
     return query.where(where.condition()) if where else query
 
 
-def _model_select(spec: SyncSpec, model: Relation, where: ModelSlice | None) -> exp.Select:
+def _model_select(spec: SyncSpec, model: Relation, where: ModelSlice | None, dialect: str) -> exp.Select:
     values = [exp.alias_(_text(column), value_alias(i), quoted=True) for i, column in enumerate(spec.columns)]
     return _rows(model, where).select(
         *values,
-        exp.alias_(key_expression(spec), KEY, quoted=True),
+        exp.alias_(key_expression(spec, dialect), KEY, quoted=True),
         exp.alias_(row_hash_expression(spec), ROW_HASH, quoted=True),
     )
 
@@ -165,7 +166,8 @@ def changed_rows_query(
     files one sound row).
     `everything` selects all rows, for a full resync; `where` keeps to a slice of the model (keys
     repeat across the whole model, though). Only the account's own state rows are read: another
-    account's Stripe ids mean nothing here.
+    account's Stripe ids mean nothing here. An email key with no state row gets the state row
+    filed under its former key, if one is (`FORMER_KEY`: see plan/keys.py, rows.settle_former_keys).
 
     Memory stays small however large the model: repeated keys are counted from the key column
     alone, the model is compared with narrow (key, hash) state rows, and the wide state columns
@@ -175,11 +177,11 @@ def changed_rows_query(
     one = exp.Literal.number(1)
     repeated_keys = (
         exp.select(
-            exp.alias_(key_expression(spec), KEY, quoted=True),
+            exp.alias_(key_expression(spec, dialect), KEY, quoted=True),
             exp.alias_(exp.Count(this=exp.Star()), KEY_ROWS, quoted=True),
         )
         .from_(model.table())
-        .group_by(key_expression(spec))
+        .group_by(key_expression(spec, dialect))
         .having(exp.GT(this=exp.Count(this=exp.Star()), expression=one))
     )
     # A row that cannot be trusted counts as one without a hash: read again.
@@ -202,7 +204,7 @@ def changed_rows_query(
                 exp.Coalesce(this=_col(STATE_ROWS, "h"), expressions=[exp.Literal.number(0)]), STATE_ROWS, quoted=True
             ),
         )
-        .from_(exp.alias_(_model_select(spec, model, where).subquery(), "m", quoted=True))
+        .from_(exp.alias_(_model_select(spec, model, where, dialect).subquery(), "m", quoted=True))
         .join(
             exp.alias_(repeated_keys.subquery(), "r", quoted=True),
             on=_col(KEY, "r").eq(_col(KEY, "m")),
@@ -225,11 +227,17 @@ def changed_rows_query(
             )
         )
     # A key with several state rows gets none of them: which one is right cannot be known.
-    join_state = exp.and_(
-        of_sync(spec.name, account, table="s"),
-        _col("customer_key", "s").eq(_col(KEY, "c")),
-        _col(STATE_ROWS, "c").eq(one),
-    )
+    filed_key = exp.Case().when(_col(STATE_ROWS, "c").eq(one), _col(KEY, "c"))
+    former_key = None
+    if spec.key.field in LOWER_CASED_FIELDS:
+        # A key with no state row may have one filed under the form earlier versions gave it (the
+        # database's LOWER). Only such rows compute that form, and the state is joined once, so a
+        # run with nothing new pays nothing for it.
+        key_value = _col(value_alias(spec.columns.index(spec.key.column)), "c")
+        unfiled = exp.and_(_col(STATE_ROWS, "c").eq(exp.Literal.number(0)), _col(KEY_ROWS, "c").eq(one))
+        filed_key = filed_key.when(unfiled, legacy_key_sql(spec.key.field, key_value))
+        former_key = exp.Case().when(unfiled.copy(), _col("customer_key", "s"))
+    join_state = exp.and_(of_sync(spec.name, account, table="s"), _col("customer_key", "s").eq(filed_key))
     query = (
         exp.select(
             exp.Column(this=exp.Star(), table=exp.to_identifier("c", quoted=True)),
@@ -238,7 +246,16 @@ def changed_rows_query(
         .from_(exp.alias_(changed.subquery(), "c", quoted=True))
         .join(state.table().as_("s", quoted=True), on=join_state, join_type="left")
     )
+    if former_key is not None:
+        query = query.select(exp.alias_(former_key, FORMER_KEY, quoted=True))
     return query.sql(dialect=dialect)
+
+
+def model_keys_query(spec: SyncSpec, model: Relation, keys: list[str], dialect: str) -> str:
+    """Which of `keys` some row of the (whole) model has."""
+    key = key_expression(spec, dialect)
+    wanted = exp.In(this=key.copy(), expressions=[exp.Literal.string(k) for k in keys])
+    return exp.select(exp.alias_(key, KEY, quoted=True)).distinct().from_(model.table()).where(wanted).sql(dialect)
 
 
 def left_keys_query(spec: SyncSpec, model: Relation, state: Relation, account: str, dialect: str) -> str:
@@ -246,7 +263,7 @@ def left_keys_query(spec: SyncSpec, model: Relation, state: Relation, account: s
     `archive_missing` archives. Keys archived already are left out. Each row comes with the number
     of state rows its key has (`STATE_ROWS`): a key with several cannot be trusted."""
 
-    model_keys = exp.select(exp.alias_(key_expression(spec), KEY, quoted=True)).distinct().from_(model.table())
+    model_keys = exp.select(exp.alias_(key_expression(spec, dialect), KEY, quoted=True)).distinct().from_(model.table())
     per_key = exp.Window(this=exp.Count(this=exp.Star()), partition_by=[exp.column("customer_key", quoted=True)])
     sync_rows = (
         exp.select(exp.Star(), exp.alias_(per_key, STATE_ROWS, quoted=True))

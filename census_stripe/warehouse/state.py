@@ -16,7 +16,7 @@ All are created on first use; creating them again is harmless.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -92,6 +92,7 @@ _CHANGE_COLUMNS = {
     "recorded_at": "timestamp",
 }
 CHANGES_PER_WRITE = 10_000
+KEYS_PER_UPDATE = 1_000
 
 
 def utc_now() -> datetime:
@@ -245,6 +246,26 @@ class SyncStateStore:
         ]
         if rows:
             self.warehouse.replace_rows(self.state, _frame(rows, _STATE_COLUMNS), STATE_KEY)
+
+    def refile(self, sync_name: str, account: str, new_keys: Mapping[str, str]) -> None:
+        """File state rows under new keys (former key -> new key), all in one transaction."""
+        key = exp.column("customer_key", quoted=True)
+        pairs = sorted(new_keys.items())
+        statements = []
+        for start in range(0, len(pairs), KEYS_PER_UPDATE):
+            batch = pairs[start : start + KEYS_PER_UPDATE]
+            new_key = exp.Case(
+                ifs=[
+                    exp.If(this=key.eq(exp.Literal.string(former)), true=exp.Literal.string(new))
+                    for former, new in batch
+                ]
+            )
+            formers = exp.In(this=key.copy(), expressions=[exp.Literal.string(former) for former, _ in batch])
+            update = exp.update(
+                self.state.table(), {"customer_key": new_key}, where=exp.and_(of_sync(sync_name, account), formers)
+            )
+            statements.append(update.sql(self.warehouse.dialect))
+        self.warehouse.execute(*statements)
 
     def record_rejections(self, sync_name: str, account: str, run_id: str, rejections: Iterable[Rejection]) -> None:
         now = utc_now()
