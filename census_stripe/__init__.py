@@ -1,7 +1,7 @@
 """Reverse ETL from dbt models to Stripe customers, as a Dagster Component.
 
-`StripeSyncComponent` and `sync_resources` are imported on first use, so that the engine's modules
-(spec, plan, warehouse) load without Dagster.
+`StripeSyncComponent`, `sync_resources` and `sync_executor` are imported on first use, so that the
+engine's modules (spec, plan, warehouse) load without Dagster.
 """
 
 from importlib import import_module
@@ -9,6 +9,7 @@ from importlib import import_module
 _EXPORTS = {
     "StripeSyncComponent": "census_stripe.component",
     "sync_resources": "census_stripe.orchestration.project",
+    "sync_executor": "census_stripe.orchestration.executor",
 }
 
 

@@ -44,7 +44,7 @@ DEFS_FILE = "defs.yaml"
 
 STARTING_ATTRIBUTES = """\
 model: stripe_customers          # the dbt model to read; the sync runs downstream of it
-# dbt_project: dbt               # its dbt project, relative to this Dagster project (default: the demo's)
+# dbt_project: dbt               # its dbt project, a folder of this Dagster project (default: dbt_project)
 behavior: update_or_create       # or update_only: never creates, skips rows not in Stripe
 key:                             # how a row finds its Stripe customer
   field: email                   # or metadata.<name> for an external id
@@ -58,7 +58,8 @@ automation:                      # what starts the sync, besides you in the UI
 
 
 class StripeSyncScaffolder(Scaffolder):
-    """`dg scaffold defs census_stripe.StripeSyncComponent <name>`: a defs.yaml that loads on the demo's model."""
+    """`dg scaffold defs census_stripe.StripeSyncComponent <name>`: a defs.yaml to fill in with your model's
+    names (as it is, it reads the demo's model `stripe_customers`)."""
 
     def scaffold(self, request: ScaffoldRequest) -> None:
         request.target_path.mkdir(parents=True, exist_ok=True)
@@ -116,7 +117,8 @@ def check_product_sync(spec: SyncSpec, instance: Path) -> None:
 
 
 def customer_source(spec: MeterEventSpec, instance: Path) -> CustomerSource:
-    """A meter event sync's `customer.sync` must name a customer sync in the same defs folder."""
+    """A meter event sync's `customer.sync` must name a customer sync in the same defs folder, that
+    writes through the same Stripe resource (at run time, meter_sync.py also compares the accounts)."""
     name = spec.meter_event.customer.sync
     if name is None:
         return CustomerSource()
@@ -125,6 +127,14 @@ def customer_source(spec: MeterEventSpec, instance: Path) -> CustomerSource:
     if found is None or found.object != "customer":
         problem = f"no customer sync named {name!r} in {instance.parent}: name the sync that writes the customers"
         raise SyncConfigError(instance_file(instance), [(f"{ATTRIBUTES}.meter_event.customer.sync", problem)])
+    if found.stripe_resource != spec.stripe_resource:
+        # Stripe takes events for customers another account holds, and bills no one.
+        problem = (
+            f"the customer sync {name!r} writes its customers through {found.stripe_resource!r}, this sync sends "
+            f"its events through {spec.stripe_resource!r}: an event bills only a customer of the account it is "
+            f"sent to. Set stripe_resource: {found.stripe_resource}"
+        )
+        raise SyncConfigError(instance_file(instance), [(f"{ATTRIBUTES}.stripe_resource", problem)])
     return CustomerSource(found.name, found.key.field, found.stripe_resource)
 
 

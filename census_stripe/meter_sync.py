@@ -4,6 +4,8 @@
 
 1. Every row of the model (or of the partition) is judged against the ledger in one query
    (plan/meter_events.py): new, already sent, changed since, in doubt, or rejected with a reason.
+   Before anything is queued, the account's meters are checked (stripe_client/meters.py): an event
+   name without an active meter reading the sync's payload keys stops the run (a dry run reports it).
 2. New events are queued in the ledger (one INSERT ... SELECT, inside the warehouse); events in
    doubt from a run that died are claimed; changed ones are corrected if the sync opts in.
 3. The run's events are read back in chunks and sent (apply/meter_events.py), each chunk marked
@@ -27,8 +29,9 @@ from census_stripe.plan import meter_events as plan
 from census_stripe.plan.meter_events import CustomerSource
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import MeterEventSpec
-from census_stripe.stripe_client.errors import StripeAccessError, StripeUnreachableError
+from census_stripe.stripe_client.errors import StripeAccessError, StripeAccountMismatchError, StripeUnreachableError
 from census_stripe.stripe_client.meter_types import Delivery, MeterEvent, MeterEventApi
+from census_stripe.stripe_client.meters import MeterCheckError, meter_problems
 from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.warehouse.base import Relation, Warehouse, literal
 from census_stripe.warehouse.ledger import MeterEventLedger, in_dialect
@@ -62,6 +65,7 @@ class MeterEventReport:
     stripe_calls: int = 0
     rate_limited: int = 0
     ledger_table: str = ""
+    meter_problems: list[str] = field(default_factory=list)  # why a run would bill nothing; a dry run's to show
 
     @property
     def rows_read(self) -> int:
@@ -129,16 +133,16 @@ def run_meter_event_sync(
     account = account_of()
     customer_account = customer_account_of() if customer_account_of else account
     if customer_account != account:
-        log.warning(
-            "meter event sync %s sends to %s the customers of %s, which its customer sync writes to",
-            spec.name,
-            account,
-            customer_account,
+        raise StripeAccountMismatchError(
+            f"meter event sync {spec.name!r} sends to Stripe account {account}, but its customer sync "
+            f"{spec.meter_event.customer.sync!r} writes the customers to {customer_account}: Stripe would accept "
+            "the events and bill no one. Give both syncs the same stripe_resource and key. Nothing was sent."
         )
     ledger = MeterEventLedger(store.warehouse, store.ledger, spec.name, account.key)
     ledger.ensure_table()
     ledger.drop_queued()
     stored_spec, stored_model, where = as_stored(spec, model, options.model_slice, store.warehouse)
+    store.warehouse.require_model(spec.model, stored_model)
     query = plan.events_query(
         stored_spec, stored_model, where, store.state, store.ledger, account.key, customers, customer_account.key, now()
     )
@@ -150,8 +154,11 @@ def run_meter_event_sync(
     if verdicts.get(plan.CHANGED) or verdicts.get(plan.UNCONFIRMED):
         report.attention_sample = _rows(store, query, [plan.CHANGED, plan.UNCONFIRMED], SAMPLE)
     log.info("meter event sync %s, account %s: %s", spec.name, account, verdicts)
+    report.meter_problems = _check_meters(spec, store, query, verdicts, api, report)
     if options.dry_run:
         return report
+    if report.meter_problems:
+        raise MeterCheckError(spec.name, report.meter_problems)
     _record_rejections(store, spec, account, run_id, rejected)
     if verdicts.get(plan.NEW):
         ledger.queue(_select(query, [plan.NEW], "event_key, event_name, stripe_customer_id, value, event_time"), run_id)
@@ -162,6 +169,39 @@ def run_meter_event_sync(
     finally:
         ledger.forget_unsent(run_id)
     return report
+
+
+def _check_meters(
+    spec: MeterEventSpec,
+    store: SyncStateStore,
+    query: str,
+    verdicts: dict[str, int],
+    make_api: Callable[[], MeterEventApi],
+    report: MeterEventReport,
+) -> list[str]:
+    """The pre-send step: what keeps the event names this run would send from being billed, by the
+    account's meters. A run with nothing to send asks Stripe nothing."""
+    meter = spec.meter_event
+    sending = [plan.NEW, plan.RESEND, *([plan.CHANGED] if meter.correct_changed else [])]
+    if not any(verdicts.get(verdict) for verdict in sending):
+        return []
+    if meter.event_name:
+        event_names = {meter.event_name}
+    else:
+        found = store.warehouse.query(in_dialect(store.warehouse, _select(query, sending, "DISTINCT event_name")))
+        event_names = {str(name) for name in found.iloc[:, 0]}
+
+    async def listed() -> list[str]:
+        api = make_api()
+        try:
+            meters = await api.meters()
+        finally:
+            report.stripe_calls += api.calls
+            report.rate_limited += api.rate_limited
+            await api.close()
+        return meter_problems(meters, event_names, meter.customer_payload_key, meter.value_payload_key)
+
+    return asyncio.run(listed())
 
 
 async def _send(
@@ -195,8 +235,8 @@ async def _send(
             # The first cause, as a plain error: the run fails with Stripe's reason.
             raise group.exceptions[0] from None
     finally:
-        report.stripe_calls = api.calls
-        report.rate_limited = api.rate_limited
+        report.stripe_calls += api.calls
+        report.rate_limited += api.rate_limited
         await api.close()
 
 

@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
+# This repository's checkout, for its demo and tests: the demo's dbt project and defs folder. In an
+# installed census_stripe it names a folder beside site-packages, so nothing a user runs defaults to it.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
-# The project's defs folder: one StripeSyncComponent instance per sync, e.g. defs/customers/defs.yaml.
+# The demo's defs folder: one StripeSyncComponent instance per sync, e.g. defs/customers/defs.yaml.
 DEFS_DIR = Path(__file__).resolve().parent / "defs"
 
-# Git-ignored; holds the embedded warehouse and the demo's local Stripe data.
-DATA_DIR = Path(os.environ.get("CENSUS_STRIPE_DATA_DIR", PROJECT_ROOT / "data"))
+
+def is_dagster_project(folder: Path) -> bool:
+    """Whether the folder's pyproject.toml makes it a Dagster project (`[tool.dg]` or `[tool.dagster]`)."""
+    pyproject = folder / "pyproject.toml"
+    if not pyproject.is_file():
+        return False
+    try:
+        tools = tomllib.loads(pyproject.read_text()).get("tool", {})
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
+        return False
+    return "dg" in tools or "dagster" in tools
+
+
+def dagster_project_root(start: Path | None = None) -> Path:
+    """The Dagster project this process works in: the nearest folder holding one, from the working
+    directory up (`dg` and `dagster dev` run code there), else the working directory itself."""
+    here = (start or Path.cwd()).resolve()
+    return next((folder for folder in (here, *here.parents) if is_dagster_project(folder)), here)
+
+
+# The user's project's data/ (git-ignored here): the embedded warehouse and a local Stripe's data.
+DATA_DIR = Path(os.environ.get("CENSUS_STRIPE_DATA_DIR") or dagster_project_root() / "data")
 
 
 def duckdb_path() -> Path:

@@ -168,7 +168,8 @@ class SyncSettings(_Strict):
     dbt_project: str | None = pydantic.Field(
         default=None,
         description="The dbt project holding the model: a folder, relative to the Dagster project's root. Its "
-        "manifest is read from target/manifest.json (`dbt parse` writes it). Default: this repository's dbt_project/.",
+        "manifest is read from target/manifest.json (`dbt parse` writes it), or target/<warehouse>/manifest.json "
+        "where that exists. Default: dbt_project.",
     )
     object: Literal["customer", "product", "price", "meter_event"] = pydantic.Field(
         default="customer", description="The kind of Stripe object each model row becomes."

@@ -260,6 +260,7 @@ def plan_sync(
 ) -> tuple[Plan, ObjectLookup]:
     warehouse = store.warehouse
     spec, model = as_stored(spec, model, warehouse)
+    warehouse.require_model(spec.model, model)
     where = options.model_slice and replace(
         options.model_slice, column=warehouse.model_identifier(options.model_slice.column)
     )

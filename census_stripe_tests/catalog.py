@@ -12,7 +12,7 @@ import pandas as pd
 
 from census_stripe.objects import OBJECT_TYPES
 from census_stripe.objects.base import StripeObjectType
-from census_stripe.orchestration.dbt import DbtModel
+from census_stripe.orchestration.dbt_models import DbtModel
 from census_stripe.orchestration.sync_asset import Sync, build_sync_asset
 from census_stripe.spec import SyncSpec, parse_sync_spec
 from census_stripe.stripe_client.client import StripeObjects

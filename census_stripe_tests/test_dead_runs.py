@@ -28,6 +28,7 @@ from census_stripe.orchestration.dead_runs import (
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.warehouse.state import utc_now
 from census_stripe_tests.conftest import MATERIALIZE_DEMO_SYNC, dagster_process_env
+from census_stripe_tests.meters import create_meter
 from census_stripe_tests.synthetic import make_model
 from census_stripe_tests.test_delivery import assert_stripe_equals_model, customers_for
 
@@ -382,6 +383,7 @@ def test_usage_billing_killed_mid_partition_then_rerun_bills_each_event_once(dou
                 from main.stripe_customers, range(1, {USAGE_DAYS + 1}) as t(d)"""
         )
     events = 300 * USAGE_DAYS
+    create_meter(double.url)
     # 60 stream requests at 10/s: the run is killed with some answered and some in flight.
     double.configure(latency=0.3, meter_event_stream_rate=10)
     killed = bill_usage(dagster_home, warehouse, double, tmp_path / "killed.log")

@@ -18,6 +18,7 @@ from census_stripe.orchestration.project import sync_resources
 from census_stripe.orchestration.warehouses import PostgresWarehouseResource
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.stripe_client.client import make_client
+from census_stripe_tests.meters import create_meter
 
 YOUR_KEY = "sk_test_CANARYyourown0123456789"
 
@@ -116,6 +117,7 @@ def test_the_demo_three_times_customers_and_catalog(tmp_path):
 
 
 def test_your_stripe_key_is_used_as_given_and_no_local_server_starts(tmp_path, double):
+    create_meter(double.url, api_key=YOUR_KEY)  # your Stripe's meters are yours to create: the demo makes none there
     output = run_demo(tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
     assert f"Using the Stripe API at {double.url} with your key (test mode)" in output
     assert "localstripe" not in output and not (tmp_path / "localstripe.pickle").exists()
@@ -128,6 +130,19 @@ def test_your_stripe_key_is_used_as_given_and_no_local_server_starts(tmp_path, d
     assert list(keys_seen) == [key_stat(YOUR_KEY)] and key_stat(DEMO_API_KEY) not in stats
     assert keys_seen[key_stat(YOUR_KEY)] >= counts(output)["stripe_api_calls"]
     assert YOUR_KEY not in output + (tmp_path / "demo.log").read_text()
+
+
+def test_with_your_key_and_no_meter_the_demo_bills_nothing_and_says_how_to_create_it(tmp_path, double):
+    completed = demo(tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
+    assert completed.returncode != 0
+    output = completed.stdout
+    assert "of 'stripe/api_usage' failed.\nFirst error:\n  stripe__api_usage: " in output
+    assert "MeterCheckError: meter event sync 'api_usage' sent nothing" in output
+    assert "- no meter has the event name 'api_calls': create one with that event name" in output
+    stats = double.stats()
+    assert stats["customers"] == 294  # the job before it ran
+    assert not stats.get("requests_meter_event_stream") and not stats.get("meter_event_sessions")
+    assert YOUR_KEY not in output
 
 
 def test_a_failed_demo_shows_the_failed_checks_the_first_error_and_the_failing_rows(tmp_path, double):

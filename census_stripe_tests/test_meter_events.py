@@ -15,6 +15,7 @@ import pytest
 from census_stripe.meter_sync import MeterRunOptions
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.warehouse.state import utc_now
+from census_stripe_tests.meters import create_meter
 from census_stripe_tests.usage import (
     ledger_counts,
     make_usage,
@@ -27,6 +28,7 @@ DAY = timedelta(hours=24)
 
 @pytest.fixture
 def customers(double) -> list[str]:
+    create_meter(double.url)
     return double.load([{"email": f"user{i}@example.com"} for i in range(20)])
 
 
@@ -187,7 +189,8 @@ def test_the_stream_takes_a_new_session_when_stripe_says_the_old_one_expired(dou
     [
         # 6 stream requests: a higher share of faults, so that each kind happens.
         ("stream", 30, {"meter_event_stream_rate": 4, "fail_before_rate": 0.3, "fail_after_rate": 0.3}),
-        ("v1", 5, {"meter_event_rate": 50, "fail_before_rate": 0.15, "fail_after_rate": 0.15}),
+        # A test-mode key's v1 meter events take the account's limit.
+        ("v1", 5, {"account_rate": 50, "fail_before_rate": 0.15, "fail_after_rate": 0.15}),
     ],
 )
 def test_with_faults_and_rate_limits_every_event_is_counted_once(double, tmp_path, customers, api, days, faults):
@@ -206,7 +209,8 @@ def test_with_faults_and_rate_limits_every_event_is_counted_once(double, tmp_pat
 
 def test_a_dry_run_judges_every_row_and_sends_nothing(double, usage):
     report = run_usage_sync(usage, double.url, meter_spec(partitioned=False), "dry", MeterRunOptions(dry_run=True))
-    assert (report.counts()["planned_events"], report.counts()["stripe_api_calls"]) == (100, 0)
+    # One call: the meters, listed to check them.
+    assert (report.counts()["planned_events"], report.counts()["stripe_api_calls"]) == (100, 1)
     assert double.meter_events()["counted"] == 0
     assert ledger_counts(usage)["rows"] == 0
 

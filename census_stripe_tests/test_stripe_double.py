@@ -13,6 +13,7 @@ import stripe
 
 from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.stripe_client.client import make_client
+from census_stripe_tests.meters import create_meter
 
 
 @pytest.fixture
@@ -410,6 +411,12 @@ def stripe_client(double) -> stripe.StripeClient:
     )
 
 
+@pytest.fixture
+def meters(double) -> dict[str, str]:
+    """The meters of the events the tests send, by event name: ids."""
+    return {name: create_meter(double.url, name) for name in ("api_calls", "storage_gb")}
+
+
 def usage(customer: str, value: str, identifier: str, event_name: str = "api_calls", **fields) -> dict:
     return {
         "event_name": event_name,
@@ -419,7 +426,63 @@ def usage(customer: str, value: str, identifier: str, event_name: str = "api_cal
     }
 
 
-def test_meter_events_are_summed_per_meter_and_customer(double, client):
+def test_meters_are_created_listed_and_deactivated_as_stripe_does(double, client):
+    created = client.billing.meters.create(
+        params={
+            "display_name": "API calls",
+            "event_name": "api_calls",
+            "default_aggregation": {"formula": "sum"},
+            "value_settings": {"event_payload_key": "calls"},
+        }
+    )
+    assert created.id.startswith("mtr_") and (created.object, created.status) == ("billing.meter", "active")
+    assert (created.customer_mapping.to_dict(), created.value_settings.event_payload_key) == (
+        {"event_payload_key": "stripe_customer_id", "type": "by_id"},
+        "calls",
+    )
+    assert client.billing.meters.retrieve(created.id).event_name == "api_calls"
+    taken = {"display_name": "Again", "event_name": "api_calls", "default_aggregation": {"formula": "count"}}
+    assert error_of(lambda: client.billing.meters.create(params=taken))["param"] == "event_name"
+    bad = {"display_name": "Odd", "event_name": "odd", "default_aggregation": {"formula": "median"}}
+    assert error_of(lambda: client.billing.meters.create(params=bad))["param"] == "default_aggregation[formula]"
+    others = [create_meter(double.url, f"other_{i}") for i in range(105)]
+
+    deactivated = client.billing.meters.deactivate(created.id)
+    assert (deactivated.status, bool(deactivated.status_transitions.deactivated_at)) == ("inactive", True)
+    replacement = client.billing.meters.create(params=taken)  # the event name is free again
+    listed = [meter.id for meter in client.billing.meters.list(params={"limit": 100}).auto_paging_iter()]
+    assert listed == [replacement.id, *others[::-1], created.id]  # newest first
+    inactive = client.billing.meters.list(params={"status": "inactive"}).data
+    assert [meter.id for meter in inactive] == [created.id]
+    assert error_of(lambda: client.billing.meters.reactivate(created.id))["status"] == 400  # its name is taken
+    client.billing.meters.deactivate(replacement.id)
+    assert client.billing.meters.reactivate(created.id).status == "active"
+
+
+def test_an_event_without_an_active_meter_is_refused_by_v1_and_dropped_by_the_stream(double, client, stripe_client):
+    """v1 validates an event's meter when it answers; the stream answers first, then drops the event
+    into the error report (`no_meter`, `archived_meter`): billed nowhere, and no error to the sender."""
+    [ann] = double.load([{"email": "ann@x.com"}])
+    retired = create_meter(double.url, "retired")
+    client.billing.meters.deactivate(retired)
+    for event_name in ("unmetered", "retired"):
+        refused = usage(ann, "1", f"v1-{event_name}", event_name=event_name)
+        assert error_of(lambda refused=refused: client.billing.meter_events.create(params=refused)) == {
+            "status": 400,
+            "code": "resource_missing",
+            "param": "event_name",
+        }
+    token = stripe_client.v2.billing.meter_event_session.create().authentication_token
+    stream(stripe_client, token, [usage(ann, "1", "s1", event_name="unmetered"), usage(ann, "1", "s2", "retired")])
+    summary = double.meter_events()
+    assert (summary["counted"], summary["sums"]) == (0, {})
+    assert summary["errors"] == [
+        {"identifier": "s1", "event_name": "unmetered", "reason": "no_meter"},
+        {"identifier": "s2", "event_name": "retired", "reason": "archived_meter"},
+    ]
+
+
+def test_meter_events_are_summed_per_meter_and_customer(double, client, meters):
     ann, bob = double.load([{"email": "ann@x.com"}, {"email": "bob@x.com"}])
     event = client.billing.meter_events.create(params=usage(ann, "3", "e1", timestamp=int(time.time()) - 3600))
     assert (event.object, event.identifier, event.payload.to_dict(), event.livemode) == (
@@ -442,7 +505,7 @@ def test_meter_events_are_summed_per_meter_and_customer(double, client):
     assert (stats["requests_meter_event_create"], stats["done_meter_event_create"]) == (5, 5)
 
 
-def test_an_identifier_is_refused_for_a_day_then_counted_again(double, client):
+def test_an_identifier_is_refused_for_a_day_then_counted_again(double, client, meters):
     [ann] = double.load([{"email": "ann@x.com"}])
     client.billing.meter_events.create(params=usage(ann, "2", "e1"))
     assert error_of(lambda: client.billing.meter_events.create(params=usage(ann, "2", "e1"))) == {
@@ -458,7 +521,7 @@ def test_an_identifier_is_refused_for_a_day_then_counted_again(double, client):
 
 
 @pytest.mark.parametrize("offset", [-36 * DAY, 301 + 5])
-def test_a_meter_event_outside_stripes_time_window_is_refused(double, client, offset):
+def test_a_meter_event_outside_stripes_time_window_is_refused(double, client, meters, offset):
     [ann] = double.load([{"email": "ann@x.com"}])
     refused = usage(ann, "1", "e1", timestamp=int(time.time()) + offset)
     assert error_of(lambda: client.billing.meter_events.create(params=refused))["param"] == "timestamp"
@@ -466,7 +529,7 @@ def test_a_meter_event_outside_stripes_time_window_is_refused(double, client, of
     assert double.meter_events()["sums"] == {"api_calls": {ann: 1}}
 
 
-def test_a_meter_event_without_the_meters_keys_is_refused(double, client):
+def test_a_meter_event_without_its_meters_keys_is_refused(double, client, meters):
     [ann] = double.load([{"email": "ann@x.com"}])
     no_value = {"event_name": "api_calls", "payload": {"stripe_customer_id": ann}}
     assert error_of(lambda: client.billing.meter_events.create(params=no_value)) == {
@@ -474,12 +537,12 @@ def test_a_meter_event_without_the_meters_keys_is_refused(double, client):
         "code": "parameter_missing",
         "param": "payload[value]",
     }
-    double.configure(meter_payload_keys=["customer", "calls"])
-    client.billing.meter_events.create(params={"event_name": "api_calls", "payload": {"customer": ann, "calls": "7"}})
-    assert double.meter_events()["sums"] == {"api_calls": {ann: 7}}
+    create_meter(double.url, "calls", customer_key="customer", value_key="calls")
+    client.billing.meter_events.create(params={"event_name": "calls", "payload": {"customer": ann, "calls": "7"}})
+    assert double.meter_events()["sums"] == {"calls": {ann: 7}}
 
 
-def test_an_unknown_customer_or_a_value_not_a_number_is_accepted_then_reported(double, client):
+def test_an_unknown_customer_or_a_value_not_a_number_is_accepted_then_reported(double, client, meters):
     [ann] = double.load([{"email": "ann@x.com"}])
     client.billing.meter_events.create(params=usage("cus_nobody", "1", "e1"))
     client.billing.meter_events.create(params=usage(ann, "1e3", "e2"))
@@ -493,7 +556,7 @@ def test_an_unknown_customer_or_a_value_not_a_number_is_accepted_then_reported(d
     assert double.meter_events()["sums"] == {"api_calls": {ann: 1}}
 
 
-def test_a_meter_event_is_cancelled_within_a_day_and_not_after(double, client):
+def test_a_meter_event_is_cancelled_within_a_day_and_not_after(double, client, meters):
     [ann] = double.load([{"email": "ann@x.com"}])
     for identifier in ("e1", "e2"):
         client.billing.meter_events.create(params=usage(ann, "5", identifier))
@@ -521,7 +584,7 @@ def test_a_meter_event_is_cancelled_within_a_day_and_not_after(double, client):
     assert double.meter_events()["sums"] == {"api_calls": {ann: 5}}
 
 
-def test_an_idempotency_key_replays_a_meter_event_instead_of_refusing_its_identifier(double, client):
+def test_an_idempotency_key_replays_a_meter_event_instead_of_refusing_its_identifier(double, client, meters):
     [ann] = double.load([{"email": "ann@x.com"}])
     double.configure(fail_after_rate=1.0)
     with pytest.raises(stripe.APIError):
@@ -533,21 +596,34 @@ def test_an_idempotency_key_replays_a_meter_event_instead_of_refusing_its_identi
     assert double.stats()["idempotent_replays"] == 1
 
 
-def test_meter_events_have_a_rate_limit_of_their_own(double, client):
+def test_live_mode_meter_events_have_a_rate_limit_of_their_own(double, meters):
     [ann] = double.load([{"email": "ann@x.com"}])
+    live = make_client("sk_live_double", double.url, max_network_retries=0).v1
     double.configure(account_rate=1, endpoint_rate=1, meter_event_rate=3)
     for identifier in ("e1", "e2", "e3"):
-        client.billing.meter_events.create(params=usage(ann, "1", identifier))
+        live.billing.meter_events.create(params=usage(ann, "1", identifier))
     with pytest.raises(stripe.RateLimitError):
-        client.billing.meter_events.create(params=usage(ann, "1", "e4"))
+        live.billing.meter_events.create(params=usage(ann, "1", "e4"))
     assert double.meter_events()["counted"] == 3
+
+
+def test_test_mode_meter_events_count_against_the_accounts_limit(double, client, meters):
+    """Stripe: in test mode, v1 meter events count toward the account's basic limit, not a limit of their own."""
+    [ann] = double.load([{"email": "ann@x.com"}])
+    live = make_client("sk_live_double", double.url, max_network_retries=0).v1
+    double.configure(account_rate=1)
+    client.customers.retrieve(ann)  # the account's one request this second
+    with pytest.raises(stripe.RateLimitError):
+        client.billing.meter_events.create(params=usage(ann, "1", "e1"))
+    live.billing.meter_events.create(params=usage(ann, "1", "e2"))
+    assert double.meter_events()["counted"] == 1
 
 
 def stream(stripe_client, token: str, events: list[dict]) -> None:
     stripe_client.v2.billing.meter_event_stream.create(params={"events": events}, options={"api_key": token})
 
 
-def test_the_stream_takes_up_to_100_events_and_judges_them_after_answering(double, stripe_client):
+def test_the_stream_takes_up_to_100_events_and_judges_them_after_answering(double, stripe_client, meters):
     ann, bob = double.load([{"email": "ann@x.com"}, {"email": "bob@x.com"}])
     session = stripe_client.v2.billing.meter_event_session.create()
     assert (session.object, session.livemode) == ("v2.billing.meter_event_session", False)
@@ -573,7 +649,7 @@ def test_the_stream_takes_up_to_100_events_and_judges_them_after_answering(doubl
     )
 
 
-def test_the_stream_drops_identifiers_it_counted_within_a_day(double, client, stripe_client):
+def test_the_stream_drops_identifiers_it_counted_within_a_day(double, client, stripe_client, meters):
     [ann] = double.load([{"email": "ann@x.com"}])
     client.billing.meter_events.create(params=usage(ann, "1", "e1"))
     token = stripe_client.v2.billing.meter_event_session.create().authentication_token
@@ -585,7 +661,7 @@ def test_the_stream_drops_identifiers_it_counted_within_a_day(double, client, st
     assert double.stats()["meter_event_duplicates"] == 3
 
 
-def test_an_expired_or_unknown_session_is_refused_with_stripes_session_error(double, stripe_client):
+def test_an_expired_or_unknown_session_is_refused_with_stripes_session_error(double, stripe_client, meters):
     [ann] = double.load([{"email": "ann@x.com"}])
     token = stripe_client.v2.billing.meter_event_session.create().authentication_token
     double.advance_clock(15 * 60 + 1)
@@ -596,7 +672,7 @@ def test_an_expired_or_unknown_session_is_refused_with_stripes_session_error(dou
     assert double.meter_events()["counted"] == 0
 
 
-def test_the_stream_has_a_rate_limit_of_its_own(double, stripe_client):
+def test_the_stream_has_a_rate_limit_of_its_own(double, stripe_client, meters):
     [ann] = double.load([{"email": "ann@x.com"}])
     token = stripe_client.v2.billing.meter_event_session.create().authentication_token
     double.configure(account_rate=1, meter_event_stream_rate=2)
@@ -607,9 +683,10 @@ def test_the_stream_has_a_rate_limit_of_its_own(double, stripe_client):
     assert double.meter_events()["counted"] == 2
 
 
-def test_a_store_keeps_the_meter_events_between_processes(tmp_path):
+def test_a_store_keeps_the_meters_and_meter_events_between_processes(tmp_path):
     store = tmp_path / "catalog.json"
     with StripeDoubleServer(store=store) as server:
+        meter = create_meter(server.url)
         [ann] = server.load([{"email": "ann@x.com"}])
         v1 = make_client("sk_test_double", server.url, max_network_retries=0).v1
         v1.billing.meter_events.create(params=usage(ann, "2.5", "e1"))
@@ -617,6 +694,7 @@ def test_a_store_keeps_the_meter_events_between_processes(tmp_path):
         summary = server.meter_events()
     with StripeDoubleServer(store=store) as server:
         v1 = make_client("sk_test_double", server.url, max_network_retries=0).v1
+        assert [(found.id, found.status) for found in v1.billing.meters.list().data] == [(meter, "active")]
         assert server.meter_events() == summary
         assert error_of(lambda: v1.billing.meter_events.create(params=usage(ann, "2.5", "e1")))["code"] == (
             "resource_already_exists"
@@ -663,7 +741,7 @@ KILL_POINT_ENDPOINTS = {
 
 @pytest.mark.parametrize("endpoint", KILL_POINT_ENDPOINTS)
 @pytest.mark.parametrize("drop_waiting", [False, True], ids=["held served", "held dropped"])
-def test_a_pause_accepts_exactly_n_requests_then_holds_the_rest_until_told(double, endpoint, drop_waiting):
+def test_a_pause_accepts_exactly_n_requests_then_holds_the_rest_until_told(double, meters, endpoint, drop_waiting):
     double.configure(meter_customers_elsewhere=True)
     send = KILL_POINT_ENDPOINTS[endpoint]
     double.pause_after(3, endpoint)

@@ -47,6 +47,7 @@ from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.postgres import RedshiftWarehouse
 from census_stripe.warehouse.state import StateRecord, StateStatus, SyncStateStore, utc_now
 from census_stripe_tests.conftest import API_KEY, DEMO_SYNC, postgres_sql, require_postgres
+from census_stripe_tests.meters import create_meter
 
 USAGE_SYNC = DEFS_DIR / "api_usage" / "defs.yaml"
 PRODUCT_SYNC = DEFS_DIR / "products" / "defs.yaml"
@@ -192,6 +193,7 @@ def test_usage_is_billed_once_on_every_warehouse(warehouse, double):
     )
     usage_sync = load_sync(USAGE_SYNC, warehouse.manifest)
     assert isinstance(usage_sync.spec, MeterEventSpec)
+    create_meter(double.url)
     usage = MeterEventSync(usage_sync, usage_sync.spec, customer_source(usage_sync.spec, USAGE_SYNC.parent))
     asset = build_meter_event_asset(usage, warehouse.resource.kind)
     yesterday = str(utc_now().date() - timedelta(days=1))
@@ -233,8 +235,8 @@ def test_the_guards_read_their_counts_on_every_warehouse(warehouse, double):
     archives, row_count = checks["archives_below_threshold"], checks["row_count_change_below_threshold"]
     assert archives.passed and archives.metadata["in_stripe"].value == created
     assert row_count.passed and row_count.metadata["last_rows_read"].value == rows
-    assert row_count.description == f"{rows} rows in stripe_products, {rows} at the last sync (+0 %): " + (
-        "max_row_count_change not set"
+    assert row_count.description == (
+        f"{rows} rows in stripe_products, {rows} at the last sync (+0 %): within max_row_count_change 50 %"
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from census_stripe.plan.meter_events import CustomerSource
 from census_stripe.spec import MeterEventSpec, parse_sync_spec
 from census_stripe.stripe_client.meter_events import MeterEventStream, V1MeterEvents
 from census_stripe.stripe_client.meter_types import MeterLimits
+from census_stripe.stripe_client.rate_limit import RateLimits
 from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
@@ -25,7 +27,11 @@ API_KEY = "sk_test_usage"
 MODEL = Relation("main", "usage")
 ACCOUNT = StripeAccount("acct_double", False)
 WHOLE_MODEL = MeterRunOptions()
-UNLIMITED = MeterLimits(v1_requests_per_second=100_000, stream_requests_per_second=100_000, concurrency=64)
+# A test-mode key's v1 meter events share the account's budget: unlimited too, for fast tests.
+UNLIMITED_ACCOUNT = RateLimits(account=100_000, endpoints=(), endpoint_default=100_000)
+UNLIMITED = MeterLimits(
+    v1_requests_per_second=100_000, stream_requests_per_second=100_000, concurrency=64, account=UNLIMITED_ACCOUNT
+)
 
 
 def meter_spec(api: str = "stream", correct_changed: bool = False, partitioned: bool = True) -> MeterEventSpec:
@@ -83,13 +89,15 @@ def run_usage_sync(
     limits: MeterLimits = UNLIMITED,
     api_key: str = API_KEY,
 ) -> MeterEventReport:
-    endpoint = MeterEventStream if spec.meter_event.api == "stream" else V1MeterEvents
+    meter = spec.meter_event
+    endpoint = MeterEventStream if meter.api == "stream" else V1MeterEvents
+    payload_keys = (meter.customer_payload_key, meter.value_payload_key)
     with duckdb.connect(str(path)) as connection:
         return run_meter_event_sync(
             spec,
             model=MODEL,
             store=SyncStateStore(DuckDBWarehouse(connection)),
-            api=lambda: endpoint(api_key, url, limits, ("stripe_customer_id", "value")),
+            api=lambda: endpoint(api_key, url, limits, payload_keys),
             account_of=lambda: ACCOUNT,
             customers=CustomerSource(),
             run_id=run_id,
@@ -110,6 +118,6 @@ def ledger_counts(path: Path) -> dict[str, int]:
 if __name__ == "__main__":
     warehouse, url, api, run_id = sys.argv[1:5]
     # A few requests in flight, so that a test can kill the run while it is sending.
-    slow = MeterLimits(v1_requests_per_second=100_000, stream_requests_per_second=100_000, concurrency=4)
+    slow = replace(UNLIMITED, concurrency=4)
     report = run_usage_sync(Path(warehouse), url, meter_spec(api, partitioned=False), run_id, limits=slow)
     print(report.counts())

@@ -6,12 +6,13 @@
 Your STRIPE_API_KEY is used as given: with STRIPE_API_BASE unset, the demo talks to Stripe itself
 (a live key is refused unless the stripe resource allows live mode). With no key at all, two local
 Stripe servers are started for the duration, with a demo key, and stopped after: localstripe for
-the customers, and the project's Stripe test double for the catalog (products and prices), since
-localstripe has no Prices. Their data is kept in data/ between runs, like the syncs' state in the
-warehouse, so the two always agree: a second `make demo` creates and updates no customer. If a
-server's saved data is gone, the state of the syncs it serves is reset with it, on purpose and said
-out loud. Once the catalog is in the local Stripe, the demo raises one price (pro_monthly_usd,
-10.00 → 12.00 USD), so its second run shows a new version of a price, and says so.
+the customers, and the project's Stripe test double for the catalog (products and prices) and the
+Billing meters and usage, since localstripe has none of them; the demo creates its meters there.
+Their data is kept in data/ between runs, like the syncs' state in the warehouse, so the two
+always agree: a second `make demo` creates and updates no customer. If a server's saved data is
+gone, the state of the syncs it serves is reset with it, on purpose and said out loud. Once the
+catalog is in the local Stripe, the demo raises one price (pro_monthly_usd, 10.00 → 12.00 USD), so
+its second run shows a new version of a price, and says so.
 """
 
 from __future__ import annotations
@@ -174,11 +175,39 @@ def demo_environment() -> Iterator[dict[str, str]]:
         f"test double at {catalog.url}, as localstripe has neither; its data is kept in {LOCAL_CATALOG_DATA}"
     )
     with server, catalog:
+        create_meters(catalog.url)
         yield env | {
             "STRIPE_API_BASE": server.url,
             "STRIPE_API_KEY": DEMO_API_KEY,
             "STRIPE_CATALOG_API_BASE": catalog.url,
+            "STRIPE_BILLING_API_BASE": catalog.url,
         }
+
+
+def create_meters(billing_url: str) -> None:
+    """The meters the usage syncs send to, in the local double, as you would create them in Stripe's
+    Dashboard: a usage sync stops before sending to an event name without one."""
+    import stripe
+
+    from census_stripe.spec import MeterEventSpec, load_sync_spec
+
+    meters = stripe.StripeClient(DEMO_API_KEY, base_addresses={"api": billing_url}).v1.billing.meters
+    active = {meter.event_name for meter in meters.list(params={"status": "active", "limit": 100}).auto_paging_iter()}
+    specs = [load_sync_spec(path) for path in sorted(DEFS_DIR.glob("*/defs.yaml"))]
+    for spec in (spec for spec in specs if isinstance(spec, MeterEventSpec)):
+        event_name = spec.meter_event.event_name
+        if event_name is None or event_name in active:
+            continue
+        meters.create(
+            params={
+                "display_name": event_name.replace("_", " ").capitalize(),
+                "event_name": event_name,
+                "default_aggregation": {"formula": "sum"},
+                "customer_mapping": {"type": "by_id", "event_payload_key": spec.meter_event.customer_payload_key},
+                "value_settings": {"event_payload_key": spec.meter_event.value_payload_key},
+            }
+        )
+        print(f"Created the Stripe meter {event_name!r} in the local Stripe double, for the usage sync {spec.name!r}.")
 
 
 def raise_a_price_once_the_catalog_is_in_stripe(env: Mapping[str, str]) -> bool:
@@ -286,7 +315,7 @@ def _print_failure(dagster_home: str, started: datetime) -> None:
     from census_stripe.demo.report import failure_report
 
     with dg.DagsterInstance.from_config(dagster_home) as instance:
-        print("\n".join(failure_report(instance, JOB, started)))
+        print("\n".join(failure_report(instance, started)))
     print(f"The run's full log: {DATA_DIR / 'demo.log'}")
 
 

@@ -40,10 +40,19 @@ def describe_warehouse(warehouse: WarehouseResource) -> str:
     return type(warehouse).__name__
 
 
-def latest_run(instance: dg.DagsterInstance, job_name: str, since: datetime) -> dg.DagsterRun | None:
-    """The job's newest run created since then; an older one is not this attempt's."""
-    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, created_after=since), limit=1)
+def failed_run(instance: dg.DagsterInstance, since: datetime) -> dg.DagsterRun | None:
+    """The newest run created since then that failed: the job's, or a usage sync's that followed it;
+    an older one is not this attempt's."""
+    failed = dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], created_after=since)
+    runs = instance.get_runs(filters=failed, limit=1)
     return runs[0] if runs else None
+
+
+def run_name(run: dg.DagsterRun) -> str:
+    """The job, or for a `dagster asset materialize` (an implicit job) the assets it materialized."""
+    if run.job_name.startswith("__") and run.asset_selection:
+        return ", ".join(sorted(key.to_user_string() for key in run.asset_selection))
+    return run.job_name
 
 
 def _event_data(entry: EventLogEntry) -> object:
@@ -64,6 +73,9 @@ def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[str]:
 def first_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
     for entry in instance.all_logs(run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}):
         error = getattr(_event_data(entry), "error", None)  # a step's failure, or the run's
+        # An exception the sync raised comes wrapped in Dagster's: say the sync's own.
+        while error is not None and error.cls_name == "DagsterExecutionStepExecutionError" and error.cause:
+            error = error.cause
         if error is not None:
             return f"{entry.step_key or 'run'}: {error.message.strip()}"
     return None
@@ -99,12 +111,12 @@ def failing_rows(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     return lines
 
 
-def failure_report(instance: dg.DagsterInstance, job_name: str, since: datetime) -> list[str]:
-    """The job's run since then, which failed: what a person needs to see first, in plain text."""
-    run = latest_run(instance, job_name, since)
+def failure_report(instance: dg.DagsterInstance, since: datetime) -> list[str]:
+    """The run since then that failed: what a person needs to see first, in plain text."""
+    run = failed_run(instance, since)
     if run is None:
         return ["The job did not start (its definitions did not load)."]
-    lines = [f"Run {run.run_id} of {job_name!r} failed."]
+    lines = [f"Run {run.run_id} of {run_name(run)!r} failed."]
     checks = failed_checks(instance, run.run_id)
     if checks:
         lines += ["Failed checks:", *(f"  - {check}" for check in checks)]

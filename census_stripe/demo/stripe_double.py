@@ -18,12 +18,19 @@ It is an HTTP server, run as its own process, modelled on Stripe's documented be
   `parameter_unknown`, as Stripe answers. A lookup key belongs to one price of the account; taking
   it from another needs `transfer_lookup_key=true`. `tax_behavior` may be set once. Prices are
   never deleted; an archived (`active: false`) price is still retrieved and listed.
-- Meter events (usage), on the double's clock, `time.time() + clock_offset_seconds`:
+- Billing meters: `POST /v1/billing/meters` (`display_name`, `event_name`, `default_aggregation[formula]`
+  sum, count or last; `customer_mapping[event_payload_key]`, default `stripe_customer_id`, with
+  `customer_mapping[type]=by_id`; `value_settings[event_payload_key]`, default `value`), retrieve, list
+  (newest first, `status` filter), `POST .../{id}/deactivate` and `.../{id}/reactivate`. An event name
+  belongs to one active meter: a second is a 400 on `event_name`.
+- Meter events (usage), on the double's clock, `time.time() + clock_offset_seconds`, each judged by
+  the active meter of its `event_name`:
   - `POST /v1/billing/meter_events` (form): `event_name` and `identifier` (1 to 100 characters; an
-    identifier is made up when none is sent), `payload` (holding the meter's customer and value keys,
-    `meter_payload_keys`), `timestamp` (seconds; default now). Refused with a 400: a bad shape, a
-    timestamp more than 35 days back or 5 minutes ahead (param `timestamp`), a payload without the keys
-    (`parameter_missing`), an identifier counted within the last 24 hours (`resource_already_exists`).
+    identifier is made up when none is sent), `payload` (holding its meter's customer and value keys),
+    `timestamp` (seconds; default now). Refused with a 400: a bad shape, no active meter for the event
+    name (param `event_name`), a timestamp more than 35 days back or 5 minutes ahead (param
+    `timestamp`), a payload without the meter's keys (`parameter_missing`), an identifier counted
+    within the last 24 hours (`resource_already_exists`).
     A day later the same identifier is counted again, as Stripe does: `counted_more_than_once` shows it.
     An unknown customer, or a value that is no decimal number, is answered 200 and goes to the error
     report, uncounted, as Stripe judges those after answering.
@@ -35,7 +42,8 @@ It is an HTTP server, run as its own process, modelled on Stripe's documented be
     checked. An unknown or expired token is v2's 401 `temporary_session_expired` /
     `billing_meter_event_session_expired` (the SDK raises `stripe.TemporarySessionExpiredError`).
     The events are judged after the reply, as v1 judges its: the refused ones go to the error report
-    (with Stripe's codes: `timestamp_too_far_in_past`, `meter_event_customer_not_found`, ...), an
+    (with Stripe's codes: `no_meter`, `archived_meter` for a deactivated one, `timestamp_too_far_in_past`,
+    `meter_event_customer_not_found`, ...), an
     identifier counted within the day is dropped without a word (stats `meter_event_duplicates`).
     The thread that answered judges one waiting batch right after its answer: a client that sends
     faster than the double judges is slowed down rather than the backlog growing.
@@ -44,8 +52,9 @@ It is an HTTP server, run as its own process, modelled on Stripe's documented be
 - Rate limits: token buckets per endpoint (`create`, `update`, `list`, `retrieve`, `delete` for
   customers; `product_create`, `price_update`, `meter_event_adjustment_create` and so on) and one for
   the account; a request over either gets a 429 *before* the idempotency layer sees it. As at Stripe,
-  v1 meter events (`meter_event_rate`) and the stream (`meter_event_stream_rate`) have limits of their
-  own, apart from the account's; a session takes the account's.
+  v1 meter events sent with a live-mode key (`meter_event_rate`) and the stream (`meter_event_stream_rate`)
+  have limits of their own, apart from the account's; v1 meter events sent with a test-mode key take the
+  account's bucket instead, and so does a session.
 - Idempotency: the first response to an `Idempotency-Key` is stored (400s and 500s included) and
   replayed for the same key, with the header `Idempotent-Replayed: true`, for 24 hours on the
   double's clock (as Stripe prunes keys after 24 hours; tests move the clock with `advance_clock`);
@@ -170,6 +179,16 @@ METER_ENDPOINTS = {
     "v2/billing/meter_event_session": "meter_event_session",
     "v2/billing/meter_event_stream": "meter_event_stream",
 }
+METERS = ("v1", "billing", "meters")
+# A billing meter's endpoints, by method and what follows /v1/billing/meters: (), (id,) or (id, action).
+METER_ACTIONS = {
+    ("POST", 0): "meter_create",
+    ("GET", 0): "meter_list",
+    ("GET", 1): "meter_retrieve",
+    ("POST", "deactivate"): "meter_deactivate",
+    ("POST", "reactivate"): "meter_reactivate",
+}
+METER_FORMULAS = ("count", "last", "sum")
 METER_EVENT_FIELDS = frozenset(("event_name", "payload", "identifier", "timestamp"))
 METER_EVENT_REQUIRED = frozenset(("event_name", "payload"))
 MAX_METER_TEXT = 100  # characters of an event_name or identifier
@@ -178,6 +197,7 @@ DAY = 24 * 3600  # an identifier is unique, and its event cancellable, for a rol
 MAX_EVENT_AGE = 35 * DAY
 MAX_EVENT_LEAD = 300  # seconds an event's timestamp may be ahead of Stripe's clock
 MAX_REPORTED_ERRORS = 1000
+LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
 DECIMAL = re.compile(r"-?\d+(\.\d+)?")
 
 
@@ -197,9 +217,9 @@ class DoubleConfig:
     # The demo's customers live in localstripe, its meter events here: any cus_ id is then a customer.
     meter_customers_elsewhere: bool = False
     clock_offset_seconds: float = 0.0  # added to the real clock for meter events: tests jump a day ahead with it
-    # The meter's customer key, then its value key, in each event's payload.
-    meter_payload_keys: list[str] = field(default_factory=lambda: ["stripe_customer_id", "value"])
-    meter_event_rate: float = 0.0  # requests/s to the v1 meter events, a limit apart from the account's; 0 = unlimited
+    # requests/s to the v1 meter events of live-mode keys, a limit apart from the account's; 0 = unlimited.
+    # Test-mode keys' v1 meter events take the account's bucket, as at Stripe.
+    meter_event_rate: float = 0.0
     meter_event_stream_rate: float = 0.0  # requests/s to the v2 meter event stream; 0 = unlimited
     session_ttl_seconds: float = 900.0  # a meter event session's lifetime
 
@@ -243,6 +263,11 @@ def object_target(method: str, parts: list[str]) -> tuple[str, str | None, str |
     return parts[1], object_id, ACTION_BY_METHOD.get((method, object_id is not None))
 
 
+def meter_action(method: str, rest: list[str]) -> str | None:
+    """The billing meter endpoint of a request, by what follows /v1/billing/meters; None for none."""
+    return METER_ACTIONS.get((method, rest[1] if len(rest) == 2 else len(rest)))
+
+
 def endpoint_of(method: str, path: str) -> str | None:
     """The endpoint a request is for, named as its stats and token bucket are (`account` for
     `GET /v1/account`); None for a request no endpoint takes."""
@@ -251,6 +276,8 @@ def endpoint_of(method: str, path: str) -> str | None:
         return "account"
     if "/".join(parts) in METER_ENDPOINTS:
         return METER_ENDPOINTS["/".join(parts)]
+    if tuple(parts[:3]) == METERS:
+        return meter_action(method, parts[3:])
     target = object_target(method, parts)
     if target is None or target[2] is None:
         return None
@@ -584,8 +611,24 @@ class Refusal(NamedTuple):
         return ApiError(400, self.message, code=self.code, param=self.param)
 
 
-def refusal_on_receipt(event: MeterEvent, now: float, payload_keys: list[str]) -> Refusal | None:
-    """What Stripe's v1 answers with a 400: a timestamp out of its window, a payload without the meter's keys."""
+def refusal_on_receipt(event: MeterEvent, now: float, meter: dict | None) -> Refusal | None:
+    """What Stripe's v1 answers with a 400: no active meter for the event's name (`meter`, the event
+    name's active meter or else its last deactivated one), a timestamp out of its window, a payload
+    without the meter's keys."""
+    if meter is None:
+        return Refusal(
+            "no_meter",
+            f"No active meter has the event name '{event.event_name}': create one (POST /v1/billing/meters).",
+            "event_name",
+            "resource_missing",
+        )
+    if meter["status"] != "active":
+        return Refusal(
+            "archived_meter",
+            f"The meter {meter['id']} of the event name '{event.event_name}' is deactivated and accepts no events.",
+            "event_name",
+            "resource_missing",
+        )
     if event.timestamp < now - MAX_EVENT_AGE:
         return Refusal(
             "timestamp_too_far_in_past",
@@ -600,12 +643,17 @@ def refusal_on_receipt(event: MeterEvent, now: float, payload_keys: list[str]) -
             f"{int(now + MAX_EVENT_LEAD)}.",
             "timestamp",
         )
-    customer_key, value_key = payload_keys
+    customer_key, value_key = payload_keys(meter)
     if customer_key not in event.payload:
         return missing_from_payload(customer_key, "meter_event_no_customer_defined")
     if value_key not in event.payload:
         return missing_from_payload(value_key, "meter_event_value_not_found")
     return None
+
+
+def payload_keys(meter: dict) -> tuple[str, str]:
+    """The keys of an event's payload its meter reads: the customer's, then the value's."""
+    return meter["customer_mapping"]["event_payload_key"], meter["value_settings"]["event_payload_key"]
 
 
 def missing_from_payload(key: str, reason: str) -> Refusal:
@@ -811,7 +859,10 @@ class StripeDouble:
         self.random = random.Random(config.seed)
         self.account_bucket = TokenBucket(config.account_rate)
         self.endpoint_buckets = {
-            **{name: TokenBucket(config.endpoint_rate) for name in (*ENDPOINTS, "meter_event_adjustment_create")},
+            **{
+                name: TokenBucket(config.endpoint_rate)
+                for name in (*ENDPOINTS, *METER_ACTIONS.values(), "meter_event_adjustment_create")
+            },
             "meter_event_create": TokenBucket(config.meter_event_rate),
             "meter_event_stream": TokenBucket(config.meter_event_stream_rate),
         }
@@ -831,6 +882,9 @@ class StripeDouble:
             self.products = Collection("product", "/v1/products")
             self.prices = Collection("price", "/v1/prices")
             self.lookup_keys: dict[str, str] = {}  # lookup key -> the price holding it
+            self.meters = Collection("billing meter", "/v1/billing/meters")
+            # event name -> its active meter, or else the last one deactivated: each event is judged by it
+            self.meter_by_event_name: dict[str, dict] = {}
             # Idempotency-Key -> (fingerprint, status, body as JSON, stored at on the double's clock), kept as
             # strings: a usage push keeps millions.
             self.idempotent: dict[str, tuple[str, int, str, float]] = {}
@@ -1162,12 +1216,95 @@ class StripeDouble:
             ids = [id_ for id_ in ids if self.prices.objects[id_]["active"] == active]
         return self.prices.page(query, ids)
 
+    # -- billing meters --------------------------------------------------------------------
+
+    def _new_meter(self, params: dict) -> dict:
+        refuse_unknown(
+            params, ("display_name", "event_name", "default_aggregation", "customer_mapping", "value_settings")
+        )
+        required(params, ("display_name", "event_name", "default_aggregation"))
+        aggregation = params["default_aggregation"]
+        if not isinstance(aggregation, dict) or "formula" not in aggregation:
+            raise ApiError(
+                400,
+                "Missing required param: default_aggregation[formula].",
+                code="parameter_missing",
+                param="default_aggregation[formula]",
+            )
+        formula = choice(aggregation["formula"], "default_aggregation[formula]", METER_FORMULAS)
+        event_name = short_text(params["event_name"], "", "event_name")
+        taken = self.meter_by_event_name.get(event_name)
+        if taken and taken["status"] == "active":
+            raise ApiError(
+                400,
+                f"An active meter ({taken['id']}) already has the event name '{event_name}'.",
+                param="event_name",
+            )
+        customer_mapping = params.get("customer_mapping") or {"type": "by_id"}
+        if not isinstance(customer_mapping, dict) or customer_mapping.get("type") != "by_id":
+            raise ApiError(
+                400, "Invalid customer_mapping[type]: must be by_id", code="parameter_invalid", param="customer_mapping"
+            )
+        value_settings = params.get("value_settings") or {}
+        if not isinstance(value_settings, dict):
+            raise ApiError(400, "Invalid object: value_settings", code="parameter_invalid", param="value_settings")
+        now = self._tick()
+        meter = {
+            "id": "mtr_" + secrets.token_hex(12),
+            "object": "billing.meter",
+            "created": now,
+            "customer_mapping": {
+                "event_payload_key": customer_mapping.get("event_payload_key", "stripe_customer_id"),
+                "type": "by_id",
+            },
+            "default_aggregation": {"formula": formula},
+            "display_name": params["display_name"],
+            "event_name": event_name,
+            "event_time_window": None,
+            "livemode": False,
+            "status": "active",
+            "status_transitions": {"deactivated_at": None},
+            "updated": now,
+            "value_settings": {"event_payload_key": value_settings.get("event_payload_key", "value")},
+        }
+        self.meter_by_event_name[event_name] = meter
+        return self.meters.add(meter)
+
+    def _set_meter_status(self, meter: dict, active: bool) -> dict:
+        """Deactivated, a meter accepts no more events; reactivated, it takes its event name back."""
+        wanted = "active" if active else "inactive"
+        if meter["status"] == wanted:
+            raise ApiError(400, f"The meter {meter['id']} is already {wanted}.", param="id")
+        holder = self.meter_by_event_name.get(meter["event_name"])
+        if active and holder is not None and holder["status"] == "active":
+            raise ApiError(400, f"An active meter ({holder['id']}) already has the event name '{meter['event_name']}'.")
+        now = self._tick()
+        meter.update(status=wanted, updated=now, status_transitions={"deactivated_at": None if active else now})
+        self.meter_by_event_name[meter["event_name"]] = meter
+        return meter
+
+    def _meter_endpoint(self, action: str, meter_id: str | None, query: dict, params: dict) -> dict:
+        if action == "meter_create":
+            return self._new_meter(params)
+        if action == "meter_list":
+            ids = self.meters.order
+            if "status" in query:
+                status = choice(query["status"], "status", ("active", "inactive"))
+                ids = [id_ for id_ in ids if self.meters.objects[id_]["status"] == status]
+            return self.meters.page(query, ids)
+        meter = self.meters.get(meter_id)
+        if action == "meter_retrieve":
+            return meter
+        refuse_unknown(params, ())
+        return self._set_meter_status(meter, active=action == "meter_reactivate")
+
     # -- meter events ----------------------------------------------------------------------
 
     def _create_meter_event(self, params: dict) -> dict:
         now = self.now()
         event = meter_event(params, "", now, partial(as_count, minimum=0))
-        refusal = refusal_on_receipt(event, now, self.config.meter_payload_keys)
+        meter = self.meter_by_event_name.get(event.event_name)
+        refusal = refusal_on_receipt(event, now, meter)
         if refusal:
             raise refusal.error()
         if self.meter_events.recently_counted(event.identifier, now):
@@ -1177,7 +1314,8 @@ class StripeDouble:
                 code="resource_already_exists",
                 param="identifier",
             )
-        self._count(event, now)  # whatever it finds, the request was accepted
+        assert meter is not None, "refused otherwise"
+        self._count(event, now, meter)  # whatever it finds, the request was accepted
         return {
             "object": "billing.meter_event",
             "created": int(now),
@@ -1188,9 +1326,9 @@ class StripeDouble:
             "timestamp": int(event.timestamp),
         }
 
-    def _count(self, event: MeterEvent, now: float) -> None:
+    def _count(self, event: MeterEvent, now: float, meter: dict) -> None:
         """What Stripe checks after accepting an event: its customer exists and its value is a number."""
-        customer_key, value_key = self.config.meter_payload_keys
+        customer_key, value_key = payload_keys(meter)
         customer, value = event.payload[customer_key], event.payload[value_key]
         known = customer in self.customers.objects or (
             self.config.meter_customers_elsewhere and customer.startswith("cus_")
@@ -1267,13 +1405,15 @@ class StripeDouble:
         received_at, batch = received
         with self.lock:
             for event in batch:
-                refusal = refusal_on_receipt(event, received_at, self.config.meter_payload_keys)
+                meter = self.meter_by_event_name.get(event.event_name)
+                refusal = refusal_on_receipt(event, received_at, meter)
                 if refusal:
                     self.meter_events.refuse(event, refusal.reason)
                 elif self.meter_events.recently_counted(event.identifier, received_at):
                     self.stats["meter_event_duplicates"] += 1  # dropped without a word, as Stripe does
                 else:
-                    self._count(event, received_at)
+                    assert meter is not None, "refused otherwise"
+                    self._count(event, received_at, meter)
 
     def meter_summary(self) -> dict:
         self.streamed.settle()
@@ -1291,7 +1431,7 @@ class StripeDouble:
             self.stats[key_stat(self.session_keys.get(key, key))] += 1
         if parts == ["v1", "account"] and method == "GET":
             return 200, {"id": self.config.account_id, "object": "account"}, {}
-        route = self._route(method, path, parts, query, params)
+        route = self._route(method, path, parts, query, params, key)
         self._authenticate(route, key)
         email = params.get("email") if route.resource == "customers" else None
         if route.write and email and self.config.invalid_emails and re.search(self.config.invalid_emails, email):
@@ -1343,10 +1483,12 @@ class StripeDouble:
             return 500, ApiError(500, "An unknown error occurred (lost response)", type_="api_error").body, {}
         return status, json.loads(body), {}
 
-    def _route(self, method: str, path: str, parts: list[str], query: dict, params: dict) -> Route:
+    def _route(self, method: str, path: str, parts: list[str], query: dict, params: dict, key: str) -> Route:
         meter_endpoint = METER_ENDPOINTS.get("/".join(parts))
         if meter_endpoint:
-            return self._meter_route(method, meter_endpoint, params)
+            return self._meter_route(method, meter_endpoint, params, key)
+        if tuple(parts[:3]) == METERS:
+            return self._billing_meter_route(method, path, parts[3:], query, params)
         target = object_target(method, parts)
         if target is None:
             raise ApiError(404, f"Unrecognized request URL ({method}: {path})")
@@ -1368,14 +1510,31 @@ class StripeDouble:
             object_id=object_id,
         )
 
-    def _meter_route(self, method: str, endpoint: str, params: dict) -> Route:
-        """Meter events and the stream have rate limits of their own, not the account's. The stream and
-        its sessions store no idempotent responses: a stream's events carry their identifiers instead."""
+    def _billing_meter_route(self, method: str, path: str, rest: list[str], query: dict, params: dict) -> Route:
+        action = meter_action(method, rest)
+        if action is None:
+            raise ApiError(404, f"Unrecognized request URL ({method}: {path})")
+        meter_id = rest[0] if rest else None
+        return Route(
+            action,
+            partial(self._meter_endpoint, action, meter_id, query, params),
+            (self.account_bucket, self.endpoint_buckets[action]),
+            write=method == "POST",
+            resource="meters",
+            object_id=meter_id,
+        )
+
+    def _meter_route(self, method: str, endpoint: str, params: dict, key: str) -> Route:
+        """The stream, and v1 meter events sent with a live-mode key, have rate limits of their own, not
+        the account's; v1 meter events sent with a test-mode key count against the account's, as at Stripe.
+        The stream and its sessions store no idempotent responses: a stream's events carry their
+        identifiers instead."""
         if method != "POST":
             raise ApiError(405, "Method not allowed")
         own = self.endpoint_buckets
+        v1_bucket = own["meter_event_create"] if key.startswith(LIVE_KEY_PREFIXES) else self.account_bucket
         serve, buckets, idempotent = {
-            "meter_event_create": (self._create_meter_event, (own["meter_event_create"],), True),
+            "meter_event_create": (self._create_meter_event, (v1_bucket,), True),
             "meter_event_adjustment_create": (
                 self._adjust_meter_event,
                 (self.account_bucket, own["meter_event_adjustment_create"]),
@@ -1443,6 +1602,7 @@ class StripeDouble:
                             "deleted": sorted(self.deleted),
                             "products": self.products.snapshot(),
                             "prices": self.prices.snapshot(),
+                            "meters": self.meters.snapshot(),
                             "idempotent": self.idempotent,
                             "clock": self.clock,
                         }
@@ -1462,6 +1622,9 @@ class StripeDouble:
             self.products.restore(saved["products"])
             self.prices.restore(saved["prices"])
             self.lookup_keys = {p["lookup_key"]: p["id"] for p in self.prices.objects.values() if p["lookup_key"]}
+            self.meters.restore(saved.get("meters", []))  # files saved before meters have none
+            for meter in sorted(self.meters.objects.values(), key=lambda meter: meter["status"] == "active"):
+                self.meter_by_event_name[meter["event_name"]] = meter
             now = self.now()
             self.idempotent = {key: compact_response(*entry, now=now) for key, entry in saved["idempotent"].items()}
             self.clock = saved["clock"]

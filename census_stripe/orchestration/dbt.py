@@ -4,8 +4,6 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,6 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 
 from census_stripe.orchestration.dbt_project import WAREHOUSE, dbt_project
 from census_stripe.settings import duckdb_path
-from census_stripe.warehouse.base import Relation
 
 WAREHOUSE_GROUP = "warehouse"
 
@@ -69,37 +66,3 @@ def daily_partitioned_models(context: dg.AssetExecutionContext, dbt: DbtCliResou
     window = context.partition_time_window
     dates = {"min_date": window.start.strftime("%Y-%m-%d"), "max_date": window.end.strftime("%Y-%m-%d")}
     yield from dbt.cli(["build", "--vars", json.dumps(dates)], context=context).stream()
-
-
-@dataclass(frozen=True)
-class DbtModel:
-    """What a sync needs to know about its source model, from the manifest alone."""
-
-    name: str
-    asset_key: dg.AssetKey
-    relation: Relation
-    columns: tuple[str, ...]
-    description: str
-
-
-@cache
-def _manifest(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def find_model(name: str, manifest_path: Path = dbt_project.manifest_path) -> DbtModel | None:
-    """The model as the manifest names it, for the target the manifest was parsed for."""
-    for node in _manifest(manifest_path)["nodes"].values():
-        if node["resource_type"] == "model" and node["name"] == name:
-            return DbtModel(
-                name=name,
-                asset_key=Translator().get_asset_key(node),
-                relation=Relation(node["schema"], node.get("alias") or name),
-                columns=tuple(node["columns"]),
-                description=node.get("description", ""),
-            )
-    return None
-
-
-def model_names(manifest_path: Path = dbt_project.manifest_path) -> list[str]:
-    return sorted(n["name"] for n in _manifest(manifest_path)["nodes"].values() if n["resource_type"] == "model")

@@ -83,6 +83,7 @@ def headline(report: MeterEventReport) -> str:
     else:
         did = f"Sent {counts['accepted']} of {planned} meter events"
     facts = [
+        "a real run would stop before sending: no meter bills them (meter_check)" if report.meter_problems else None,
         f"{counts['rows_read']} usage rows read",
         f"{counts['already_sent']} already sent",
         f"{counts['rejected']} rejected before any call" if counts["rejected"] else None,
@@ -127,6 +128,8 @@ ATTENTION = {
 
 def meter_event_metadata(report: MeterEventReport) -> dict[str, dg.MetadataValue]:
     metadata: dict[str, dg.MetadataValue] = {"summary": dg.MetadataValue.md(headline(report))}
+    if report.meter_problems:  # only a dry run gets here with them: a real run stops
+        metadata["meter_check"] = dg.MetadataValue.md("\n".join(f"- {problem}" for problem in report.meter_problems))
     if report.rejected_sample:
         metadata["rejected_rows"] = _event_rows(report.rejected_sample, REJECTIONS)
     if report.attention_sample:
@@ -171,6 +174,7 @@ def build_meter_event_asset(meter_sync: MeterEventSync, warehouse_kind: str) -> 
         kinds={"stripe", warehouse_kind},
         description=meter_event_description(spec, sync.model.name),
         metadata={SYNC_FILE_METADATA: dg.MetadataValue.path(shown_path(sync.path)), "object": spec.object},
+        output_required=False,  # a dry run records an observation, not a materialization
         required_resource_keys={
             spec.stripe_resource,
             WAREHOUSE_RESOURCE,

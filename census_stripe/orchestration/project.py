@@ -15,6 +15,10 @@ from census_stripe.orchestration.warehouses import warehouse_from_env
 from census_stripe.spec import COMPONENT_TYPE, SyncConfigError
 
 YAML_SUFFIXES = (".yaml", ".yml")
+# Set to `true` in a deployment's environment only: the same definitions then refuse live keys on a
+# developer's machine, where the variable is unset.
+ALLOW_LIVE_MODE = "CENSUS_STRIPE_ALLOW_LIVE_MODE"
+BILLING_API_BASE = "STRIPE_BILLING_API_BASE"
 
 
 def sync_resources() -> dict[str, dg.ConfigurableResource]:
@@ -24,21 +28,37 @@ def sync_resources() -> dict[str, dg.ConfigurableResource]:
     client at another server; CENSUS_STRIPE_WAREHOUSE and its variables pick the warehouse.
     `stripe_catalog` is the Stripe the product and price syncs name: the same as `stripe`, unless
     STRIPE_CATALOG_API_BASE gives it a server of its own (the demo's, as localstripe has no Prices).
+    Live keys are refused unless CENSUS_STRIPE_ALLOW_LIVE_MODE is `true`.
+    STRIPE_BILLING_API_BASE sends both resources' Billing meters and meter events to another server
+    (the demo's, as localstripe has no Billing).
     """
+    allow_live_mode = live_mode_allowed()
     return {
-        "stripe": stripe_resource("STRIPE_API_BASE"),
+        "stripe": stripe_resource("STRIPE_API_BASE", allow_live_mode),
         "stripe_catalog": stripe_resource(
-            "STRIPE_CATALOG_API_BASE" if os.environ.get("STRIPE_CATALOG_API_BASE") else "STRIPE_API_BASE"
+            "STRIPE_CATALOG_API_BASE" if os.environ.get("STRIPE_CATALOG_API_BASE") else "STRIPE_API_BASE",
+            allow_live_mode,
         ),
         "warehouse": warehouse_from_env(),
     }
 
 
-def stripe_resource(api_base_variable: str) -> StripeResource:
+def live_mode_allowed() -> bool:
+    """CENSUS_STRIPE_ALLOW_LIVE_MODE: `true` or `false` (the default, when unset); anything else is refused,
+    so that a typo never decides about live mode."""
+    value = os.environ.get(ALLOW_LIVE_MODE, "false").strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"{ALLOW_LIVE_MODE}={value!r}: use true (live keys allowed) or false")
+    return value == "true"
+
+
+def stripe_resource(api_base_variable: str, allow_live_mode: bool) -> StripeResource:
     """The account of STRIPE_API_KEY, at the server named by this variable, or Stripe when it is unset."""
     return StripeResource(
         api_key=dg.EnvVar("STRIPE_API_KEY"),
         api_base=dg.EnvVar(api_base_variable) if os.environ.get(api_base_variable) else None,
+        allow_live_mode=allow_live_mode,
+        billing_api_base=dg.EnvVar(BILLING_API_BASE) if os.environ.get(BILLING_API_BASE) else None,
     )
 
 

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 
 LIVE_KEY_REFUSED = (
-    "STRIPE_API_KEY is a live-mode key; set allow_live_mode on the stripe resource to sync to live Stripe"
+    "STRIPE_API_KEY is a live-mode key; set allow_live_mode on the stripe resource to sync to live Stripe "
+    "(sync_resources() sets it from CENSUS_STRIPE_ALLOW_LIVE_MODE=true)"
 )
 
 
@@ -28,10 +29,15 @@ class StripeResource(dg.ConfigurableResource):
 
     api_key: str = Field(
         description="Secret (sk_...) or restricted (rk_...) key with write access to what the syncs write "
-        "(Customers, Products, Prices)."
+        "(Customers, Products, Prices, meter events; and read access to Billing meters for usage syncs)."
     )
     api_base: str | None = Field(
         default=None, description="Another API server, e.g. a local emulator; Stripe itself when unset."
+    )
+    billing_api_base: str | None = Field(
+        default=None,
+        description="Another server for the account's Billing meters and meter events, e.g. the demo's Stripe "
+        "double beside a customer emulator without them; `api_base` (Stripe's hosts) when unset.",
     )
     allow_live_mode: bool = Field(
         default=False, description="Live keys (sk_live_, rk_live_) are refused unless this is true."
@@ -50,7 +56,9 @@ class StripeResource(dg.ConfigurableResource):
     )
     concurrency: int = Field(default=16, ge=1, description="Stripe requests in flight at once.")
     meter_event_requests_per_second: float = Field(
-        default=1000, description="Rate limit of v1 meter events (Stripe's own limit, apart from the account's)."
+        default=1000,
+        description="Rate limit of v1 meter events in live mode (Stripe's own, apart from the account's); in test "
+        "mode they count against the account's limit.",
     )
     meter_event_stream_requests_per_second: float = Field(
         default=10000, description="Rate limit of meter event stream requests, each up to 100 events."
@@ -59,15 +67,25 @@ class StripeResource(dg.ConfigurableResource):
 
     def objects(self, object_type: StripeObjectType | None = None) -> StripeObjects:
         """The endpoints of one object type (customers by default), within the account's budget."""
-        # A malformed key is named as such before anything reads its mode. Not a pydantic
-        # validator: pydantic's errors quote the value they refuse.
-        from census_stripe.objects import CUSTOMER, OBJECT_TYPES
+        from census_stripe.objects import CUSTOMER
         from census_stripe.stripe_client.client import StripeObjects  # the SDK, imported when a run calls Stripe
 
+        self._check_key()
+        budget = shared_budget(self.api_key, self.api_base, self._rate_limits())
+        return StripeObjects(self.api_key, self.api_base, budget, object_type=object_type or CUSTOMER)
+
+    def _check_key(self) -> None:
+        # A malformed key is named as such before anything reads its mode. Not a pydantic
+        # validator: pydantic's errors quote the value they refuse.
         check_api_key(self.api_key)
         if is_live_key(self.api_key) and not self.allow_live_mode:
             raise StripeAccessError(LIVE_KEY_REFUSED)
-        limits = RateLimits(
+
+    def _rate_limits(self) -> RateLimits:
+        """The account's limits, as every sync through this resource shares them (one budget per limits)."""
+        from census_stripe.objects import OBJECT_TYPES
+
+        return RateLimits(
             account=self.account_requests_per_second,
             endpoints=tuple(
                 (each.endpoint(verb), rate)
@@ -79,25 +97,25 @@ class StripeResource(dg.ConfigurableResource):
             ),
             headroom=self.headroom,
         )
-        budget = shared_budget(self.api_key, self.api_base, limits)
-        return StripeObjects(self.api_key, self.api_base, budget, object_type=object_type or CUSTOMER)
 
     def meter_events(self, settings: MeterEventSettings) -> MeterEventApi:
         """The endpoint a meter event sync sends through; made inside the run's event loop."""
         from census_stripe.stripe_client.meter_events import MeterEventStream, V1MeterEvents
         from census_stripe.stripe_client.meter_types import MeterLimits
 
-        check_api_key(self.api_key)
-        if is_live_key(self.api_key) and not self.allow_live_mode:
-            raise StripeAccessError(LIVE_KEY_REFUSED)
+        self._check_key()
         limits = MeterLimits(
             v1_requests_per_second=self.meter_event_requests_per_second,
             stream_requests_per_second=self.meter_event_stream_requests_per_second,
             concurrency=self.meter_event_concurrency,
+            account=self._rate_limits(),
         )
         endpoint = MeterEventStream if settings.api == "stream" else V1MeterEvents
         return endpoint(
-            self.api_key, self.api_base, limits, (settings.customer_payload_key, settings.value_payload_key)
+            self.api_key,
+            self.billing_api_base or self.api_base,
+            limits,
+            (settings.customer_payload_key, settings.value_payload_key),
         )
 
     def dashboard_url(self, stripe_id: str, plural: str = "customers") -> str | None:

@@ -18,14 +18,13 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from census_stripe.orchestration.dbt import DbtModel, find_model, model_names
-from census_stripe.orchestration.dbt_project import dbt_project
+from census_stripe.orchestration.dbt_models import DbtModel, find_model, model_names
 from census_stripe.orchestration.metadata import report_metadata
 from census_stripe.orchestration.resources import StripeResource
 from census_stripe.orchestration.warehouses import WarehouseResource
 from census_stripe.plan.guards import MAX_ARCHIVE_RATE, MAX_ROW_COUNT_CHANGE, Verdict, guards_of, percent
 from census_stripe.plan.sql import ModelSlice
-from census_stripe.settings import PROJECT_ROOT
+from census_stripe.settings import PROJECT_ROOT, dagster_project_root, warehouse_kind
 from census_stripe.spec import (
     ATTRIBUTES,
     AnySyncSpec,
@@ -79,11 +78,16 @@ class Sync:
     model: DbtModel
 
 
+DEFAULT_DBT_PROJECT = "dbt_project"
+
+
 def manifest_path(spec: AnySyncSpec, project_root: Path) -> Path:
-    """The manifest of the sync's dbt project: the setting's, or the demo project's for this warehouse."""
-    if spec.dbt_project is None:
-        return dbt_project.manifest_path
-    return project_root / spec.dbt_project / "target" / "manifest.json"
+    """The manifest of the sync's dbt project (`dbt_project`, a folder of the Dagster project):
+    target/<warehouse>/manifest.json where one is prepared per warehouse (as this repository's
+    `make` does), else dbt's own target/manifest.json."""
+    target = project_root / (spec.dbt_project or DEFAULT_DBT_PROJECT) / "target"
+    per_warehouse = target / warehouse_kind() / "manifest.json"
+    return per_warehouse if per_warehouse.exists() else target / "manifest.json"
 
 
 def resolve_sync(spec: AnySyncSpec, path: Path, manifest: Path) -> Sync:
@@ -99,15 +103,17 @@ def resolve_sync(spec: AnySyncSpec, path: Path, manifest: Path) -> Sync:
     return Sync(spec, path, model)
 
 
-def load_sync(path: Path, manifest: Path = dbt_project.manifest_path) -> Sync:
-    """A sync instance's defs.yaml, read without the defs folder (tests, tools)."""
-    return resolve_sync(load_sync_spec(path), path, manifest)
+def load_sync(path: Path, manifest: Path | None = None) -> Sync:
+    """A sync instance's defs.yaml, read without the defs folder (tests, tools); by default against
+    the manifest of this repository's dbt project."""
+    spec = load_sync_spec(path)
+    return resolve_sync(spec, path, manifest or manifest_path(spec, PROJECT_ROOT))
 
 
 def shown_path(path: Path) -> str:
-    """The sync file as a person finds it in the repository."""
-    path = path.resolve()
-    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+    """The sync file as a person finds it in the Dagster project."""
+    path, project = path.resolve(), dagster_project_root()
+    return str(path.relative_to(project)) if path.is_relative_to(project) else str(path)
 
 
 BEHAVIORS = {

@@ -40,6 +40,10 @@ class StripeUnreachableError(RuntimeError):
     instead of retrying every row to exhaustion. The key is redacted."""
 
 
+class StripeAccountMismatchError(RuntimeError):
+    """Two syncs that must write to one Stripe account reach two: the run stops before any write."""
+
+
 KEY_PREFIXES = ("sk_test_", "sk_live_", "rk_test_", "rk_live_")
 KEY_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_")
 _CHARACTER_NAMES = {

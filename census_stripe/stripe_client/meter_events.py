@@ -2,7 +2,8 @@
 
 Usage is sent at Stripe's own limits (1,000 requests/s for v1 in live mode, 10,000 for the v2
 stream, each 100 events), far beyond what a thread per request sustains on a small machine: one
-event loop keeps hundreds of requests in flight.
+event loop keeps hundreds of requests in flight. In test mode v1 meter events count against the
+account's basic limit instead, within the budget the key's other requests share (meter_types.py).
 
 - `V1MeterEvents`: `POST /v1/billing/meter_events`, one event per request. Stripe refusing an
   identifier it already has (`resource_already_exists`) means the event is there: accepted.
@@ -26,13 +27,18 @@ from functools import partial
 from typing import Any
 
 import stripe
-from stripe.params.billing import MeterEventAdjustmentCreateParams, MeterEventCreateParams
+from stripe.params.billing import MeterEventAdjustmentCreateParams, MeterEventCreateParams, MeterListParams
 from stripe.params.v2.billing import MeterEventStreamCreateParams
 
-from census_stripe.stripe_client.errors import StripeAccessError, StripeUnreachableError, redact
-from census_stripe.stripe_client.meter_types import BatchOutcome, Delivery, MeterEvent, MeterLimits
-from census_stripe.stripe_client.rate_limit import AdaptiveBucket
-from census_stripe.stripe_client.values import STRIPE_API_BASE
+from census_stripe.stripe_client.errors import (
+    StripeAccessError,
+    StripeRequestError,
+    StripeUnreachableError,
+    redact,
+)
+from census_stripe.stripe_client.meter_types import BatchOutcome, Delivery, MeterEvent, MeterLimits, Pacer
+from census_stripe.stripe_client.meters import BillingMeter
+from census_stripe.stripe_client.values import PAGE_SIZE, STRIPE_API_BASE
 
 STRIPE_METER_EVENTS_BASE = "https://meter-events.stripe.com"
 STREAM_BATCH = 100  # Stripe's limit of events per stream request
@@ -74,7 +80,7 @@ class SessionExpired(Exception):
 class _Attempts:
     """Retries one request: 429s slow the pacer down, no answers count toward `unreachable`."""
 
-    def __init__(self, api_key: str, pacer: AdaptiveBucket):
+    def __init__(self, api_key: str, pacer: Pacer):
         self.api_key = api_key
         self.pacer = pacer
         self.calls = 0
@@ -147,22 +153,41 @@ def _already_there(error: stripe.StripeError) -> bool:
 
 
 class _MeterEventEndpoints:
-    """What both ways of sending share: the client, the retries, and cancelling an event."""
+    """What both ways of sending share: the client, the retries, cancelling an event, and the meters."""
 
     def __init__(
-        self, api_key: str, api_base: str | None, limits: MeterLimits, payload_keys: tuple[str, str], rate: float
+        self, api_key: str, api_base: str | None, limits: MeterLimits, payload_keys: tuple[str, str], pacer: Pacer
     ):
         self._stripe = AsyncStripe(api_key, api_base, limits.concurrency)
-        self._attempts = _Attempts(api_key, limits.pacer(rate))
+        self._attempts = _Attempts(api_key, pacer)
+        # Listing meters is an ordinary request, within the account's budget.
+        self._reads = _Attempts(api_key, limits.account_pacer(api_key, api_base, "billing_meters.list"))
         self._customer_key, self._value_key = payload_keys
 
     @property
     def calls(self) -> int:
-        return self._attempts.calls
+        return self._attempts.calls + self._reads.calls
 
     @property
     def rate_limited(self) -> int:
-        return self._attempts.rate_limited
+        return self._attempts.rate_limited + self._reads.rate_limited
+
+    async def meters(self) -> list[BillingMeter]:
+        """Every billing meter of the account, active or not: `GET /v1/billing/meters`, 100 a page."""
+        found: list[BillingMeter] = []
+        params: MeterListParams = {"limit": PAGE_SIZE}
+        while True:
+            outcome, page = await self._reads.call(
+                partial(self._stripe.client.v1.billing.meters.list_async, params=params), lambda error: False
+            )
+            if outcome.delivery is Delivery.IN_DOUBT:
+                raise StripeUnreachableError(f"the billing meters could not be listed: {outcome.error}")
+            if outcome.delivery is Delivery.REFUSED:
+                raise StripeRequestError(f"the billing meters could not be listed: {outcome.error}")
+            found += [BillingMeter.from_stripe(meter.to_dict()) for meter in page.data]
+            if not (page.has_more and page.data):
+                return found
+            params = {"limit": PAGE_SIZE, "starting_after": page.data[-1].id}
 
     def _payload(self, event: MeterEvent) -> dict[str, str]:
         return {self._customer_key: event.customer, self._value_key: event.value}
@@ -187,7 +212,7 @@ class V1MeterEvents(_MeterEventEndpoints):
     batch_size = 1
 
     def __init__(self, api_key: str, api_base: str | None, limits: MeterLimits, payload_keys: tuple[str, str]):
-        super().__init__(api_key, api_base, limits, payload_keys, limits.v1_requests_per_second)
+        super().__init__(api_key, api_base, limits, payload_keys, limits.v1_pacer(api_key, api_base))
 
     async def send(self, events: list[MeterEvent]) -> BatchOutcome:
         [event] = events
@@ -206,7 +231,7 @@ class MeterEventStream(_MeterEventEndpoints):
     batch_size = STREAM_BATCH
 
     def __init__(self, api_key: str, api_base: str | None, limits: MeterLimits, payload_keys: tuple[str, str]):
-        super().__init__(api_key, api_base, limits, payload_keys, limits.stream_requests_per_second)
+        super().__init__(api_key, api_base, limits, payload_keys, limits.pacer(limits.stream_requests_per_second))
         self._token: str | None = None
         self._expires_at = datetime.min.replace(tzinfo=UTC)
         self._session_lock = asyncio.Lock()

@@ -9,6 +9,9 @@ headroom for the account's own application, which draws on the same budget. So:
 - rates start at the ceiling minus the headroom;
 - a 429 means someone else is using the budget too: the rate of that endpoint, and of the
   account, halves at once, then climbs back linearly to the ceiling over `recovery_seconds`.
+
+v1 meter events have a limit of their own (1,000/s) only in live mode: in test mode they count
+against the account's basic limit like any request (meter_types.py paces them by the key's mode).
 """
 
 from __future__ import annotations
@@ -102,9 +105,13 @@ class RateBudget:
                 self._endpoints[name] = self._bucket(ceiling)
             return self._endpoints[name]
 
+    def pacer(self, endpoint: str) -> EndpointPacer:
+        """The endpoint's requests within this budget, for a sender that waits on its own (asyncio)."""
+        return EndpointPacer(self, endpoint)
+
     def acquire(self, endpoint: str) -> None:
         """Block until a request to `endpoint` fits both the account's and the endpoint's rate."""
-        wait = max(self.account.reserve(), self.endpoint(endpoint).reserve())
+        wait = self.pacer(endpoint).reserve()
         if wait > 0:
             time.sleep(wait)
 
@@ -112,6 +119,21 @@ class RateBudget:
         self.throttled += 1
         self.account.throttle()
         self.endpoint(endpoint).throttle()
+
+
+class EndpointPacer:
+    """One endpoint's requests in an account's budget, paced as an AdaptiveBucket is: `reserve`
+    says how long to wait before the request, `throttle` takes a 429."""
+
+    def __init__(self, budget: RateBudget, endpoint: str):
+        self.budget = budget
+        self.endpoint = endpoint
+
+    def reserve(self) -> float:
+        return max(self.budget.account.reserve(), self.budget.endpoint(self.endpoint).reserve())
+
+    def throttle(self) -> None:
+        self.budget.rate_limited(self.endpoint)
 
 
 _budgets: dict[tuple[str, str | None, RateLimits], RateBudget] = {}

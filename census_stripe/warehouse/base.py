@@ -59,10 +59,18 @@ def literal(value) -> exp.Expression:
     return exp.Literal.string(str(value))
 
 
+class ModelTableMissingError(RuntimeError):
+    """The sync's model has no table or view in the warehouse the sync reads: dbt has not built it there."""
+
+
 class Warehouse(ABC):
     """An open session on a warehouse."""
 
     dialect: ClassVar[str]  # sqlglot's name for the SQL dialect
+
+    @abstractmethod
+    def location(self) -> str:
+        """Where this warehouse is, for messages: its file, or its address without a password."""
 
     @abstractmethod
     def query(self, sql: str) -> pd.DataFrame:
@@ -130,3 +138,13 @@ class Warehouse(ABC):
         )
         query = exp.select("column_name").from_(columns).where(condition)
         return list(self.query(query.sql(self.dialect)).iloc[:, 0])
+
+    def require_model(self, model_name: str, relation: Relation) -> None:
+        """Refuses a run whose model was never built in this warehouse, naming the model and the warehouse
+        (a sync pointed at another file or database than dbt built into fails here, before any write)."""
+        if not self.table_columns(relation):
+            raise ModelTableMissingError(
+                f"model {model_name!r} has no table or view {relation.schema}.{relation.name} in {self.location()}: "
+                "build it there first (dbt build, or materialize the model in Dagster), or point the sync's "
+                "warehouse at the one dbt builds into"
+            )

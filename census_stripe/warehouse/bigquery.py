@@ -27,6 +27,9 @@ class BigQueryWarehouse(Warehouse):
         for page in self._client.query(sql).result(page_size=chunk_rows).pages:
             yield pd.DataFrame([dict(row.items()) for row in page])
 
+    def location(self) -> str:
+        return f"the BigQuery project {self._client.project}"
+
     def execute(self, *statements: str) -> None:
         # One multi-statement script is one job, and a transaction.
         script = ";\n".join(["BEGIN TRANSACTION", *statements, "COMMIT TRANSACTION"])

@@ -30,6 +30,12 @@ class DuckDBWarehouse(Warehouse):
         self._connection = connection
         connection.execute("SET memory_limit = ?", [memory_limit])
 
+    def location(self) -> str:
+        path = self._connection.execute(
+            "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+        ).fetchone()
+        return f"the DuckDB file {path[0]}" if path and path[0] else "an in-memory DuckDB database"
+
     def query(self, sql: str) -> pd.DataFrame:
         return self._connection.execute(sql).df()
 

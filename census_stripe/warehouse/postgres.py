@@ -17,11 +17,16 @@ def _column_names(cursor: psycopg.Cursor) -> list[str]:
 
 class PostgresWarehouse(Warehouse):
     dialect = "postgres"
+    scheme = "postgresql"
 
     def __init__(self, connection: psycopg.Connection):
         # Autocommit, so that reads hold no transaction open; `execute` opens one explicitly.
         connection.autocommit = True
         self._connection = connection
+
+    def location(self) -> str:
+        info = self._connection.info  # psycopg leaves the password out of this description
+        return f"{self.scheme}://{info.user}@{info.host}:{info.port}/{info.dbname}"
 
     def query(self, sql: str) -> pd.DataFrame:
         with self._connection.cursor() as cursor:
@@ -47,3 +52,4 @@ class RedshiftWarehouse(PostgresWarehouse):
     """Redshift over the PostgreSQL protocol; the SQL is generated in Redshift's dialect."""
 
     dialect = "redshift"
+    scheme = "redshift"

@@ -16,6 +16,10 @@ class SnowflakeWarehouse(Warehouse):
     def __init__(self, connection):
         self._connection = connection
 
+    def location(self) -> str:
+        connection = self._connection
+        return f"the Snowflake account {connection.account}, database {connection.database}"
+
     def model_identifier(self, name: str) -> str:
         # dbt creates tables and columns unquoted, which Snowflake stores upper-cased.
         return name.upper()
