@@ -222,6 +222,19 @@ class SyncSettings(_Strict):
         le=1,
         description="The rejected_rows check fails when more than this share of the rows read is rejected.",
     )
+    max_archive_rate: float = pydantic.Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="With archive_missing: a run that would archive more than this share of the objects the sync "
+        "has in Stripe, or anything at all because the model is empty, is refused before any write.",
+    )
+    max_row_count_change: float | None = pydantic.Field(
+        default=None,
+        ge=0,
+        description="Customers, products and prices: a run whose model (or partition) has grown or shrunk by more "
+        "than this share since the last sync is refused before any write, e.g. 0.5 for 50 %. Unset: not checked.",
+    )
     mask_personal_data: bool = pydantic.Field(
         default=False, description="Mask emails, names, phones and addresses in the run's metadata."
     )
@@ -346,6 +359,8 @@ def _catalog_problems(spec: SyncSpec) -> list[tuple[str, str]]:
             problems.append(
                 ("archive_missing", "a partition holds part of the model: only a whole-model sync can archive")
             )
+    elif "max_archive_rate" in spec.model_fields_set:
+        problems.append(("max_archive_rate", "only a sync with archive_missing: true archives"))
     return problems
 
 
@@ -375,6 +390,9 @@ _NOT_FOR_METER_EVENTS = {
     "mapping": "a meter event's fields are set under meter_event",
     "constants": "a meter event's fields are set under meter_event",
     "archive_missing": "meter events are never archived",
+    "max_archive_rate": "meter events are never archived",
+    "max_row_count_change": "a usage model grows by design, and an event sent stays billed whatever the model "
+    "holds later: the row count is not guarded",
     "product_sync": "only prices refer to a product sync",
     "automation": "a meter event sync runs per partition, or when you start it",
 }

@@ -19,6 +19,15 @@ from typing import TYPE_CHECKING
 
 from census_stripe.apply.writer import Outcome, StripeWriter, WriteStatus
 from census_stripe.plan import sql
+from census_stripe.plan.guards import (
+    MAX_ARCHIVE_RATE,
+    MAX_ROW_COUNT_CHANGE,
+    Threshold,
+    Verdict,
+    archive_verdict,
+    guards_of,
+    row_count_verdict,
+)
 from census_stripe.plan.lookup import ObjectLookup, index_by_key
 from census_stripe.plan.planner import (
     WRITES,
@@ -38,6 +47,7 @@ from census_stripe.stripe_client.errors import StripeUnreachableError
 from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.warehouse.base import Relation, Warehouse
 from census_stripe.warehouse.state import (
+    WHOLE_MODEL,
     ChangeRecord,
     Rejection,
     RunRecord,
@@ -62,6 +72,9 @@ class RunOptions:
     full_resync: bool = False
     # A partition: only these rows, and every one of them written again whatever Stripe holds.
     model_slice: ModelSlice | None = None
+    # This run's guard thresholds, in place of the sync file's (None: the file's).
+    max_archive_rate: float | None = None
+    max_row_count_change: float | None = None
 
     @property
     def repush(self) -> bool:
@@ -78,6 +91,12 @@ class SyncReport:
     rate_limited: int = 0  # 429s Stripe answered (each was retried)
     account: StripeAccount | None = None  # the account the run read and wrote
     changes_query: str | None = None  # SQL that reads the run's whole plan back from the warehouse
+    guards: list[Verdict] = field(default_factory=list)  # judged on the plan, before any write
+
+    @property
+    def refused(self) -> bool:
+        """A guard failed: the run wrote nothing (a dry run: a real run would write nothing)."""
+        return any(not verdict.passed for verdict in self.guards)
 
     @property
     def failure_rate(self) -> float:
@@ -196,8 +215,9 @@ def _rejection(row: PlannedRow, kind: str, reason: str | None) -> Rejection:
     return Rejection(row.candidate.key, row.candidate.key_value, kind, reason, row.candidate.values)
 
 
-def change_records(plan: Plan, outcomes: list[Outcome]) -> Iterator[ChangeRecord]:
-    """Every row the run did not leave unchanged: what was planned for it and what became of it."""
+def change_records(plan: Plan, outcomes: list[Outcome], unwritten: str = "planned") -> Iterator[ChangeRecord]:
+    """Every row the run did not leave unchanged: what was planned for it and what became of it
+    (`unwritten` for a write the run did not make: planned by a dry run, or refused by a guard)."""
     written = {id(outcome.row): outcome for outcome in outcomes}
     for row in plan.rows:
         if row.action is Action.UNCHANGED:
@@ -206,7 +226,7 @@ def change_records(plan: Plan, outcomes: list[Outcome]) -> Iterator[ChangeRecord
             changes = {change.field: {"before": change.before, "after": change.after} for change in row.changes}
             outcome = written.get(id(row))
             stripe_id = (outcome and outcome.stripe_id) or row.stripe_id
-            status, reason = (outcome.status, outcome.error) if outcome else ("planned", None)
+            status, reason = (outcome.status, outcome.error) if outcome else (unwritten, None)
         else:
             changes, stripe_id = None, row.stripe_id
             status, reason = _STATUS_WITHOUT_WRITE[row.action], row.reason
@@ -299,11 +319,20 @@ def run_sync(
     log.info("plan for %s: %s", spec.name, ", ".join(f"{a.value}={n}" for a, n in plan.counts().items()))
     _warn_about_state(plan, store, spec, account, log)
     report = SyncReport(spec, options, plan, account=account, changes_query=store.changes_query(run_id))
-    if not options.dry_run:
+    report.guards = judge_guards(spec, options, plan, store, account)
+    refusal = logging.WARNING if options.dry_run else logging.ERROR
+    for verdict in report.guards:
+        log.log(logging.INFO if verdict.passed else refusal, "sync %s: %s", spec.name, verdict.text)
+    if report.refused and not options.dry_run:
+        log.error("sync %s refused before any write: nothing was written to Stripe", spec.name)
+    elif not options.dry_run:
         if refiled := {row.candidate.former_key: row.key for row in plan.rows if row.candidate.former_key}:
             store.refile(spec.name, account.key, refiled)
             log.info("%d state rows of %s filed again under their key by today's rule", len(refiled), spec.name)
         report.outcomes = _apply(spec, plan, store, stripe, account.key, run_id, log, concurrency, lookup)
+        # Only a run that synced sets what the next is compared with: after a refusal, the
+        # next run is compared with the last count that was synced, not with the suspect one.
+        store.record_row_count(spec.name, row_count_scope(options), plan.rows_read, run_id)
         if unbound := store.drop_unbound(spec.name):
             log.info(
                 "dropped %d state rows of %s written before state recorded its Stripe account; "
@@ -315,8 +344,35 @@ def run_sync(
     report.stripe_calls = dict(stripe.calls.counts)
     report.rate_limited = stripe.calls.rate_limited
     run = RunRecord(spec.name, run_id, options.dry_run, account.key, spec.keep_changes_days)
-    store.record_changes(run, change_records(plan, report.outcomes))
+    unwritten = "refused" if report.refused and not options.dry_run else "planned"
+    store.record_changes(run, change_records(plan, report.outcomes, unwritten))
     return report
+
+
+def row_count_scope(options: RunOptions) -> str:
+    """What a run's row count is compared with: the same partition's at its last sync, or the whole model's."""
+    return options.model_slice.label if options.model_slice else WHOLE_MODEL
+
+
+def judge_guards(
+    spec: SyncSpec, options: RunOptions, plan: Plan, store: SyncStateStore, account: StripeAccount
+) -> list[Verdict]:
+    """The run's guards on destructive change, judged on its plan: the share of the sync's objects
+    it archives (syncs that archive), and how far the model's row count moved since the last sync."""
+    verdicts = []
+    guards = guards_of(spec)
+    if MAX_ARCHIVE_RATE in guards:
+        query = sql.live_objects_query(spec, store.state, account.key, store.warehouse.dialect)
+        live = int(store.warehouse.query(query).iloc[0, 0])
+        threshold = Threshold(MAX_ARCHIVE_RATE, spec.max_archive_rate, options.max_archive_rate)
+        archives = plan.counts()[Action.ARCHIVE]
+        verdicts.append(archive_verdict(archives, live, plan.rows_read, spec.object_type.plural, threshold))
+    scope = row_count_scope(options)
+    where = f"{spec.model} ({scope})" if options.model_slice else spec.model
+    threshold = Threshold(MAX_ROW_COUNT_CHANGE, spec.max_row_count_change, options.max_row_count_change)
+    last = store.last_row_count(spec.name, scope)
+    verdicts.append(row_count_verdict(plan.rows_read, last, where, threshold))
+    return verdicts
 
 
 STATE_WARNINGS_LOGGED = 20

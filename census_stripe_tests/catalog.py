@@ -1,16 +1,19 @@
 """Helpers of the catalog tests: small models written straight into DuckDB, syncs of any object
-type read from YAML, and runs through run_sync (no Dagster)."""
+type read from YAML, and runs through run_sync (no Dagster) or the sync's Dagster asset."""
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pandas as pd
 
 from census_stripe.objects import OBJECT_TYPES
 from census_stripe.objects.base import StripeObjectType
+from census_stripe.orchestration.dbt_models import DbtModel
+from census_stripe.orchestration.sync_asset import Sync, build_sync_asset
 from census_stripe.spec import SyncSpec, parse_sync_spec
 from census_stripe.stripe_client.client import StripeObjects
 from census_stripe.stripe_client.rate_limit import RateLimits, shared_budget
@@ -40,6 +43,17 @@ def write_model(path: Path, name: str, rows: list[dict]) -> Relation:
 
 def sync_spec(text: str, name: str) -> SyncSpec:
     return parse_sync_spec(text, f"defs/{name}/defs.yaml").model_copy(update={"name": name})
+
+
+def catalog_asset(tmp_path: Path, name: str, text: str) -> dg.AssetsDefinition:
+    """The Dagster asset of a sync whose model is a table written by the test (no dbt)."""
+    return build_sync_asset(catalog_sync(tmp_path, name, text), "duckdb")
+
+
+def catalog_sync(tmp_path: Path, name: str, text: str) -> Sync:
+    spec = sync_spec(text, name)
+    model = DbtModel(spec.model, dg.AssetKey([spec.model]), Relation("main", spec.model), (), "")
+    return Sync(spec, tmp_path / name / "defs.yaml", model)
 
 
 def stripe_for(url: str, object_type: StripeObjectType, key: str = API_KEY) -> StripeObjects:

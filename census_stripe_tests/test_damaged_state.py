@@ -45,6 +45,7 @@ model: products
 object: product
 behavior: update_or_create
 archive_missing: true
+max_archive_rate: 0.5  # one of three leaves: more than the default 10 % refuses
 key: {field: id, column: id}
 mapping: {name: name}
 """,

@@ -114,13 +114,15 @@ def test_a_create_replayed_for_a_customer_given_another_email_by_hand_is_made_ag
 CATALOG = {
     "products": (
         PRODUCT,
-        "model: products\nobject: product\nbehavior: update_or_create\narchive_missing: true\n"
+        # One of the two leaves the model: above the default max_archive_rate (10 %).
+        "model: products\nobject: product\nbehavior: update_or_create\narchive_missing: true\nmax_archive_rate: 0.5\n"
         "key: {field: id, column: id}\nmapping: {name: name}\n",
         [{"id": "team", "name": "Team"}, {"id": "pro", "name": "Pro"}],
     ),
     "prices": (
         PRICE,
-        "model: prices\nobject: price\nbehavior: update_or_create\narchive_missing: true\nproduct_sync: products\n"
+        "model: prices\nobject: price\nbehavior: update_or_create\narchive_missing: true\nmax_archive_rate: 0.5\n"
+        "product_sync: products\n"
         "key: {field: lookup_key, column: lookup_key}\n"
         "mapping: {product: product, currency: currency, unit_amount: amount}\n",
         [

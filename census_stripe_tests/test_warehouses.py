@@ -51,6 +51,7 @@ from census_stripe_tests.conftest import API_KEY, DEMO_SYNC, postgres_sql, requi
 from census_stripe_tests.meters import create_meter
 
 USAGE_SYNC = DEFS_DIR / "api_usage" / "defs.yaml"
+PRODUCT_SYNC = DEFS_DIR / "products" / "defs.yaml"
 
 POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "test"}
 STATE_SCHEMA = "census_stripe_test_state"
@@ -236,6 +237,33 @@ def test_usage_days_are_utc_days_whatever_the_warehouse_time_zone(tmp_path):
     assert any((first, last) == (today - timedelta(days=7), today - timedelta(days=1)) for today in utc_days)
 
 
+def test_the_guards_read_their_counts_on_every_warehouse(warehouse, double):
+    """The guards' SQL on each warehouse (the objects the sync has in Stripe, the row count of the
+    last sync): a rerun of the demo's product sync judges its archives against every product it
+    wrote, and its row count against the first run's."""
+    stripe = StripeResource(
+        api_key=API_KEY,
+        api_base=double.url,
+        account_requests_per_second=1000,
+        create_requests_per_second=1000,
+        update_requests_per_second=1000,
+    )
+    resources = {"stripe_catalog": stripe, "warehouse": warehouse.resource}
+    asset = build_sync_asset(load_sync(PRODUCT_SYNC, warehouse.manifest), warehouse.resource.kind)
+    [first] = dg.materialize([asset], resources=resources).get_asset_materialization_events()
+    rows, created = (first.materialization.metadata[name].value for name in ("rows_read", "created"))
+    assert created > 0
+
+    rerun = dg.materialize([asset], resources=resources)
+    checks = {e.check_name: e for e in rerun.get_asset_check_evaluations()}
+    archives, row_count = checks["archives_below_threshold"], checks["row_count_change_below_threshold"]
+    assert archives.passed and archives.metadata["in_stripe"].value == created
+    assert row_count.passed and row_count.metadata["last_rows_read"].value == rows
+    assert row_count.description == (
+        f"{rows} rows in stripe_products, {rows} at the last sync (+0 %): within max_row_count_change 50 %"
+    )
+
+
 def test_the_redshift_adapter_runs_its_statements_over_the_postgres_protocol(postgres_schema):
     """Redshift's adapter is PostgreSQL's connection code with Redshift's dialect. Against a real
     PostgreSQL, everything but the dialect is exercised: connect, stream, transactions, state
@@ -265,7 +293,7 @@ def test_generated_sql_parses_in_each_dialect(dialect):
     from datetime import datetime
 
     from census_stripe.spec import load_sync_spec
-    from census_stripe.warehouse.state import _REJECTION_COLUMNS, _STATE_COLUMNS, _create_table
+    from census_stripe.warehouse.state import _REJECTION_COLUMNS, _ROW_COUNT_COLUMNS, _STATE_COLUMNS, _create_table
 
     spec = load_sync_spec(DEMO_SYNC)
     model, state = Relation("analytics", "stripe_customers"), Relation("census_stripe", "sync_state")
@@ -277,6 +305,8 @@ def test_generated_sql_parses_in_each_dialect(dialect):
         sql.fingerprint_query(spec, model, dialect, "updated_at"),
         _create_table(state, _STATE_COLUMNS).sql(dialect),
         _create_table(Relation("census_stripe", "sync_rejections"), _REJECTION_COLUMNS).sql(dialect),
+        _create_table(Relation("census_stripe", "sync_row_counts"), _ROW_COUNT_COLUMNS).sql(dialect),
+        sql.live_objects_query(spec, state, "acct_1/test", dialect),
     ]
     for statement in statements:
         parsed = sqlglot.parse_one(statement, read=dialect)

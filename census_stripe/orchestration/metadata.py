@@ -203,7 +203,15 @@ def _lines(text: str, width: int) -> str:
 
 
 def headline(report: SyncReport, counts: dict[str, int]) -> str:
-    """What the run did, in one sentence."""
+    """What the run did, in one sentence; a run refused by a guard says so first."""
+    if not report.refused:
+        return _done(report, counts)
+    if report.options.dry_run:
+        return f"{_done(report, counts)} A run would be refused by its guards."
+    return "Refused by its guards before any write: nothing written to Stripe."
+
+
+def _done(report: SyncReport, counts: dict[str, int]) -> str:
     name = report.spec.object_type.name
     creates, updates = counts["planned_creates"], counts["planned_updates"]
     versions, archives = counts.get("planned_new_versions", 0), counts.get("planned_archives", 0)
@@ -234,13 +242,7 @@ def headline(report: SyncReport, counts: dict[str, int]) -> str:
 def _scope(report: SyncReport) -> str:
     options = report.options
     if options.model_slice is not None:
-        where = options.model_slice
-        rows = (
-            f"{where.column} in {', '.join(where.values)}"
-            if where.values
-            else f"{where.column} from {where.start:%Y-%m-%d} to {where.end:%Y-%m-%d}"
-        )
-        return f"partition: {rows}, every row written again"
+        return f"partition: {options.model_slice.label}, every row written again"
     if options.full_resync:
         return "full resync: every row compared with Stripe"
     return "rows changed since last sync"
@@ -271,6 +273,8 @@ def summary(report: SyncReport, counts: dict[str, int], shown: int, total: int) 
         f"{counts['skipped_not_found']} skipped: not in Stripe" if report.spec.behavior == "update_only" else None,
         f"{counts['skipped_existing']} skipped: in Stripe already" if "skipped_existing" in counts else None,
         *_catalog_facts(counts, dry_run),
+        # The guards that set a limit, each naming its counts and verdict.
+        *(verdict.text for verdict in report.guards if verdict.limit is not None),
         f"{_plural(counts['rows_read'], 'row')} in {report.spec.model}",
         f"Stripe {report.account}" if report.account else None,
         "dry run: nothing written" if dry_run else "not a dry run",

@@ -1,12 +1,16 @@
 """One Dagster asset per sync (a StripeSyncComponent instance), downstream of the dbt model it reads.
 
-Materializing it runs the sync and records the plan and its outcome as metadata, with two asset
-checks: the share of rows rejected, and the share of writes Stripe refused (blocking). With
-`dry_run: true` in the run config (Launchpad) it records the same plan as an observation and
-writes nothing. A partitioned sync writes its partition's rows again on every run.
+Materializing it runs the sync and records the plan and its outcome as metadata, with asset
+checks: the share of rows rejected, the share of writes Stripe refused (blocking), and the guards
+on destructive change (blocking, plan/guards.py): the share of the sync's objects a run archives,
+and how far the model's row count moved since the last sync. A run a guard refuses writes nothing
+and records its plan as an observation, its failed check naming the counts. With `dry_run: true`
+in the run config (Launchpad) it records the same plan as an observation and writes nothing; the
+guards' thresholds can be overridden there for one run. A partitioned sync writes its partition's
+rows again on every run.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,6 +22,7 @@ from census_stripe.orchestration.dbt_models import DbtModel, find_model, model_n
 from census_stripe.orchestration.metadata import report_metadata
 from census_stripe.orchestration.resources import StripeResource
 from census_stripe.orchestration.warehouses import WarehouseResource
+from census_stripe.plan.guards import MAX_ARCHIVE_RATE, MAX_ROW_COUNT_CHANGE, Verdict, guards_of, percent
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.settings import PROJECT_ROOT, dagster_project_root, warehouse_kind
 from census_stripe.spec import (
@@ -35,6 +40,11 @@ from census_stripe.warehouse.state import SyncStateStore
 SYNC_GROUP = "stripe"
 REJECTED_CHECK = "rejected_rows_below_threshold"
 FAILED_CHECK = "failed_writes_below_threshold"
+# Each guard's check, by the setting that sets its threshold.
+GUARD_CHECKS = {
+    MAX_ARCHIVE_RATE: "archives_below_threshold",
+    MAX_ROW_COUNT_CHANGE: "row_count_change_below_threshold",
+}
 SYNC_FILE_METADATA = "sync_file"
 WAREHOUSE_RESOURCE = "warehouse"
 
@@ -45,6 +55,19 @@ class SyncRunConfig(dg.Config):
         default=False,
         description="Compare every row with what Stripe holds now and repair any difference, "
         "including edits made by hand in Stripe.",
+    )
+    max_archive_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="For this run only, in place of the sync file's max_archive_rate: the share of the sync's "
+        "objects in Stripe it may archive. 1 lets it archive everything, even from an empty model.",
+    )
+    max_row_count_change: float | None = Field(
+        default=None,
+        ge=0,
+        description="For this run only, in place of the sync file's max_row_count_change: how far the model's "
+        "row count may have moved since the last sync (0.5: 50 %; a large number lets any change through).",
     )
 
 
@@ -164,8 +187,32 @@ def model_slice(partitions: PartitionsSpec, context: dg.AssetExecutionContext) -
     return ModelSlice(partitions.column, start=window.start.replace(tzinfo=None), end=window.end.replace(tzinfo=None))
 
 
+def guard_description(spec: SyncSpec, guard: str) -> str:
+    if guard == MAX_ARCHIVE_RATE:
+        return (
+            f"A run archives at most {percent(spec.max_archive_rate)} of the {spec.object_type.plural} the sync has "
+            "in Stripe, and nothing because the model is empty; one that would is refused before any write."
+        )
+    where = "Each partition's" if spec.partitions else "The model's"
+    if spec.max_row_count_change is None:
+        return f"{where} row count against the last sync's (max_row_count_change not set: reported, never refused)."
+    return (
+        f"{where} row count within {percent(spec.max_row_count_change)} of the last sync's; a run beyond it is "
+        "refused before any write."
+    )
+
+
 def sync_check_specs(spec: AnySyncSpec, key: dg.AssetKey, failed_what: str) -> list[dg.AssetCheckSpec]:
-    """Every sync's two checks: rows rejected (a warning), and `failed_what` (blocking)."""
+    """Every sync's two checks, rows rejected (a warning) and `failed_what` (blocking), then the
+    guards a sync of Stripe objects is judged by (blocking)."""
+    guards = (
+        [
+            dg.AssetCheckSpec(GUARD_CHECKS[guard], asset=key, blocking=True, description=guard_description(spec, guard))
+            for guard in guards_of(spec)
+        ]
+        if isinstance(spec, SyncSpec)
+        else []
+    )
     return [
         dg.AssetCheckSpec(
             REJECTED_CHECK, asset=key, description=f"At most {spec.max_rejected_rate:.0%} of rows rejected."
@@ -176,14 +223,23 @@ def sync_check_specs(spec: AnySyncSpec, key: dg.AssetKey, failed_what: str) -> l
             blocking=True,
             description=f"At most {spec.max_failure_rate:.0%} of {failed_what}.",
         ),
+        *guards,
     ]
 
 
 def sync_check_results(
-    spec: AnySyncSpec, *, rejected: str, rejected_of: tuple[int, int], failed: str, failed_of: tuple[int, int]
+    spec: AnySyncSpec,
+    *,
+    rejected: str,
+    rejected_of: tuple[int, int],
+    failed: str,
+    failed_of: tuple[int, int],
+    guards: Sequence[Verdict] = (),
+    dry_run: bool = False,
 ) -> list[dg.AssetCheckResult]:
-    """The two checks judged: `rejected_of` and `failed_of` are (how many, out of how many);
-    `rejected` and `failed` finish their descriptions."""
+    """The checks judged: `rejected_of` and `failed_of` are (how many, out of how many);
+    `rejected` and `failed` finish their descriptions. A guard that failed fails its check; in a
+    dry run only as a warning, which blocks nothing, since the dry run wrote nothing either."""
     (rejected_count, rows), (failed_count, attempts) = rejected_of, failed_of
     rejected_share = rejected_count / rows if rows else 0.0
     failed_share = failed_count / attempts if attempts else 0.0
@@ -202,7 +258,28 @@ def sync_check_results(
             description=f"{failed_count} of {attempts} {failed}",
             metadata={"failed_share": failed_share, "max_failure_rate": spec.max_failure_rate},
         ),
+        *(
+            dg.AssetCheckResult(
+                check_name=GUARD_CHECKS[verdict.guard],
+                passed=verdict.passed,
+                severity=dg.AssetCheckSeverity.WARN if dry_run else dg.AssetCheckSeverity.ERROR,
+                description=_guard_outcome(verdict, dry_run),
+                metadata=dict(verdict.counts),
+            )
+            for verdict in guards
+        ),
     ]
+
+
+def _guard_outcome(verdict: Verdict, dry_run: bool) -> str:
+    if verdict.passed:
+        return verdict.text
+    if dry_run:
+        return f"dry run: {verdict.text}"
+    return (
+        f"{verdict.text}. Nothing was written to Stripe. To let this run through, set {verdict.guard} "
+        "in its run config (Launchpad)."
+    )
 
 
 def check_results(spec: SyncSpec, report: SyncReport) -> list[dg.AssetCheckResult]:
@@ -214,15 +291,18 @@ def check_results(spec: SyncSpec, report: SyncReport) -> list[dg.AssetCheckResul
         rejected_of=(counts["rejected"], counts["rows_read"]),
         failed="Stripe writes failed",
         failed_of=(counts["failed"], len(report.outcomes)),
+        guards=report.guards,
+        dry_run=report.options.dry_run,
     )
 
 
 def sync_outcome(
-    context: dg.AssetExecutionContext, metadata: dict, checks: list[dg.AssetCheckResult], dry_run: bool
+    context: dg.AssetExecutionContext, metadata: dict, checks: list[dg.AssetCheckResult], wrote_nothing: bool
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """A run's materialization with its checks; a dry run's observation instead, since nothing in
-    Stripe changed (its checks judge the plan: no write failed, since none was made)."""
-    if dry_run:
+    """A run's materialization with its checks; an observation instead for a run that wrote nothing
+    by design (a dry run, or a run a guard refused), since nothing in Stripe changed. Its checks
+    judge the plan: no write failed, since none was made; a failed blocking guard fails the run."""
+    if wrote_nothing:
         context.log_event(dg.AssetObservation(asset_key=context.asset_key, metadata=metadata))
         yield from checks
         return
@@ -269,6 +349,8 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
             dry_run=config.dry_run,
             full_resync=config.full_resync,
             model_slice=model_slice(spec.partitions, context) if spec.partitions else None,
+            max_archive_rate=config.max_archive_rate,
+            max_row_count_change=config.max_row_count_change,
         )
         with warehouse.open() as session:
             store = SyncStateStore(session, warehouse.state_schema)
@@ -283,6 +365,7 @@ def build_sync_asset(sync: Sync, warehouse_kind: str) -> dg.AssetsDefinition:
                 concurrency=stripe.concurrency,
             )
         metadata = report_metadata(report, partial(stripe.dashboard_url, plural=spec.object_type.plural))
-        yield from sync_outcome(context, metadata, check_results(spec, report), options.dry_run)
+        wrote_nothing = options.dry_run or report.refused
+        yield from sync_outcome(context, metadata, check_results(spec, report), wrote_nothing)
 
     return _sync

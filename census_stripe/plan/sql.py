@@ -74,6 +74,13 @@ class ModelSlice:
     end: datetime | None = None
     values: tuple[str, ...] = ()
 
+    @property
+    def label(self) -> str:
+        """The rows in words: `region in eu, us`, `day from 2024-05-01 to 2024-05-02`."""
+        if self.values:
+            return f"{self.column} in {', '.join(self.values)}"
+        return f"{self.column} from {self.start:%Y-%m-%d} to {self.end:%Y-%m-%d}"
+
     def condition(self) -> exp.Condition:
         column = exp.column(self.column, quoted=True)
         if self.values:
@@ -263,15 +270,7 @@ def left_keys_query(spec: SyncSpec, model: Relation, state: Relation, account: s
         .from_(state.table())
         .where(of_sync(spec.name, account))
     )
-    status = _col("status", "s")
-    live = exp.and_(
-        exp.Not(this=exp.Is(this=_col("stripe_customer_id", "s"), expression=exp.Null())),
-        exp.or_(
-            exp.Is(this=status, expression=exp.Null()),
-            exp.NEQ(this=status.copy(), expression=exp.Literal.string(StateStatus.ARCHIVED.value)),
-        ),
-        exp.Is(this=_col(KEY, "m"), expression=exp.Null()),
-    )
+    left = exp.and_(_live(), exp.Is(this=_col(KEY, "m"), expression=exp.Null()))
     query = (
         exp.select(_col("customer_key", "s"), *(_col(name, "s") for name in (*STATE_COLUMNS, STATE_ROWS)))
         .from_(exp.alias_(sync_rows.subquery(), "s", quoted=True))
@@ -280,9 +279,29 @@ def left_keys_query(spec: SyncSpec, model: Relation, state: Relation, account: s
             on=_col(KEY, "m").eq(_col("customer_key", "s")),
             join_type="left",
         )
-        .where(live)
+        .where(left)
     )
     return query.sql(dialect=dialect)
+
+
+def live_objects_query(spec: SyncSpec, state: Relation, account: str, dialect: str) -> str:
+    """How many keys of the sync have an object in Stripe it has not archived: what an archive's
+    share is of. A key with several (damaged) state rows counts once."""
+    keys = exp.Count(this=exp.Distinct(expressions=[_col("customer_key", "s")]))
+    live = exp.and_(of_sync(spec.name, account, table="s"), _live())
+    return exp.select(keys).from_(state.table().as_("s", quoted=True)).where(live).sql(dialect=dialect)
+
+
+def _live() -> exp.Condition:
+    """State rows (`s`) whose key has an object in Stripe, not archived."""
+    status = _col("status", "s")
+    return exp.and_(
+        exp.Not(this=exp.Is(this=_col("stripe_customer_id", "s"), expression=exp.Null())),
+        exp.or_(
+            exp.Is(this=status, expression=exp.Null()),
+            exp.NEQ(this=status.copy(), expression=exp.Literal.string(StateStatus.ARCHIVED.value)),
+        ),
+    )
 
 
 def row_count_query(model: Relation, dialect: str, where: ModelSlice | None = None) -> str:

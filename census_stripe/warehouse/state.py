@@ -8,6 +8,8 @@ account's rows. `sync_rejections` keeps every run's rejected and failed rows wit
 `sync_changes` keeps every run's whole plan, one row per key the run did not leave unchanged,
 for a number of days.
 `stripe_accounts` remembers which account a (server, key) pair reaches, so a run need not ask.
+`sync_row_counts` keeps, per sync and partition, the rows the model held at the last run that synced:
+what `max_row_count_change` compares the next run with.
 All are created on first use; creating them again is harmless.
 """
 
@@ -63,6 +65,15 @@ _ACCOUNT_COLUMNS = {
     "identified_at": "timestamp",
 }
 STATE_KEY = ("sync_name", "stripe_account", "customer_key")
+_ROW_COUNT_COLUMNS = {
+    "sync_name": "text",
+    "scope": "text",  # WHOLE_MODEL, or the partition's rows in words (ModelSlice.label)
+    "rows_read": "bigint",
+    "run_id": "text",
+    "recorded_at": "timestamp",
+}
+ROW_COUNT_KEY = ("sync_name", "scope")
+WHOLE_MODEL = "whole model"
 # Unchanged keys are not listed: a no-op rerun of a large model then writes nothing here.
 _CHANGE_COLUMNS = {
     "run_id": "text",
@@ -171,6 +182,7 @@ class SyncStateStore:
         self.rejections = Relation(schema, "sync_rejections")
         self.accounts = Relation(schema, "stripe_accounts")
         self.changes = Relation(schema, "sync_changes")
+        self.row_counts = Relation(schema, "sync_row_counts")
         self.ledger = Relation(schema, "meter_event_ledger")  # meter event syncs' (warehouse/ledger.py)
 
     def ensure_tables(self) -> None:
@@ -184,6 +196,7 @@ class SyncStateStore:
             (self.rejections, _REJECTION_COLUMNS),
             (self.accounts, _ACCOUNT_COLUMNS),
             (self.changes, _CHANGE_COLUMNS),
+            (self.row_counts, _ROW_COUNT_COLUMNS),
         )
         self.warehouse.execute_ddl(
             schema.sql(dialect), *(_create_table(t, columns).sql(dialect) for t, columns in tables)
@@ -310,6 +323,21 @@ class SyncStateStore:
         """The SQL that reads one run's changes back."""
         condition = exp.column("run_id", quoted=True).eq(exp.Literal.string(run_id))
         return exp.select("*").from_(self.changes.table()).where(condition).sql(self.warehouse.dialect)
+
+    def last_row_count(self, sync_name: str, scope: str) -> int | None:
+        """The rows the model (or partition) held at the sync's last run that synced; None before one."""
+        condition = exp.and_(
+            exp.column("sync_name", quoted=True).eq(exp.Literal.string(sync_name)),
+            exp.column("scope", quoted=True).eq(exp.Literal.string(scope)),
+        )
+        query = exp.select(exp.column("rows_read", quoted=True)).from_(self.row_counts.table()).where(condition)
+        rows = self.warehouse.query(query.sql(self.warehouse.dialect))
+        return int(rows.iloc[0, 0]) if len(rows) else None
+
+    def record_row_count(self, sync_name: str, scope: str, rows_read: int, run_id: str) -> None:
+        row = {"sync_name": sync_name, "scope": scope, "rows_read": rows_read, "run_id": run_id}
+        frame = _frame([row | {"recorded_at": utc_now()}], _ROW_COUNT_COLUMNS)
+        self.warehouse.replace_rows(self.row_counts, frame, ROW_COUNT_KEY)
 
     def known_customers(self, sync_name: str, account: str) -> int:
         """How many Stripe customers this sync has an id for in the account: a floor on its size."""
