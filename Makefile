@@ -32,10 +32,16 @@ dev: $(MANIFEST)  ## the Dagster UI (http://127.0.0.1:3000) on the demo's wareho
 	$(BIN)/python -m census_stripe.demo dev $(DEV_ARGS)
 
 # mypy first; then two processes share the tests, a file each (a module's fixtures are set up once);
-# then the tests marked serial run on their own (pyproject.toml says why).
+# then the tests marked serial run on their own (pyproject.toml says why). Both passes run in an order
+# shuffled by pytest-randomly from one seed, printed at the top of each: `make test TEST_SEED=<seed>`
+# repeats an order, `make test TEST_ORDER="-p no:randomly"` keeps the files' own.
+ifndef TEST_SEED
+TEST_SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
+TEST_ORDER ?= -p randomly --randomly-seed=$(TEST_SEED)
 test: typecheck $(MANIFEST) browser  ## the type checker, then the test suite: real DuckDB, real dbt, a real local Stripe server
-	$(BIN)/python -m pytest -m 'not serial' --numprocesses 2 --dist loadfile --durations 15 $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'not serial' --numprocesses 2 --dist loadfile --durations 15 $(TEST_ORDER) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m serial $(TEST_ORDER) $(PYTEST_ARGS)
 
 # Request parameters are the stripe SDK's TypedDicts: a misspelled Stripe parameter fails here, offline.
 typecheck: $(INSTALLED)  ## mypy over the package

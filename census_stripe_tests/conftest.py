@@ -7,19 +7,24 @@ other's state. The local Stripe server is one process per session, emptied befor
 
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import sys
+import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import psutil
 import psycopg
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from census_stripe.demo.local_stripe import LocalStripe
+from census_stripe.demo.local_stripe import LocalStripe, free_port, stop_process_group
 from census_stripe.demo.seed_data import DEFAULT_CUSTOMERS, write_seeds
 from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.orchestration.resources import StripeResource
@@ -79,6 +84,83 @@ def pytest_sessionfinish(session, exitstatus):
     selection (PYTEST_ARGS) leaves empty has passed."""
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.OK
+
+
+class Processes:
+    """The processes a test starts: each in a process group of its own, every one stopped (its group
+    and its descendants killed) when the test ends, passed or failed."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, command: list[str], **popen) -> subprocess.Popen:
+        process = subprocess.Popen(command, start_new_session=True, **popen)
+        self.started.append(process)
+        return process
+
+    @staticmethod
+    def kill(process: subprocess.Popen) -> None:
+        """SIGKILL of the process's whole group, as a crash or `kill -9` of a run does it."""
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            stop_process_group(process, signal.SIGKILL)
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    owned = Processes()
+    try:
+        yield owned
+    finally:
+        owned.stop_all()
+
+
+@pytest.fixture
+def unreachable_url() -> Iterator[str]:
+    """An address where every connection is refused: a port bound for the test's duration and never
+    listened on, so that no other process can take it meanwhile."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{bound.getsockname()[1]}"
+
+
+def listening_ports(process: subprocess.Popen) -> set[int]:
+    """The TCP ports the process, or one of its descendants, listens on."""
+    try:
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return set()
+    ports = set()
+    for member in family:
+        try:
+            connections = member.net_connections(kind="tcp")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        ports |= {c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN}
+    return ports
+
+
+def start_on_a_free_port(
+    command: Callable[[int], list[str]], processes: Processes, log: Path, timeout: float = 300, **popen
+) -> tuple[subprocess.Popen, int]:
+    """A server that cannot bind a port of its own choosing (dagster-webserver takes `-p 0` for "3000"),
+    started on a port free a moment before. It is up once a process of its own listens there, never
+    another one that took the port meanwhile; if one did, the server exits, and another port is tried.
+    `timeout` is a deadline for a server that cannot start, not a timing."""
+    for _ in range(5):
+        port = free_port()
+        with open(log, "ab") as output:
+            process = processes.start(command(port), stdout=output, stderr=subprocess.STDOUT, **popen)
+        deadline = time.monotonic() + timeout
+        while process.poll() is None:
+            if port in listening_ports(process):
+                return process, port
+            assert time.monotonic() < deadline, f"no listener on port {port}:\n{log.read_text()[-3000:]}"
+            time.sleep(0.2)
+    raise AssertionError(f"the server exited on every port tried:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture

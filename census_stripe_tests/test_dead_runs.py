@@ -5,7 +5,6 @@ on a Dagster instance configured as the demo's, writing to the Stripe test doubl
 """
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from census_stripe.orchestration.dead_runs import (
 )
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.warehouse.state import utc_now
-from census_stripe_tests.conftest import MATERIALIZE_DEMO_SYNC, dagster_process_env
+from census_stripe_tests.conftest import MATERIALIZE_DEMO_SYNC, Processes, dagster_process_env
 from census_stripe_tests.meters import create_meter
 from census_stripe_tests.synthetic import make_model
 from census_stripe_tests.test_delivery import assert_stripe_equals_model, customers_for
@@ -222,37 +221,32 @@ def dagster_home(tmp_path) -> Path:
 
 
 def start_materialize(
-    home: Path, warehouse: Path, double, log: Path, command: list[str] = MATERIALIZE_DEMO_SYNC
+    processes: Processes, home: Path, warehouse: Path, double, log: Path, command: list[str] = MATERIALIZE_DEMO_SYNC
 ) -> subprocess.Popen:
+    """A `dagster asset materialize` in a process group of its own, so that killing the group kills
+    the run as a whole; the test owns it, so no run outlives its test."""
     with open(log, "w") as output:
-        return subprocess.Popen(
+        return processes.start(
             command,
             env=dagster_process_env(home, warehouse, double.url, api_key="sk_test_deadruns"),
             cwd=PROJECT_ROOT,
             stdout=output,
             stderr=subprocess.STDOUT,
-            # Its own process group, so that killing the group kills the run as a whole.
-            start_new_session=True,
         )
 
 
 def wait_until(condition, timeout: float, what: str) -> None:
+    """Polls `condition`; `timeout` is a deadline for a broken test, far beyond a busy machine's pace."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
 
 
-def kill_process_group(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def finish(process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+def finish(process: subprocess.Popen, log: Path, timeout: float = 900) -> None:
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        kill_process_group(process)
         pytest.fail(f"the run did not finish within {timeout} s:\n{log.read_text()[-3000:]}")
     assert process.returncode == 0, log.read_text()[-3000:]
 
@@ -283,22 +277,26 @@ def assert_killed_run_was_cleared(home: Path) -> None:
         assert instance.event_log_storage.get_concurrency_info(POOL).claimed_slots == []
 
 
-def start_writing_run(dagster_home, warehouse, rows: int, double, log_path):
-    """A `dagster asset materialize` of the demo sync over `rows` new customers, once it is writing."""
-    make_model(warehouse, rows)
-    double.configure(latency=0.05)
-    run = start_materialize(dagster_home, warehouse, double, log_path)
-    wait_until(lambda: double.stats().get("done_create", 0) > 0, 120, "the first run to write to Stripe")
-    return run
+def kill_while_paused(processes: Processes, run: subprocess.Popen, double) -> int:
+    """SIGKILL of the run's process group once the double holds its next request (a kill point set
+    by `double.pause_after`); then the requests it held are served, as Stripe serves a request whose
+    client died after sending it. Returns how many were held."""
+    double.wait_until_paused(client=run)
+    processes.kill(run)
+    held = double.pause_state()["waiting"]
+    double.resume()
+    return held
 
 
-def test_a_run_killed_mid_sync_does_not_wedge_the_next_one(double, dagster_home, tmp_path):
+def test_a_run_killed_mid_sync_does_not_wedge_the_next_one(double, dagster_home, tmp_path, processes):
     warehouse = tmp_path / "warehouse.duckdb"
-    killed = start_writing_run(dagster_home, warehouse, 300, double, tmp_path / "killed.log")
-    kill_process_group(killed)
-    assert 0 < double.stats()["customers"] < 300
+    make_model(warehouse, 300)
+    double.pause_after(20, "create")
+    killed = start_materialize(processes, dagster_home, warehouse, double, tmp_path / "killed.log")
+    held = kill_while_paused(processes, killed, double)
+    assert double.stats()["customers"] == 20 + held < 300
 
-    rerun = start_materialize(dagster_home, warehouse, double, tmp_path / "rerun.log")
+    rerun = start_materialize(processes, dagster_home, warehouse, double, tmp_path / "rerun.log")
     finish(rerun, tmp_path / "rerun.log")
     assert_killed_run_was_cleared(dagster_home)
     assert_stripe_equals_model(double, warehouse)
@@ -309,50 +307,55 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
-def test_a_run_waiting_for_the_pool_sleeps_and_goes_ahead_once_the_holder_is_killed(double, dagster_home, tmp_path):
+def test_a_run_waiting_for_the_pool_sleeps_and_goes_ahead_once_the_holder_is_killed(
+    double, dagster_home, tmp_path, processes
+):
     warehouse = tmp_path / "warehouse.duckdb"
-    # At the default test-mode pace (about 22 creates/s) the first run writes for over 40 s: time for
-    # the second to start (Dagster's start-up alone can take 30 s on a busy machine) and wait.
-    holder = start_writing_run(dagster_home, warehouse, 1000, double, tmp_path / "holder.log")
-    waiting = start_materialize(dagster_home, warehouse, double, tmp_path / "waiting.log")
+    make_model(warehouse, 300)
+    # The holder's first Stripe call (which account is this?) is held: the holder keeps the pool's slot
+    # while the second run starts and waits, however long a busy machine takes (each held request
+    # times out after the SDK's 80 s and is retried, so minutes pass before the holder gives up).
+    double.pause_after(0, "account")
+    holder = start_materialize(processes, dagster_home, warehouse, double, tmp_path / "holder.log")
+    double.wait_until_paused(client=holder)
+    waiting = start_materialize(processes, dagster_home, warehouse, double, tmp_path / "waiting.log")
 
     def waiting_is_blocked() -> bool:
         runs = runs_oldest_first(dagster_home)
         return len(runs) == 2 and BLOCKED in engine_messages(dagster_home, runs[1].run_id)
 
-    wait_until(waiting_is_blocked, 90, "the second run to wait for the pool's slot")
-    assert holder.poll() is None, "the first run finished before the second one waited; give it more rows"
+    wait_until(waiting_is_blocked, 600, "the second run to wait for the pool's slot")
     before, started = cpu_seconds(waiting.pid), time.monotonic()
-    time.sleep(4)
+    time.sleep(4)  # the window CPU use is measured over, not a wait for anything
     busy = (cpu_seconds(waiting.pid) - before) / (time.monotonic() - started)
     assert busy < 0.1, f"the waiting run used {busy:.0%} of a CPU"
-    # The holder is alive: the waiting run left it alone.
+    # The holder is alive, still held at its first call: the waiting run left it alone.
+    assert holder.poll() is None and double.pause_state()["waiting"] >= 1
     assert [run.status for run in runs_oldest_first(dagster_home)] == [dg.DagsterRunStatus.STARTED] * 2
-    assert holder.poll() is None, "the first run finished while the second one was measured; give it more rows"
 
-    kill_process_group(holder)
+    processes.kill(holder)
+    double.resume(drop_waiting=True)
     finish(waiting, tmp_path / "waiting.log")
     assert_killed_run_was_cleared(dagster_home)
     assert_stripe_equals_model(double, warehouse)
 
 
-def test_the_demo_killed_mid_sync_runs_again(double, tmp_path):
+def test_the_demo_killed_mid_sync_runs_again(double, tmp_path, processes):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DAGSTER_", "CENSUS_STRIPE_"))}
     env |= {"CENSUS_STRIPE_DATA_DIR": str(tmp_path), "STRIPE_API_BASE": double.url, "STRIPE_API_KEY": "sk_test_demo"}
-    double.configure(latency=0.05)
     command = [sys.executable, "-m", "census_stripe.demo", "run"]
-    log = tmp_path / "first.log"
-    with open(log, "w") as output:
-        killed = subprocess.Popen(
-            command, env=env, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    wait_until(lambda: double.stats().get("done_create", 0) > 0, 180, "the demo to write to Stripe")
-    kill_process_group(killed)
-    written = double.stats()["customers"]
-    assert 0 < written < 294
+    create_meter(double.url, api_key="sk_test_demo")  # with your own key, your Stripe's meters are yours to create
+    double.pause_after(10, "create")
+    with open(tmp_path / "first.log", "w") as output:
+        killed = processes.start(command, env=env, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT)
+    held = kill_while_paused(processes, killed, double)
+    assert double.stats()["customers"] == 10 + held < 294
 
-    rerun = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr + (tmp_path / "demo.log").read_text()[-3000:]
+    rerun = processes.start(
+        command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    output, _ = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, output + (tmp_path / "demo.log").read_text()[-3000:]
     assert_killed_run_was_cleared(tmp_path / "dagster_home")
     emails = [customer.values["email"] for customer in customers_for(double, key="sk_test_reader").iter_all()]
     assert len(emails) == len(set(emails)) == 294
@@ -363,35 +366,36 @@ def test_the_demo_killed_mid_sync_runs_again(double, tmp_path):
 USAGE_DAYS = 20
 
 
-def bill_usage(home: Path, warehouse: Path, double, log: Path) -> subprocess.Popen:
-    """`dagster asset materialize` of the demo's api_usage sync over the last USAGE_DAYS days."""
+def bill_usage(processes: Processes, home: Path, warehouse: Path, double, log: Path) -> subprocess.Popen:
+    """`dagster asset materialize` of the demo's api_usage sync over the last USAGE_DAYS days (UTC)."""
     today = utc_now().date()
     days = f"{today - timedelta(days=USAGE_DAYS)}...{today - timedelta(days=1)}"
     command = [*MATERIALIZE_DEMO_SYNC[:-1], "stripe/api_usage", "--partition-range", days]
-    return start_materialize(home, warehouse, double, log, command)
+    return start_materialize(processes, home, warehouse, double, log, command)
 
 
-def test_usage_billing_killed_mid_partition_then_rerun_bills_each_event_once(double, dagster_home, tmp_path):
+def test_usage_billing_killed_mid_partition_then_rerun_bills_each_event_once(double, dagster_home, tmp_path, processes):
     warehouse = tmp_path / "warehouse.duckdb"
     make_model(warehouse, 300)
-    customers = start_materialize(dagster_home, warehouse, double, tmp_path / "customers.log")
+    customers = start_materialize(processes, dagster_home, warehouse, double, tmp_path / "customers.log")
     finish(customers, tmp_path / "customers.log")
+    # The days before today as the partitions name them: UTC days, whatever this machine's time zone.
+    today = utc_now().date()
     with duckdb.connect(str(warehouse)) as connection:
         connection.execute(
             f"""create table main.stripe_api_usage as
-                select email, cast(current_date - cast(d as integer) as date) as usage_date, d * 10 as api_calls
+                select email, cast(date '{today}' - cast(d as integer) as date) as usage_date, d * 10 as api_calls
                 from main.stripe_customers, range(1, {USAGE_DAYS + 1}) as t(d)"""
         )
     events = 300 * USAGE_DAYS
     create_meter(double.url)
-    # 60 stream requests at 10/s: the run is killed with some answered and some in flight.
-    double.configure(latency=0.3, meter_event_stream_rate=10)
-    killed = bill_usage(dagster_home, warehouse, double, tmp_path / "killed.log")
-    wait_until(lambda: double.stats().get("meter_events_streamed", 0) >= 1000, 120, "the usage run to stream")
-    kill_process_group(killed)
-    assert double.meter_events()["counted"] < events
+    # Killed with 10 stream requests of 100 events answered and the next ones sent, held by the double.
+    double.pause_after(10, "meter_event_stream")
+    killed = bill_usage(processes, dagster_home, warehouse, double, tmp_path / "killed.log")
+    held = kill_while_paused(processes, killed, double)
+    assert held >= 1 and 1000 < double.meter_events()["counted"] < events
 
-    rerun = bill_usage(dagster_home, warehouse, double, tmp_path / "rerun.log")
+    rerun = bill_usage(processes, dagster_home, warehouse, double, tmp_path / "rerun.log")
     finish(rerun, tmp_path / "rerun.log")
     summary = double.meter_events()
     assert (summary["counted"], summary["counted_more_than_once"]) == (events, 0)

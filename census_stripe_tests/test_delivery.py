@@ -8,7 +8,6 @@ the model's values, no duplicate emails, and a state table that agrees with Stri
 import json
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from census_stripe.spec import load_sync_spec
 from census_stripe.stripe_client.client import StripeObjects
 from census_stripe.stripe_client.errors import StripeAccessError, StripeRequestError
 from census_stripe.stripe_client.rate_limit import RateLimits, shared_budget
+from census_stripe.stripe_client.values import STRIPE_API_BASE
 from census_stripe.sync import RunOptions, run_sync
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
@@ -33,6 +33,7 @@ from census_stripe.warehouse.state import SyncStateStore
 from census_stripe_tests.conftest import (
     DEMO_SYNC,
     MATERIALIZE_DEMO_SYNC,
+    Processes,
     dagster_process_env,
 )
 from census_stripe_tests.synthetic import make_model
@@ -106,58 +107,72 @@ def test_with_every_fault_on_the_run_succeeds_and_stripe_equals_the_model(double
     assert_stripe_equals_model(double, model)
 
 
-def run_in_process(model: Path, double, **options) -> subprocess.Popen:
+def run_in_process(processes: Processes, model: Path, double, **options) -> subprocess.Popen:
     command = [sys.executable, "-m", "census_stripe_tests.sync_process", "--db", str(model), "--url", double.url]
     for name, value in options.items():
         command += [f"--{name}", str(value)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return processes.start(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def write_requests(double) -> int:
-    stats = double.stats()
-    return stats.get("requests_create", 0) + stats.get("requests_update", 0)
+def kill_after_creates(processes: Processes, model: Path, double, creates: int, **options) -> None:
+    """A run in its own process, SIGKILLed once Stripe has answered `creates` of its creates and it
+    has sent the next one, which the double holds (a kill point)."""
+    double.pause_after(creates, "create")
+    run = run_in_process(processes, model, double, **options)
+    double.wait_until_paused(client=run)
+    processes.kill(run)
 
 
-def finish_run(model: Path, double) -> dict[str, int]:
+def finish_run(processes: Processes, model: Path, double) -> dict[str, int]:
     """A last run of the demo sync, left to finish; its counts."""
-    final = run_in_process(model, double, concurrency=4, rate=200)
-    output, errors = final.communicate(timeout=300)
+    final = run_in_process(processes, model, double, concurrency=4)
+    output, errors = final.communicate(timeout=600)
     assert final.returncode == 0, errors[-3000:]
     return json.loads(output)
 
 
-def test_runs_killed_at_random_points_converge_without_duplicates(double, model):
-    double.configure(latency=0.01, fail_after_rate=0.02)
+def test_runs_killed_at_random_points_converge_without_duplicates(double, model, processes):
+    double.configure(fail_after_rate=0.02)
     generator = random.Random(7)
-    kills = 0
     for _ in range(5):
-        # At 40 writes/s a whole run writes for over 7 s. Start-up takes from 1 s to many on a busy
-        # machine, so the kill is timed from the run's first write request, not from its start.
-        before = write_requests(double)
-        process = run_in_process(model, double, concurrency=4, rate=40)
-        deadline = time.monotonic() + 120
-        while write_requests(double) == before and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(generator.uniform(0.0, 2.0))
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.communicate()
-    assert kills >= 3, "the runs finished before they could be killed; make them slower"
-    assert 0 < double.stats()["customers"] <= ROWS
+        # Anywhere from before the first create to before the last one this run would make; the
+        # creates in flight at the kill are then applied by Stripe, or never arrive.
+        left = ROWS - double.stats()["customers"]
+        kill_after_creates(processes, model, double, generator.randrange(left), concurrency=4)
+        double.resume(drop_waiting=generator.random() < 0.5)
+    assert 0 < double.stats()["customers"] < ROWS
 
-    assert finish_run(model, double)["failed"] == 0
+    assert finish_run(processes, model, double)["failed"] == 0
     assert_stripe_equals_model(double, model)
 
 
-def test_two_runs_at_once_make_no_duplicates(double, model, tmp_path):
+def test_a_run_killed_mid_sync_has_saved_only_whole_batches_of_writes_stripe_accepted(double, model, processes):
+    """State is saved after each batch of 100 writes Stripe accepted, never before. Killed with 250
+    creates answered and the 251st sent, the run had taken in the results of at least 235 (it keeps
+    at most 2 x 8 writes in flight, and takes in at most 16 at once, so a batch holds 100 to 115):
+    its first two batches were saved, 200 to 230 rows, every one a customer in Stripe."""
+    kill_after_creates(processes, model, double, 250, concurrency=8)
+    double.resume(drop_waiting=True)
+    in_stripe = {c.values["email"]: c.id for c in customers_for(double, key="sk_test_reader").iter_all()}
+    assert len(in_stripe) == 250
+    with duckdb.connect(str(model)) as connection:
+        saved = dict(
+            connection.execute(
+                "select customer_key, stripe_customer_id from census_stripe.sync_state where status = 'synced'"
+            ).fetchall()
+        )
+    assert 200 <= len(saved) <= 230
+    assert saved.items() <= in_stripe.items()
+
+
+def test_two_runs_at_once_make_no_duplicates(double, model, tmp_path, processes):
     # DuckDB takes one writer per file, so each run has its own copy of the same warehouse; both
     # race to create the same customers in the same Stripe account.
     twin = tmp_path / "twin.duckdb"
     shutil.copyfile(model, twin)
     double.configure(latency=0.02)
-    runs = [run_in_process(path, double, concurrency=8) for path in (model, twin)]
-    results = [run.communicate(timeout=300) for run in runs]
+    runs = [run_in_process(processes, path, double, concurrency=8) for path in (model, twin)]
+    results = [run.communicate(timeout=600) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], [errors[-2000:] for _, errors in results]
     assert double.stats()["customers"] == ROWS
     assert_stripe_equals_model(double, model)
@@ -184,9 +199,18 @@ def test_throttling_halves_the_rate_and_recovers(double, model):
     assert report.counts()["failed"] == 0
     rate_limited = double.stats().get("rate_limited", 0)
     assert rate_limited > 0
+    # Every 429 throttled the engine's budget.
+    assert customers.budget.throttled == report.rate_limited == rate_limited
     # Halving at each 429 keeps the 429s to a small share of the requests, not one per row.
     assert rate_limited < ROWS / 2
-    assert customers.budget.endpoint("create").rate() < 100
+    # At the last 429, the create endpoint's rate was halved (from at most its ceiling, 90/s); it climbs
+    # back to the ceiling over `recovery_seconds` (read on the bucket's own clock, not waited for).
+    creates = customers.budget.endpoint("create")
+    assert creates.throttled_at is not None
+    assert creates.rate(creates.throttled_at) <= creates.ceiling / 2
+    climbing = creates.rate(creates.throttled_at + creates.recovery_seconds / 4)
+    assert creates.rate(creates.throttled_at) < climbing < creates.ceiling
+    assert creates.rate(creates.throttled_at + creates.recovery_seconds) == creates.ceiling == 90
 
 
 def test_a_key_that_cannot_write_fails_before_any_row(double, model):
@@ -204,7 +228,9 @@ def test_a_key_that_cannot_write_fails_before_any_row(double, model):
 def test_live_keys_need_an_explicit_opt_in():
     with pytest.raises(StripeAccessError, match="allow_live_mode"):
         StripeResource(api_key="rk_live_0123456789").objects()
-    assert StripeResource(api_key="rk_live_0123456789", allow_live_mode=True).objects()
+    live = StripeResource(api_key="rk_live_0123456789", allow_live_mode=True).objects()
+    # Stripe itself, within live mode's account budget: 100 requests/s less the 10 % headroom.
+    assert (live.api_base, live.budget.account.ceiling) == (STRIPE_API_BASE, 90)
 
 
 @pytest.fixture
@@ -228,7 +254,7 @@ def postgres_dagster_home(tmp_path, postgres_database):
     return home
 
 
-def test_runs_of_one_sync_never_overlap_in_dagster(double, tmp_path, postgres_dagster_home):
+def test_runs_of_one_sync_never_overlap_in_dagster(double, tmp_path, postgres_dagster_home, processes):
     """Each sync asset has its own concurrency pool; with the instance's pool limit at 1 (as the
     demo's dagster.yaml sets it), a second run of the sync waits for the first to finish."""
     home = postgres_dagster_home
@@ -238,7 +264,7 @@ def test_runs_of_one_sync_never_overlap_in_dagster(double, tmp_path, postgres_da
         warehouse = tmp_path / f"{name}.duckdb"
         make_model(warehouse, 60)
         runs.append(
-            subprocess.Popen(
+            processes.start(
                 MATERIALIZE_DEMO_SYNC,
                 env=dagster_process_env(home, warehouse, double.url, api_key="sk_test_pools"),
                 cwd=PROJECT_ROOT,
@@ -268,6 +294,7 @@ def test_runs_of_one_sync_never_overlap_in_dagster(double, tmp_path, postgres_da
     [
         (500, "", 3),  # Stripe failing: retried
         (500, "false", 1),  # ...unless Stripe says a retry would only replay the failure
+        (409, "", 3),  # a request with the same idempotency key in flight: retried
         (409, "false", 1),
         (400, "", 1),  # a refusal: not retried
         (400, "true", 3),  # ...unless Stripe says a retry can succeed

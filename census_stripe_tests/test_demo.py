@@ -5,40 +5,45 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 
 from census_stripe.demo.__main__ import DEMO_API_KEY, raise_a_price_once_the_catalog_is_in_stripe
 from census_stripe.demo.report import describe_warehouse
 from census_stripe.demo.seed_data import catalog as catalog_seed
+from census_stripe.demo.seed_data import write_seeds
 from census_stripe.demo.stripe_double import key_stat
 from census_stripe.orchestration.project import sync_resources
 from census_stripe.orchestration.warehouses import PostgresWarehouseResource
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.stripe_client.client import make_client
+from census_stripe_tests.conftest import Processes
 from census_stripe_tests.meters import create_meter
 
 YOUR_KEY = "sk_test_CANARYyourown0123456789"
 
 
-def demo(data_dir, **settings) -> subprocess.CompletedProcess:
-    """`python -m census_stripe.demo run` in a shell with only these of the project's variables set."""
+DEMO_RUN = [sys.executable, "-m", "census_stripe.demo", "run"]
+# Only the demo's local Stripe servers started and stopped, on the demo's data, without a run.
+DEMO_SERVERS = [sys.executable, "-c", "from census_stripe.demo.__main__ import demo_environment as e\nwith e(): pass"]
+
+
+def demo(processes: Processes, data_dir, command: list[str] = DEMO_RUN, **settings) -> subprocess.CompletedProcess:
+    """`python -m census_stripe.demo run` in a shell with only these of the project's variables set; the
+    test owns it and what it starts (its local Stripe servers, Dagster), stopped however the test ends."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DAGSTER_", "CENSUS_STRIPE_"))}
     env |= {"CENSUS_STRIPE_DATA_DIR": str(data_dir), **settings}
-    return subprocess.run(
-        [sys.executable, "-m", "census_stripe.demo", "run"],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = processes.start(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = run.communicate(timeout=900)
+    return subprocess.CompletedProcess(command, run.returncode, stdout, stderr)
 
 
-def run_demo(data_dir, **settings) -> str:
-    completed = demo(data_dir, **settings)
+def run_demo(processes: Processes, data_dir, **settings) -> str:
+    completed = demo(processes, data_dir, **settings)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     return completed.stdout
 
@@ -51,11 +56,11 @@ def counts(output: str, sync: str = "customers") -> dict[str, int]:
 
 
 @pytest.mark.serial
-def test_the_demo_three_times_customers_and_catalog(tmp_path):
+def test_the_demo_twice_customers_and_catalog_then_its_local_stripe_lost(tmp_path, processes):
     """The first run creates the customers (localstripe) and the catalog (the double); the second
     writes no customer and makes one new price version; after localstripe's data is lost, the
-    customers' state resets with it while the catalog, kept apart, has nothing to do."""
-    first = run_demo(tmp_path)
+    customers' state resets with it while the catalog's and the usage's, kept apart, stay."""
+    first = run_demo(processes, tmp_path)
     assert counts(first) == {
         "rows_read": 300,
         "created": 294,
@@ -66,8 +71,17 @@ def test_the_demo_three_times_customers_and_catalog(tmp_path):
         "stripe_api_calls": 297,
     }
     assert "rejected 'not-an-email': invalid email" in first
-    assert "No STRIPE_API_KEY: starting a local Stripe server (localstripe) at http://127.0.0.1:8420" in first
-    assert "The catalog (products and prices) and the usage (meter events) are served by the project's Stripe" in first
+    # Ports 8420 and 8421, unless another program (another checkout's demo) has one: then another, kept for
+    # the next runs, so that their addresses, by which the syncs know these servers, stay the same.
+    [port] = re.findall(r"starting a local Stripe server \(localstripe\) at http://127.0.0.1:(\d+) ", first)
+    assert port == "8420" or f"Port 8420 is taken; the local Stripe server runs on {port}, from now on." in first
+    [catalog_port] = re.findall(
+        r"The catalog \(products and prices\) and the usage \(meter events\) are served by the project's Stripe "
+        r"test double at http://127.0.0.1:(\d+),",
+        first,
+    )
+    kept = {server: (tmp_path / f"{server}.port").read_text() for server in ("localstripe", "stripe_catalog")}
+    assert kept == {"localstripe": port, "stripe_catalog": catalog_port}
     assert f"DuckDB file {tmp_path / 'warehouse.duckdb'} (tables census_stripe.sync_state" in first
     assert (tmp_path / "localstripe.pickle").exists() and (tmp_path / "stripe_catalog.json").exists()
     products, prices = counts(first, "products"), counts(first, "prices")
@@ -79,7 +93,7 @@ def test_the_demo_three_times_customers_and_catalog(tmp_path):
     assert (usage["rows_read"], usage["accepted"], usage["rejected"]) == (700, 693, 7)
     assert len(json.loads((tmp_path / "stripe_catalog.json").read_text())["meter_events"]["by_identifier"]) == 693
 
-    second = run_demo(tmp_path)
+    second = run_demo(processes, tmp_path)
     assert counts(second) == {
         "rows_read": 300,
         "created": 0,
@@ -107,18 +121,27 @@ def test_the_demo_three_times_customers_and_catalog(tmp_path):
         (1200, True, "pro_monthly_usd"),
     ]
 
-    # Both records are kept, or both reset: never a state that claims customers Stripe lacks.
+    # Both records are kept, or both reset: never a state that claims customers Stripe lacks. What
+    # a third run would start with (a sync with no state creates its every row; one whose state and
+    # Stripe agree makes no call, as the second run showed).
     (tmp_path / "localstripe.pickle").unlink()
-    third = run_demo(tmp_path)
-    assert "starting from an empty Stripe account and an empty sync state" in third
-    assert counts(third)["created"] == 294
-    for sync in ("products", "prices", "api_usage"):
-        assert counts(third, sync)["stripe_api_calls"] == 0, sync
+    servers = demo(processes, tmp_path, DEMO_SERVERS)
+    assert servers.returncode == 0, servers.stdout + servers.stderr
+    assert "No saved local Stripe data: starting from an empty Stripe account and an empty sync state." in (
+        servers.stdout
+    )
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as warehouse:
+        state = dict(
+            warehouse.execute("select sync_name, count(*) from census_stripe.sync_state group by 1").fetchall()
+        )
+        ledger = warehouse.execute("select count(accepted_at) from census_stripe.meter_event_ledger").fetchone()
+    assert state == {"products": 4, "prices": 15}  # as the second run left them
+    assert ledger == (693,)
 
 
-def test_your_stripe_key_is_used_as_given_and_no_local_server_starts(tmp_path, double):
+def test_your_stripe_key_is_used_as_given_and_no_local_server_starts(tmp_path, double, processes):
     create_meter(double.url, api_key=YOUR_KEY)  # your Stripe's meters are yours to create: the demo makes none there
-    output = run_demo(tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
+    output = run_demo(processes, tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
     assert f"Using the Stripe API at {double.url} with your key (test mode)" in output
     assert "localstripe" not in output and not (tmp_path / "localstripe.pickle").exists()
     assert "test double" not in output and not (tmp_path / "stripe_catalog.json").exists()
@@ -132,8 +155,8 @@ def test_your_stripe_key_is_used_as_given_and_no_local_server_starts(tmp_path, d
     assert YOUR_KEY not in output + (tmp_path / "demo.log").read_text()
 
 
-def test_with_your_key_and_no_meter_the_demo_bills_nothing_and_says_how_to_create_it(tmp_path, double):
-    completed = demo(tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
+def test_with_your_key_and_no_meter_the_demo_bills_nothing_and_says_how_to_create_it(tmp_path, double, processes):
+    completed = demo(processes, tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
     assert completed.returncode != 0
     output = completed.stdout
     assert "of 'stripe/api_usage' failed.\nFirst error:\n  stripe__api_usage: " in output
@@ -145,9 +168,9 @@ def test_with_your_key_and_no_meter_the_demo_bills_nothing_and_says_how_to_creat
     assert YOUR_KEY not in output
 
 
-def test_a_failed_demo_shows_the_failed_checks_the_first_error_and_the_failing_rows(tmp_path, double):
+def test_a_failed_demo_shows_the_failed_checks_the_first_error_and_the_failing_rows(tmp_path, double, processes):
     double.configure(invalid_emails="^[a-d]")  # Stripe refuses every address that starts with a to d
-    completed = demo(tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
+    completed = demo(processes, tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
     assert completed.returncode != 0
     output = completed.stdout
     failed, writes = map(int, re.search(r"(\d+) of (\d+) Stripe writes failed", output).groups())
@@ -201,9 +224,9 @@ def test_the_summary_names_a_postgres_warehouse_not_a_duckdb_file():
     assert describe_warehouse(warehouse) == "PostgreSQL database 'analytics' at db.internal:6432 as sync"
 
 
-def test_an_unknown_warehouse_gets_the_projects_message_on_every_path(tmp_path):
+def test_an_unknown_warehouse_gets_the_projects_message_on_every_path(tmp_path, processes):
     message = "CENSUS_STRIPE_WAREHOUSE='nonsense' is not a warehouse; use one of duckdb, postgres"
-    completed = demo(tmp_path, CENSUS_STRIPE_WAREHOUSE="nonsense")
+    completed = demo(processes, tmp_path, CENSUS_STRIPE_WAREHOUSE="nonsense")
     assert completed.returncode == 2 and message in completed.stderr
     venv = Path(sys.executable).parent.parent
     for target in ("demo", "dev"):
@@ -246,3 +269,29 @@ def test_the_catalog_is_synced_through_its_own_server_only_when_one_is_named(
     with dg.build_resources({name: resources[name] for name in ("stripe", "stripe_catalog")}) as built:
         assert built.stripe.api_base == "http://127.0.0.1:8420"
         assert (built.stripe_catalog.api_base, built.stripe_catalog.api_key) == (catalog_api_base, YOUR_KEY)
+
+
+def test_seeds_rewritten_while_read_are_always_read_whole(tmp_path):
+    """Every demo run, and the tests' dbt builds, write the seeds that other processes' dbt may be
+    reading at that moment: a reader sees the old file or the new one, never a part."""
+    versions = set()
+    for users in (300, 301):
+        write_seeds(users, tmp_path)
+        versions.add((tmp_path / "raw_users.csv").read_bytes())
+    rewritten = threading.Event()
+
+    def rewrite() -> None:
+        for turn in range(20):
+            write_seeds(300 + turn % 2, tmp_path)
+        rewritten.set()
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    reads = []
+    while not rewritten.is_set():
+        reads.append((tmp_path / "raw_users.csv").read_bytes())
+    writer.join()
+    assert reads and all(read in versions for read in reads)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        f"{table}.csv" for table in write_seeds(300, tmp_path)
+    )

@@ -3,7 +3,6 @@ started (webserver, daemon, code servers, the local Stripe server) may outlive i
 
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -12,10 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from census_stripe.demo.local_stripe import free_port
 from census_stripe.settings import PROJECT_ROOT
+from census_stripe_tests.conftest import start_on_a_free_port
 
-STARTUP_SECONDS = 300
 STOP_SECONDS = 120
 
 
@@ -29,27 +27,25 @@ def webserver_answers(port: int) -> bool:
 
 @pytest.mark.serial
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "Ctrl-C"])
-def test_make_dev_leaves_nothing_running_when_stopped(tmp_path, stop_signal):
+def test_make_dev_leaves_nothing_running_when_stopped(tmp_path, stop_signal, processes):
     venv = Path(sys.executable).parent.parent
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DAGSTER_", "CENSUS_STRIPE_"))}
     env["CENSUS_STRIPE_DATA_DIR"] = str(tmp_path)
-    make = subprocess.Popen(
-        # The test's virtualenv is taken as installed and the manifest as prepared (`make test` made both).
-        ["make", "--no-print-directory", "dev", f"VENV={venv}", "-o", f"{venv}/.installed", f"DEV_ARGS=-p {port}"],
+    # Its own process group, as a terminal's foreground group: Ctrl-C reaches every process in it.
+    # The test's virtualenv is taken as installed and the manifest as prepared (`make test` made both).
+    make_dev = ["make", "--no-print-directory", "dev", f"VENV={venv}", "-o", f"{venv}/.installed"]
+    make, port = start_on_a_free_port(
+        lambda port: [*make_dev, f"DEV_ARGS=-p {port}"],
+        processes,
+        tmp_path / "make_dev.log",
         env=env,
         cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # a terminal's foreground group: Ctrl-C reaches every process in it
     )
     started: dict[int, psutil.Process] = {}
-    deadline = time.monotonic() + STARTUP_SECONDS
     try:
-        while not webserver_answers(port):
-            assert make.poll() is None, make.stdout.read()
-            assert time.monotonic() < deadline, "the webserver did not answer"
+        deadline = time.monotonic() + STOP_SECONDS
+        while not webserver_answers(port):  # its own webserver listens there: it answers once started
+            assert time.monotonic() < deadline, (tmp_path / "make_dev.log").read_text()[-3000:]
             time.sleep(1)
         # Recorded while running: a process re-parented to init later is still known by its pid.
         started = {child.pid: child for child in psutil.Process(make.pid).children(recursive=True)}
@@ -63,7 +59,6 @@ def test_make_dev_leaves_nothing_running_when_stopped(tmp_path, stop_signal):
         make.wait(timeout=STOP_SECONDS)
         _, alive = psutil.wait_procs(list(started.values()), timeout=STOP_SECONDS)
         assert alive == [], [" ".join(p.cmdline()) for p in alive]
-        assert not webserver_answers(port)
         # The local Stripe data was saved on the way out, the customers' and the catalog's.
         assert (tmp_path / "localstripe.pickle").exists() and (tmp_path / "stripe_catalog.json").exists()
     finally:

@@ -5,7 +5,6 @@ attempt of one intent. A retry still replays, and runs killed at random points m
 Each test is a case where an earlier version reported a write that Stripe never applied.
 """
 
-import signal
 import urllib.parse
 import urllib.request
 
@@ -160,7 +159,7 @@ def test_an_object_archived_and_reactivated_twice_in_a_day_is_active(double, tmp
 KILL_POINTS = [("update", 40, "applied"), ("create", 15, "applied"), ("update", 120, "lost")]
 
 
-def test_runs_killed_while_values_flap_converge_to_the_model_without_duplicates(double, tmp_path):
+def test_runs_killed_while_values_flap_converge_to_the_model_without_duplicates(double, tmp_path, processes):
     """Every customer's plan flaps within a day (X, back, X again) while new customers sign up; runs
     writing X again are killed (SIGKILL) mid-run, then one is left to finish."""
     model = tmp_path / "warehouse.duckdb"
@@ -175,11 +174,10 @@ def test_runs_killed_while_values_flap_converge_to_the_model_without_duplicates(
 
     for endpoint, accepted, in_flight in KILL_POINTS:
         double.pause_after(accepted, endpoint)
-        process = run_in_process(model, double, concurrency=4)
+        process = run_in_process(processes, model, double, concurrency=4)
         double.wait_until_paused(client=process)
-        process.send_signal(signal.SIGKILL)
-        process.communicate()
+        processes.kill(process)
         double.resume(drop_waiting=in_flight == "lost")
-    assert finish_run(model, double)["failed"] == 0
+    assert finish_run(processes, model, double)["failed"] == 0
     assert double.stats()["customers"] == ROWS + ROWS // 3
     assert_stripe_equals_model(double, model)

@@ -13,7 +13,6 @@ import pytest
 import stripe
 from dagster_duckdb import DuckDBResource
 
-from census_stripe.demo.local_stripe import free_port
 from census_stripe.orchestration.resources import StripeResource
 from census_stripe.orchestration.sync_asset import build_sync_asset, load_sync
 from census_stripe.orchestration.warehouses import DuckDBWarehouseResource
@@ -117,12 +116,14 @@ def leaks(key: str, *texts: str, root: Path | None = None) -> set[str]:
 
 @pytest.mark.parametrize("key, named", HOSTILE_KEYS.values(), ids=HOSTILE_KEYS.keys())
 def test_a_hostile_key_is_refused_before_any_call_and_never_recorded(
-    key, named, monkeypatch, warehouse_path, stripe_url, tmp_path, caplog, capfd
+    key, named, monkeypatch, warehouse_path, double, tmp_path, caplog, capfd
 ):
     caplog.set_level(logging.DEBUG)
-    failure, recorded = failed_run_with_key(monkeypatch, key, warehouse_path, stripe_url, tmp_path)
+    failure, recorded = failed_run_with_key(monkeypatch, key, warehouse_path, double.url, tmp_path)
     refusal = f"census_stripe.stripe_client.errors.MalformedKeyError: STRIPE_API_KEY contains {named}"
     assert failure.cause.message.startswith(refusal)
+    # Before any call: Stripe (the double, which counts every API request by key and by endpoint) saw none.
+    assert [name for name in double.stats() if name.startswith(("key_sha256_", "requests_"))] == []
     assert "STEP_FAILURE" in recorded  # the sweep did read the event log
     captured = capfd.readouterr()
     assert leaks(key, recorded, caplog.text, captured.out, captured.err, root=tmp_path) == set()
@@ -187,7 +188,7 @@ def test_redact_leaves_other_text_alone():
     assert redact("x marks sk_test_x", "sk_test_x") == "x marks [redacted]"
 
 
-def test_no_sdk_error_leaves_the_stripe_layer(double):
+def test_no_sdk_error_leaves_the_stripe_layer(double, unreachable_url):
     double.configure(read_only_keys=["rk_test_CANARYreadonly0123456789"])
     customers = StripeObjects("sk_test_CANARYsdkerrors0123456789", double.url)
     with pytest.raises(StripeRequestError) as not_found:
@@ -196,7 +197,7 @@ def test_no_sdk_error_leaves_the_stripe_layer(double):
     read_only = StripeObjects("rk_test_CANARYreadonly0123456789", double.url)
     with pytest.raises(StripeAccessError) as refused:
         read_only.check_write_access()
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = unreachable_url
     with pytest.raises(StripeRequestError) as unanswered:
         StripeObjects("sk_test_CANARYsdkerrors0123456789", dead, max_attempts=2).create({}, "census-stripe-test")
     with pytest.raises(StripeUnreachableError) as unreachable:

@@ -15,6 +15,15 @@ from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.stripe_client.client import make_client
 from census_stripe_tests.meters import create_meter
 
+# Token buckets of a few requests that take 100 s to refill: the requests of a test meet the limit
+# exactly, however long a busy machine takes between them.
+WINDOW = 100
+
+
+def limits(**requests_per_window: int) -> dict:
+    """The double's rate limits as this many requests per WINDOW, in buckets holding a WINDOW's worth."""
+    return {name: count / WINDOW for name, count in requests_per_window.items()} | {"rate_window_seconds": WINDOW}
+
 
 @pytest.fixture
 def customers(double):
@@ -86,7 +95,7 @@ def test_a_lost_response_hides_a_done_write_that_the_same_key_replays(double, cu
 
 
 def test_rate_limits_answer_429_before_idempotency(double, customers):
-    double.configure(endpoint_rate=2)
+    double.configure(**limits(endpoint_rate=2))
     customers.create(params={"email": "a@x.com"}, options={"idempotency_key": "a"})
     customers.create(params={"email": "b@x.com"}, options={"idempotency_key": "b"})
     with pytest.raises(stripe.RateLimitError):
@@ -320,7 +329,7 @@ def test_a_lookup_key_belongs_to_one_price_and_moves_only_when_transferred(clien
 
 
 def test_catalog_endpoints_have_their_own_rate_limits_idempotency_and_stats(double, client):
-    double.configure(endpoint_rate=2)
+    double.configure(**limits(endpoint_rate=2))
     client.products.create(params={"id": "prod_a", "name": "A"}, options={"idempotency_key": "p"})
     replayed = client.products.create(params={"id": "prod_a", "name": "A"}, options={"idempotency_key": "p"})
     assert replayed.id == "prod_a"
@@ -599,7 +608,7 @@ def test_an_idempotency_key_replays_a_meter_event_instead_of_refusing_its_identi
 def test_live_mode_meter_events_have_a_rate_limit_of_their_own(double, meters):
     [ann] = double.load([{"email": "ann@x.com"}])
     live = make_client("sk_live_double", double.url, max_network_retries=0).v1
-    double.configure(account_rate=1, endpoint_rate=1, meter_event_rate=3)
+    double.configure(**limits(account_rate=1, endpoint_rate=1, meter_event_rate=3))
     for identifier in ("e1", "e2", "e3"):
         live.billing.meter_events.create(params=usage(ann, "1", identifier))
     with pytest.raises(stripe.RateLimitError):
@@ -611,8 +620,8 @@ def test_test_mode_meter_events_count_against_the_accounts_limit(double, client,
     """Stripe: in test mode, v1 meter events count toward the account's basic limit, not a limit of their own."""
     [ann] = double.load([{"email": "ann@x.com"}])
     live = make_client("sk_live_double", double.url, max_network_retries=0).v1
-    double.configure(account_rate=1)
-    client.customers.retrieve(ann)  # the account's one request this second
+    double.configure(**limits(account_rate=1))
+    client.customers.retrieve(ann)  # the account's one request of the window
     with pytest.raises(stripe.RateLimitError):
         client.billing.meter_events.create(params=usage(ann, "1", "e1"))
     live.billing.meter_events.create(params=usage(ann, "1", "e2"))
@@ -675,7 +684,7 @@ def test_an_expired_or_unknown_session_is_refused_with_stripes_session_error(dou
 def test_the_stream_has_a_rate_limit_of_its_own(double, stripe_client, meters):
     [ann] = double.load([{"email": "ann@x.com"}])
     token = stripe_client.v2.billing.meter_event_session.create().authentication_token
-    double.configure(account_rate=1, meter_event_stream_rate=2)
+    double.configure(**limits(account_rate=1, meter_event_stream_rate=2))
     stream(stripe_client, token, [usage(ann, "1", "e1")])
     stream(stripe_client, token, [usage(ann, "1", "e2")])
     with pytest.raises(stripe.RateLimitError):

@@ -143,7 +143,11 @@ def test_the_rejected_rows_check_fails_past_its_threshold(sync_runner, tmp_path)
 
 def test_the_demo_thresholds_pass(sync_runner):
     result = sync_runner().run()
-    assert all(e.passed for e in result.get_asset_check_evaluations())
+    checks = {e.check_name: (e.passed, e.description) for e in result.get_asset_check_evaluations()}
+    assert checks == {
+        "rejected_rows_below_threshold": (True, "6 of 300 rows rejected"),
+        "failed_writes_below_threshold": (True, "0 of 294 Stripe writes failed"),
+    }
 
 
 @pytest.mark.parametrize("day, orders", [("2024-04-22", 9)])

@@ -43,6 +43,7 @@ from census_stripe.orchestration.warehouses import (
 from census_stripe.plan import sql
 from census_stripe.settings import DBT_PROJECT_DIR, DEFS_DIR
 from census_stripe.spec import MeterEventSpec
+from census_stripe.stripe_client.client import local_account
 from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.postgres import RedshiftWarehouse
 from census_stripe.warehouse.state import StateRecord, StateStatus, SyncStateStore, utc_now
@@ -64,12 +65,14 @@ class WarehouseUnderTest:
     sql: Callable[[str], list[tuple]]
 
 
-def dbt_build(kind: str, target: Path, env: dict[str, str]) -> Path:
+def dbt_build(
+    kind: str, target: Path, env: dict[str, str], selection: tuple[str, ...] = ("--exclude", "tag:partitioned")
+) -> Path:
     """A real `dbt build` of the demo models on the warehouse; returns the manifest it wrote."""
     write_seeds(DEFAULT_CUSTOMERS)
     command = [str(Path(sys.executable).parent / "dbt"), "build", "--target", kind, "--target-path", str(target)]
     done = subprocess.run(
-        [*command, "--exclude", "tag:partitioned"],
+        [*command, *selection],
         cwd=DBT_PROJECT_DIR,
         env={**os.environ, "CENSUS_STRIPE_WAREHOUSE": kind, **env},
         capture_output=True,
@@ -166,11 +169,15 @@ def test_the_sync_runs_the_same_on_every_warehouse(warehouse, stripe_url, stripe
     in_stripe = {c.values["email"].lower(): c.id for c in stripe_customers.iter_all()}
     assert len(in_stripe) == 294
 
+    # The warehouse is the module's: the usage test syncs customers there too, to another Stripe account.
+    account = f"\"stripe_account\" = '{local_account(stripe_url, API_KEY).key}'"
     state = f'"{warehouse.resource.state_schema}"."sync_state"'
-    written = warehouse.sql(f'select "customer_key", "stripe_customer_id" from {state} where "status" = \'synced\'')
+    written = warehouse.sql(
+        f'select "customer_key", "stripe_customer_id" from {state} where "status" = \'synced\' and {account}'
+    )
     assert dict(written) == in_stripe  # the writeback: every Stripe id, in this warehouse
     rejections = f'"{warehouse.resource.state_schema}"."sync_rejections"'
-    assert warehouse.sql(f"select count(*) from {rejections}") == [(6,)]
+    assert warehouse.sql(f"select count(*) from {rejections} where {account}") == [(6,)]
 
     second = counts(dg.materialize([asset], resources=resources))
     assert (second["created"], second["updated"], second["stripe_api_calls"]) == (0, 0, 0)
@@ -211,6 +218,23 @@ def test_usage_is_billed_once_on_every_warehouse(warehouse, double):
     assert (again["already_sent"], again["accepted"], again["stripe_api_calls"]) == (99, 0, 0)
     ledger = f'"{warehouse.resource.state_schema}"."meter_event_ledger"'
     assert warehouse.sql(f"select count(*) from {ledger} where accepted_at is not null") == [(99,)]
+
+
+def test_usage_days_are_utc_days_whatever_the_warehouse_time_zone(tmp_path):
+    """The usage model counts its days back from today in UTC, as the usage is billed, not from the
+    warehouse session's today: built where the local date is not UTC's, the last day is UTC's yesterday."""
+    utc_days = {utc_now().date()}
+    # A zone whose date differs from UTC's now: 14 hours ahead from 10:00 UTC, else 11 hours behind.
+    zone = "Pacific/Kiritimati" if utc_now().hour >= 10 else "Pacific/Pago_Pago"
+    path = tmp_path / "warehouse.duckdb"
+    env = {"CENSUS_STRIPE_DUCKDB_PATH": str(path), "TZ": zone}
+    dbt_build("duckdb", tmp_path, env, selection=("--select", "+stripe_api_usage", "--exclude", "test_type:data"))
+    utc_days.add(utc_now().date())  # a build across UTC midnight may count from either day
+    with duckdb.connect(str(path), read_only=True) as connection:
+        first, last = connection.execute(
+            "select min(usage_date), max(usage_date) from main.stripe_api_usage"
+        ).fetchone()
+    assert any((first, last) == (today - timedelta(days=7), today - timedelta(days=1)) for today in utc_days)
 
 
 def test_the_guards_read_their_counts_on_every_warehouse(warehouse, double):

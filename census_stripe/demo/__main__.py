@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from census_stripe.demo.local_stripe import LocalStripe, free_port, stop_process_group
+from census_stripe.demo.local_stripe import LocalStripe, stop_process_group
 from census_stripe.demo.seed_data import RAISED_PRICE, USAGE_DAYS, demo_customer_count, write_seeds
 from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.settings import DATA_DIR, DEFS_DIR, PROJECT_ROOT, UnknownWarehouseError, duckdb_path, warehouse_kind
@@ -44,7 +44,8 @@ CATALOG_OBJECTS = ("product", "price")
 OBJECT_ORDER = ("customer", "product", "price")
 DAGSTER_HOME = DATA_DIR / "dagster_home"
 DEMO_API_KEY = "sk_test_census_stripe_demo"
-# A local server has no account id: the sync knows it by its address, so the demo keeps one.
+# A local server has no account id: the sync knows it by its address, so the demo keeps one. These are
+# the usual ports; a server that had to take another (this one was taken) asks for that one from then on.
 LOCAL_STRIPE_PORT = 8420
 LOCAL_CATALOG_PORT = 8421
 # The demo instance's dagster.yaml, by top-level section.
@@ -129,6 +130,17 @@ def write_instance_config(path: Path) -> None:
         path.write_text(text + ("\n" if text and not text.endswith("\n") else "") + "".join(missing))
 
 
+def last_port(server: str, usual: int) -> int:
+    """The port `server` listened on in the last run, else its usual one: a port taken once (by another
+    program, another checkout's demo) does not change the server's address again."""
+    kept = DATA_DIR / f"{server}.port"
+    return int(kept.read_text()) if kept.exists() else usual
+
+
+def keep_port(server: str, port: int) -> None:
+    (DATA_DIR / f"{server}.port").write_text(str(port))
+
+
 @contextmanager
 def demo_environment() -> Iterator[dict[str, str]]:
     """Environment variables for Dagster processes, with a local Stripe server running if needed."""
@@ -150,31 +162,33 @@ def demo_environment() -> Iterator[dict[str, str]]:
         print("No saved local Stripe data: starting from an empty Stripe account and an empty sync state.")
     if not LOCAL_CATALOG_DATA.exists() and _forget_sync_state(catalog=True):
         print("No saved local catalog data: the catalog's syncs start from an empty Stripe catalog and state.")
-    port = free_port(LOCAL_STRIPE_PORT)
-    if port != LOCAL_STRIPE_PORT:
-        print(
-            f"Port {LOCAL_STRIPE_PORT} is taken; the local Stripe server runs on {port}. The sync knows a local "
-            "server by its address, so it looks every customer up there again (it duplicates none)."
-        )
+    port = last_port("localstripe", LOCAL_STRIPE_PORT)
     server = LocalStripe(port, saved_data=LOCAL_STRIPE_DATA, log_path=DATA_DIR / "localstripe.log")
     # A fixed port, like localstripe's: the account is remembered by address and key, so a new
     # address would cost the next run a call to ask which account it is.
     catalog = StripeDoubleServer(
         store=LOCAL_CATALOG_DATA,
-        port=LOCAL_CATALOG_PORT,
+        port=last_port("stripe_catalog", LOCAL_CATALOG_PORT),
         log_path=DATA_DIR / "stripe_double.log",
         account_id=LOCAL_CATALOG_ACCOUNT,
         meter_customers_elsewhere=True,
     )
-    print(
-        f"No STRIPE_API_KEY: starting a local Stripe server (localstripe) at {server.url} with a demo key; "
-        f"its data is kept in {LOCAL_STRIPE_DATA}"
-    )
-    print(
-        f"The catalog (products and prices) and the usage (meter events) are served by the project's Stripe "
-        f"test double at {catalog.url}, as localstripe has neither; its data is kept in {LOCAL_CATALOG_DATA}"
-    )
     with server, catalog:
+        keep_port("localstripe", server.port)
+        keep_port("stripe_catalog", catalog.port)
+        if server.port != port:
+            print(
+                f"Port {port} is taken; the local Stripe server runs on {server.port}, from now on. The sync knows a "
+                "local server by its address, so it looks every customer up there again (it duplicates none)."
+            )
+        print(
+            f"No STRIPE_API_KEY: starting a local Stripe server (localstripe) at {server.url} with a demo key; "
+            f"its data is kept in {LOCAL_STRIPE_DATA}"
+        )
+        print(
+            f"The catalog (products and prices) and the usage (meter events) are served by the project's Stripe "
+            f"test double at {catalog.url}, as localstripe has neither; its data is kept in {LOCAL_CATALOG_DATA}"
+        )
         create_meters(catalog.url)
         yield env | {
             "STRIPE_API_BASE": server.url,

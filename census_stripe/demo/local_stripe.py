@@ -44,28 +44,48 @@ def stop_process_group(process: subprocess.Popen, first_signal: int, grace_secon
 
 
 def start_server(
-    command: list[str], port: int, log_path: Path | None = None, timeout: float = 30, env=None, cwd=None
-) -> subprocess.Popen:
-    """Start a server in its own process group and return once it accepts connections on `port`."""
-    with open(log_path or os.devnull, "ab") as log:  # the server writes to its own copy of the file
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=cwd
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{command[:3]} exited with code {process.returncode} (port {port})")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return process
-        except OSError:
+    command: list[str], log_path: Path | None = None, timeout: float = 120, env=None, cwd=None
+) -> tuple[subprocess.Popen, int]:
+    """Start one of the project's servers in its own process group; return it and its port once it
+    listens. The server binds its own port and reports it in the file named by the `--port-file`
+    appended here (`announce_port`), so no other process can take the port between its choice and
+    its use. `timeout` is a deadline for a server that cannot start, not a timing."""
+    with tempfile.TemporaryDirectory(prefix="server_") as folder:
+        port_file = Path(folder) / "port"
+        with open(log_path or os.devnull, "ab") as log:  # the server writes to its own copy of the file
+            process = subprocess.Popen(
+                [*command, "--port-file", str(port_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+                cwd=cwd,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[:3]} exited with code {process.returncode}")
+            if port_file.exists():
+                return process, int(port_file.read_text())
             time.sleep(0.05)
     stop_process_group(process, signal.SIGKILL)
-    raise TimeoutError(f"{command[:3]} did not listen on port {port} within {timeout:.0f}s")
+    raise TimeoutError(f"{command[:3]} did not listen within {timeout:.0f}s")
+
+
+def announce_port(listening: socket.socket, port_file: Path | None) -> int:
+    """Reports the port of a socket that listens, in `port_file` (written whole, then renamed into
+    place, so that a reader never sees half a number); returns it."""
+    port = listening.getsockname()[1]
+    if port_file is not None:
+        partial = port_file.with_name(port_file.name + ".partial")
+        partial.write_text(str(port))
+        partial.replace(port_file)
+    return port
 
 
 def free_port(preferred: int = 0) -> int:
-    """`preferred` if it is free, else any free port."""
+    """`preferred` if it is free, else any free port: free now, and another process may take it before it
+    is used. Only for a server that cannot bind a port of its own choosing (see `start_server`)."""
     for port in (preferred, 0) if preferred else (0,):
         with socket.socket() as s:
             # As the servers themselves bind: a port whose last connections linger in TIME_WAIT
@@ -80,10 +100,11 @@ def free_port(preferred: int = 0) -> int:
 
 
 class LocalStripe:
-    """`with LocalStripe() as server: server.url` — a fresh localstripe on a free port."""
+    """`with LocalStripe() as server: server.url` — a fresh localstripe on a port of its choosing, or on
+    `port` when that one is free."""
 
-    def __init__(self, port: int | None = None, saved_data: Path | None = None, log_path: Path | None = None):
-        self.port = port or free_port()
+    def __init__(self, port: int = 0, saved_data: Path | None = None, log_path: Path | None = None):
+        self.port = port
         self.saved_data = saved_data
         self.log_path = log_path
         self._process: subprocess.Popen | None = None
@@ -100,8 +121,8 @@ class LocalStripe:
         else:
             self._scratch = tempfile.TemporaryDirectory(prefix="localstripe_")
             store = Path(self._scratch.name) / "localstripe.pickle"
-        server = [sys.executable, "-m", "census_stripe.demo.localstripe_server", str(store)]
-        self._process = start_server([*server, "--port", str(self.port)], self.port, self.log_path)
+        server = [sys.executable, "-m", "census_stripe.demo.localstripe_server", str(store), "--port", str(self.port)]
+        self._process, self.port = start_server(server, self.log_path)
         return self
 
     def stop(self) -> None:

@@ -19,8 +19,10 @@ must reject exactly those rows, with a reason each, and sync everything else.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import random
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -273,12 +275,25 @@ def write_seeds(
     counts = {}
     raw = generate(customers)
     for table, rows in (raw | catalog(pro_price_raised) | api_usage(raw["raw_users"])).items():
-        with open(seed_dir / f"{table}.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        replace_file(seed_dir / f"{table}.csv", text.getvalue().encode())
         counts[table] = len(rows)
     return counts
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """`path` holds `data` afterwards. Other processes may be reading it (a dbt build of another run,
+    another test) or writing it at the same moment: each writes a file of its own beside it and renames
+    that into place, so a reader sees the old bytes or the new, never half; the same bytes are left
+    alone."""
+    if path.exists() and path.read_bytes() == data:
+        return
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 def demo_customer_count() -> int:

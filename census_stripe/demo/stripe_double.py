@@ -65,7 +65,7 @@ It is an HTTP server, run as its own process, modelled on Stripe's documented be
   nothing stored for the key), or after it ran (the response is lost: the object exists and the
   key replays the success), plus a fixed latency per request. Or every write answered with one
   chosen status, optionally with Stripe's `Stripe-Should-Retry` header, Stripe's advice on whether
-  retrying can succeed.
+  retrying can succeed; or the next few writes with chosen statuses, one each.
 - Invalid emails: customer writes of an email matching a configured pattern get a 400
   `email_invalid`, as Stripe answers an address it cannot accept.
 - Keys: `sk_`/`rk_` keys are accepted; a key listed as read-only gets 403 on writes. The stats
@@ -110,7 +110,7 @@ import urllib.request
 from bisect import bisect_left, insort
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache, partial
@@ -119,7 +119,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlparse
 
-from census_stripe.demo.local_stripe import free_port, start_server, stop_process_group
+from census_stripe.demo.local_stripe import announce_port, start_server, stop_process_group
 
 WHOLE_OBJECTS = ("address", "shipping")
 ACTIONS = ("create", "update", "list", "retrieve", "delete")
@@ -212,6 +212,8 @@ class DoubleConfig:
     invalid_emails: str = ""  # a regular expression: writes of a matching email get Stripe's 400 email_invalid
     refuse_writes_with: int = 0  # an HTTP status every write is answered with; 0 = off
     should_retry: str = ""  # "true" or "false": sent as Stripe-Should-Retry with that answer
+    # The next writes are answered with these statuses, one each in turn, without anything done.
+    next_write_statuses: list[int] = field(default_factory=list)
     seed: int = 0
     account_id: str = "acct_double"
     # The demo's customers live in localstripe, its meter events here: any cus_ id is then a customer.
@@ -221,22 +223,26 @@ class DoubleConfig:
     # Test-mode keys' v1 meter events take the account's bucket, as at Stripe.
     meter_event_rate: float = 0.0
     meter_event_stream_rate: float = 0.0  # requests/s to the v2 meter event stream; 0 = unlimited
+    # Each token bucket holds this many seconds' worth of its rate, as Stripe's hold one. A test stretches it,
+    # so that a bucket of a few requests refills one in a minute instead of within a busy machine's pause.
+    rate_window_seconds: float = 1.0
     session_ttl_seconds: float = 900.0  # a meter event session's lifetime
 
 
 class TokenBucket:
-    """`rate` tokens per second, holding at most one second's worth."""
+    """`rate` tokens per second, holding at most `seconds` seconds' worth (Stripe's: one second)."""
 
-    def __init__(self, rate: float):
+    def __init__(self, rate: float, seconds: float = 1.0):
         self.rate = rate
-        self.tokens = rate
+        self.capacity = rate * seconds
+        self.tokens = self.capacity
         self.updated = time.monotonic()
 
     def has_token(self) -> bool:
         if self.rate <= 0:
             return True
         now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         return self.tokens >= 1
 
@@ -855,16 +861,19 @@ class StripeDouble:
         self.reset()
 
     def configure(self, config: DoubleConfig) -> None:
-        self.config = config
+        # Taken out of the configuration, so that a later change of it does not script them again.
+        self.scripted_statuses = deque(config.next_write_statuses)
+        self.config = replace(config, next_write_statuses=[])
         self.random = random.Random(config.seed)
-        self.account_bucket = TokenBucket(config.account_rate)
+        bucket = partial(TokenBucket, seconds=config.rate_window_seconds)
+        self.account_bucket = bucket(config.account_rate)
         self.endpoint_buckets = {
             **{
-                name: TokenBucket(config.endpoint_rate)
+                name: bucket(config.endpoint_rate)
                 for name in (*ENDPOINTS, *METER_ACTIONS.values(), "meter_event_adjustment_create")
             },
-            "meter_event_create": TokenBucket(config.meter_event_rate),
-            "meter_event_stream": TokenBucket(config.meter_event_stream_rate),
+            "meter_event_create": bucket(config.meter_event_rate),
+            "meter_event_stream": bucket(config.meter_event_stream_rate),
         }
 
     def now(self) -> float:
@@ -1444,6 +1453,12 @@ class StripeDouble:
                 raise ApiError(429, "Too many requests hit the API too quickly.", code="rate_limit")
             for bucket in route.buckets:
                 bucket.take()
+            if route.write and self.scripted_statuses:
+                self.stats["scripted"] += 1
+                status = self.scripted_statuses.popleft()
+                raise ApiError(
+                    status, "Answered as scripted", type_="api_error" if status >= 500 else "invalid_request_error"
+                )
             if route.write and self.config.refuse_writes_with:
                 self.stats["refused"] += 1
                 advice = {"Stripe-Should-Retry": self.config.should_retry} if self.config.should_retry else {}
@@ -1784,18 +1799,25 @@ class DoubleHTTPServer(ThreadingHTTPServer):
 
 
 def serve(port: int, double: StripeDouble) -> ThreadingHTTPServer:
-    return DoubleHTTPServer(("127.0.0.1", port), make_handler(double))
+    """The double listening on `port` if it is free, else on a port the system chooses."""
+    try:
+        return DoubleHTTPServer(("127.0.0.1", port), make_handler(double))
+    except OSError:
+        if not port:
+            raise
+        return DoubleHTTPServer(("127.0.0.1", 0), make_handler(double))
 
 
 class StripeDoubleServer:
     """`with StripeDoubleServer(latency=0.15) as double: double.url` — the double in its own process.
 
-    `store` keeps its objects in that JSON file between processes; `port` is tried first."""
+    `store` keeps its objects in that JSON file between processes. The server binds its own port:
+    `port` if it is free, else one the system chooses; `port` is the one it listens on once started."""
 
     def __init__(self, store: Path | None = None, port: int = 0, log_path: Path | None = None, **config):
         self.config = DoubleConfig(**config)
         self.store = store
-        self.port = free_port(port)
+        self.port = port
         self.log_path = log_path
         self._process: subprocess.Popen | None = None
 
@@ -1870,7 +1892,7 @@ class StripeDoubleServer:
         command = [sys.executable, "-m", "census_stripe.demo.stripe_double", "--port", str(self.port)]
         if self.store:
             command += ["--store", str(self.store)]
-        self._process = start_server(command, self.port, self.log_path)
+        self._process, self.port = start_server(command, self.log_path)
         self.configure(**asdict(self.config))
         return self
 
@@ -1888,7 +1910,8 @@ class StripeDoubleServer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, default=0, help="tried first; taken or 0, the system chooses")
+    parser.add_argument("--port-file", type=Path, help="where the port listened on is written once listening")
     parser.add_argument("--store", type=Path, help="a JSON file keeping the objects between runs")
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--account-rate", type=float, default=0.0)
@@ -1896,7 +1919,7 @@ def main() -> None:
     parser.add_argument("--fail-before-rate", type=float, default=0.0)
     parser.add_argument("--fail-after-rate", type=float, default=0.0)
     args = parser.parse_args()
-    config = DoubleConfig(**{k: v for k, v in vars(args).items() if k not in ("port", "store")})
+    config = DoubleConfig(**{k: v for k, v in vars(args).items() if k not in ("port", "port_file", "store")})
     double = StripeDouble(config)
     store = Store(double, args.store) if args.store else None
     if store:
@@ -1904,8 +1927,10 @@ def main() -> None:
         store.keep_saved()
     # SIGTERM unwinds serve_forever like Ctrl-C does, so the store is saved on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    server = serve(args.port, double)
+    print(f"Listening on http://127.0.0.1:{announce_port(server.socket, args.port_file)}", flush=True)
     try:
-        serve(args.port, double).serve_forever()
+        server.serve_forever()
     finally:
         if store:
             store.save()

@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 from dotenv import dotenv_values, set_key, unset_key
 
-from census_stripe.demo.local_stripe import free_port, start_server
+from census_stripe.demo.local_stripe import start_server
 from census_stripe.settings import DATA_DIR, dagster_project_root
 
 TEST_KEY = "sk_test_local"
@@ -68,10 +68,9 @@ def start(port: int) -> Server:
     server = recorded()
     if server is None or not server.is_running():
         DATA_DIR.mkdir(parents=True, exist_ok=True)
-        port = free_port(port)
         command = [sys.executable, "-m", SERVER_MODULE, "--port", str(port), "--store", str(STORE)]
-        process = start_server(command, port, LOG)
-        server = Server(process.pid, port, psutil.Process(process.pid).create_time())
+        process, listening = start_server(command, LOG)  # on `port` if it is free, else on one the system picks
+        server = Server(process.pid, listening, psutil.Process(process.pid).create_time())
         PID_FILE.write_text(json.dumps(asdict(server)))
     env = env_file()
     env.touch()

@@ -55,15 +55,15 @@ class AdaptiveBucket:
         self.recovery_seconds = recovery_seconds
         self._lock = threading.Lock()
         self._rate_after_throttle = ceiling
-        self._throttled_at: float | None = None
+        self.throttled_at: float | None = None  # the time.monotonic() of the last 429's halving
         self._tokens = 1.0
         self._updated = time.monotonic()
 
     def rate(self, now: float | None = None) -> float:
-        if self._throttled_at is None:
+        if self.throttled_at is None:
             return self.ceiling
         now = time.monotonic() if now is None else now
-        climbed = (now - self._throttled_at) / self.recovery_seconds * self.ceiling
+        climbed = (now - self.throttled_at) / self.recovery_seconds * self.ceiling
         return min(self.ceiling, self._rate_after_throttle + climbed)
 
     def reserve(self) -> float:
@@ -80,7 +80,7 @@ class AdaptiveBucket:
         with self._lock:
             now = time.monotonic()
             self._rate_after_throttle = max(self.floor, self.rate(now) / 2)
-            self._throttled_at = now
+            self.throttled_at = now
 
 
 class RateBudget:
