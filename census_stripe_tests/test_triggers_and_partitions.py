@@ -147,6 +147,7 @@ def test_the_demo_thresholds_pass(sync_runner):
     assert checks == {
         "rejected_rows_below_threshold": (True, "6 of 300 rows rejected"),
         "failed_writes_below_threshold": (True, "0 of 294 Stripe writes failed"),
+        "row_count_change_below_threshold": (True, "300 rows in stripe_customers: no earlier sync to compare with"),
     }
 
 

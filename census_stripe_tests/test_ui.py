@@ -153,6 +153,18 @@ def open_page(page: Page, url: str) -> None:
     page.goto(url)
 
 
+def visible_box(element: Locator) -> dict:
+    """The element's box once it is laid out: the asset page re-renders its header while it loads,
+    so a button found a moment ago can be detached and have no box."""
+    for _ in range(50):
+        element.wait_for()
+        box = element.bounding_box()
+        if box is not None:
+            return box
+        element.page.wait_for_timeout(200)
+    raise AssertionError(f"{element} never got a box on the page")
+
+
 def materialize_from_the_asset_page(page: Page, webserver: Webserver, launchpad_edit: str | None = None) -> dict:
     """Click Materialize (or open the Launchpad and edit the config); returns the finished run."""
     open_page(page, webserver.url + SYNC_PAGE)
@@ -161,7 +173,7 @@ def materialize_from_the_asset_page(page: Page, webserver: Webserver, launchpad_
     # The models were built outside this Dagster instance, so it may ask whether to go on.
     materialize.wait_for()
     if launchpad_edit:
-        box = materialize.bounding_box()
+        box = visible_box(materialize)
         page.mouse.click(box["x"] + box["width"] + 12, box["y"] + box["height"] / 2)  # the ▾ beside it
         page.get_by_text("Open launchpad").click()
         confirm_until(page, page.locator(".CodeMirror").is_visible, "Launchpad")
