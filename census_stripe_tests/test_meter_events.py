@@ -215,13 +215,11 @@ def test_a_dry_run_judges_every_row_and_sends_nothing(double, usage):
     assert ledger_counts(usage)["rows"] == 0
 
 
-def test_stripe_unreachable_stops_the_run_without_the_key_and_loses_nothing(tmp_path, usage, double):
-    from census_stripe.demo.local_stripe import free_port
+def test_stripe_unreachable_stops_the_run_without_the_key_and_loses_nothing(usage, double, unreachable_url):
     from census_stripe.stripe_client.errors import StripeUnreachableError
 
-    nothing_there = f"http://127.0.0.1:{free_port(0)}"
     with pytest.raises(StripeUnreachableError) as stopped:
-        run_usage_sync(usage, nothing_there, meter_spec("v1", partitioned=False), "unreachable", api_key=SECRET)
+        run_usage_sync(usage, unreachable_url, meter_spec("v1", partitioned=False), "unreachable", api_key=SECRET)
     assert SECRET not in str(stopped.value)
     # Nothing reached Stripe, so nothing is sent twice: the next run, Stripe back, sends every event once.
     again = run_usage_sync(usage, double.url, meter_spec("v1", partitioned=False), "back", api_key=SECRET).counts()
