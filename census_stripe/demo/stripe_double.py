@@ -298,6 +298,7 @@ class Admission(NamedTuple):
     serve: bool
     counted: bool = False
     generation: int = 0
+    released: bool = False  # held, then served when its pause ended
 
 
 class PausePoint:
@@ -317,6 +318,7 @@ class PausePoint:
         self.accepted = 0
         self.serving = 0
         self.waiting = 0
+        self.released = 0  # requests held, then served, whose answer is not yet made
         # Each arming is a generation; the requests one holds are released when it ends, served or dropped.
         self.generation = 0
         self.dropped_at_end: dict[int, bool] = {}
@@ -328,8 +330,11 @@ class PausePoint:
             self.accepted = self.serving = 0
 
     def release(self, drop_waiting: bool) -> None:
+        """Ends the pause once the requests it held are served (or dropped): a test reading the
+        double's counts after going on sees what they did."""
         with self.condition:
             self._end(drop_waiting)
+            self.condition.wait_for(lambda: self.waiting == 0 and self.released == 0, timeout=60)
 
     def _end(self, drop_waiting: bool) -> None:
         if self.armed:
@@ -348,13 +353,20 @@ class PausePoint:
             self.condition.wait_for(lambda: self.generation != generation or self.accepted + self.serving < self.after)
             self.waiting -= 1
             if self.generation != generation:
-                return Admission(serve=not self.dropped_at_end[generation])
+                if self.dropped_at_end[generation]:
+                    self.condition.notify_all()
+                    return Admission(serve=False)
+                self.released += 1
+                return Admission(serve=True, released=True)
             self.serving += 1
             return Admission(serve=True, counted=True, generation=generation)
 
     def leave(self, admission: Admission, status: int) -> None:
         """A request admitted has been answered with `status`."""
         with self.condition:
+            if admission.released:
+                self.released -= 1
+                self.condition.notify_all()
             if admission.counted and admission.generation == self.generation:
                 self.serving -= 1
                 self.accepted += 200 <= status < 300
