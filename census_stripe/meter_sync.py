@@ -143,8 +143,18 @@ def run_meter_event_sync(
     ledger.drop_queued()
     stored_spec, stored_model, where = as_stored(spec, model, options.model_slice, store.warehouse)
     store.warehouse.require_model(spec.model, stored_model)
+    kinds = plan.column_kinds(store.warehouse.column_types(stored_model), store.warehouse.dialect)
     query = plan.events_query(
-        stored_spec, stored_model, where, store.state, store.ledger, account.key, customers, customer_account.key, now()
+        stored_spec,
+        stored_model,
+        where,
+        store.state,
+        store.ledger,
+        account.key,
+        customers,
+        customer_account.key,
+        now(),
+        kinds,
     )
     verdicts = _verdict_counts(store, query)
     report = MeterEventReport(spec, options, account, verdicts, ledger_table=ledger.name)

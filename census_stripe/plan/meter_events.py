@@ -17,8 +17,11 @@ A rerun of a day whose events are all sent reads the partition once and sends no
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
 
 from sqlglot import exp
 
@@ -47,6 +50,62 @@ REJECTIONS = {
     "too_old": "older than Stripe accepts (35 days)",
     "in_future": "more than 5 minutes in the future, which Stripe refuses",
 }
+
+
+class ColumnKind(Enum):
+    """What a model column holds, as far as an event's time and identity are concerned."""
+
+    TEXT = "text"
+    NUMBER = "number"
+    DATE = "date"
+    TIMESTAMP = "timestamp"  # no time zone: read as UTC
+    TIMESTAMP_TZ = "timestamp_tz"  # an instant
+
+
+_NUMBER_TYPES = re.compile(
+    r"(U?(TINY|SMALL|BIG|HUGE)?INT(EGER|2|4|8|64)?|DECIMAL|NUMERIC|BIGNUMERIC|NUMBER|FLOAT(4|8|64)?|DOUBLE|REAL)\b"
+)
+
+
+def column_kind(data_type: str, dialect: str) -> ColumnKind:
+    """The kind of a column of `data_type`, as the warehouse's information schema names it:
+    `timestamp with time zone` (PostgreSQL, DuckDB), `TIMESTAMP_TZ`/`TIMESTAMP_LTZ` (Snowflake) and
+    BigQuery's `TIMESTAMP` are instants; `timestamp without time zone`, `TIMESTAMP_NTZ`, `DATETIME` are not."""
+    kind = data_type.upper().strip()
+    instant = kind.startswith(("TIMESTAMPTZ", "TIMESTAMP_TZ", "TIMESTAMP_LTZ")) or (
+        "WITH TIME ZONE" in kind and "WITHOUT" not in kind
+    )
+    if instant or (dialect == "bigquery" and kind == "TIMESTAMP"):
+        return ColumnKind.TIMESTAMP_TZ
+    if kind.startswith(("TIMESTAMP", "DATETIME")):
+        return ColumnKind.TIMESTAMP
+    if kind == "DATE":
+        return ColumnKind.DATE
+    if _NUMBER_TYPES.match(kind):
+        return ColumnKind.NUMBER
+    return ColumnKind.TEXT
+
+
+def column_kinds(types: Mapping[str, str], dialect: str) -> dict[str, ColumnKind]:
+    """Column name (as stored) -> its kind, from `Warehouse.column_types`."""
+    return {name: column_kind(data_type, dialect) for name, data_type in types.items()}
+
+
+# A timestamp written as text: an ISO date, or date and time, without an offset (or `Z`); read as UTC.
+TEXT_MOMENT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([ T][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?Z?)?$"
+
+
+def utc_moment(value: exp.Expression, kind: ColumnKind) -> exp.Expression:
+    """`value` as a timestamp without time zone, in UTC, whatever the session's time zone: an instant
+    converted to UTC, a date at its midnight, a naive timestamp (or one written as text) as it is,
+    read as UTC. Text that is no such timestamp is NULL."""
+    if kind is ColumnKind.TIMESTAMP_TZ:
+        return exp.cast(exp.AtTimeZone(this=value, zone=exp.Literal.string("UTC")), "timestamp")
+    if kind is ColumnKind.TEXT:
+        text = exp.RegexpLike(this=_text(value.copy()), expression=exp.Literal.string(TEXT_MOMENT))
+        without_z = exp.func("replace", _text(value), exp.Literal.string("Z"), exp.Literal.string(""))
+        return exp.Case().when(text, exp.cast(without_z, "timestamp"))
+    return exp.cast(value, "timestamp")
 
 
 @dataclass(frozen=True)
@@ -80,10 +139,17 @@ def events_query(
     customers: CustomerSource,
     customer_account: str,
     now: datetime,
+    kinds: Mapping[str, ColumnKind],
 ) -> str:
-    """`customer_account`: the account whose writeback names the customers; the events' own, unless
-    the customer sync writes through another Stripe resource."""
-    """Every usage row with its event, its ledger entry and its verdict, in DuckDB's SQL."""
+    """Every usage row with its event, its ledger entry and its verdict, in DuckDB's SQL.
+
+    `customer_account`: the account whose writeback names the customers; the events' own, unless
+    the customer sync writes through another Stripe resource. `kinds`: the model's columns
+    (`column_kinds`), so that every time is read as the same instant on every warehouse."""
+
+    def kind(name: str) -> ColumnKind:
+        return kinds.get(name, ColumnKind.TEXT)
+
     meter = spec.meter_event
     identity = [_text(_column(name, "usage")) for name in meter.identity]
     digest_input = exp.func("concat_ws", exp.Literal.string("\x1f"), exp.Literal.string(spec.name), *identity)
@@ -97,7 +163,7 @@ def events_query(
     rows = exp.select(
         exp.alias_(exp.func("md5", digest_input), "event_key"),
         exp.alias_(event_name, "event_name"),
-        exp.alias_(exp.cast(_column(meter.timestamp_column, "usage"), "timestamp"), "event_time"),
+        exp.alias_(utc_moment(_column(meter.timestamp_column, "usage"), kind(meter.timestamp_column)), "event_time"),
         exp.alias_(exp.func("trim", value), "value"),
         exp.alias_(exp.or_(*(_is_null(part.copy()) for part in identity)), "identity_missing"),
     ).from_(exp.alias_(model.table(), "usage"))
@@ -121,7 +187,8 @@ def events_query(
             ),
         )
     if where:
-        rows = rows.where(where.condition().transform(lambda node: _in_usage(node)))
+        moment = utc_moment(_column(where.column, "usage"), kind(where.column))
+        rows = rows.where(where.condition(moment).transform(lambda node: _in_usage(node)))
     return _verdicts(rows.sql("duckdb"), ledger, spec.name, account, now)
 
 

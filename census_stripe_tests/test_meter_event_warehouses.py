@@ -1,0 +1,171 @@
+"""What a usage row turns into is the same on every warehouse and in every time zone: DuckDB,
+PostgreSQL and Snowflake (fakesnow), each in a session set to New York's time, the process too.
+Against the Stripe double as a real server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+
+import pytest
+import sqlglot
+
+from census_stripe.meter_sync import MeterEventReport, MeterRunOptions, run_meter_event_sync
+from census_stripe.plan.meter_events import CustomerSource
+from census_stripe.plan.sql import ModelSlice
+from census_stripe.spec import MeterEventSpec, parse_sync_spec
+from census_stripe.stripe_client.meter_events import MeterEventStream
+from census_stripe.warehouse.base import Relation, Warehouse
+from census_stripe.warehouse.state import SyncStateStore, utc_now
+from census_stripe_tests.key_warehouses import open_warehouse
+from census_stripe_tests.meters import create_meter
+from census_stripe_tests.usage import ACCOUNT, API_KEY, UNLIMITED, WHOLE_MODEL
+
+ZONE = "America/New_York"  # five hours behind UTC in winter, four in summer
+
+
+@pytest.fixture(scope="module", params=["duckdb", "postgres_c", "snowflake"])
+def warehouse(request, tmp_path_factory) -> Iterator[Warehouse]:
+    """Each warehouse, its session set to New York's time where the warehouse lets a session choose."""
+    server = request.getfixturevalue("fakesnow_server") if request.param == "snowflake" else None
+    with open_warehouse(request.param, tmp_path_factory.mktemp(request.param), server) as opened:
+        if request.param == "duckdb":
+            opened.execute(f"SET TimeZone = '{ZONE}'")
+        elif request.param.startswith("postgres"):
+            opened.execute(f"SET TIME ZONE '{ZONE}'")  # a session setting: it outlives the transaction
+        yield opened
+
+
+@pytest.fixture(autouse=True)
+def new_york_process(monkeypatch) -> Iterator[None]:
+    """The process's own time zone too: nothing may read a naive time as local."""
+    monkeypatch.setenv("TZ", ZONE)
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture
+def schema(warehouse) -> str:
+    """A schema of the test's own, for its model and its state tables."""
+    name = f"usage_{uuid.uuid4().hex[:8]}"
+    warehouse.execute_ddl(f"CREATE SCHEMA {name}")
+    return name
+
+
+@pytest.fixture
+def customers(double) -> list[str]:
+    create_meter(double.url)
+    return double.load([{"email": f"user{i}@example.com"} for i in range(4)])
+
+
+def usage_spec(identity: str = "[customer_id, day]", timestamp: str = "day", extra: str = "") -> MeterEventSpec:
+    spec = parse_sync_spec(
+        f"""
+model: usage
+object: meter_event
+meter_event:
+  event_name: api_calls
+  customer: {{column: customer_id}}
+  value_column: calls
+  timestamp_column: {timestamp}
+  identity: {identity}
+{extra}
+""",
+        "defs/api_usage/defs.yaml",
+    )
+    assert isinstance(spec, MeterEventSpec)
+    return spec
+
+
+def make_model(warehouse: Warehouse, schema: str, columns: str, rows: list[str]) -> None:
+    """The model `usage`, created unquoted as dbt would, from DuckDB's SQL."""
+
+    def sql(statement: str) -> str:
+        return sqlglot.transpile(statement, read="duckdb", write=warehouse.dialect)[0]
+
+    warehouse.execute_ddl(sql(f"CREATE TABLE {schema}.usage ({columns})"))
+    warehouse.execute(*(sql(f"INSERT INTO {schema}.usage VALUES {row}") for row in rows))
+
+
+def run(
+    warehouse: Warehouse,
+    schema: str,
+    double,
+    spec: MeterEventSpec,
+    run_id: str,
+    options: MeterRunOptions = WHOLE_MODEL,
+    now: Callable[[], datetime] = utc_now,
+) -> MeterEventReport:
+    meter = spec.meter_event
+    return run_meter_event_sync(
+        spec,
+        model=Relation(schema, "usage"),
+        store=SyncStateStore(warehouse, f"{schema}_state"),
+        api=lambda: MeterEventStream(API_KEY, double.url, UNLIMITED, (meter.customer_payload_key, "value")),
+        account_of=lambda: ACCOUNT,
+        customers=CustomerSource(),
+        run_id=run_id,
+        options=options,
+        concurrency=UNLIMITED.concurrency,
+        now=now,
+    )
+
+
+def sent_times(warehouse: Warehouse, schema: str) -> dict[str, datetime]:
+    """Customer -> the time its event was sent to Stripe with (the ledger's, UTC)."""
+    ledger = f'"{schema}_state"."meter_event_ledger"'
+    rows = warehouse.query(f"SELECT stripe_customer_id, event_time FROM {ledger}")
+    return {str(customer): moment.to_pydatetime() for customer, moment in rows.itertuples(index=False)}
+
+
+def test_dates_and_timestamps_with_and_without_zone_are_the_same_utc_instant_everywhere(
+    warehouse, schema, double, customers
+):
+    noon = utc_now().replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=2)
+    day = noon.date()
+    make_model(
+        warehouse,
+        schema,
+        "customer_id TEXT, day DATE, at_instant TIMESTAMPTZ, at_naive TIMESTAMP, at_text TEXT, calls BIGINT",
+        [
+            # 12:00 UTC written as 07:00 in New York (winter) or 08:00 (summer): one instant.
+            f"('{customers[0]}', DATE '{day}', TIMESTAMPTZ '{noon:%Y-%m-%d} 12:00:00+00', "
+            f"TIMESTAMP '{noon:%Y-%m-%d} 12:00:00', '{noon:%Y-%m-%d}T12:00:00Z', 1)",
+            f"('{customers[1]}', DATE '{day}', TIMESTAMPTZ '{noon:%Y-%m-%d} 14:00:00+02', "
+            f"TIMESTAMP '{noon:%Y-%m-%d} 12:00:00', '{noon:%Y-%m-%d} 12:00:00', 2)",
+        ],
+    )
+    midnight = noon.replace(hour=0)
+    for column, expected in [("day", midnight), ("at_instant", noon), ("at_naive", noon), ("at_text", noon)]:
+        spec = usage_spec(identity="[customer_id]", timestamp=column)
+        report = run(warehouse, schema, double, spec, column)
+        assert report.counts()["accepted"] == 2, (column, report.verdicts, report.rejected_sample)
+        assert sent_times(warehouse, schema) == {customers[0]: expected, customers[1]: expected}, column
+        warehouse.execute(f'DELETE FROM "{schema}_state"."meter_event_ledger"')
+
+
+def test_a_daily_partition_holds_the_instants_of_its_utc_day(warehouse, schema, double, customers):
+    day = (utc_now() - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
+    inside = [day + timedelta(minutes=1), day + timedelta(hours=23, minutes=59)]
+    outside = [day - timedelta(minutes=1), day + timedelta(hours=24)]
+    make_model(
+        warehouse,
+        schema,
+        "customer_id TEXT, at_instant TIMESTAMPTZ, calls BIGINT",
+        [f"('{customers[0]}', TIMESTAMPTZ '{moment:%Y-%m-%d %H:%M:%S}+00', 1)" for moment in inside + outside],
+    )
+    spec = usage_spec(
+        identity="[customer_id, at_instant]",
+        timestamp="at_instant",
+        extra="partitions: {time: {column: at_instant, granularity: daily, start: '2026-01-01'}}",
+    )
+    one_day = MeterRunOptions(model_slice=ModelSlice("at_instant", start=day, end=day + timedelta(days=1)))
+    report = run(warehouse, schema, double, spec, "one-day", one_day)
+    assert (report.rows_read, report.counts()["accepted"]) == (2, 2)
+    ledger = f'"{schema}_state"."meter_event_ledger"'
+    sent = sorted(moment.to_pydatetime() for moment in warehouse.query(f"SELECT event_time FROM {ledger}").iloc[:, 0])
+    assert sent == inside
