@@ -169,3 +169,40 @@ def test_a_daily_partition_holds_the_instants_of_its_utc_day(warehouse, schema, 
     ledger = f'"{schema}_state"."meter_event_ledger"'
     sent = sorted(moment.to_pydatetime() for moment in warehouse.query(f"SELECT event_time FROM {ledger}").iloc[:, 0])
     assert sent == inside
+
+
+def test_bad_values_and_times_are_rejections_with_their_reason_on_every_warehouse(warehouse, schema, double, customers):
+    now = utc_now()
+
+    def at(moment: datetime) -> str:
+        return f"'{moment:%Y-%m-%dT%H:%M:%S}'"
+
+    rows = {
+        "new": [(at(now - timedelta(days=1)), "'5'"), (at(now - timedelta(days=2)), "' 1.50 '")],
+        "bad_value": [(at(now - timedelta(days=1)), "'n/a'"), (at(now), "'1e3'"), (at(now), "'1,5'")],
+        "negative_value": [(at(now - timedelta(days=1)), "'-3'")],
+        "no_value": [(at(now), "NULL"), (at(now), "''")],
+        "too_old": [(at(now - timedelta(days=40)), "'1'")],
+        "in_future": [(at(now + timedelta(minutes=10)), "'1'")],
+        "bad_timestamp": [("'yesterday'", "'1'"), ("'2026-01-01T12:00:00+02:00'", "'1'")],
+        "no_timestamp": [("NULL", "'1'")],
+    }
+    values = [
+        f"({number}, '{customers[number % len(customers)]}', {moment}, {calls})"
+        for number, (moment, calls) in enumerate(row for verdict_rows in rows.values() for row in verdict_rows)
+    ]
+    make_model(warehouse, schema, "id INTEGER, customer_id TEXT, happened TEXT, calls TEXT", values)
+    spec = usage_spec(identity="[id]", timestamp="happened")
+    report = run(warehouse, schema, double, spec, "checked")
+    assert report.verdicts == {verdict: len(verdict_rows) for verdict, verdict_rows in rows.items()}
+    assert report.counts()["accepted"] == 2
+    reasons = {row["verdict"] for row in report.rejected_sample}
+    assert reasons == set(rows) - {"new"}
+
+    sums = double.meter_events()["sums"]["api_calls"]
+    credits = usage_spec(identity="[id]", timestamp="happened", extra="  allow_negative_values: true")
+    allowed = run(warehouse, schema, double, credits, "credits")
+    assert (allowed.verdicts.get("negative_value"), allowed.counts()["accepted"]) == (None, 1)
+    after = double.meter_events()["sums"]["api_calls"]
+    credited = {customer: total - sums.get(customer, 0) for customer, total in after.items()}
+    assert sorted(credited.values()) == [-3, 0]

@@ -5,12 +5,17 @@ row's identity columns), its Stripe customer, and a verdict against the ledger:
 
     new          never sent: queue it
     sent         Stripe has it with this value: nothing to do
-    changed      Stripe has it with another value: report it (or correct it, if the sync opts in)
+    changed      Stripe has it with another value, itself valid: report it (or correct it, if the
+                 sync opts in); an empty, non-numeric or refused negative value is rejected instead
     resend       sent by a run that did not see the answer, less than RESEND_WITHIN ago: send it
                  again under the same identifier; Stripe drops it if it has it
     unconfirmed  the same, but Stripe's 24-hour deduplication has passed: report it, never resend
-    duplicate, no_identity, no_customer, not_a_customer_id, no_value, bad_value, no_timestamp,
-    too_old, in_future: rejected before any call, with a reason
+    duplicate, no_identity, no_customer, not_a_customer_id, no_value, bad_value, negative_value,
+    no_timestamp, bad_timestamp, too_old, in_future: rejected before any call, with a reason
+
+Every check is a plain comparison or a pattern, never a cast that may fail: a value such as `n/a`
+is a rejection on every warehouse, not an error that stops the run (TRY_CAST exists in DuckDB only;
+sqlglot writes a plain CAST for PostgreSQL and Snowflake).
 
 A rerun of a day whose events are all sent reads the partition once and sends nothing.
 """
@@ -35,6 +40,8 @@ from census_stripe.warehouse.base import Relation, literal
 STRIPE_PAST_WINDOW = timedelta(days=35)
 PAST_MARGIN = timedelta(hours=1)
 STRIPE_FUTURE_WINDOW = timedelta(minutes=5)
+# What Stripe takes as a meter event's value (a decimal number), and what the run sends: the value as text.
+DECIMAL_VALUE = r"^-?[0-9]+(\.[0-9]+)?$"
 # Stripe deduplicates identifiers for 24 hours; an event in doubt is sent again only well inside that.
 RESEND_WITHIN = timedelta(hours=23)
 
@@ -45,8 +52,10 @@ REJECTIONS = {
     "no_customer": "no Stripe customer for this key in the customer sync (not synced yet, or rejected there)",
     "not_a_customer_id": "not a Stripe customer id (cus_...)",
     "no_value": "the value is empty",
-    "bad_value": "the value is not a number",
+    "bad_value": "the value is not a decimal number (digits, an optional '-' and '.')",
+    "negative_value": "the value is negative (set meter_event.allow_negative_values to send credits)",
     "no_timestamp": "the timestamp is empty",
+    "bad_timestamp": "the timestamp is text that is no ISO date or date and time without an offset",
     "too_old": "older than Stripe accepts (35 days)",
     "in_future": "more than 5 minutes in the future, which Stripe refuses",
 }
@@ -164,6 +173,7 @@ def events_query(
         exp.alias_(exp.func("md5", digest_input), "event_key"),
         exp.alias_(event_name, "event_name"),
         exp.alias_(utc_moment(_column(meter.timestamp_column, "usage"), kind(meter.timestamp_column)), "event_time"),
+        exp.alias_(exp.Not(this=_is_null(_column(meter.timestamp_column, "usage"))), "timestamp_given"),
         exp.alias_(exp.func("trim", value), "value"),
         exp.alias_(exp.or_(*(_is_null(part.copy()) for part in identity)), "identity_missing"),
     ).from_(exp.alias_(model.table(), "usage"))
@@ -189,7 +199,7 @@ def events_query(
     if where:
         moment = utc_moment(_column(where.column, "usage"), kind(where.column))
         rows = rows.where(where.condition(moment).transform(lambda node: _in_usage(node)))
-    return _verdicts(rows.sql("duckdb"), ledger, spec.name, account, now)
+    return _verdicts(rows.sql("duckdb"), ledger, spec.name, account, now, meter.allow_negative_values)
 
 
 def _in_usage(node: exp.Expression) -> exp.Expression:
@@ -199,9 +209,13 @@ def _in_usage(node: exp.Expression) -> exp.Expression:
     return node
 
 
-def _verdicts(rows_sql: str, ledger: Relation, sync_name: str, account: str, now: datetime) -> str:
+def _verdicts(
+    rows_sql: str, ledger: Relation, sync_name: str, account: str, now: datetime, allow_negative: bool
+) -> str:
     def moment(delta: timedelta) -> str:
         return literal(now + delta).sql("duckdb")
+
+    negative = "" if allow_negative else "\n    WHEN value LIKE '-%' THEN 'negative_value'"
 
     ledger_rows = (
         "SELECT event_key, identifier AS sent_identifier, value AS sent_value, attempted_at, accepted_at "
@@ -217,13 +231,14 @@ SELECT counted.event_key, event_name, stripe_customer_id, value, event_time, sen
     WHEN identity_missing THEN 'no_identity'
     WHEN copies > 1 THEN 'duplicate'
     WHEN accepted_at IS NOT NULL AND sent_value IS NOT DISTINCT FROM value THEN '{SENT}'
+    WHEN attempted_at IS NOT NULL AND accepted_at IS NULL AND attempted_at > {moment(-RESEND_WITHIN)} THEN '{RESEND}'
+    WHEN attempted_at IS NOT NULL AND accepted_at IS NULL THEN '{UNCONFIRMED}'
+    WHEN value IS NULL OR value = '' THEN 'no_value'
+    WHEN NOT REGEXP_MATCHES(value, '{DECIMAL_VALUE}') THEN 'bad_value'{negative}
     WHEN accepted_at IS NOT NULL THEN '{CHANGED}'
-    WHEN attempted_at IS NOT NULL AND attempted_at > {moment(-RESEND_WITHIN)} THEN '{RESEND}'
-    WHEN attempted_at IS NOT NULL THEN '{UNCONFIRMED}'
     WHEN stripe_customer_id IS NULL OR stripe_customer_id = '' THEN 'no_customer'
     WHEN customer_malformed THEN 'not_a_customer_id'
-    WHEN value IS NULL OR value = '' THEN 'no_value'
-    WHEN TRY_CAST(value AS DOUBLE) IS NULL THEN 'bad_value'
+    WHEN event_time IS NULL AND timestamp_given THEN 'bad_timestamp'
     WHEN event_time IS NULL THEN 'no_timestamp'
     WHEN event_time < {moment(PAST_MARGIN - STRIPE_PAST_WINDOW)} THEN 'too_old'
     WHEN event_time > {moment(STRIPE_FUTURE_WINDOW)} THEN 'in_future'
