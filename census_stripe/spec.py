@@ -125,7 +125,7 @@ class MeterEventSettings(_Strict):
     identity: list[str] = pydantic.Field(
         min_length=1,
         description="The columns that make a row one event (e.g. customer and day); the event's identifier "
-        "is derived from them and the sync's name.",
+        "is derived from the event name and their values alone, so renaming the sync sends nothing again.",
     )
     api: Literal["stream", "v1"] = pydantic.Field(
         default="stream",

@@ -4,21 +4,25 @@ Against the Stripe double as a real server."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlglot
 
-from census_stripe.meter_sync import MeterEventReport, MeterRunOptions, run_meter_event_sync
-from census_stripe.plan.meter_events import CustomerSource
+from census_stripe.meter_sync import MeterEventReport, MeterRunOptions, as_stored, run_meter_event_sync
+from census_stripe.plan.meter_events import CustomerSource, column_kinds, events_query
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import MeterEventSpec, parse_sync_spec
 from census_stripe.stripe_client.meter_events import MeterEventStream
-from census_stripe.warehouse.base import Relation, Warehouse
-from census_stripe.warehouse.state import SyncStateStore, utc_now
+from census_stripe.warehouse.base import Relation, Warehouse, literal
+from census_stripe.warehouse.ledger import LEDGER_COLUMNS, MeterEventLedger, in_dialect
+from census_stripe.warehouse.state import SyncStateStore, ensure_table, utc_now
 from census_stripe_tests.key_warehouses import open_warehouse
 from census_stripe_tests.meters import create_meter
 from census_stripe_tests.usage import ACCOUNT, API_KEY, UNLIMITED, WHOLE_MODEL
@@ -206,3 +210,148 @@ def test_bad_values_and_times_are_rejections_with_their_reason_on_every_warehous
     after = double.meter_events()["sums"]["api_calls"]
     credited = {customer: total - sums.get(customer, 0) for customer, total in after.items()}
     assert sorted(credited.values()) == [-3, 0]
+
+
+# Golden vectors: an event's key is md5 of the event name and its identity values in their one
+# canonical text, joined by U+001F. These identifiers are in Stripe: they may never change.
+GOLDEN = {
+    "f995e3234c326f526d1af7a57c4b7631": "\x1f".join(
+        [
+            "api_calls",
+            "Zoë",
+            "42",
+            "1.5",
+            "0.1",
+            "2026-03-01",
+            "2026-03-01T12:00:00.500000Z",
+            "2026-03-01T12:00:00.500000Z",
+        ]
+    ),
+    "be8c4d9e71c36dabfc3d7f232b90e957": "\x1f".join(
+        [
+            "api_calls",
+            "a",
+            "-7",
+            "0",
+            "100.25",
+            "1999-12-31",
+            "2026-07-04T00:00:00.000000Z",
+            "2026-07-04T00:00:00.000000Z",
+        ]
+    ),
+}
+
+
+def event_keys(warehouse: Warehouse, schema: str, spec: MeterEventSpec) -> list[str]:
+    """The key of every row of the model, as the run's plan computes it."""
+    stored_spec, model, _ = as_stored(spec, Relation(schema, "usage"), None, warehouse)
+    store = SyncStateStore(warehouse, f"{schema}_state")
+    store.ensure_tables()
+    MeterEventLedger(warehouse, store.ledger, spec.name, ACCOUNT.key).ensure_table()
+    kinds = column_kinds(warehouse.column_types(model), warehouse.dialect)
+    source = CustomerSource()
+    query = events_query(
+        stored_spec, model, None, store.state, store.ledger, ACCOUNT.key, source, ACCOUNT.key, utc_now(), kinds
+    )
+    keys = warehouse.query(in_dialect(warehouse, f"SELECT event_key FROM ({query}) AS planned"))
+    return sorted(map(str, keys.iloc[:, 0]))
+
+
+def test_golden_vectors_give_the_same_identifiers_on_every_warehouse_and_session(warehouse, schema):
+    assert {hashlib.md5(text.encode()).hexdigest(): text for text in GOLDEN.values()} == GOLDEN
+    make_model(
+        warehouse,
+        schema,
+        "customer_id TEXT, name TEXT, n_int BIGINT, n_dec DECIMAL(12, 4), n_float DOUBLE, d DATE, ts TIMESTAMP, "
+        "tstz TIMESTAMPTZ, calls BIGINT",
+        [
+            "('cus_golden', 'Zoë', 42, 1.5, 0.1, DATE '2026-03-01', TIMESTAMP '2026-03-01 12:00:00.5', "
+            "TIMESTAMPTZ '2026-03-01 07:00:00.5-05', 1)",
+            "('cus_golden', 'a', -7, 0, 100.25, DATE '1999-12-31', TIMESTAMP '2026-07-04 00:00:00', "
+            "TIMESTAMPTZ '2026-07-04 02:00:00+02', 1)",
+        ],
+    )
+    identity = "[name, n_int, n_dec, n_float, d, ts, tstz]"
+    assert event_keys(warehouse, schema, usage_spec(identity=identity, timestamp="ts")) == sorted(GOLDEN)
+
+
+def test_a_null_identity_value_is_a_rejection(warehouse, schema, double, customers):
+    make_model(
+        warehouse,
+        schema,
+        "customer_id TEXT, day DATE, calls BIGINT",
+        [f"('{customers[0]}', NULL, 1)", f"(NULL, DATE '{utc_now():%Y-%m-%d}', 1)"],
+    )
+    report = run(warehouse, schema, double, usage_spec(), "nulls")
+    assert report.verdicts == {"no_identity": 2}
+
+
+UPGRADE_FIXTURE = Path(__file__).parent / "fixtures" / "ledger_main_5142fe9.json"
+# The fixture's time: its runs sent the events at 08:26 that day.
+UPGRADED_AT = datetime(2026, 12, 5, 9, 0)
+
+
+def load_upgrade_fixture(warehouse: Warehouse, schema: str) -> dict:
+    """The model and the ledger main's meter event sync wrote for it (at commit 5142fe9, the
+    version before event keys left out the sync's name), as that version's table holds it."""
+    import pandas as pd
+
+    fixture = json.loads(UPGRADE_FIXTURE.read_text())
+    make_model(
+        warehouse,
+        schema,
+        "customer_id TEXT, day DATE, calls BIGINT",
+        [f"('{customer}', DATE '{day}', {calls})" for customer, day, calls in fixture["model"]],
+    )
+    store = SyncStateStore(warehouse, f"{schema}_state")
+    store.ensure_tables()
+    old_columns = {name: LEDGER_COLUMNS[name] for name in fixture["ledger_columns"]}
+    ensure_table(warehouse, store.ledger, old_columns)
+    rows = pd.DataFrame(fixture["ledger"], columns=fixture["ledger_columns"])
+    rows["revision"] = rows["revision"].astype(int)
+    for column in ("event_time", "attempted_at", "accepted_at"):
+        rows[column] = pd.to_datetime(rows[column])
+    warehouse.append_rows(store.ledger, rows)
+    return fixture
+
+
+def test_upgrading_recognises_the_events_sent_under_the_old_keys_and_a_rename_then_sends_nothing(
+    warehouse, schema, double, customers
+):
+    fixture = load_upgrade_fixture(warehouse, schema)
+    ledger = f'"{schema}_state"."meter_event_ledger"'
+    # One event as a run killed mid-send leaves it, an hour before the upgrade: in doubt.
+    in_doubt = fixture["ledger"][0][3]
+    warehouse.execute(
+        f"UPDATE {ledger} SET accepted_at = NULL, attempted_at = "
+        f"{literal(UPGRADED_AT - timedelta(hours=1)).sql(warehouse.dialect)} WHERE identifier = '{in_doubt}'"
+    )
+    double.advance_clock((UPGRADED_AT - utc_now()).total_seconds())  # Stripe's clock at the fixture's time
+    double.configure(meter_customers_elsewhere=True)  # the fixture's customers are in the double that made it
+    new_day = datetime(2026, 12, 4).date()
+    warehouse.execute(
+        sqlglot.transpile(
+            f"INSERT INTO {schema}.usage VALUES ('{customers[0]}', DATE '{new_day}', 7)",
+            read="duckdb",
+            write=warehouse.dialect,
+        )[0]
+    )
+    spec = usage_spec()
+    assert spec.name == fixture["sync_name"], "the fixture's sync, by the name its keys digest"
+
+    upgraded = run(warehouse, schema, double, spec, "upgraded", now=lambda: UPGRADED_AT)
+    counts = upgraded.counts()
+    assert (counts["already_sent"], counts["resent_in_doubt"], counts["accepted"]) == (11, 1, 2), upgraded.verdicts
+    # The event in doubt went again under the identifier Stripe may have it by.
+    identifiers = warehouse.query(f"SELECT identifier, key_scheme FROM {ledger} ORDER BY identifier")
+    assert in_doubt in set(identifiers.iloc[:, 0])
+    assert set(identifiers.iloc[:, 1]) == {2}, "every row filed under its event's key"
+    assert double.meter_events()["counted"] == 2
+
+    renamed = spec.model_copy(update={"name": "usage_renamed"})
+    double.advance_clock(25 * 3600)  # past Stripe's deduplication: only the ledger stands between
+    later = run(warehouse, schema, double, renamed, "renamed", now=lambda: UPGRADED_AT + timedelta(hours=25))
+    assert later.verdicts == {"sent": 13}
+    assert later.counts()["stripe_api_calls"] == 0
+    summary = double.meter_events()
+    assert (summary["counted"], summary["counted_more_than_once"]) == (2, 0)

@@ -1,7 +1,8 @@
 """What a meter event sync will do with each usage row, decided in one query inside the warehouse.
 
-Every row of the model (or of the partition) gets its event key (a digest of the sync's name and the
-row's identity columns), its Stripe customer, and a verdict against the ledger:
+Every row of the model (or of the partition) gets its event key (`event_key_sql`: a digest of the
+event name and the row's identity values, nothing else), its Stripe customer, and a verdict against
+the ledger of the Stripe account, whichever sync sent the event:
 
     new          never sent: queue it
     sent         Stripe has it with this value: nothing to do
@@ -22,12 +23,14 @@ A rerun of a day whose events are all sent reads the partition once and sends no
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
+import sqlglot
 from sqlglot import exp
 
 from census_stripe.plan.keys import key_sql
@@ -117,6 +120,68 @@ def utc_moment(value: exp.Expression, kind: ColumnKind) -> exp.Expression:
     return exp.cast(value, "timestamp")
 
 
+# Between the parts of an event key's text: a control character no value is expected to hold.
+KEY_SEPARATOR = "\x1f"
+
+
+def _template(duckdb_sql: str, value: exp.Expression) -> exp.Expression:
+    """`duckdb_sql` with `value` in place of the column `v`."""
+    return sqlglot.parse_one(duckdb_sql, read="duckdb").transform(
+        lambda node: value.copy() if isinstance(node, exp.Column) and node.name == "v" else node
+    )
+
+
+def _digits(part: str, moment: exp.Expression, width: int) -> exp.Expression:
+    """A part of `moment` as `width` digits: EXTRACT gives numbers, which no warehouse writes its
+    own way, where casting a date or timestamp to text follows the session (PostgreSQL's DateStyle,
+    Snowflake's output formats)."""
+    number = f"CAST(FLOOR(EXTRACT({part} FROM v)) AS BIGINT)"
+    if part == "MICROSECOND":  # the seconds' too, in DuckDB and PostgreSQL: keep the fraction
+        number = f"({number} % 1000000)"
+    return _template(f"LPAD(CAST({number} AS TEXT), {width}, '0')", moment)
+
+
+def _joined(parts: list[exp.Expression]) -> exp.Expression:
+    return functools.reduce(lambda left, right: exp.DPipe(this=left, expression=right), parts)
+
+
+def canonical_text(value: exp.Expression, kind: ColumnKind) -> exp.Expression:
+    """An identity value as one text on every warehouse, in every session: a timestamp as UTC
+    ISO-8601, `2026-03-01T12:00:00.500000Z`; a date as `2026-03-01`; a number in decimal, without
+    trailing zeros or float noise (`1.5`, `42`, `0.1`; at most 9 decimals); text as it is."""
+    if kind is ColumnKind.NUMBER:
+        return _template(r"REGEXP_REPLACE(CAST(CAST(v AS DECIMAL(38, 9)) AS TEXT), '\.?0+$', '')", value)
+    if kind is ColumnKind.TEXT:
+        return _text(value)
+    moment = utc_moment(value, kind)
+    day = [_digits("YEAR", moment, 4), "-", _digits("MONTH", moment, 2), "-", _digits("DAY", moment, 2)]
+    if kind is ColumnKind.DATE:
+        return _joined([part if isinstance(part, exp.Expression) else exp.Literal.string(part) for part in day])
+    clock = ["T", _digits("HOUR", moment, 2), ":", _digits("MINUTE", moment, 2), ":", _digits("SECOND", moment, 2)]
+    fraction = [".", _digits("MICROSECOND", moment, 6), "Z"]
+    parts = [*day, *clock, *fraction]
+    return _joined([part if isinstance(part, exp.Expression) else exp.Literal.string(part) for part in parts])
+
+
+def event_key_sql(event_name: exp.Expression, identity: list[exp.Expression]) -> exp.Func:
+    """An event's key, and its identifier in Stripe: md5 of the event name and the canonical texts of
+    its identity values, joined by KEY_SEPARATOR; NULL when any is NULL. Nothing else goes in: not
+    the sync's name or folder, nor the warehouse, so a renamed sync's events keep their identifiers."""
+    separator = exp.Literal.string(KEY_SEPARATOR)
+    parts: list[exp.Expression] = [event_name]
+    for part in identity:
+        parts += [separator.copy(), part]
+    return exp.func("md5", _joined(parts))
+
+
+def legacy_key_sql(sync_name: str, identity: list[exp.Expression]) -> exp.Func:
+    """The key versions before `event_key_sql` gave an event: a digest of the sync's name and its
+    identity values cast to text in the session. Only to find the events a ledger holds under it."""
+    return exp.func(
+        "md5", exp.func("concat_ws", exp.Literal.string(KEY_SEPARATOR), exp.Literal.string(sync_name), *identity)
+    )
+
+
 @dataclass(frozen=True)
 class CustomerSource:
     """Where a usage row's customer id comes from: a customer sync's writeback, or the row itself."""
@@ -149,19 +214,21 @@ def events_query(
     customer_account: str,
     now: datetime,
     kinds: Mapping[str, ColumnKind],
+    legacy_sync: str | None = None,
 ) -> str:
     """Every usage row with its event, its ledger entry and its verdict, in DuckDB's SQL.
 
     `customer_account`: the account whose writeback names the customers; the events' own, unless
     the customer sync writes through another Stripe resource. `kinds`: the model's columns
-    (`column_kinds`), so that every time is read as the same instant on every warehouse."""
+    (`column_kinds`), so that every time is read as the same instant on every warehouse.
+    `legacy_sync`: the sync whose ledger rows still carry keys of an earlier version
+    (`legacy_key_sql`); they are found under those keys too, and the result names them (`legacy_key`)."""
 
     def kind(name: str) -> ColumnKind:
         return kinds.get(name, ColumnKind.TEXT)
 
     meter = spec.meter_event
-    identity = [_text(_column(name, "usage")) for name in meter.identity]
-    digest_input = exp.func("concat_ws", exp.Literal.string("\x1f"), exp.Literal.string(spec.name), *identity)
+    identity = [canonical_text(_column(name, "usage"), kind(name)) for name in meter.identity]
     event_name = (
         _text(_column(meter.event_name_column, "usage"))
         if meter.event_name_column
@@ -170,13 +237,16 @@ def events_query(
     customer_value = _text(_column(meter.customer.column, "usage"))
     value = _text(_column(meter.value_column, "usage"))
     rows = exp.select(
-        exp.alias_(exp.func("md5", digest_input), "event_key"),
+        exp.alias_(event_key_sql(event_name.copy(), identity), "event_key"),
         exp.alias_(event_name, "event_name"),
         exp.alias_(utc_moment(_column(meter.timestamp_column, "usage"), kind(meter.timestamp_column)), "event_time"),
         exp.alias_(exp.Not(this=_is_null(_column(meter.timestamp_column, "usage"))), "timestamp_given"),
         exp.alias_(exp.func("trim", value), "value"),
-        exp.alias_(exp.or_(*(_is_null(part.copy()) for part in identity)), "identity_missing"),
+        exp.alias_(exp.or_(*(_is_null(part.copy()) for part in [event_name, *identity])), "identity_missing"),
     ).from_(exp.alias_(model.table(), "usage"))
+    if legacy_sync:
+        cast_identity = [_text(_column(name, "usage")) for name in meter.identity]
+        rows = rows.select(exp.alias_(legacy_key_sql(legacy_sync, cast_identity), "former_key"))
     if customers.sync_name:
         assert customers.key_field, "a customer sync has a key field"
         state_rows = exp.and_(
@@ -199,7 +269,7 @@ def events_query(
     if where:
         moment = utc_moment(_column(where.column, "usage"), kind(where.column))
         rows = rows.where(where.condition(moment).transform(lambda node: _in_usage(node)))
-    return _verdicts(rows.sql("duckdb"), ledger, spec.name, account, now, meter.allow_negative_values)
+    return _verdicts(rows.sql("duckdb"), ledger, account, now, meter.allow_negative_values, legacy_sync)
 
 
 def _in_usage(node: exp.Expression) -> exp.Expression:
@@ -209,24 +279,40 @@ def _in_usage(node: exp.Expression) -> exp.Expression:
     return node
 
 
+LEDGER_FIELDS = ("sent_identifier", "sent_value", "attempted_at", "accepted_at")
+
+
 def _verdicts(
-    rows_sql: str, ledger: Relation, sync_name: str, account: str, now: datetime, allow_negative: bool
+    rows_sql: str, ledger: Relation, account: str, now: datetime, allow_negative: bool, legacy_sync: str | None
 ) -> str:
     def moment(delta: timedelta) -> str:
         return literal(now + delta).sql("duckdb")
 
-    negative = "" if allow_negative else "\n    WHEN value LIKE '-%' THEN 'negative_value'"
-
+    # The account's events, whichever sync sent them; a row queued by a run that died (never
+    # attempted) is no event in Stripe.
+    of_account = f"stripe_account = {literal(account).sql('duckdb')} AND attempted_at IS NOT NULL"
     ledger_rows = (
         "SELECT event_key, identifier AS sent_identifier, value AS sent_value, attempted_at, accepted_at "
-        f"FROM {ledger.table().sql('duckdb')} WHERE sync_name = {literal(sync_name).sql('duckdb')} "
-        f"AND stripe_account = {literal(account).sql('duckdb')}"
+        f"FROM {ledger.table().sql('duckdb')} WHERE {of_account}"
     )
+    joins = f"LEFT JOIN ({ledger_rows}) AS sent ON sent.event_key = counted.event_key"
+    fields = ", ".join(f"sent.{field} AS {field}" for field in LEDGER_FIELDS)
+    migrated = ""
+    if legacy_sync:
+        legacy_rows = f"{ledger_rows} AND sync_name = {literal(legacy_sync).sql('duckdb')} AND key_scheme IS NULL"
+        joins += f" LEFT JOIN ({legacy_rows}) AS legacy ON legacy.event_key = counted.former_key"
+        fields = ", ".join(f"COALESCE(sent.{field}, legacy.{field}) AS {field}" for field in LEDGER_FIELDS)
+        migrated = ", CASE WHEN sent.event_key IS NULL THEN legacy.event_key END AS legacy_key"
+
+    negative = "" if allow_negative else "\n    WHEN value LIKE '-%' THEN 'negative_value'"
+
     return f"""
 WITH usage_rows AS ({rows_sql}),
-counted AS (SELECT *, COUNT(*) OVER (PARTITION BY event_key) AS copies FROM usage_rows)
-SELECT counted.event_key, event_name, stripe_customer_id, value, event_time, sent_identifier, sent_value,
-  attempted_at, accepted_at,
+counted AS (SELECT *, COUNT(*) OVER (PARTITION BY event_key) AS copies FROM usage_rows),
+judged AS (SELECT counted.*, {fields}{migrated} FROM counted {joins})
+SELECT event_key, event_name, stripe_customer_id, value, event_time, {", ".join(LEDGER_FIELDS)}{
+        ", legacy_key" if legacy_sync else ""
+    },
   CASE
     WHEN identity_missing THEN 'no_identity'
     WHEN copies > 1 THEN 'duplicate'
@@ -244,5 +330,5 @@ SELECT counted.event_key, event_name, stripe_customer_id, value, event_time, sen
     WHEN event_time > {moment(STRIPE_FUTURE_WINDOW)} THEN 'in_future'
     ELSE '{NEW}'
   END AS verdict
-FROM counted LEFT JOIN ({ledger_rows}) AS sent ON sent.event_key = counted.event_key
+FROM judged
 """
