@@ -12,19 +12,28 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import pytest
 import sqlglot
 
 from census_stripe.meter_sync import MeterEventReport, MeterRunOptions, as_stored, run_meter_event_sync
 from census_stripe.plan.meter_events import CustomerSource, column_kinds, events_query
 from census_stripe.plan.sql import ModelSlice
-from census_stripe.spec import MeterEventSpec, parse_sync_spec
+from census_stripe.spec import MeterCustomer, MeterEventSpec, SyncSpec, parse_sync_spec
+from census_stripe.stripe_client.client import StripeObjects
 from census_stripe.stripe_client.meter_events import MeterEventStream
+from census_stripe.sync import SyncReport, run_sync
 from census_stripe.warehouse.base import Relation, Warehouse, literal
+from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.ledger import LEDGER_COLUMNS, MeterEventLedger, in_dialect
 from census_stripe.warehouse.state import SyncStateStore, ensure_table, utc_now
 from census_stripe_tests.key_warehouses import open_warehouse
 from census_stripe_tests.meters import create_meter
+from census_stripe_tests.synthetic import make_model as make_customer_model
+from census_stripe_tests.test_delivery import MODEL as CUSTOMER_MODEL
+from census_stripe_tests.test_delivery import SPEC as CUSTOMER_SPEC
+from census_stripe_tests.test_delivery import customers_for
+from census_stripe_tests.test_trust import delete_in_stripe
 from census_stripe_tests.usage import ACCOUNT, API_KEY, UNLIMITED, WHOLE_MODEL
 
 ZONE = "America/New_York"  # five hours behind UTC in winter, four in summer
@@ -355,3 +364,49 @@ def test_upgrading_recognises_the_events_sent_under_the_old_keys_and_a_rename_th
     assert later.counts()["stripe_api_calls"] == 0
     summary = double.meter_events()
     assert (summary["counted"], summary["counted_more_than_once"]) == (2, 0)
+
+
+def sync_customers(path: Path, customers: StripeObjects, spec: SyncSpec, run_id: str) -> SyncReport:
+    """The demo's customer sync, or `spec`, on the DuckDB file at `path`, against the double."""
+    with duckdb.connect(str(path)) as connection:
+        store = SyncStateStore(DuckDBWarehouse(connection))
+        return run_sync(spec, model=CUSTOMER_MODEL, store=store, stripe=customers, run_id=run_id)
+
+
+def test_a_customer_deleted_in_stripe_gets_no_more_usage(double, tmp_path):
+    """The customer sync (Update Only) finds a customer deleted in Stripe; its usage rows are then
+    rejected with that reason, and the other customers' sent. On DuckDB: the reason comes from the
+    customer sync's state, whichever warehouse holds it."""
+    path = tmp_path / "warehouse.duckdb"
+    make_customer_model(path, 3)
+    sync_customers(path, customers_for(double), CUSTOMER_SPEC, "customers-1")
+    [gone] = delete_in_stripe(double, "user1@example.com")
+    # The customer sync learns of it when it next writes the customer (or on a full resync).
+    with duckdb.connect(str(path)) as connection:
+        connection.execute("update main.stripe_customers set plan = 'enterprise' where email = 'user1@example.com'")
+    update_only = CUSTOMER_SPEC.model_copy(update={"behavior": "update_only"})
+    skipped = sync_customers(path, customers_for(double), update_only, "customers-2").counts()
+    assert skipped["skipped_not_found"] == 1
+
+    create_meter(double.url)
+    today = utc_now().date()
+    with duckdb.connect(str(path)) as connection:
+        emails = [row[0] for row in connection.execute("select email from main.stripe_customers order by 1").fetchall()]
+        connection.execute("create table main.usage (customer_id text, day date, calls bigint)")
+        connection.executemany("insert into main.usage values (?, ?, 5)", [[email, today] for email in emails])
+        spec = usage_spec()
+        by_email = MeterCustomer(column="customer_id", sync=CUSTOMER_SPEC.name)
+        report = run_meter_event_sync(
+            spec.model_copy(update={"meter_event": spec.meter_event.model_copy(update={"customer": by_email})}),
+            model=Relation("main", "usage"),
+            store=SyncStateStore(DuckDBWarehouse(connection)),
+            api=lambda: MeterEventStream(API_KEY, double.url, UNLIMITED, ("stripe_customer_id", "value")),
+            account_of=lambda: ACCOUNT,
+            customers=CustomerSource(CUSTOMER_SPEC.name, "email", "stripe"),
+            run_id="usage",
+        )
+    assert report.verdicts == {"new": 2, "customer_deleted": 1}
+    [rejected] = report.rejected_sample
+    assert (rejected["verdict"], rejected["stripe_customer_id"]) == ("customer_deleted", gone)
+    assert gone not in double.meter_events()["sums"]["api_calls"]
+    assert report.counts()["accepted"] == 2

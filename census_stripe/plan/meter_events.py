@@ -11,7 +11,7 @@ the ledger of the Stripe account, whichever sync sent the event:
     resend       sent by a run that did not see the answer, less than RESEND_WITHIN ago: send it
                  again under the same identifier; Stripe drops it if it has it
     unconfirmed  the same, but Stripe's 24-hour deduplication has passed: report it, never resend
-    duplicate, no_identity, no_customer, not_a_customer_id, no_value, bad_value, negative_value,
+    duplicate, no_identity, customer_deleted, no_customer, not_a_customer_id, no_value, bad_value, negative_value,
     no_timestamp, bad_timestamp, too_old, in_future: rejected before any call, with a reason
 
 Every check is a plain comparison or a pattern, never a cast that may fail: a value such as `n/a`
@@ -37,6 +37,7 @@ from census_stripe.plan.keys import key_sql
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import MeterEventSpec
 from census_stripe.warehouse.base import Relation, literal
+from census_stripe.warehouse.state import StateStatus
 
 # Stripe: a timestamp within the past 35 days, at most 5 minutes ahead. The oldest events are kept
 # an hour clear of the edge, so that one does not leave the window while its run sends.
@@ -52,6 +53,7 @@ NEW, SENT, CHANGED, RESEND, UNCONFIRMED = "new", "sent", "changed", "resend", "u
 REJECTIONS = {
     "duplicate": "several rows share this identity: make meter_event.identity name the columns that tell them apart",
     "no_identity": "an identity column is empty",
+    "customer_deleted": "the customer was deleted in Stripe (its customer sync found it gone): no usage is sent to it",
     "no_customer": "no Stripe customer for this key in the customer sync (not synced yet, or rejected there)",
     "not_a_customer_id": "not a Stripe customer id (cus_...)",
     "no_value": "the value is empty",
@@ -254,9 +256,16 @@ def events_query(
             _column("stripe_account", "customer_state").eq(exp.Literal.string(customer_account)),
             _column("customer_key", "customer_state").eq(key_sql(customers.key_field, customer_value)),
         )
+        # The customer sync found the customer it had written deleted in Stripe (and, under Update
+        # Only, made none anew): the state keeps its former id, which no usage may bill.
+        deleted = exp.and_(
+            _column("status", "customer_state").eq(exp.Literal.string(StateStatus.NOT_FOUND.value)),
+            exp.Not(this=_is_null(_column("stripe_customer_id", "customer_state"))),
+        )
         rows = rows.select(
             exp.alias_(_column("stripe_customer_id", "customer_state"), "stripe_customer_id"),
             exp.alias_(exp.false(), "customer_malformed"),
+            exp.alias_(exp.func("coalesce", deleted, exp.false()), "customer_deleted"),
         ).join(exp.alias_(state.table(), "customer_state"), on=state_rows, join_type="left")
     else:
         trimmed = exp.func("trim", customer_value)
@@ -265,6 +274,7 @@ def events_query(
             exp.alias_(
                 exp.Not(this=exp.func("starts_with", trimmed.copy(), exp.Literal.string("cus_"))), "customer_malformed"
             ),
+            exp.alias_(exp.false(), "customer_deleted"),  # the model names ids; nothing here knows of a deletion
         )
     if where:
         moment = utc_moment(_column(where.column, "usage"), kind(where.column))
@@ -321,6 +331,7 @@ SELECT event_key, event_name, stripe_customer_id, value, event_time, {", ".join(
     WHEN attempted_at IS NOT NULL AND accepted_at IS NULL THEN '{UNCONFIRMED}'
     WHEN value IS NULL OR value = '' THEN 'no_value'
     WHEN NOT REGEXP_MATCHES(value, '{DECIMAL_VALUE}') THEN 'bad_value'{negative}
+    WHEN customer_deleted THEN 'customer_deleted'
     WHEN accepted_at IS NOT NULL THEN '{CHANGED}'
     WHEN stripe_customer_id IS NULL OR stripe_customer_id = '' THEN 'no_customer'
     WHEN customer_malformed THEN 'not_a_customer_id'
