@@ -143,8 +143,19 @@ def run_meter_event_sync(
     ledger.drop_queued()
     stored_spec, stored_model, where = as_stored(spec, model, options.model_slice, store.warehouse)
     store.warehouse.require_model(spec.model, stored_model)
+    kinds = plan.column_kinds(store.warehouse.column_types(stored_model), store.warehouse.dialect)
     query = plan.events_query(
-        stored_spec, stored_model, where, store.state, store.ledger, account.key, customers, customer_account.key, now()
+        stored_spec,
+        stored_model,
+        where,
+        store.state,
+        store.ledger,
+        account.key,
+        customers,
+        customer_account.key,
+        now(),
+        kinds,
+        legacy_sync=spec.name if (legacy := ledger.has_legacy()) else None,
     )
     verdicts = _verdict_counts(store, query)
     report = MeterEventReport(spec, options, account, verdicts, ledger_table=ledger.name)
@@ -160,6 +171,12 @@ def run_meter_event_sync(
     if report.meter_problems:
         raise MeterCheckError(spec.name, report.meter_problems)
     _record_rejections(store, spec, account, run_id, rejected)
+    if legacy:
+        # Upgrading: the events this sync sent under an earlier version's key are filed under their
+        # event's key, before anything below looks them up by it.
+        ledger.adopt_legacy(
+            f"SELECT DISTINCT event_key, legacy_key FROM ({query}) AS planned WHERE legacy_key IS NOT NULL"
+        )
     if verdicts.get(plan.NEW):
         ledger.queue(_select(query, [plan.NEW], "event_key, event_name, stripe_customer_id, value, event_time"), run_id)
     if verdicts.get(plan.RESEND):

@@ -125,7 +125,7 @@ class MeterEventSettings(_Strict):
     identity: list[str] = pydantic.Field(
         min_length=1,
         description="The columns that make a row one event (e.g. customer and day); the event's identifier "
-        "is derived from them and the sync's name.",
+        "is derived from the event name and their values alone, so renaming the sync sends nothing again.",
     )
     api: Literal["stream", "v1"] = pydantic.Field(
         default="stream",
@@ -136,6 +136,11 @@ class MeterEventSettings(_Strict):
         default="stripe_customer_id", description="The meter's customer mapping key in the event payload."
     )
     value_payload_key: str = pydantic.Field(default="value", description="The meter's value key in the payload.")
+    allow_negative_values: bool = pydantic.Field(
+        default=False,
+        description="A negative value lowers the customer's usage (a credit). Off, a row with a negative value "
+        "is rejected, as it is most often an error in the model.",
+    )
     correct_changed: bool = pydantic.Field(
         default=False,
         description="An event whose value changed in the model after it was sent is cancelled (a meter "

@@ -288,6 +288,50 @@ def test_the_redshift_adapter_runs_its_statements_over_the_postgres_protocol(pos
     postgres_sql(f'drop schema "{postgres_schema}_redshift_path" cascade')
 
 
+def usage_plan_sql(dialect: str) -> str:
+    """A meter event sync's plan, for a partition, with every kind of identity column and a ledger
+    still holding keys of the former scheme: its most involved query."""
+    from datetime import datetime
+
+    from census_stripe.plan.meter_events import ColumnKind, CustomerSource, events_query
+    from census_stripe.spec import parse_sync_spec
+
+    spec = parse_sync_spec(
+        """
+model: usage
+object: meter_event
+meter_event:
+  event_name: api_calls
+  customer: {column: email, sync: customers}
+  value_column: calls
+  timestamp_column: at
+  identity: [email, day, at, naive, amount]
+""",
+        "defs/api_usage/defs.yaml",
+    )
+    assert isinstance(spec, MeterEventSpec)
+    kinds = {
+        "day": ColumnKind.DATE,
+        "at": ColumnKind.TIMESTAMP_TZ,
+        "naive": ColumnKind.TIMESTAMP,
+        "amount": ColumnKind.NUMBER,
+    }
+    query = events_query(
+        spec,
+        Relation("analytics", "usage"),
+        sql.ModelSlice("at", datetime(2026, 1, 1), datetime(2026, 1, 2)),
+        Relation("census_stripe", "sync_state"),
+        Relation("census_stripe", "meter_event_ledger"),
+        "acct_1/test",
+        CustomerSource("customers", "email", "stripe"),
+        "acct_1/test",
+        datetime(2026, 1, 3),
+        kinds,
+        legacy_sync="api_usage",
+    )
+    return sqlglot.transpile(query, read="duckdb", write=dialect, identify=True)[0]
+
+
 @pytest.mark.parametrize("dialect", ["redshift", "bigquery", "snowflake", "postgres"])
 def test_generated_sql_parses_in_each_dialect(dialect):
     from datetime import datetime
@@ -307,6 +351,7 @@ def test_generated_sql_parses_in_each_dialect(dialect):
         _create_table(Relation("census_stripe", "sync_rejections"), _REJECTION_COLUMNS).sql(dialect),
         _create_table(Relation("census_stripe", "sync_row_counts"), _ROW_COUNT_COLUMNS).sql(dialect),
         sql.live_objects_query(spec, state, "acct_1/test", dialect),
+        usage_plan_sql(dialect),
     ]
     for statement in statements:
         parsed = sqlglot.parse_one(statement, read=dialect)

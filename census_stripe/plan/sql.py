@@ -81,7 +81,8 @@ class ModelSlice:
             return f"{self.column} in {', '.join(self.values)}"
         return f"{self.column} from {self.start:%Y-%m-%d} to {self.end:%Y-%m-%d}"
 
-    def condition(self) -> exp.Condition:
+    def condition(self, moment_of: exp.Expression | None = None) -> exp.Condition:
+        """`moment_of`: the column as a timestamp to compare the bounds with (by default, cast to one)."""
         column = exp.column(self.column, quoted=True)
         if self.values:
             return exp.In(this=exp.cast(column, "text"), expressions=[exp.Literal.string(v) for v in self.values])
@@ -91,7 +92,7 @@ class ModelSlice:
         def moment(value: datetime) -> exp.Expression:
             return exp.cast(exp.Literal.string(value.strftime("%Y-%m-%d %H:%M:%S")), "timestamp")
 
-        as_timestamp = exp.cast(column, "timestamp")
+        as_timestamp = moment_of or exp.cast(column, "timestamp")
         return exp.and_(
             exp.GTE(this=as_timestamp, expression=moment(self.start)),
             exp.LT(this=as_timestamp.copy(), expression=moment(self.end)),

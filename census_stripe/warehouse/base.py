@@ -130,14 +130,20 @@ class Warehouse(ABC):
         self.execute(*self._inserts(table, rows))
 
     def table_columns(self, table: Relation) -> list[str]:
-        """The columns `table` has now, from the SQL-standard information schema."""
+        """The columns `table` has now."""
+        return list(self.column_types(table))
+
+    def column_types(self, table: Relation) -> dict[str, str]:
+        """The columns `table` has now, with their types as the warehouse names them, from the
+        SQL-standard information schema."""
         columns = exp.table_("columns", db="information_schema")
         condition = exp.and_(
             exp.column("table_schema").eq(exp.Literal.string(table.schema)),
             exp.column("table_name").eq(exp.Literal.string(table.name)),
         )
-        query = exp.select("column_name").from_(columns).where(condition)
-        return list(self.query(query.sql(self.dialect)).iloc[:, 0])
+        query = exp.select("column_name", "data_type").from_(columns).where(condition)
+        found = self.query(query.sql(self.dialect))
+        return {str(name): str(kind) for name, kind in zip(found.iloc[:, 0], found.iloc[:, 1], strict=True)}
 
     def require_model(self, model_name: str, relation: Relation) -> None:
         """Refuses a run whose model was never built in this warehouse, naming the model and the warehouse

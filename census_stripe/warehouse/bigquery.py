@@ -39,10 +39,13 @@ class BigQueryWarehouse(Warehouse):
         for statement in statements:
             self._client.query(statement).result()
 
-    def table_columns(self, table: Relation) -> list[str]:
+    def column_types(self, table: Relation) -> dict[str, str]:
         # BigQuery keeps an information schema per dataset.
         columns = exp.table_("COLUMNS", db="INFORMATION_SCHEMA", catalog=table.schema)
         query = (
-            exp.select("column_name").from_(columns).where(exp.column("table_name").eq(exp.Literal.string(table.name)))
+            exp.select("column_name", "data_type")
+            .from_(columns)
+            .where(exp.column("table_name").eq(exp.Literal.string(table.name)))
         )
-        return list(self.query(query.sql(self.dialect)).iloc[:, 0])
+        found = self.query(query.sql(self.dialect))
+        return {str(name): str(kind) for name, kind in zip(found.iloc[:, 0], found.iloc[:, 1], strict=True)}

@@ -1,14 +1,19 @@
 """The meter event ledger: which usage events Stripe has accepted, kept next to the state tables.
 
 Stripe deduplicates a meter event's identifier for 24 hours only; the ledger makes "send each event
-once" hold for ever. One row per sync, Stripe account and event (`event_key`, a digest of the sync
-and the row's identity columns), with what was sent and two moments:
+once" hold for ever. One row per Stripe account and event (`event_key`, a digest of the event name
+and the row's identity values: plan/meter_events.py), naming the sync that sent it last, with what
+was sent and two moments:
 
 - `attempted_at` NULL: queued by a run, never sent. A later run queues it again from the model.
 - `attempted_at` set, `accepted_at` NULL: in doubt. The request may have reached Stripe (the run
   died, or the answer was lost). Within Stripe's 24 hours it is sent again under the same
   identifier, which Stripe drops if it has it; after that it is reported, never sent blindly.
 - `accepted_at` set: Stripe has it. Never sent again; a changed value is reported (or corrected).
+
+Rows written before the key left out the sync's name have `key_scheme` NULL and that sync's older
+key: a run of the sync finds them under it, and gives them the event's key (`adopt_legacy`), keeping
+the identifier Stripe has them under.
 
 All statements are written in DuckDB's SQL and translated by sqlglot for the other warehouses.
 """
@@ -20,14 +25,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlglot
-from sqlglot import exp
 
 from census_stripe.warehouse.base import Relation, Warehouse, literal
+from census_stripe.warehouse.state import ensure_table
 
 LEDGER_COLUMNS = {
     "sync_name": "text",
     "stripe_account": "text",
-    "event_key": "text",  # digest of the sync and the row's identity: the event, whatever its revision
+    "event_key": "text",  # digest of the event name and the row's identity: the event, whatever its revision
     "identifier": "text",  # what Stripe was sent: event_key, or event_key-r<n> after n corrections
     "revision": "integer",
     "event_name": "text",
@@ -37,7 +42,9 @@ LEDGER_COLUMNS = {
     "run_id": "text",
     "attempted_at": "timestamp",
     "accepted_at": "timestamp",
+    "key_scheme": "integer",  # KEY_SCHEME; NULL: the sync's name and the identity cast to text (legacy)
 }
+KEY_SCHEME = 2
 SEND_COLUMNS = ("identifier", "event_name", "stripe_customer_id", "value", "event_time")
 
 
@@ -77,15 +84,28 @@ class MeterEventLedger:
     def of_sync(self) -> str:
         return f"sync_name = {_text(self.sync_name)} AND stripe_account = {_text(self.account)}"
 
+    @property
+    def of_account(self) -> str:
+        return f"stripe_account = {_text(self.account)}"
+
     def ensure_table(self) -> None:
-        definitions = [
-            exp.ColumnDef(this=exp.to_identifier(name, quoted=True), kind=exp.DataType.build(kind))
-            for name, kind in LEDGER_COLUMNS.items()
-        ]
-        create = exp.Create(
-            this=exp.Schema(this=self.table.table(), expressions=definitions), kind="TABLE", exists=True
+        ensure_table(self.warehouse, self.table, LEDGER_COLUMNS)
+
+    def has_legacy(self) -> bool:
+        """Whether this sync has rows under the key of an earlier version."""
+        found = self.warehouse.query(
+            self._sql(f"SELECT event_key FROM {self.name} WHERE {self.of_sync} AND key_scheme IS NULL LIMIT 1")
         )
-        self.warehouse.execute_ddl(create.sql(self.warehouse.dialect))
+        return not found.empty
+
+    def adopt_legacy(self, pairs_sql: str) -> None:
+        """File this sync's legacy rows under their events' keys (`pairs_sql`: columns event_key,
+        legacy_key), in one statement. Their identifiers stay: Stripe has them under those."""
+        self._execute(
+            f"UPDATE {self.name} SET event_key = adopted_key, key_scheme = {KEY_SCHEME} "
+            f"FROM (SELECT event_key AS adopted_key, legacy_key FROM ({pairs_sql}) AS found) AS pairs "
+            f"WHERE event_key = legacy_key AND {self.of_sync} AND key_scheme IS NULL"
+        )
 
     def drop_queued(self) -> None:
         """Events a run queued and never sent: the model says again what to send."""
@@ -96,15 +116,18 @@ class MeterEventLedger:
         value, event_time), in one statement, inside the warehouse."""
         self._execute(
             f"INSERT INTO {self.name} (sync_name, stripe_account, event_key, identifier, revision, event_name, "
-            "stripe_customer_id, value, event_time, run_id) "
+            "stripe_customer_id, value, event_time, run_id, key_scheme) "
             f"SELECT {_text(self.sync_name)}, {_text(self.account)}, event_key, event_key, 0, event_name, "
-            f"stripe_customer_id, value, event_time, {_text(run_id)} FROM ({new_events_sql}) AS new_events"
+            f"stripe_customer_id, value, event_time, {_text(run_id)}, {KEY_SCHEME} "
+            f"FROM ({new_events_sql}) AS new_events"
         )
 
     def claim(self, event_keys_sql: str, run_id: str) -> None:
-        """Make this run the sender of the events `event_keys_sql` selects (in doubt, to send again)."""
+        """Make this run the sender of the events `event_keys_sql` selects (in doubt, to send again),
+        whichever sync sent them first (the same one, before it was renamed)."""
         self._execute(
-            f"UPDATE {self.name} SET run_id = {_text(run_id)} WHERE {self.of_sync} AND event_key IN ({event_keys_sql})"
+            f"UPDATE {self.name} SET sync_name = {_text(self.sync_name)}, run_id = {_text(run_id)} "
+            f"WHERE {self.of_account} AND attempted_at IS NOT NULL AND event_key IN ({event_keys_sql})"
         )
 
     def revise(self, corrections_sql: str, run_id: str) -> None:
@@ -112,10 +135,11 @@ class MeterEventLedger:
         self._execute(
             f"UPDATE {self.name} SET revision = revision + 1, "
             "identifier = corrected_key || '-r' || CAST(revision + 1 AS VARCHAR), "
-            f"value = corrected_value, run_id = {_text(run_id)}, attempted_at = NULL, accepted_at = NULL "
+            f"value = corrected_value, sync_name = {_text(self.sync_name)}, run_id = {_text(run_id)}, "
+            "attempted_at = NULL, accepted_at = NULL "
             "FROM (SELECT event_key AS corrected_key, value AS corrected_value "
             f"FROM ({corrections_sql}) AS chosen) AS corrections "
-            f"WHERE event_key = corrected_key AND {self.of_sync}"
+            f"WHERE event_key = corrected_key AND {self.of_account} AND accepted_at IS NOT NULL"
         )
 
     def to_send(self, run_id: str, chunk_rows: int) -> Iterator[dict[str, list]]:

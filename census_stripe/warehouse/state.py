@@ -173,6 +173,15 @@ def _add_column(table: Relation, name: str, kind: str) -> exp.Alter:
     return exp.Alter(this=table.table(), kind="TABLE", actions=[column])
 
 
+def ensure_table(warehouse: Warehouse, table: Relation, columns: dict[str, str]) -> None:
+    """Create `table`, or add the columns a newer version brought to it. Safe to rerun."""
+    dialect = warehouse.dialect
+    warehouse.execute_ddl(_create_table(table, columns).sql(dialect))
+    existing = {name.lower() for name in warehouse.table_columns(table)}
+    if missing := [name for name in columns if name not in existing]:
+        warehouse.execute_ddl(*(_add_column(table, name, columns[name]).sql(dialect) for name in missing))
+
+
 class SyncStateStore:
     """Reads and writes the state tables of one schema."""
 
@@ -198,14 +207,9 @@ class SyncStateStore:
             (self.changes, _CHANGE_COLUMNS),
             (self.row_counts, _ROW_COUNT_COLUMNS),
         )
-        self.warehouse.execute_ddl(
-            schema.sql(dialect), *(_create_table(t, columns).sql(dialect) for t, columns in tables)
-        )
+        self.warehouse.execute_ddl(schema.sql(dialect))
         for table, columns in tables:
-            existing = {name.lower() for name in self.warehouse.table_columns(table)}
-            missing = [name for name in columns if name not in existing]
-            if missing:
-                self.warehouse.execute_ddl(*(_add_column(table, name, columns[name]).sql(dialect) for name in missing))
+            ensure_table(self.warehouse, table, columns)
 
     def account(self, connection: str, identify: Callable[[], StripeAccount]) -> StripeAccount:
         """The account a (server, key) pair reaches: remembered, or identified once by `identify`."""
