@@ -8,8 +8,8 @@
    name without an active meter reading the sync's payload keys stops the run (a dry run reports it).
 2. New events are queued in the ledger (one INSERT ... SELECT, inside the warehouse); events in
    doubt from a run that died are claimed; changed ones are corrected if the sync opts in.
-3. The run's events are read back in chunks and sent (apply/meter_events.py), each chunk marked
-   attempted before its first request and settled after its last answer.
+3. The run's events are read back in chunks, each whole, and sent (apply/meter_events.py): events
+   are marked attempted right before their request is sent, and a chunk settled after its last answer.
 
 Sent once: the ledger remembers every accepted event for ever, and an event whose fate is unknown
 is sent again only while Stripe's 24-hour deduplication still covers it.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import pandas as pd  # the warehouse makes the frames; loading the code location imports neither
 
 log = logging.getLogger(__name__)
-# Events per chunk: one ledger UPDATE before and one after; a killed run leaves at most a few chunks in doubt.
+# Events per chunk, read whole: one ledger transaction settles each; the marks go with the requests.
 CHUNK_EVENTS = 50_000
 REJECTIONS_RECORDED = 10_000  # per run, in sync_rejections; the counts cover them all
 
@@ -90,13 +90,14 @@ class MeterEventReport:
             "accepted": self.delivery.accepted,
             "refused": self.delivery.refused,
             "in_doubt": self.delivery.in_doubt,
+            "unsent": self.delivery.unsent,
             "stripe_api_calls": self.stripe_calls,
             "stripe_rate_limited": self.rate_limited,
         }
 
 
-def _events(columns: dict[str, list]) -> list[MeterEvent]:
-    return list(
+def _chunk(columns: dict[str, list], batch_size: int) -> Chunk:
+    events = list(
         map(
             MeterEvent._make,
             zip(
@@ -109,6 +110,8 @@ def _events(columns: dict[str, list]) -> list[MeterEvent]:
             ),
         )
     )
+    resent = frozenset(identifier for identifier, again in zip(columns["identifier"], columns["resent"]) if again)
+    return Chunk(events, batch_size, resent)
 
 
 def run_meter_event_sync(
@@ -236,17 +239,24 @@ async def _send(
         if spec.meter_event.correct_changed and report.verdicts.get(plan.CHANGED):
             report.corrected = await _correct(api, ledger, query, run_id, now())
 
-        def before_sending(chunk: Chunk) -> None:
-            ledger.mark_attempted(run_id, chunk.first, chunk.last, now())
+        def before_sending(chunk: Chunk, start: int, end: int) -> None:
+            ledger.mark_attempted(run_id, *chunk.identifiers(start, end), now())
 
-        def after_answers(chunk: Chunk) -> None:
-            open_ones = [event.identifier for event, _ in chunk.refused + chunk.in_doubt]
-            ledger.settle(run_id, chunk.first, chunk.last, now(), open_ones, [e.identifier for e, _ in chunk.refused])
+        def after_answers(chunk: Chunk, open_events: list[tuple[MeterEvent, Delivery, str]]) -> None:
+            first, last = chunk.identifiers(0, chunk.marked)
+            ledger.settle(
+                run_id, first, last, now(), [(event.identifier, kind.value) for event, kind, _ in open_events]
+            )
 
-        chunks: Iterator[list[MeterEvent]] = map(_events, ledger.to_send(run_id, CHUNK_EVENTS))
+        chunks = (_chunk(columns, api.batch_size) for columns in ledger.to_send(run_id, CHUNK_EVENTS))
         try:
-            report.delivery = await deliver(
-                chunks, api, concurrency=concurrency, before_sending=before_sending, after_answers=after_answers
+            await deliver(
+                chunks,
+                api,
+                concurrency=concurrency,
+                before_sending=before_sending,
+                after_answers=after_answers,
+                report=report.delivery,
             )
         except* (StripeUnreachableError, StripeAccessError) as group:
             # The first cause, as a plain error: the run fails with Stripe's reason.

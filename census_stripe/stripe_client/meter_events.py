@@ -11,8 +11,8 @@ account's basic limit instead, within the budget the key's other requests share 
   says it has), then `POST /v2/billing/meter_event_stream` with up to 100 events; Stripe validates
   them later, so an accepted request is the last word the sync gets.
 
-Each `send` returns a `BatchOutcome`: accepted, refused by Stripe (it has none of the batch), or in
-doubt (no answer after every retry: it may have them). 429s and 5xx are retried with backoff;
+Each `send` returns a `BatchOutcome`: accepted, refused by Stripe (it has none of the batch), in
+doubt (no answer after every retry: it may have them), or unsent (every attempt answered 429). 429s and 5xx are retried with backoff;
 Stripe deduplicating the identifier makes every retry safe.
 """
 
@@ -107,8 +107,10 @@ class _Attempts:
     async def call(
         self, request: Callable[[], Any], accepted_when: Callable[[stripe.StripeError], bool]
     ) -> tuple[BatchOutcome, Any]:
-        """The outcome, and Stripe's answer when it accepted."""
+        """The outcome, and Stripe's answer when it accepted. Without an answer, the request is in
+        doubt only if an attempt may have reached Stripe: a 429 is refused before anything is done."""
         failure = "not attempted"
+        reached = False
         for attempt in range(MAX_ATTEMPTS):
             await asyncio.sleep(self.pacer.reserve())
             self.calls += 1
@@ -118,12 +120,13 @@ class _Attempts:
                 outcome = self._judge(error, accepted_when)
                 if outcome is not None:
                     return outcome, None
+                reached = reached or not isinstance(error, stripe.RateLimitError)
                 failure = self.describe(error)
             else:
                 self._unanswered_in_row = 0
                 return BatchOutcome(Delivery.ACCEPTED), answer
             await asyncio.sleep(min(8.0, 0.25 * 2**attempt) * (0.5 + random.random()))
-        return BatchOutcome(Delivery.IN_DOUBT, failure), None
+        return BatchOutcome(Delivery.IN_DOUBT if reached else Delivery.UNSENT, failure), None
 
     def _judge(
         self, error: stripe.StripeError, accepted_when: Callable[[stripe.StripeError], bool]
@@ -180,7 +183,7 @@ class _MeterEventEndpoints:
             outcome, page = await self._reads.call(
                 partial(self._stripe.client.v1.billing.meters.list_async, params=params), lambda error: False
             )
-            if outcome.delivery is Delivery.IN_DOUBT:
+            if outcome.delivery in (Delivery.IN_DOUBT, Delivery.UNSENT):
                 raise StripeUnreachableError(f"the billing meters could not be listed: {outcome.error}")
             if outcome.delivery is Delivery.REFUSED:
                 raise StripeRequestError(f"the billing meters could not be listed: {outcome.error}")

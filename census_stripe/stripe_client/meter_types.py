@@ -29,6 +29,9 @@ class Delivery(Enum):
     ACCEPTED = "accepted"
     REFUSED = "refused"  # Stripe answered no: it has none of these events
     IN_DOUBT = "in_doubt"  # no answer: Stripe may have them
+    # Never left the process, or only to be answered 429 (Stripe refuses those before doing anything),
+    # the run stopping first or every retry taken: Stripe has none of them, the next run sends them.
+    UNSENT = "unsent"
 
 
 @dataclass(frozen=True)

@@ -80,11 +80,12 @@ class Warehouse(ABC):
     def query_chunks(self, sql: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
         """The result in chunks of at most `chunk_rows`, so memory stays bounded."""
 
-    def query_columns(self, sql: str, chunk_rows: int) -> Iterator[dict[str, list]]:
-        """The result in chunks of at most `chunk_rows`, each as column name (lower case) -> Python
-        values: the cheapest shape to turn into many small API requests."""
-        for chunk in self.query_chunks(sql, chunk_rows):
-            yield {str(name).lower(): chunk[name].tolist() for name in chunk.columns}
+    def fetch_columns(self, sql: str) -> dict[str, list]:
+        """The whole result as column name (lower case) -> Python values, read to its end: no
+        cursor or transaction stays open after it. The cheapest shape to turn into many small API
+        requests."""
+        rows = self.query(sql)
+        return {str(name).lower(): rows[name].tolist() for name in rows.columns}
 
     @abstractmethod
     def execute(self, *statements: str) -> None:

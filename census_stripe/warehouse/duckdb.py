@@ -46,12 +46,12 @@ class DuckDBWarehouse(Warehouse):
         while not (chunk := cursor.fetch_df_chunk(vectors)).empty:
             yield chunk
 
-    def query_columns(self, sql: str, chunk_rows: int) -> Iterator[dict[str, list]]:
-        # Arrow record batches: no pandas frame per chunk, and memory bounded by the chunk.
-        cursor = self._connection.cursor()
-        for batch in cursor.sql(sql).to_arrow_reader(chunk_rows):
-            if batch.num_rows:
-                yield {name: column.to_pylist() for name, column in zip(batch.schema.names, batch.columns, strict=True)}
+    def fetch_columns(self, sql: str) -> dict[str, list]:
+        # Arrow: no pandas frame in between.
+        table = self._connection.cursor().sql(sql).to_arrow_table()
+        return {
+            name.lower(): column.to_pylist() for name, column in zip(table.column_names, table.columns, strict=True)
+        }
 
     def execute(self, *statements: str) -> None:
         self._connection.execute("BEGIN TRANSACTION")

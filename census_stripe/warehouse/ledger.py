@@ -43,8 +43,18 @@ LEDGER_COLUMNS = {
     "attempted_at": "timestamp",
     "accepted_at": "timestamp",
     "key_scheme": "integer",  # KEY_SCHEME; NULL: the sync's name and the identity cast to text (legacy)
+    # A correction under way (`correct_changed`): the revision Stripe counts until it is cancelled.
+    "cancel_identifier": "text",
+    "cancel_value": "text",
+    "cancel_attempted_at": "timestamp",  # when that revision was first sent: cancellable for 24 hours after
+    "cancel_sent_at": "timestamp",  # the cancel's request may have left
 }
 KEY_SCHEME = 2
+# Per run, the events of a chunk Stripe did not accept, while the chunk is settled (`settle`).
+OUTCOME_COLUMNS = {"run_id": "text", "identifier": "text", "outcome": "text"}
+OUTCOME_ROWS_PER_INSERT = 500
+# A row queued and never sent, which no correction left behind: the model plans it again.
+UNSENT_EVENT = "attempted_at IS NULL AND revision = 0 AND cancel_identifier IS NULL"
 SEND_COLUMNS = ("identifier", "event_name", "stripe_customer_id", "value", "event_time")
 
 
@@ -71,6 +81,10 @@ class MeterEventLedger:
     account: str
 
     @property
+    def outcomes(self) -> Relation:
+        return Relation(self.table.schema, "meter_event_outcomes", self.table.database)
+
+    @property
     def name(self) -> str:
         return self.table.table().sql("duckdb")
 
@@ -90,6 +104,7 @@ class MeterEventLedger:
 
     def ensure_table(self) -> None:
         ensure_table(self.warehouse, self.table, LEDGER_COLUMNS)
+        ensure_table(self.warehouse, self.outcomes, OUTCOME_COLUMNS)
 
     def has_legacy(self) -> bool:
         """Whether this sync has rows under the key of an earlier version."""
@@ -109,7 +124,7 @@ class MeterEventLedger:
 
     def drop_queued(self) -> None:
         """Events a run queued and never sent: the model says again what to send."""
-        self._execute(f"DELETE FROM {self.name} WHERE {self.of_sync} AND attempted_at IS NULL")
+        self._execute(f"DELETE FROM {self.name} WHERE {self.of_sync} AND {UNSENT_EVENT}")
 
     def queue(self, new_events_sql: str, run_id: str) -> None:
         """Queue the events `new_events_sql` selects (columns event_key, event_name, stripe_customer_id,
@@ -143,42 +158,68 @@ class MeterEventLedger:
         )
 
     def to_send(self, run_id: str, chunk_rows: int) -> Iterator[dict[str, list]]:
-        """The run's events not yet accepted, in identifier order, a chunk of columns at a time."""
-        query = (
-            f"SELECT {', '.join(SEND_COLUMNS)} FROM {self.name} WHERE {self.of_sync} "
-            f"AND run_id = {_text(run_id)} AND accepted_at IS NULL ORDER BY identifier"
-        )
-        return self.warehouse.query_columns(self._sql(query), chunk_rows)
+        """The run's events to send, in identifier order, a chunk of columns at a time. Each chunk is
+        read whole, one query of its own after the identifier the last ended at: no read stays open
+        while the ledger is written (on PostgreSQL a cursor held open would make every mark a
+        savepoint of the read's transaction, committed only when the read ends). `resent`: an
+        earlier run attempted the event."""
+        after = ""
+        while True:
+            query = (
+                f"SELECT {', '.join(SEND_COLUMNS)}, attempted_at IS NOT NULL AS resent FROM {self.name} "
+                f"WHERE {self.of_sync} AND run_id = {_text(run_id)} AND accepted_at IS NULL "
+                f"AND cancel_identifier IS NULL AND identifier > {_text(after)} ORDER BY identifier LIMIT {chunk_rows}"
+            )
+            chunk = self.warehouse.fetch_columns(self._sql(query))
+            if not chunk["identifier"]:
+                return
+            yield chunk
+            after = chunk["identifier"][-1]
 
     def _range(self, run_id: str, first: str, last: str) -> str:
         return f"{self.of_sync} AND run_id = {_text(run_id)} AND identifier BETWEEN {_text(first)} AND {_text(last)}"
 
     def mark_attempted(self, run_id: str, first: str, last: str, now: datetime) -> None:
-        """Before a chunk is sent: from now on its events may be in Stripe."""
+        """Right before the requests carrying events `first` to `last` are sent: from now on they may
+        be in Stripe. An event in doubt keeps the moment of its first attempt."""
         self._execute(
             f"UPDATE {self.name} SET attempted_at = {_moment(now)} WHERE {self._range(run_id, first, last)} "
             "AND attempted_at IS NULL"
         )
 
-    def settle(
-        self, run_id: str, first: str, last: str, now: datetime, not_accepted: Iterable[str], refused: Iterable[str]
-    ) -> None:
-        """After a chunk: every event but `not_accepted` is accepted; `refused` ones (Stripe said no,
-        so it has none of them) leave the ledger, to be sent again once the model is fixed."""
-        open_ones, refused = sorted(set(not_accepted)), sorted(set(refused))
-        excluded = f" AND identifier NOT IN ({', '.join(map(_text, open_ones))})" if open_ones else ""
+    def _outcomes(self, run_id: str, outcome: str | None = None) -> str:
+        which = f" AND outcome = {_text(outcome)}" if outcome else ""
+        return f"SELECT identifier FROM {self.outcomes.table().sql('duckdb')} WHERE run_id = {_text(run_id)}{which}"
+
+    def settle(self, run_id: str, first: str, last: str, now: datetime, open_events: Iterable[tuple[str, str]]) -> None:
+        """After a chunk, in one transaction: every attempted event from `first` to `last` but those
+        of `open_events` (identifier, outcome: refused, in_doubt or unsent) is accepted; refused ones
+        (Stripe has none of them) leave the ledger, to be sent again once the model is fixed; unsent
+        ones are no longer attempted; in doubt ones stay so. The open ones go through the outcomes
+        table in inserts of OUTCOME_ROWS_PER_INSERT rows, so that no statement grows with the chunk."""
+        rows = sorted(set(open_events))
         statements = [
-            f"UPDATE {self.name} SET accepted_at = {_moment(now)} WHERE {self._range(run_id, first, last)} "
-            f"AND accepted_at IS NULL{excluded}"
-        ]
-        if refused:
-            statements.append(
-                f"DELETE FROM {self.name} WHERE {self.of_sync} AND identifier IN ({', '.join(map(_text, refused))})"
+            f"INSERT INTO {self.outcomes.table().sql('duckdb')} (run_id, identifier, outcome) VALUES "
+            + ", ".join(f"({_text(run_id)}, {_text(identifier)}, {_text(outcome)})" for identifier, outcome in part)
+            for part in (
+                rows[start : start + OUTCOME_ROWS_PER_INSERT] for start in range(0, len(rows), OUTCOME_ROWS_PER_INSERT)
             )
+        ]
+        settled = f"{self.of_sync} AND run_id = {_text(run_id)}"
+        statements.append(
+            f"UPDATE {self.name} SET accepted_at = {_moment(now)} WHERE {self._range(run_id, first, last)} "
+            f"AND attempted_at IS NOT NULL AND accepted_at IS NULL AND identifier NOT IN ({self._outcomes(run_id)})"
+        )
+        if rows:
+            statements += [
+                f"DELETE FROM {self.name} WHERE {settled} AND identifier IN ({self._outcomes(run_id, 'refused')})",
+                f"UPDATE {self.name} SET attempted_at = NULL "
+                f"WHERE {settled} AND identifier IN ({self._outcomes(run_id, 'unsent')})",
+                f"DELETE FROM {self.outcomes.table().sql('duckdb')} WHERE run_id = {_text(run_id)}",
+            ]
         self._execute(*statements)
 
     def forget_unsent(self, run_id: str) -> None:
-        """After a run that stopped early: what it queued and never attempted is queued again next time."""
-        self._execute(
-            f"DELETE FROM {self.name} WHERE {self.of_sync} AND run_id = {_text(run_id)} AND attempted_at IS NULL"
-        )
+        """After a run: what it queued and never attempted is planned again from the model next time
+        (a correction's new value stays queued: its former value is no longer in Stripe)."""
+        self._execute(f"DELETE FROM {self.name} WHERE {self.of_sync} AND run_id = {_text(run_id)} AND {UNSENT_EVENT}")
