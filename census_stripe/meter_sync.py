@@ -110,7 +110,9 @@ def _chunk(columns: dict[str, list], batch_size: int) -> Chunk:
             ),
         )
     )
-    resent = frozenset(identifier for identifier, again in zip(columns["identifier"], columns["resent"]) if again)
+    resent = frozenset(
+        identifier for identifier, again in zip(columns["identifier"], columns["resent"], strict=True) if again
+    )
     return Chunk(events, batch_size, resent)
 
 

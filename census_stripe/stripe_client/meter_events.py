@@ -12,8 +12,9 @@ account's basic limit instead, within the budget the key's other requests share 
   them later, so an accepted request is the last word the sync gets.
 
 Each `send` returns a `BatchOutcome`: accepted, refused by Stripe (it has none of the batch), in
-doubt (no answer after every retry: it may have them), or unsent (every attempt answered 429). 429s and 5xx are retried with backoff;
-Stripe deduplicating the identifier makes every retry safe.
+doubt (no answer after every retry: it may have them), or unsent (every attempt answered 429, which
+Stripe answers before doing anything). 429s and 5xx are retried with backoff; Stripe deduplicating
+the identifier makes every retry safe.
 """
 
 from __future__ import annotations
