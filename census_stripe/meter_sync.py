@@ -33,7 +33,7 @@ from census_stripe.stripe_client.errors import StripeAccessError, StripeAccountM
 from census_stripe.stripe_client.meter_types import Delivery, MeterEvent, MeterEventApi
 from census_stripe.stripe_client.meters import MeterCheckError, meter_problems
 from census_stripe.stripe_client.values import StripeAccount
-from census_stripe.warehouse.base import Relation, Warehouse, literal
+from census_stripe.warehouse.base import Relation, Warehouse
 from census_stripe.warehouse.ledger import MeterEventLedger, in_dialect
 from census_stripe.warehouse.state import Rejection, SyncStateStore, utc_now
 
@@ -80,7 +80,8 @@ class MeterEventReport:
         verdicts = self.verdicts
         return {
             "rows_read": self.rows_read,
-            "planned_events": verdicts.get(plan.NEW, 0) + verdicts.get(plan.RESEND, 0) + self.corrected,
+            "planned_events": sum(verdicts.get(verdict, 0) for verdict in (plan.NEW, plan.RESEND, plan.CORRECTING))
+            + self.corrected,
             "already_sent": verdicts.get(plan.SENT, 0),
             "resent_in_doubt": verdicts.get(plan.RESEND, 0),
             "changed_after_sent": verdicts.get(plan.CHANGED, 0),
@@ -146,6 +147,7 @@ def run_meter_event_sync(
     ledger = MeterEventLedger(store.warehouse, store.ledger, spec.name, account.key)
     ledger.ensure_table()
     ledger.drop_queued()
+    ledger.expire_corrections(now() - plan.RESEND_WITHIN)
     stored_spec, stored_model, where = as_stored(spec, model, options.model_slice, store.warehouse)
     store.warehouse.require_model(spec.model, stored_model)
     kinds = plan.column_kinds(store.warehouse.column_types(stored_model), store.warehouse.dialect)
@@ -184,8 +186,8 @@ def run_meter_event_sync(
         )
     if verdicts.get(plan.NEW):
         ledger.queue(_select(query, [plan.NEW], "event_key, event_name, stripe_customer_id, value, event_time"), run_id)
-    if verdicts.get(plan.RESEND):
-        ledger.claim(_select(query, [plan.RESEND], "event_key"), run_id)
+    if verdicts.get(plan.RESEND) or verdicts.get(plan.CORRECTING):
+        ledger.claim(_select(query, [plan.RESEND, plan.CORRECTING], "event_key"), run_id)
     try:
         asyncio.run(_send(spec, ledger, api, report, run_id, query, concurrency, now))
     finally:
@@ -204,7 +206,7 @@ def _check_meters(
     """The pre-send step: what keeps the event names this run would send from being billed, by the
     account's meters. A run with nothing to send asks Stripe nothing."""
     meter = spec.meter_event
-    sending = [plan.NEW, plan.RESEND, *([plan.CHANGED] if meter.correct_changed else [])]
+    sending = [plan.NEW, plan.RESEND, plan.CORRECTING, *([plan.CHANGED] if meter.correct_changed else [])]
     if not any(verdicts.get(verdict) for verdict in sending):
         return []
     if meter.event_name:
@@ -238,8 +240,9 @@ async def _send(
 ) -> None:
     api = make_api()
     try:
-        if spec.meter_event.correct_changed and report.verdicts.get(plan.CHANGED):
-            report.corrected = await _correct(api, ledger, query, run_id, now())
+        intend = spec.meter_event.correct_changed and bool(report.verdicts.get(plan.CHANGED))
+        if intend or report.verdicts.get(plan.CORRECTING):
+            report.corrected = await _correct(api, ledger, query, run_id, now, intend)
 
         def before_sending(chunk: Chunk, start: int, end: int) -> None:
             ledger.mark_attempted(run_id, *chunk.identifiers(start, end), now())
@@ -269,27 +272,38 @@ async def _send(
         await api.close()
 
 
-async def _correct(api: MeterEventApi, ledger: MeterEventLedger, query: str, run_id: str, now: datetime) -> int:
-    """Cancel the events whose value changed while Stripe still counts them, and queue the new values
-    under the next identifier. An event Stripe would not cancel stays as sent, and reported."""
-    window = literal(now - plan.RESEND_WITHIN).sql("duckdb")
-    changed = f"{_select(query, [plan.CHANGED], '*')} AND accepted_at > {window}"
-    rows = _lower_keys(ledger.warehouse.query(in_dialect(ledger.warehouse, changed)))
-    cancelled = []
+async def _correct(
+    api: MeterEventApi, ledger: MeterEventLedger, query: str, run_id: str, now: Callable[[], datetime], intend: bool
+) -> int:
+    """The corrections this run began and finished (`correct_changed`). Each goes in steps a rerun
+    can take up after a crash at any point: the intent is recorded (`intend`: the changed events
+    Stripe can still cancel), then each cancel is marked sent, sent, and once Stripe counts nothing
+    under the former revision, the new value is free to be sent with the run's other events. A
+    cancel Stripe refuses within its 24 hours has nothing left to cancel (an earlier cancel whose
+    answer was lost took it), so the correction goes on; one without an answer is sent again by the
+    next run, while Stripe can still take it."""
+    window = now() - plan.RESEND_WITHIN
+    resumed = set(ledger.pending_cancels(run_id, window)["event_key"])  # counted as `correcting` already
+    if intend:
+        changed = _select(query, [plan.CHANGED], "event_key, value")
+        ledger.intend_corrections(changed, run_id, window)
+    pending = ledger.pending_cancels(run_id, window)
+    done = 0
     for event_key, event_name, identifier in zip(
-        rows["event_key"], rows["event_name"], rows["sent_identifier"], strict=True
+        pending["event_key"], pending["event_name"], pending["cancel_identifier"], strict=True
     ):
+        ledger.cancel_sending(event_key, now())
         outcome = await api.cancel(event_name, identifier)
-        if outcome.delivery is Delivery.ACCEPTED:
-            cancelled.append(event_key)
+        if outcome.delivery in (Delivery.ACCEPTED, Delivery.REFUSED):
+            if outcome.delivery is Delivery.REFUSED:
+                log.info("meter event %s: Stripe has nothing to cancel (%s)", identifier, outcome.error)
+            ledger.cancelled(event_key)
+            done += event_key not in resumed
         else:
             log.warning(
-                "meter event %s changed after it was sent; Stripe did not cancel it: %s", identifier, outcome.error
+                "meter event %s: no answer to its cancel; the next run sends it again: %s", identifier, outcome.error
             )
-    if cancelled:
-        keys = ", ".join(literal(key).sql("duckdb") for key in cancelled)
-        ledger.revise(f"SELECT event_key, value FROM ({changed}) AS corrected WHERE event_key IN ({keys})", run_id)
-    return len(cancelled)
+    return done
 
 
 def _select(query: str, verdicts: list[str], columns: str) -> str:

@@ -10,7 +10,10 @@ the ledger of the Stripe account, whichever sync sent the event:
                  sync opts in); an empty, non-numeric or refused negative value is rejected instead
     resend       sent by a run that did not see the answer, less than RESEND_WITHIN ago: send it
                  again under the same identifier; Stripe drops it if it has it
-    unconfirmed  the same, but Stripe's 24-hour deduplication has passed: report it, never resend
+    unconfirmed  the same, but Stripe's 24-hour deduplication has passed: report it, never resend;
+                 or a correction whose cancel got no answer until Stripe could no longer take it
+    correcting   a correction a run began (correct_changed) and did not finish: finish it, its
+                 cancel first, then its new value
     duplicate, no_identity, customer_deleted, no_customer, not_a_customer_id, no_value, bad_value, negative_value,
     no_timestamp, bad_timestamp, too_old, in_future: rejected before any call, with a reason
 
@@ -37,6 +40,7 @@ from census_stripe.plan.keys import key_sql
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import MeterEventSpec
 from census_stripe.warehouse.base import Relation, literal
+from census_stripe.warehouse.ledger import IN_STRIPE_OR_CORRECTING
 from census_stripe.warehouse.state import StateStatus
 
 # Stripe: a timestamp within the past 35 days, at most 5 minutes ahead. The oldest events are kept
@@ -50,6 +54,7 @@ DECIMAL_VALUE = r"^-?[0-9]+(\.[0-9]+)?$"
 RESEND_WITHIN = timedelta(hours=23)
 
 NEW, SENT, CHANGED, RESEND, UNCONFIRMED = "new", "sent", "changed", "resend", "unconfirmed"
+CORRECTING = "correcting"
 REJECTIONS = {
     "duplicate": "several rows share this identity: make meter_event.identity name the columns that tell them apart",
     "no_identity": "an identity column is empty",
@@ -289,7 +294,15 @@ def _in_usage(node: exp.Expression) -> exp.Expression:
     return node
 
 
-LEDGER_FIELDS = ("sent_identifier", "sent_value", "attempted_at", "accepted_at")
+LEDGER_FIELDS = (
+    "sent_identifier",
+    "sent_value",
+    "attempted_at",
+    "accepted_at",
+    "cancel_identifier",
+    "cancel_sent_at",
+    "cancel_attempted_at",
+)
 
 
 def _verdicts(
@@ -299,11 +312,11 @@ def _verdicts(
         return literal(now + delta).sql("duckdb")
 
     # The account's events, whichever sync sent them; a row queued by a run that died (never
-    # attempted) is no event in Stripe.
-    of_account = f"stripe_account = {literal(account).sql('duckdb')} AND attempted_at IS NOT NULL"
+    # attempted) is no event in Stripe, unless a correction left it (its former value is cancelled).
+    of_account = f"stripe_account = {literal(account).sql('duckdb')} AND {IN_STRIPE_OR_CORRECTING}"
     ledger_rows = (
-        "SELECT event_key, identifier AS sent_identifier, value AS sent_value, attempted_at, accepted_at "
-        f"FROM {ledger.table().sql('duckdb')} WHERE {of_account}"
+        "SELECT event_key, identifier AS sent_identifier, value AS sent_value, attempted_at, accepted_at, "
+        f"cancel_identifier, cancel_sent_at, cancel_attempted_at FROM {ledger.table().sql('duckdb')} WHERE {of_account}"
     )
     joins = f"LEFT JOIN ({ledger_rows}) AS sent ON sent.event_key = counted.event_key"
     fields = ", ".join(f"sent.{field} AS {field}" for field in LEDGER_FIELDS)
@@ -326,6 +339,8 @@ SELECT event_key, event_name, stripe_customer_id, value, event_time, {", ".join(
   CASE
     WHEN identity_missing THEN 'no_identity'
     WHEN copies > 1 THEN 'duplicate'
+    WHEN cancel_sent_at IS NOT NULL AND cancel_attempted_at <= {moment(-RESEND_WITHIN)} THEN '{UNCONFIRMED}'
+    WHEN cancel_identifier IS NOT NULL OR (sent_identifier IS NOT NULL AND attempted_at IS NULL) THEN '{CORRECTING}'
     WHEN accepted_at IS NOT NULL AND sent_value IS NOT DISTINCT FROM value THEN '{SENT}'
     WHEN attempted_at IS NOT NULL AND accepted_at IS NULL AND attempted_at > {moment(-RESEND_WITHIN)} THEN '{RESEND}'
     WHEN attempted_at IS NOT NULL AND accepted_at IS NULL THEN '{UNCONFIRMED}'

@@ -53,6 +53,8 @@ KEY_SCHEME = 2
 # Per run, the events of a chunk Stripe did not accept, while the chunk is settled (`settle`).
 OUTCOME_COLUMNS = {"run_id": "text", "identifier": "text", "outcome": "text"}
 OUTCOME_ROWS_PER_INSERT = 500
+# The rows the plan finds an event's fate in: maybe in Stripe, or a correction's new revision.
+IN_STRIPE_OR_CORRECTING = "(attempted_at IS NOT NULL OR revision > 0)"
 # A row queued and never sent, which no correction left behind: the model plans it again.
 UNSENT_EVENT = "attempted_at IS NULL AND revision = 0 AND cancel_identifier IS NULL"
 SEND_COLUMNS = ("identifier", "event_name", "stripe_customer_id", "value", "event_time")
@@ -138,23 +140,68 @@ class MeterEventLedger:
         )
 
     def claim(self, event_keys_sql: str, run_id: str) -> None:
-        """Make this run the sender of the events `event_keys_sql` selects (in doubt, to send again),
-        whichever sync sent them first (the same one, before it was renamed)."""
+        """Make this run the sender of the events `event_keys_sql` selects (in doubt, to send again, or
+        a correction under way, to finish), whichever sync sent them first (the same one, before it
+        was renamed)."""
         self._execute(
             f"UPDATE {self.name} SET sync_name = {_text(self.sync_name)}, run_id = {_text(run_id)} "
-            f"WHERE {self.of_account} AND attempted_at IS NOT NULL AND event_key IN ({event_keys_sql})"
+            f"WHERE {self.of_account} AND {IN_STRIPE_OR_CORRECTING} AND event_key IN ({event_keys_sql})"
         )
 
-    def revise(self, corrections_sql: str, run_id: str) -> None:
-        """Queue the new values of corrected events (columns event_key, value) under their next identifier."""
+    def intend_corrections(self, corrections_sql: str, run_id: str, sent_after: datetime) -> None:
+        """Record, before any cancel is sent, the corrections of the accepted events `corrections_sql`
+        selects (columns event_key, value) first sent after `sent_after`: the revision Stripe counts
+        becomes the one to cancel (`cancel_identifier`, its value and first attempt), and the new value
+        is queued under the next identifier, to be sent once the cancel is done (`cancelled`)."""
         self._execute(
             f"UPDATE {self.name} SET revision = revision + 1, "
             "identifier = corrected_key || '-r' || CAST(revision + 1 AS VARCHAR), "
-            f"value = corrected_value, sync_name = {_text(self.sync_name)}, run_id = {_text(run_id)}, "
-            "attempted_at = NULL, accepted_at = NULL "
+            "cancel_identifier = identifier, cancel_value = value, cancel_attempted_at = attempted_at, "
+            f"cancel_sent_at = NULL, value = corrected_value, sync_name = {_text(self.sync_name)}, "
+            f"run_id = {_text(run_id)}, attempted_at = NULL, accepted_at = NULL "
             "FROM (SELECT event_key AS corrected_key, value AS corrected_value "
             f"FROM ({corrections_sql}) AS chosen) AS corrections "
-            f"WHERE event_key = corrected_key AND {self.of_account} AND accepted_at IS NOT NULL"
+            f"WHERE event_key = corrected_key AND {self.of_account} AND accepted_at IS NOT NULL "
+            f"AND cancel_identifier IS NULL AND attempted_at > {_moment(sent_after)}"
+        )
+
+    def expire_corrections(self, sent_before: datetime) -> None:
+        """Corrections whose cancel was never sent and no longer can be (the revision to cancel was
+        first sent before `sent_before`): Stripe counts that revision, so the ledger says so again."""
+        self._execute(
+            f"UPDATE {self.name} SET revision = revision - 1, identifier = cancel_identifier, value = cancel_value, "
+            "attempted_at = cancel_attempted_at, accepted_at = cancel_attempted_at, cancel_identifier = NULL, "
+            "cancel_value = NULL, cancel_attempted_at = NULL "
+            f"WHERE {self.of_account} AND cancel_identifier IS NOT NULL AND cancel_sent_at IS NULL "
+            f"AND cancel_attempted_at <= {_moment(sent_before)}"
+        )
+
+    def pending_cancels(self, run_id: str, sent_after: datetime) -> dict[str, list]:
+        """This run's corrections whose cancel Stripe can still take (event_key, event_name,
+        cancel_identifier), read whole."""
+        return self.warehouse.fetch_columns(
+            self._sql(
+                f"SELECT event_key, event_name, cancel_identifier FROM {self.name} WHERE {self.of_sync} "
+                f"AND run_id = {_text(run_id)} AND cancel_identifier IS NOT NULL "
+                f"AND cancel_attempted_at > {_moment(sent_after)} ORDER BY event_key"
+            )
+        )
+
+    def _correction(self, event_key: str) -> str:
+        return f"{self.of_account} AND event_key = {_text(event_key)} AND cancel_identifier IS NOT NULL"
+
+    def cancel_sending(self, event_key: str, now: datetime) -> None:
+        """Right before the cancel's request: from now on Stripe may have cancelled the revision."""
+        self._execute(
+            f"UPDATE {self.name} SET cancel_sent_at = COALESCE(cancel_sent_at, {_moment(now)}) "
+            f"WHERE {self._correction(event_key)}"
+        )
+
+    def cancelled(self, event_key: str) -> None:
+        """Stripe counts nothing under the former revision: its new value is free to send."""
+        self._execute(
+            f"UPDATE {self.name} SET cancel_identifier = NULL, cancel_value = NULL, cancel_attempted_at = NULL, "
+            f"cancel_sent_at = NULL WHERE {self._correction(event_key)}"
         )
 
     def to_send(self, run_id: str, chunk_rows: int) -> Iterator[dict[str, list]]:
