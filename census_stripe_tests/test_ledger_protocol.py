@@ -25,7 +25,7 @@ import sqlglot
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.warehouse.state import utc_now
 from census_stripe_tests.conftest import postgres_sql, require_postgres
-from census_stripe_tests.ledger_process import SCHEMA, STATE_SCHEMA, connect, run
+from census_stripe_tests.ledger_process import SCHEMA, connect, run
 from census_stripe_tests.meters import create_meter
 
 DAYS = 6

@@ -224,7 +224,12 @@ class MeterEventLedger:
             after = chunk["identifier"][-1]
 
     def _range(self, run_id: str, first: str, last: str) -> str:
-        return f"{self.of_sync} AND run_id = {_text(run_id)} AND identifier BETWEEN {_text(first)} AND {_text(last)}"
+        """The run's events from `first` to `last`, as `to_send` read them: a correction waiting on
+        its cancel is among them by identifier, never by what is sent."""
+        return (
+            f"{self.of_sync} AND run_id = {_text(run_id)} AND identifier BETWEEN {_text(first)} AND {_text(last)} "
+            "AND cancel_identifier IS NULL"
+        )
 
     def mark_attempted(self, run_id: str, first: str, last: str, now: datetime) -> None:
         """Right before the requests carrying events `first` to `last` are sent: from now on they may
