@@ -276,7 +276,8 @@ def test_no_ledger_statement_grows_with_the_chunk(events):
         )
         assert report.in_doubt == events
         in_doubt = connection.execute(
-            "SELECT count(*) FROM census_stripe.meter_event_ledger WHERE attempted_at IS NOT NULL AND accepted_at IS NULL"
+            "SELECT count(*) FROM census_stripe.meter_event_ledger "
+            "WHERE attempted_at IS NOT NULL AND accepted_at IS NULL"
         ).fetchone()[0]
     assert in_doubt == events
     longest = max(map(len, warehouse.statements))

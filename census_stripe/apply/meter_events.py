@@ -53,7 +53,7 @@ class Chunk:
     def open_events(self) -> list[tuple[MeterEvent, Delivery, str]]:
         """The marked events Stripe did not accept, each with why: refused, in doubt or unsent. A batch
         being sent when the run stopped may have left: in doubt."""
-        found = []
+        found: list[tuple[MeterEvent, Delivery, str]] = []
         for index in range(self.marked):
             outcome = self.answers.get(index, BatchOutcome(Delivery.IN_DOUBT, "the run stopped before the answer"))
             if outcome.delivery is Delivery.ACCEPTED:

@@ -68,7 +68,7 @@ def meter_event_description(spec: MeterEventSpec, model_name: str) -> str:
             f"| customer (`{meter.customer_payload_key}`) | {customer} |",
             f"| value (`{meter.value_payload_key}`) | `{meter.value_column}` |",
             f"| timestamp | `{meter.timestamp_column}` |",
-            f"| identifier | digest of the sync and `{'`, `'.join(meter.identity)}` |",
+            f"| identifier | digest of the event name and `{'`, `'.join(meter.identity)}` |",
         ]
     )
 
@@ -89,6 +89,9 @@ def headline(report: MeterEventReport) -> str:
         f"{counts['rejected']} rejected before any call" if counts["rejected"] else None,
         f"{counts['refused']} refused by Stripe" if counts["refused"] else None,
         f"{counts['in_doubt']} without an answer (sent again next run)" if counts["in_doubt"] else None,
+        f"{counts['unsent']} not sent (429s to the end, or the run stopped): sent next run"
+        if counts["unsent"]
+        else None,
         f"{counts['changed_after_sent']} changed after sent" if counts["changed_after_sent"] else None,
         f"{counts['unconfirmed']} unconfirmed past Stripe's 24 hours" if counts["unconfirmed"] else None,
     ]
@@ -122,7 +125,8 @@ def _event_rows(rows: list[dict], reason: dict[str, str]) -> dg.MetadataValue:
 
 ATTENTION = {
     "changed": "changed after it was sent: Stripe keeps the value sent",
-    "unconfirmed": "sent by a run that died over 24 hours ago: not resent (Stripe may have it)",
+    "unconfirmed": "sent (or its correction's cancel sent) by a run that got no answer over 23 hours ago: "
+    "not resent (Stripe may have it)",
 }
 
 

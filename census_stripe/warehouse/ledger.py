@@ -5,11 +5,19 @@ once" hold for ever. One row per Stripe account and event (`event_key`, a digest
 and the row's identity values: plan/meter_events.py), naming the sync that sent it last, with what
 was sent and two moments:
 
-- `attempted_at` NULL: queued by a run, never sent. A later run queues it again from the model.
-- `attempted_at` set, `accepted_at` NULL: in doubt. The request may have reached Stripe (the run
-  died, or the answer was lost). Within Stripe's 24 hours it is sent again under the same
-  identifier, which Stripe drops if it has it; after that it is reported, never sent blindly.
+- `attempted_at` NULL: queued by a run, never sent (or sent only to be answered 429). A later run
+  queues it again from the model.
+- `attempted_at` set, `accepted_at` NULL: in doubt. Marked right before its request was sent, so the
+  request may have reached Stripe (the run died, or the answer was lost). Within Stripe's 24 hours
+  it is sent again under the same identifier, which Stripe drops if it has it; after that it is
+  reported, never sent blindly.
 - `accepted_at` set: Stripe has it. Never sent again; a changed value is reported (or corrected).
+- `cancel_identifier` set: a correction under way. The revision Stripe counts is to be cancelled
+  (`cancel_sent_at`: its cancel may have been sent); the row's identifier and value are the next
+  revision's, sent only once the cancel is done (`cancelled`).
+
+Every mark is its own transaction, committed before the request that depends on it; a chunk is
+settled in one, its events Stripe did not accept staged in `meter_event_outcomes`.
 
 Rows written before the key left out the sync's name have `key_scheme` NULL and that sync's older
 key: a run of the sync finds them under it, and gives them the event's key (`adopt_legacy`), keeping
