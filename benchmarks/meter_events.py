@@ -1,6 +1,6 @@
 """Benchmark 6: meter events at Stripe's limits, engine vs the naive loop.
 
-    python -m benchmarks.meter_events [--v1-events 20000] [--stream-events 1000000]
+    python -m benchmarks.meter_events [--v1-events 20000] [--stream-events 1000000]  # needs PostgreSQL up
 
 The Stripe test double answers every request after 150 ms and enforces Stripe's live limits on
 the meter event endpoints (1,000 requests/s for v1, 10,000 for the stream). The key is a live-mode
@@ -17,6 +17,8 @@ customer and second. Side by side, in one run:
   smaller and a larger partition: events/s, and the peak memory of each (flat if it does not grow
   with the events).
 - rerun of the larger partition, every event already sent: Stripe calls and seconds.
+- stream, engine, the larger partition on PostgreSQL (127.0.0.1:5432, trust auth, a database of
+  its own, dropped after): the ledger's marks and settles committed on a server.
 
 Each engine variant runs in a fresh process (`--variant`), so its peak RSS is its own.
 """
@@ -25,20 +27,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import psycopg
 
 from benchmarks.common import Stopwatch, peak_rss_mib, print_table, run_variant
 from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.stripe_client.client import make_client
 from census_stripe.stripe_client.meter_types import MeterLimits
+from census_stripe.warehouse.postgres import PostgresWarehouse
 from census_stripe.warehouse.state import utc_now
 from census_stripe_tests.meters import create_meter
-from census_stripe_tests.usage import day_slice, meter_spec, run_usage_sync
+from census_stripe_tests.usage import day_slice, meter_spec, run_usage_sync, run_usage_sync_on
 
 LATENCY = 0.15
 STRIPE_LIVE = {"meter_event_rate": 1000, "meter_event_stream_rate": 10000}
@@ -66,17 +71,38 @@ def make_day_of_usage(path: Path, events: int, customers: str) -> None:
         )
 
 
-def engine_variant(api: str, warehouse: str, url: str) -> dict:
-    with Stopwatch() as watch:
-        report = run_usage_sync(
-            Path(warehouse),
-            url,
-            meter_spec(api),
-            f"bench-{api}-{time.time()}",
-            day_slice(yesterday().date()),
-            limits=MeterLimits(concurrency=200),
-            api_key=KEY,
+def make_postgres_usage(database: str, events: int, customers: str) -> None:
+    """The same day of usage in a new PostgreSQL database `database` (127.0.0.1:5432, trust auth)."""
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="test", autocommit=True) as server:
+        server.execute(f"CREATE DATABASE {database}")
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=database, autocommit=True) as connection:
+        connection.execute("CREATE SCHEMA main")
+        connection.execute(
+            f"""
+            create table main.usage as
+            select '{customers}' || (i / 86400) as customer_id,
+                   timestamp '{yesterday()}' + (i % 86400) * interval '1 second' as day,
+                   (i % 97)::bigint as calls
+            from generate_series(0, {events - 1}) as t(i)
+            """
         )
+
+
+def drop_postgres(database: str) -> None:
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="test", autocommit=True) as server:
+        server.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+def engine_variant(api: str, warehouse: str, url: str) -> dict:
+    """`warehouse`: a DuckDB file, or `postgresql:<database>` on this machine's PostgreSQL."""
+    options = {"options": day_slice(yesterday().date()), "limits": MeterLimits(concurrency=200), "api_key": KEY}
+    run_id = f"bench-{api}-{time.time()}"
+    with Stopwatch() as watch:
+        if warehouse.startswith("postgresql:"):
+            with psycopg.connect(host="127.0.0.1", user="postgres", dbname=warehouse.split(":", 1)[1]) as connection:
+                report = run_usage_sync_on(PostgresWarehouse(connection), url, meter_spec(api), run_id, **options)
+        else:
+            report = run_usage_sync(Path(warehouse), url, meter_spec(api), run_id, **options)
     counts = report.counts()
     return {
         "events": counts["rows_read"],
@@ -141,6 +167,15 @@ def main() -> None:
             rows.append({"variant": f"{api}, engine, {events:,} events", **figures})
         rerun = run_variant("benchmarks.meter_events", "--variant", "stream", str(warehouse), double.url)
         rows.append({"variant": f"stream, rerun of the sent {args.stream_events:,}", **rerun})
+        database = f"bench_meter_{os.getpid()}"
+        make_postgres_usage(database, args.stream_events, customers="cus_pg_")
+        try:
+            on_postgres = run_variant(
+                "benchmarks.meter_events", "--variant", "stream", f"postgresql:{database}", double.url
+            )
+        finally:
+            drop_postgres(database)
+        rows.append({"variant": f"stream on PostgreSQL, {args.stream_events:,} events", **on_postgres})
         summary = double.meter_events()
     print_table(f"Meter events, {LATENCY * 1000:.0f} ms per request, Stripe's live limits, a live-mode key", rows)
     print(

@@ -19,7 +19,7 @@ from census_stripe.stripe_client.meter_events import MeterEventStream, V1MeterEv
 from census_stripe.stripe_client.meter_types import MeterLimits
 from census_stripe.stripe_client.rate_limit import RateLimits
 from census_stripe.stripe_client.values import StripeAccount
-from census_stripe.warehouse.base import Relation
+from census_stripe.warehouse.base import Relation, Warehouse
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.state import SyncStateStore, utc_now
 
@@ -89,22 +89,36 @@ def run_usage_sync(
     limits: MeterLimits = UNLIMITED,
     api_key: str = API_KEY,
 ) -> MeterEventReport:
+    with duckdb.connect(str(path)) as connection:
+        return run_usage_sync_on(DuckDBWarehouse(connection), url, spec, run_id, options, now, limits, api_key)
+
+
+def run_usage_sync_on(
+    warehouse: Warehouse,
+    url: str,
+    spec: MeterEventSpec,
+    run_id: str,
+    options: MeterRunOptions = WHOLE_MODEL,
+    now: Callable[[], datetime] = utc_now,
+    limits: MeterLimits = UNLIMITED,
+    api_key: str = API_KEY,
+) -> MeterEventReport:
+    """The same run on any warehouse holding the model `main.usage`."""
     meter = spec.meter_event
     endpoint = MeterEventStream if meter.api == "stream" else V1MeterEvents
     payload_keys = (meter.customer_payload_key, meter.value_payload_key)
-    with duckdb.connect(str(path)) as connection:
-        return run_meter_event_sync(
-            spec,
-            model=MODEL,
-            store=SyncStateStore(DuckDBWarehouse(connection)),
-            api=lambda: endpoint(api_key, url, limits, payload_keys),
-            account_of=lambda: ACCOUNT,
-            customers=CustomerSource(),
-            run_id=run_id,
-            options=options,
-            concurrency=limits.concurrency,
-            now=now,
-        )
+    return run_meter_event_sync(
+        spec,
+        model=MODEL,
+        store=SyncStateStore(warehouse),
+        api=lambda: endpoint(api_key, url, limits, payload_keys),
+        account_of=lambda: ACCOUNT,
+        customers=CustomerSource(),
+        run_id=run_id,
+        options=options,
+        concurrency=limits.concurrency,
+        now=now,
+    )
 
 
 def ledger_counts(path: Path) -> dict[str, int]:
