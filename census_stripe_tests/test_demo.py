@@ -32,12 +32,14 @@ DEMO_RUN = [sys.executable, "-m", "census_stripe.demo", "run"]
 DEMO_SERVERS = [sys.executable, "-c", "from census_stripe.demo.__main__ import demo_environment as e\nwith e(): pass"]
 
 
-def demo(processes: Processes, data_dir, command: list[str] = DEMO_RUN, **settings) -> subprocess.CompletedProcess:
+def demo(
+    processes: Processes, data_dir, command: list[str] = DEMO_RUN, cwd: Path = PROJECT_ROOT, **settings
+) -> subprocess.CompletedProcess:
     """`python -m census_stripe.demo run` in a shell with only these of the project's variables set; the
     test owns it and what it starts (its local Stripe servers, Dagster), stopped however the test ends."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DAGSTER_", "CENSUS_STRIPE_"))}
     env |= {"CENSUS_STRIPE_DATA_DIR": str(data_dir), **settings}
-    run = processes.start(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = processes.start(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = run.communicate(timeout=900)
     return subprocess.CompletedProcess(command, run.returncode, stdout, stderr)
 
@@ -159,7 +161,7 @@ def test_with_your_key_and_no_meter_the_demo_bills_nothing_and_says_how_to_creat
     completed = demo(processes, tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
     assert completed.returncode != 0
     output = completed.stdout
-    assert "of 'stripe/api_usage' failed.\nFirst error:\n  stripe__api_usage: " in output
+    assert "of 'stripe/api_usage' failed.\nWhy it failed:\n  stripe__api_usage: MeterCheckError: " in output
     assert "MeterCheckError: meter event sync 'api_usage' sent nothing" in output
     assert "- no meter has the event name 'api_calls': create one with that event name" in output
     stats = double.stats()
@@ -175,8 +177,11 @@ def test_a_failed_demo_shows_the_failed_checks_the_first_error_and_the_failing_r
     output = completed.stdout
     failed, writes = map(int, re.search(r"(\d+) of (\d+) Stripe writes failed", output).groups())
     assert failed > 0 and writes == 294 and double.stats()["customers"] == writes - failed
-    assert f"  - stripe/customers failed_writes_below_threshold (ERROR): {failed} of 294 Stripe writes failed" in output
-    assert "First error:\n  stripe__customers: " in output and "blocking asset check failed" in output
+    assert (
+        f"Failed checks:\n  - stripe/customers failed_writes_below_threshold: {failed} of 294 Stripe writes failed"
+        in (output)
+    )
+    assert "Why it failed:\n  stripe__customers: " in output and "blocking asset check failed" in output
     assert f"Failing rows:\n  stripe/customers: {failed} rows failed. Stripe's reasons:" in output
     shown = re.findall(
         r"^    '([a-d][^']*)': InvalidRequestError \(HTTP 400\): Invalid email address: \1$", output, re.M
