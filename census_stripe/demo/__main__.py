@@ -267,7 +267,7 @@ def _records(table) -> list[Mapping]:
 def _print_summary(dagster_home: str) -> None:
     import dagster as dg
 
-    from census_stripe.demo.report import describe_warehouse
+    from census_stripe.demo.report import describe_warehouse, key_text
     from census_stripe.orchestration.warehouses import warehouse_from_env
     from census_stripe.spec import load_sync_spec
 
@@ -296,9 +296,9 @@ def _print_summary(dagster_home: str) -> None:
                     print(f"  {count:>18}: {metadata.get(count)}")
             if spec.object in CATALOG_OBJECTS:  # a catalog is small: its changes fit in the terminal
                 for record in _records(metadata.get("preview"))[:PREVIEW_SHOWN]:
-                    print(f"    {record['key']!r}: {record['changes']}")
+                    print(f"    {key_text(record['key'])}: {record['changes']}")
             for record in _records(metadata.get("rejected_rows")):
-                print(f"    rejected {record['key']!r}: {record['reason']}")
+                print(f"    rejected {key_text(record['key'])}: {record['reason']}")
     print(
         "\nWhere to look:\n"
         f"  - the Dagster UI with these runs:   make dev   (then http://127.0.0.1:3000)\n"

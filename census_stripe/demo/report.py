@@ -14,7 +14,9 @@ import dagster as dg
 import pydantic
 from dagster import DagsterEventType, EventLogEntry
 from dagster._utils.error import SerializableErrorInfo
+from pydantic_core import ErrorDetails
 
+from census_stripe.orchestration.metadata import NO_KEY
 from census_stripe.orchestration.warehouses import (
     BigQueryWarehouseResource,
     DuckDBWarehouseResource,
@@ -81,7 +83,7 @@ def failed_checks(instance: dg.DagsterInstance, run_id: str) -> dict[dg.AssetChe
 
 def _is_dagsters(error: SerializableErrorInfo) -> bool:
     """Dagster's own wrapper around what a step raised (its message names its module, dagster.…)."""
-    return error.message.startswith("dagster.") or error.cls_name.startswith("Dagster")
+    return error.message.startswith("dagster.") or (error.cls_name or "").startswith("Dagster")
 
 
 def root_cause(error: SerializableErrorInfo) -> SerializableErrorInfo:
@@ -94,13 +96,9 @@ def root_cause(error: SerializableErrorInfo) -> SerializableErrorInfo:
 
 def error_text(error: SerializableErrorInfo, secret: str = "") -> str:
     """`Type: message`, as the exception says it, without its module, with the secret redacted."""
-    message = error.message.strip()
-    qualified = re.match(rf"[\w.]*\b{re.escape(error.cls_name)}: ", message)
-    if qualified:
-        message = message[qualified.end() :]
-    elif message.startswith(f"{error.cls_name}:"):
-        message = message[len(error.cls_name) + 1 :].strip()
-    return redact(f"{error.cls_name}: {message}", secret)
+    name, message = error.cls_name or "Error", error.message.strip()
+    qualified = re.match(rf"(?:[\w.]*\.)?{re.escape(name)}: ", message)
+    return redact(f"{name}: {message[qualified.end() :] if qualified else message}", secret)
 
 
 def step_errors(instance: dg.DagsterInstance, run_id: str, secret: str = "") -> list[str]:
@@ -112,6 +110,11 @@ def step_errors(instance: dg.DagsterInstance, run_id: str, secret: str = "") -> 
         if error is not None and step not in lines and not (step == "run" and lines):
             lines[step] = f"{step}: {error_text(root_cause(error), secret)}"
     return list(lines.values())
+
+
+def key_text(key: object) -> str:
+    """A row's key as the terminal shows it: quoted, or in words for a row without one."""
+    return NO_KEY if key in (None, "", NO_KEY) else repr(key)
 
 
 def _table_records(value: dg.MetadataValue) -> Sequence[dg.TableRecord]:
@@ -139,7 +142,10 @@ def failing_rows(instance: dg.DagsterInstance, run_id: str) -> list[str]:
         lines += _first(reasons, len(reasons), "  ", lambda data: f"{data['rows']} x {data['reason']}")
         lines.append("The first rows:")
         lines += _first(
-            _table_records(metadata["failed_rows"]), failed, "  ", lambda data: f"{data['key']!r}: {data['reason']}"
+            _table_records(metadata["failed_rows"]),
+            failed,
+            "  ",
+            lambda data: f"{key_text(data['key'])}: {data['reason']}",
         )
     return lines
 
@@ -170,7 +176,7 @@ def _short(value: object, width: int = 80) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _source_position(error: dict) -> str | None:
+def _source_position(error: ErrorDetails) -> str | None:
     position = (error.get("ctx") or {}).get("source_position")
     return f"{position.filename}:{position.start.line}" if position is not None else None
 
