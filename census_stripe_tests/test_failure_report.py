@@ -3,13 +3,15 @@ type and message, the key redacted), the file, line and field of a sync file tha
 checks that failed by severity. Through the real `python -m census_stripe.demo run`, then the pure parts."""
 
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import pydantic
 import pytest
 from dagster._utils.error import SerializableErrorInfo
 
-from census_stripe.demo.report import definitions_error, error_text, root_cause
+from census_stripe.demo.report import LOG_LINES_SHOWN, definitions_error, error_text, failure_report, root_cause
 from census_stripe.settings import PROJECT_ROOT
 from census_stripe.spec import SyncConfigError, SyncSettings
 from census_stripe_tests.test_demo import YOUR_KEY, demo
@@ -143,3 +145,12 @@ def test_definitions_errors_name_the_file_and_field():
         raise ValueError(f"no model for the key {YOUR_KEY}") from OSError("disk full")
     except ValueError as plain:
         assert definitions_error(plain, YOUR_KEY) == ["ValueError: no model for the key [redacted]"]
+
+
+def test_a_job_that_never_made_a_run_shows_the_end_of_its_log_without_the_key():
+    log = "\n".join(f"line {n}" for n in range(40)) + f"\nDagsterError: could not reach the instance with {YOUR_KEY}\n"
+    with dg.DagsterInstance.ephemeral() as instance:
+        report = failure_report(instance, datetime.now(UTC), YOUR_KEY, log)
+    assert report[0] == "The job did not start. The end of its log:"
+    assert report[-1] == "  DagsterError: could not reach the instance with [redacted]"
+    assert len(report) == 1 + LOG_LINES_SHOWN and YOUR_KEY not in "\n".join(report)

@@ -328,8 +328,9 @@ def _print_failure(env: Mapping[str, str], started: datetime) -> None:
 
     from census_stripe.demo.report import failure_report
 
+    log = (DATA_DIR / "demo.log").read_text(errors="replace")
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        print("\n".join(failure_report(instance, started, env.get("STRIPE_API_KEY", ""))))
+        print("\n".join(failure_report(instance, started, env.get("STRIPE_API_KEY", ""), log)))
     print(f"The run's full log: {DATA_DIR / 'demo.log'}")
 
 

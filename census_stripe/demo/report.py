@@ -150,11 +150,17 @@ def failing_rows(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     return lines
 
 
-def failure_report(instance: dg.DagsterInstance, since: datetime, secret: str = "") -> list[str]:
-    """The run since then that failed: what a person needs to see first, in plain text."""
+# The lines of the log shown when no run was recorded: Dagster's own error is at its end.
+LOG_LINES_SHOWN = 15
+
+
+def failure_report(instance: dg.DagsterInstance, since: datetime, secret: str = "", log: str = "") -> list[str]:
+    """The run since then that failed: what a person needs to see first, in plain text. When no run
+    was recorded (Dagster stopped before it), the end of `log`, the command's output."""
     run = failed_run(instance, since)
     if run is None:
-        return ["The job did not start: see the run's full log below."]
+        tail = [f"  {line}" for line in redact(log, secret).strip().splitlines()[-LOG_LINES_SHOWN:]]
+        return ["The job did not start. The end of its log:", *tail]
     lines = [f"Run {run.run_id} of {run_name(run)!r} failed."]
     checks = failed_checks(instance, run.run_id)
     if checks[dg.AssetCheckSeverity.ERROR]:
