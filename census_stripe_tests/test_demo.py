@@ -13,13 +13,14 @@ import duckdb
 import pytest
 
 from census_stripe.demo.__main__ import DEMO_API_KEY, raise_a_price_once_the_catalog_is_in_stripe
+from census_stripe.demo.local_stripe import LocalStripe
 from census_stripe.demo.report import describe_warehouse
 from census_stripe.demo.seed_data import catalog as catalog_seed
 from census_stripe.demo.seed_data import write_seeds
 from census_stripe.demo.stripe_double import key_stat
 from census_stripe.orchestration.project import sync_resources
 from census_stripe.orchestration.warehouses import PostgresWarehouseResource
-from census_stripe.settings import PROJECT_ROOT
+from census_stripe.settings import DATA_DIR, PROJECT_ROOT
 from census_stripe.stripe_client.client import make_client
 from census_stripe_tests.conftest import Processes
 from census_stripe_tests.meters import create_meter
@@ -301,3 +302,12 @@ def test_seeds_rewritten_while_read_are_always_read_whole(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
         f"{table}.csv" for table in write_seeds(300, tmp_path)
     )
+
+
+def test_a_local_stripe_without_saved_data_keeps_its_store_under_the_data_folder_until_it_stops():
+    """Never in the system's temp folder, where localstripe's own fixed file lives for every server."""
+    with LocalStripe() as server:
+        assert server._process is not None
+        store = Path(server._process.args[3])
+        assert store.parent.parent == DATA_DIR and store.name == "localstripe.pickle" and store.exists()
+    assert not store.parent.exists()
