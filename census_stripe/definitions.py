@@ -3,6 +3,8 @@ what triggers them, and the resources."""
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from census_stripe.orchestration.dbt import daily_partitioned_models, dbt_resource, warehouse_models
@@ -14,6 +16,12 @@ from census_stripe.orchestration.project import (
     whole_model_sync_job,
 )
 from census_stripe.settings import DEFS_DIR, PROJECT_ROOT
+
+# The beta and preview parts of Dagster's API this project uses on purpose (a backfill policy, the
+# components' code references) warn each time a process loads the code: under `make dev` that is every
+# code server, run and sensor tick, dozens of identical lines hiding the ones that matter.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
 def _sync_instances() -> dg.Definitions:

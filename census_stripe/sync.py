@@ -136,9 +136,10 @@ class SyncReport:
         if spec.object_type.has_versions:
             counts["planned_new_versions"] = planned[Action.NEW_VERSION]
             counts["new_versions"] = done[WriteStatus.NEW_VERSION]
-        if spec.archive_missing:
-            counts["planned_archives"] = planned[Action.ARCHIVE]
-            counts["archived"] = done[WriteStatus.ARCHIVED]
+        if spec.archive_missing or spec.object_type.has_versions:
+            # A new version archives the object it replaces: archived with those whose key left the model.
+            counts["planned_archives"] = planned[Action.ARCHIVE] + planned[Action.NEW_VERSION]
+            counts["archived"] = done[WriteStatus.ARCHIVED] + done[WriteStatus.NEW_VERSION]
         return counts
 
 

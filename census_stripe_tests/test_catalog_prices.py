@@ -100,14 +100,15 @@ def test_a_changed_amount_makes_one_new_price_and_archives_the_old_one(warehouse
     planned = run(warehouse, prices(), double.url, run_id="dry", options=DRY_RUN)
     [row] = planned.plan.rows
     assert row.action.value == "new_version"
-    assert planned.counts()["planned_new_versions"] == 1
+    assert (planned.counts()["planned_new_versions"], planned.counts()["planned_archives"]) == (1, 1)
 
     before = double.stats()
     report = run(warehouse, prices(), double.url, run_id="raise")
     stats = double.stats()
     assert stats["done_price_create"] - before.get("done_price_create", 0) == 1
     assert stats["done_price_update"] - before.get("done_price_update", 0) == 1  # the archive
-    assert (report.counts()["new_versions"], report.counts()["created"], report.counts()["updated"]) == (1, 0, 0)
+    counts = report.counts()
+    assert (counts["new_versions"], counts["archived"], counts["created"], counts["updated"]) == (1, 1, 0, 0)
 
     new_id, new = holder(double, "team_monthly")
     assert new_id != old_id and (new["unit_amount"], new["active"]) == ("1200", "true")
@@ -122,7 +123,7 @@ def test_the_preview_says_what_a_new_version_changes(warehouse, double):
     change_amount(warehouse, "team_monthly", "1200")
     metadata = report_metadata(run(warehouse, prices(), double.url, run_id="dry", options=DRY_RUN), lambda _: None)
     [record] = metadata["preview"].value.records
-    assert record.data["changes"].startswith("new version of price team_monthly: 1000 → 1200 USD/month")
+    assert record.data["changes"].startswith("new version of price team_monthly: 10.00 → 12.00 USD/month")
     assert "summary" in metadata and "would make 1 new versions" in metadata["summary"].value
 
 

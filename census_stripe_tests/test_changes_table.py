@@ -52,9 +52,9 @@ def test_a_run_records_its_plan_and_what_became_of_each_row(sync_runner, stripe_
     )
     assert stripe_id == stripe_by_email(stripe_customers)[row["email"]]["id"]
     assert json.loads(recorded)["metadata.plan"] == {"before": None, "after": row["plan"]}
-    # The metadata says where the whole plan is, as SQL that runs.
-    whole_plan = runner.metadata(first)["whole_plan"]
-    assert len(query(warehouse_path, whole_plan)) == 300
+    # The metadata says where every row of the plan is, as SQL that runs.
+    every_row = runner.metadata(first)["sql_for_every_row"]
+    assert len(query(warehouse_path, every_row)) == 300
 
     # A rerun with nothing to change lists no unchanged row, only the rejected ones again (as
     # sync_rejections does); a change records just its row, field by field.

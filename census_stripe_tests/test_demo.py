@@ -13,13 +13,14 @@ import duckdb
 import pytest
 
 from census_stripe.demo.__main__ import DEMO_API_KEY, raise_a_price_once_the_catalog_is_in_stripe
+from census_stripe.demo.local_stripe import LocalStripe
 from census_stripe.demo.report import describe_warehouse
 from census_stripe.demo.seed_data import catalog as catalog_seed
 from census_stripe.demo.seed_data import write_seeds
 from census_stripe.demo.stripe_double import key_stat
 from census_stripe.orchestration.project import sync_resources
 from census_stripe.orchestration.warehouses import PostgresWarehouseResource
-from census_stripe.settings import PROJECT_ROOT
+from census_stripe.settings import DATA_DIR, PROJECT_ROOT
 from census_stripe.stripe_client.client import make_client
 from census_stripe_tests.conftest import Processes
 from census_stripe_tests.meters import create_meter
@@ -32,12 +33,14 @@ DEMO_RUN = [sys.executable, "-m", "census_stripe.demo", "run"]
 DEMO_SERVERS = [sys.executable, "-c", "from census_stripe.demo.__main__ import demo_environment as e\nwith e(): pass"]
 
 
-def demo(processes: Processes, data_dir, command: list[str] = DEMO_RUN, **settings) -> subprocess.CompletedProcess:
+def demo(
+    processes: Processes, data_dir, command: list[str] = DEMO_RUN, cwd: Path = PROJECT_ROOT, **settings
+) -> subprocess.CompletedProcess:
     """`python -m census_stripe.demo run` in a shell with only these of the project's variables set; the
     test owns it and what it starts (its local Stripe servers, Dagster), stopped however the test ends."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DAGSTER_", "CENSUS_STRIPE_"))}
     env |= {"CENSUS_STRIPE_DATA_DIR": str(data_dir), **settings}
-    run = processes.start(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = processes.start(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = run.communicate(timeout=900)
     return subprocess.CompletedProcess(command, run.returncode, stdout, stderr)
 
@@ -71,6 +74,7 @@ def test_the_demo_twice_customers_and_catalog_then_its_local_stripe_lost(tmp_pat
         "stripe_api_calls": 297,
     }
     assert "rejected 'not-an-email': invalid email" in first
+    assert "rejected (a row with no key): " in first and "None" not in first
     # Ports 8420 and 8421, unless another program (another checkout's demo) has one: then another, kept for
     # the next runs, so that their addresses, by which the syncs know these servers, stay the same.
     [port] = re.findall(r"starting a local Stripe server \(localstripe\) at http://127.0.0.1:(\d+) ", first)
@@ -106,8 +110,8 @@ def test_the_demo_twice_customers_and_catalog_then_its_local_stripe_lost(tmp_pat
     assert "this run raises pro_monthly_usd from 10.00 to 12.00 USD" in second
     assert counts(second, "products")["stripe_api_calls"] == 0
     prices = counts(second, "prices")
-    assert (prices["created"], prices["new_versions"], prices["updated"]) == (0, 1, 0)
-    assert "'pro_monthly_usd': new version of price pro_monthly_usd: 1000 → 1200 USD/month" in second
+    assert (prices["created"], prices["new_versions"], prices["archived"], prices["updated"]) == (0, 1, 1, 0)
+    assert "'pro_monthly_usd': new version of price pro_monthly_usd: 10.00 → 12.00 USD/month" in second
     usage = counts(second, "api_usage")  # the same days again: nothing new to bill
     assert (usage["already_sent"], usage["accepted"], usage["stripe_api_calls"]) == (693, 0, 0)
     stored = json.loads((tmp_path / "stripe_catalog.json").read_text())
@@ -159,7 +163,7 @@ def test_with_your_key_and_no_meter_the_demo_bills_nothing_and_says_how_to_creat
     completed = demo(processes, tmp_path, STRIPE_API_KEY=YOUR_KEY, STRIPE_API_BASE=double.url)
     assert completed.returncode != 0
     output = completed.stdout
-    assert "of 'stripe/api_usage' failed.\nFirst error:\n  stripe__api_usage: " in output
+    assert "of 'stripe/api_usage' failed.\nWhy it failed:\n  stripe__api_usage: MeterCheckError: " in output
     assert "MeterCheckError: meter event sync 'api_usage' sent nothing" in output
     assert "- no meter has the event name 'api_calls': create one with that event name" in output
     stats = double.stats()
@@ -175,8 +179,11 @@ def test_a_failed_demo_shows_the_failed_checks_the_first_error_and_the_failing_r
     output = completed.stdout
     failed, writes = map(int, re.search(r"(\d+) of (\d+) Stripe writes failed", output).groups())
     assert failed > 0 and writes == 294 and double.stats()["customers"] == writes - failed
-    assert f"  - stripe/customers failed_writes_below_threshold (ERROR): {failed} of 294 Stripe writes failed" in output
-    assert "First error:\n  stripe__customers: " in output and "blocking asset check failed" in output
+    assert (
+        f"Failed checks:\n  - stripe/customers failed_writes_below_threshold: {failed} of 294 Stripe writes failed"
+        in (output)
+    )
+    assert "Why it failed:\n  stripe__customers: " in output and "blocking asset check failed" in output
     assert f"Failing rows:\n  stripe/customers: {failed} rows failed. Stripe's reasons:" in output
     shown = re.findall(
         r"^    '([a-d][^']*)': InvalidRequestError \(HTTP 400\): Invalid email address: \1$", output, re.M
@@ -295,3 +302,12 @@ def test_seeds_rewritten_while_read_are_always_read_whole(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
         f"{table}.csv" for table in write_seeds(300, tmp_path)
     )
+
+
+def test_a_local_stripe_without_saved_data_keeps_its_store_under_the_data_folder_until_it_stops():
+    """Never in the system's temp folder, where localstripe's own fixed file lives for every server."""
+    with LocalStripe() as server:
+        assert server._process is not None
+        store = Path(server._process.args[3])
+        assert store.parent.parent == DATA_DIR and store.name == "localstripe.pickle" and store.exists()
+    assert not store.parent.exists()

@@ -1,7 +1,9 @@
 """`make dev` as a person runs it, stopped with Ctrl-C or a TERM to its process group: nothing it
-started (webserver, daemon, code servers, the local Stripe server) may outlive it."""
+started (webserver, daemon, code servers, the local Stripe server) may outlive it, and what it logged
+says each warning once and ends without an error line from `make`."""
 
 import os
+import re
 import signal
 import sys
 import time
@@ -61,6 +63,15 @@ def test_make_dev_leaves_nothing_running_when_stopped(tmp_path, stop_signal, pro
         assert alive == [], [" ".join(p.cmdline()) for p in alive]
         # The local Stripe data was saved on the way out, the customers' and the catalog's.
         assert (tmp_path / "localstripe.pickle").exists() and (tmp_path / "stripe_catalog.json").exists()
+        log = (tmp_path / "make_dev.log").read_text()
+        assert "Stopping the Dagster webserver, daemon and code servers ..." in log
+        assert "make: ***" not in log, log[-3000:]  # a stop is how `make dev` ends, not an error
+        assert "BetaWarning" not in log and "PreviewWarning" not in log
+        assert "does not match the name" not in log  # the code location's name, as pyproject.toml gives it
+        warnings = [
+            re.sub(r"^.*? - ", "", line) for line in log.splitlines() if "WARNING" in line or "Warning:" in line
+        ]
+        assert len(warnings) == len(set(warnings)), warnings
     finally:
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGKILL)

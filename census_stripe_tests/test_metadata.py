@@ -8,10 +8,19 @@ from functools import partial
 import pytest
 
 from census_stripe.apply.writer import Outcome
-from census_stripe.orchestration.metadata import LIST_WIDTH, PREVIEW_ROWS, SUMMARY_WIDTH, report_metadata
+from census_stripe.objects import CUSTOMER, PRICE
+from census_stripe.orchestration.metadata import (
+    LIST_WIDTH,
+    NO_KEY,
+    PREVIEW_ROWS,
+    SUMMARY_WIDTH,
+    _Privacy,
+    created_text,
+    report_metadata,
+)
 from census_stripe.orchestration.sync_asset import sync_description
 from census_stripe.plan.lookup import LookupResult
-from census_stripe.plan.planner import Action, build_plan
+from census_stripe.plan.planner import Action, FieldChange, build_plan
 from census_stripe.plan.rows import Candidate, PriorState
 from census_stripe.plan.sql import ModelSlice
 from census_stripe.spec import parse_sync_spec
@@ -93,9 +102,10 @@ def test_the_preview_has_one_row_per_customer_with_only_the_fields_that_change()
             "stripe_customer_id": "cus_g",
         },
         {
-            # The key is the first column; a new customer's changes do not repeat it.
+            # The key is the first column; a new customer's changes do not repeat it, and show its
+            # first fields, then how many more.
             "key": "ada@example.com",
-            "changes": "create — name: Ada; metadata.plan: pro; metadata.synced_by: census_stripe",
+            "changes": "create — name: Ada; metadata.plan: pro; +1 more",
             "stripe_customer_id": "cus_new0",
         },
     ]
@@ -141,20 +151,24 @@ def test_a_partition_run_writes_every_row_again_but_the_preview_lists_only_real_
     assert "partition: region in EU, every row written again" in " ".join(summary_lines(metadata["summary"].value))
 
 
-def test_the_preview_says_how_much_it_shows_and_where_the_whole_plan_is():
+def test_the_preview_says_how_much_it_shows_and_where_every_row_is():
     many = [candidate(f"user{n}@example.com") for n in range(PREVIEW_ROWS + 10)]
     metadata = report_metadata(report(many, options=RunOptions(dry_run=True)), LOCAL)
     assert len(metadata["preview"].records) == PREVIEW_ROWS
     shown = " ".join(summary_lines(metadata["summary"].value))
-    assert f"preview: showing {PREVIEW_ROWS} of {PREVIEW_ROWS + 10}; every row: whole_plan" in shown
-    assert metadata["whole_plan"].value == QUERY
+    assert (
+        f"preview: showing {PREVIEW_ROWS} of {PREVIEW_ROWS + 10}; all {PREVIEW_ROWS + 10}: the SQL in sql_for_every_row"
+        in (shown)
+    )
+    assert metadata["sql_for_every_row"].value == QUERY
+    assert "whole_plan" not in str(metadata)
 
 
 def test_a_run_with_nothing_to_change_says_so_in_words():
     metadata = report_metadata(report([candidate("not-an-email")], rows_read=295), LOCAL)
     assert metadata["preview"].value == "nothing to change: 294 customers  \nunchanged"
     assert summary_lines(metadata["summary"].value)[:2] == ["Nothing to change: 294 customers", "unchanged."]
-    assert "whole_plan" not in metadata
+    assert "sql_for_every_row" not in metadata
     assert metadata["stripe_customers"].value == "No customer was written in this run."
 
 
@@ -267,3 +281,28 @@ def test_the_asset_description_shows_the_syncs_contract():
     assert "| `email` (the key) | `email` |" in description
     assert "| `name` | `full_name` |" in description
     assert "| `metadata.synced_by` | `'census_stripe'`, a constant |" in description
+
+
+def test_a_created_customer_is_one_line_its_first_fields_then_how_many_more():
+    fields = ["name", "phone", *(f"address.{part}" for part in ("line1", "city", "postal_code", "country"))]
+    changes = [FieldChange(f"metadata.{n}", None, "x" * 40) for n in ("plan", "signup_date")]
+    changes += [FieldChange(field, None, f"{field} of Ada Lovelace, a long value") for field in reversed(fields)]
+    privacy = _Privacy(report([candidate("ada@example.com")]))
+    text = created_text(changes, privacy, CUSTOMER)
+    assert text == "create — name: name of Ada Lovel…; phone: phone of Ada Lov…; +6 more"
+    assert len(text) < 80  # with the key and the Stripe id, one line of the Events tab at 1280 px
+
+
+def test_a_created_price_says_its_amount_in_the_currencys_units_first():
+    values = {"product": "prod_pro", "currency": "jpy", "unit_amount": "5000", "recurring.interval": "month"}
+    changes = [FieldChange(field, None, value) for field, value in values.items()]
+    privacy = _Privacy(report([candidate("ada@example.com")]))
+    assert created_text(changes, privacy, PRICE) == "create — 5000 JPY/month; product: prod_pro"
+    usd = [FieldChange("currency", None, "usd") if c.field == "currency" else c for c in changes]
+    assert created_text(usd, privacy, PRICE) == "create — 50.00 USD/month; product: prod_pro"
+
+
+def test_a_row_without_a_key_is_named_in_words():
+    metadata = report_metadata(report([candidate(None), candidate("ok@example.com")]), LOCAL)
+    assert [record["key"] for record in records(metadata["rejected_rows"])] == [NO_KEY]
+    assert "None" not in str(records(metadata["rejected_rows"]))

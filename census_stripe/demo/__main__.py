@@ -267,7 +267,7 @@ def _records(table) -> list[Mapping]:
 def _print_summary(dagster_home: str) -> None:
     import dagster as dg
 
-    from census_stripe.demo.report import describe_warehouse
+    from census_stripe.demo.report import describe_warehouse, key_text
     from census_stripe.orchestration.warehouses import warehouse_from_env
     from census_stripe.spec import load_sync_spec
 
@@ -296,9 +296,9 @@ def _print_summary(dagster_home: str) -> None:
                     print(f"  {count:>18}: {metadata.get(count)}")
             if spec.object in CATALOG_OBJECTS:  # a catalog is small: its changes fit in the terminal
                 for record in _records(metadata.get("preview"))[:PREVIEW_SHOWN]:
-                    print(f"    {record['key']!r}: {record['changes']}")
+                    print(f"    {key_text(record['key'])}: {record['changes']}")
             for record in _records(metadata.get("rejected_rows")):
-                print(f"    rejected {record['key']!r}: {record['reason']}")
+                print(f"    rejected {key_text(record['key'])}: {record['reason']}")
     print(
         "\nWhere to look:\n"
         f"  - the Dagster UI with these runs:   make dev   (then http://127.0.0.1:3000)\n"
@@ -323,13 +323,14 @@ def _print_usage_summary(instance, path: Path, name: str) -> None:
     print(f"  {'ledger':>18}: {metadata.get('ledger')}")
 
 
-def _print_failure(dagster_home: str, started: datetime) -> None:
+def _print_failure(env: Mapping[str, str], started: datetime) -> None:
     import dagster as dg
 
     from census_stripe.demo.report import failure_report
 
-    with dg.DagsterInstance.from_config(dagster_home) as instance:
-        print("\n".join(failure_report(instance, started)))
+    log = (DATA_DIR / "demo.log").read_text(errors="replace")
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        print("\n".join(failure_report(instance, started, env.get("STRIPE_API_KEY", ""), log)))
     print(f"The run's full log: {DATA_DIR / 'demo.log'}")
 
 
@@ -350,7 +351,7 @@ def run() -> int:
             if result.returncode == 0:
                 result = bill_usage(env, log)
         if result.returncode != 0:
-            _print_failure(env["DAGSTER_HOME"], started)
+            _print_failure(env, started)
             return result.returncode
         _print_summary(env["DAGSTER_HOME"])
     return 0
@@ -384,6 +385,13 @@ def bill_usage(env: Mapping[str, str], log) -> subprocess.CompletedProcess:
     return result
 
 
+class Stopped(SystemExit):
+    """Ctrl-C or a TERM reached the demo: the code is 128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+
+
 def dev() -> int:
     with demo_environment() as env:
         command = ["dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), *sys.argv[2:]]
@@ -392,6 +400,9 @@ def dev() -> int:
         process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, start_new_session=True)
         try:
             return process.wait()
+        except Stopped:
+            # Ctrl-C (or a TERM) is how `make dev` ends: a clean stop, not an error for `make` to report.
+            return 0
         finally:
             print("Stopping the Dagster webserver, daemon and code servers ...", flush=True)
             stop_process_group(process, signal.SIGINT, grace_seconds=DEV_STOP_SECONDS)
@@ -402,7 +413,19 @@ def _stop(signum: int, _frame) -> None:
     process too, and nothing may cut the stopping short, so later signals are ignored."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise SystemExit(128 + signum)
+    raise Stopped(signum)
+
+
+def definitions_load() -> bool:
+    """Whether the project's definitions load, checked before anything starts: a sync file with a
+    mistake is named, with its line and field, rather than a job that does not start."""
+    from census_stripe.demo.report import load_definitions
+
+    problems = load_definitions(os.environ.get("STRIPE_API_KEY", ""))
+    if problems:
+        print("The definitions did not load, so nothing was started:", file=sys.stderr)
+        print("\n".join(f"  {problem}" for problem in problems), file=sys.stderr)
+    return not problems
 
 
 def main() -> int:
@@ -413,6 +436,8 @@ def main() -> int:
     args, _ = parser.parse_known_args()
     try:
         warehouse_kind()
+        if not definitions_load():
+            return 2
         return run() if args.command == "run" else dev()
     except (UnknownWarehouseError, DemoSetupError) as error:
         print(error, file=sys.stderr)

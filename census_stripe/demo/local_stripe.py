@@ -2,7 +2,9 @@
 
 localstripe is GPL and only ever runs as its own process; nothing here imports it. Each server
 keeps its store in a file of its own (localstripe_server.py): `saved_data` for the demo, which
-keeps its customers between runs, otherwise a temporary file removed when the server stops.
+keeps its customers between runs, otherwise a file in a folder of its own under the project's data
+folder, removed when the server stops. Never localstripe's own /tmp/localstripe.pickle, which every
+localstripe on the machine shares.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from census_stripe.settings import DATA_DIR
 
 
 def stop_process_group(process: subprocess.Popen, first_signal: int, grace_seconds: float = 10) -> None:
@@ -119,7 +123,8 @@ class LocalStripe:
             store = self.saved_data
             store.parent.mkdir(parents=True, exist_ok=True)
         else:
-            self._scratch = tempfile.TemporaryDirectory(prefix="localstripe_")
+            DATA_DIR.mkdir(parents=True, exist_ok=True)
+            self._scratch = tempfile.TemporaryDirectory(prefix="localstripe_", dir=DATA_DIR)
             store = Path(self._scratch.name) / "localstripe.pickle"
         server = [sys.executable, "-m", "census_stripe.demo.localstripe_server", str(store), "--port", str(self.port)]
         self._process, self.port = start_server(server, self.log_path)

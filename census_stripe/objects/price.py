@@ -4,6 +4,7 @@ change in Stripe: a change to one of them creates a new price that takes the loo
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING
 
 from census_stripe.objects.base import (
@@ -73,10 +74,31 @@ def update_params(values: FieldValues) -> PriceUpdateParams:
     return present(params)
 
 
+# Stripe's zero-decimal currencies (https://docs.stripe.com/currencies#zero-decimal): their amounts
+# are in the currency's unit; every other currency's are in hundredths (cents).
+ZERO_DECIMAL_CURRENCIES = frozenset(
+    {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
+)
+
+
+def in_currency_units(amount: str, currency: str) -> str:
+    """A Stripe amount (the currency's smallest unit) as people read it: `1000` USD is `10.00`, `1000`
+    JPY is `1000`, a `unit_amount_decimal` of `1000.5` USD is `10.005`; anything else as given."""
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        return amount
+    if not value.is_finite() or currency.lower() in ZERO_DECIMAL_CURRENCIES:
+        return amount
+    units = value / 100
+    return f"{units:.2f}" if units == round(units, 2) else f"{units.normalize():f}"
+
+
 def describe_version(values: FieldValues) -> str:
-    """`1000 USD/month`, `250 EUR/3 weeks`, `5000 USD` (one-off)."""
-    amount = blank_to_none(values.get("unit_amount")) or blank_to_none(values.get("unit_amount_decimal")) or "?"
-    text = f"{amount} {(values.get('currency') or '?').upper()}"
+    """`10.00 USD/month`, `2.50 EUR/3 weeks`, `5000 JPY` (one-off): amounts in the currency's units."""
+    amount = blank_to_none(values.get("unit_amount")) or blank_to_none(values.get("unit_amount_decimal"))
+    currency = values.get("currency") or "?"
+    text = f"{in_currency_units(amount, currency) if amount else '?'} {currency.upper()}"
     interval = blank_to_none(values.get("recurring.interval"))
     if interval:
         count = blank_to_none(values.get("recurring.interval_count")) or "1"

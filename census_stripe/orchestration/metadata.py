@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from census_stripe.objects.base import StripeObjectType
 from census_stripe.plan.planner import VERSION_CHANGE, WRITES, Action, FieldChange, PlannedRow
 from census_stripe.sync import SyncReport
 
@@ -24,6 +25,14 @@ PREVIEW_ROWS = 50
 LINKS = 5
 SUMMARY_WIDTH = 36  # characters: what the Overview tab shows of a line at a 1280 px window
 LIST_WIDTH = 30  # the same, for an item of a list
+# A created object's fields in the preview: the first few in the object's own order (its version first),
+# then how many more, so that each row is one line and its Stripe id stays in view at 1280 px.
+CREATE_FIELDS_SHOWN = 2
+CREATE_VALUE_WIDTH = 24
+# What a row whose key column is empty shows where its key would be.
+NO_KEY = "(a row with no key)"
+# The metadata entry with the SQL that reads every row of the run's plan (the preview shows the first).
+ALL_ROWS_SQL = "sql_for_every_row"
 PERSONAL_FIELDS = ("email", "name", "phone", "description")
 PERSONAL_OBJECTS = ("address.", "shipping.")
 # The preview's order: what changes in Stripe first, then rows written again unchanged, then skips.
@@ -61,8 +70,10 @@ class _Privacy:
     def value(self, field: str, value: str | None) -> str | None:
         return mask(value) if self.on and is_personal(field) else value
 
-    def key(self, value: str | None) -> str | None:
-        return mask(value) if self.on and self.key_is_personal else value
+    def key(self, value: str | None) -> str:
+        if not value:
+            return NO_KEY
+        return (mask(value) or value) if self.on and self.key_is_personal else value
 
     def reason(self, text: str | None, row: PlannedRow) -> str | None:
         """Reasons quote values (`invalid email: 'x'`): mask those quotes too."""
@@ -90,7 +101,7 @@ def change_text(change: FieldChange, privacy: _Privacy, created: bool) -> str:
 
 
 def version_text(row: PlannedRow, object_name: str) -> str:
-    """`new version of price pro_monthly: 1000 → 1200 USD/month`: the unit said once when both
+    """`new version of price pro_monthly: 10.00 → 12.00 USD/month`: the unit said once when both
     versions share it."""
     version = next(change for change in row.changes if change.field == VERSION_CHANGE)
     before, after = version.before or "", version.after or ""
@@ -100,9 +111,30 @@ def version_text(row: PlannedRow, object_name: str) -> str:
     return f"new version of {object_name} {row.candidate.key_value}: {change}"
 
 
-def _what_happens(row: PlannedRow, key_field: str, privacy: _Privacy, object_name: str) -> str:
+def _shortened(text: str, width: int = CREATE_VALUE_WIDTH) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def created_text(changes: list[FieldChange], privacy: _Privacy, object_type: StripeObjectType) -> str:
+    """`create — 10.00 USD/month; product: prod_pro; +3 more`: the object's version (the fields it
+    says, such as amount and currency, not repeated), then its first fields in the object's own order
+    (metadata last), each value shortened, then how many more."""
+    shown: list[str] = []
+    if object_type.has_versions:
+        shown.append(object_type.version_text({change.field: change.after for change in changes}))
+        in_version = object_type.immutable_changes({change.field for change in changes}) - set(object_type.references)
+        changes = [change for change in changes if change.field not in in_version]
+    order = list(object_type.fields)
+    changes = sorted(changes, key=lambda change: order.index(change.field) if change.field in order else len(order))
+    shown += [_shortened(change_text(change, privacy, created=True)) for change in changes[:CREATE_FIELDS_SHOWN]]
+    more = len(changes) - CREATE_FIELDS_SHOWN
+    return "create — " + "; ".join(shown + ([f"+{more} more"] if more > 0 else []))
+
+
+def _what_happens(row: PlannedRow, key_field: str, privacy: _Privacy, object_type: StripeObjectType) -> str:
     """The action, then what it changes: `update — metadata.plan: free → pro`. One cell, not two,
     so that key, action and change fit side by side in the UI's narrow metadata column."""
+    object_name = object_type.name
     if row.action in _SKIPS:
         return f"skip — {privacy.reason(row.reason, row)}"
     if row.action is Action.NEW_VERSION:
@@ -111,10 +143,10 @@ def _what_happens(row: PlannedRow, key_field: str, privacy: _Privacy, object_nam
         return f"{version_text(row, object_name)} — {details}"
     if not row.changes:
         return "update — no change; written again, as a partition run writes all its rows"
-    created = row.action is Action.CREATE
-    # The key is the row's first column already; it is a change only when its spelling changes.
-    shown = [change for change in row.changes if not (created and change.field == key_field)]
-    return f"{row.action.value} — " + "; ".join(change_text(change, privacy, created) for change in shown)
+    if row.action is Action.CREATE:
+        # The key is the row's first column already; it is a change only when its spelling changes.
+        return created_text([change for change in row.changes if change.field != key_field], privacy, object_type)
+    return f"{row.action.value} — " + "; ".join(change_text(change, privacy, False) for change in row.changes)
 
 
 _PREVIEWED = (*WRITES, *_SKIPS)
@@ -144,7 +176,7 @@ def _preview(report: SyncReport, rows: list[PlannedRow], privacy: _Privacy) -> d
     records = [
         {
             "key": privacy.key(row.candidate.key_value),
-            "changes": _what_happens(row, report.spec.key.field, privacy, name),
+            "changes": _what_happens(row, report.spec.key.field, privacy, report.spec.object_type),
             id_column: made.get(id(row), row.stripe_id),
         }
         for row in rows
@@ -280,7 +312,9 @@ def summary(report: SyncReport, counts: dict[str, int], shown: int, total: int) 
         "dry run: nothing written" if dry_run else "not a dry run",
         _scope(report),
         _plural(counts["stripe_api_calls"], "Stripe API call"),
-        f"preview: showing {shown} of {total}; every row: whole_plan" if total and report.changes_query else None,
+        f"preview: showing {shown} of {total}; all {total}: the SQL in {ALL_ROWS_SQL}"
+        if total and report.changes_query
+        else None,
     ]
     items = "\n".join(f"- {_lines(fact, LIST_WIDTH)}" for fact in facts if fact)
     return f"**{_lines(headline(report, counts), SUMMARY_WIDTH)}**\n\n{items}"
@@ -310,7 +344,7 @@ def report_metadata(report: SyncReport, object_url: Callable[[str], str | None])
         "preview": _preview(report, previewed, privacy),
     }
     if previewed and report.changes_query:
-        metadata["whole_plan"] = dg.MetadataValue.text(report.changes_query)
+        metadata[ALL_ROWS_SQL] = dg.MetadataValue.text(report.changes_query)
     if rejected:
         metadata["rejected_rows"] = _problems([(row, row.stripe_id, row.reason) for row in rejected], privacy, name)
         kinds = [reason_kind(problem) for row in rejected for problem in (row.reason or "").split("; ")]
