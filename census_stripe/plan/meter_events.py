@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -35,7 +35,7 @@ from sqlglot import exp
 
 from census_stripe.plan.keys import key_sql
 from census_stripe.plan.sql import ModelSlice
-from census_stripe.spec import MeterEventSpec
+from census_stripe.spec import MeterEventSettings, MeterEventSpec
 from census_stripe.warehouse.base import Relation, literal
 from census_stripe.warehouse.state import StateStatus
 
@@ -52,7 +52,7 @@ RESEND_WITHIN = timedelta(hours=23)
 NEW, SENT, CHANGED, RESEND, UNCONFIRMED = "new", "sent", "changed", "resend", "unconfirmed"
 REJECTIONS = {
     "duplicate": "several rows share this identity: make meter_event.identity name the columns that tell them apart",
-    "no_identity": "an identity column is empty",
+    "no_identity": "empty, and part of the event's identity (meter_event.identity, or the event name)",
     "customer_deleted": "the customer was deleted in Stripe (its customer sync found it gone): no usage is sent to it",
     "no_customer": "no Stripe customer for this key in the customer sync (not synced yet, or rejected there)",
     "not_a_customer_id": "not a Stripe customer id (cus_...)",
@@ -64,6 +64,34 @@ REJECTIONS = {
     "too_old": "older than Stripe accepts (35 days)",
     "in_future": "more than 5 minutes in the future, which Stripe refuses",
 }
+
+# The column each rejection is about, by the setting that names it (no_identity's: the row's empty one).
+_REJECTED_SETTING = {
+    "customer_deleted": "customer",
+    "no_customer": "customer",
+    "not_a_customer_id": "customer",
+    "no_value": "value",
+    "bad_value": "value",
+    "negative_value": "value",
+    "no_timestamp": "timestamp",
+    "bad_timestamp": "timestamp",
+    "too_old": "timestamp",
+    "in_future": "timestamp",
+}
+
+
+def rejected_column(meter: MeterEventSettings, verdict: str, empty_column: str | None = None) -> str:
+    """The model column a rejection is about, as a person finds it in the sync file."""
+    if verdict == "no_identity":
+        return empty_column or ", ".join(meter.identity)
+    if verdict == "duplicate":
+        return ", ".join(meter.identity)
+    setting = _REJECTED_SETTING[verdict]
+    return {
+        "customer": meter.customer.column,
+        "value": meter.value_column,
+        "timestamp": meter.timestamp_column,
+    }[setting]
 
 
 class ColumnKind(Enum):
@@ -156,12 +184,19 @@ def canonical_text(value: exp.Expression, kind: ColumnKind) -> exp.Expression:
     if kind is ColumnKind.TEXT:
         return _text(value)
     moment = utc_moment(value, kind)
-    day = [_digits("YEAR", moment, 4), "-", _digits("MONTH", moment, 2), "-", _digits("DAY", moment, 2)]
     if kind is ColumnKind.DATE:
-        return _joined([part if isinstance(part, exp.Expression) else exp.Literal.string(part) for part in day])
+        return day_text(moment)
     clock = ["T", _digits("HOUR", moment, 2), ":", _digits("MINUTE", moment, 2), ":", _digits("SECOND", moment, 2)]
     fraction = [".", _digits("MICROSECOND", moment, 6), "Z"]
-    parts = [*day, *clock, *fraction]
+    return exp.DPipe(this=day_text(moment), expression=_parts([*clock, *fraction]))
+
+
+def day_text(moment: exp.Expression) -> exp.Expression:
+    """The UTC day of `moment` (`utc_moment`) as `2026-03-01`, on every warehouse."""
+    return _parts([_digits("YEAR", moment, 4), "-", _digits("MONTH", moment, 2), "-", _digits("DAY", moment, 2)])
+
+
+def _parts(parts: list[exp.Expression | str]) -> exp.Expression:
     return _joined([part if isinstance(part, exp.Expression) else exp.Literal.string(part) for part in parts])
 
 
@@ -245,6 +280,9 @@ def events_query(
         exp.alias_(exp.Not(this=_is_null(_column(meter.timestamp_column, "usage"))), "timestamp_given"),
         exp.alias_(exp.func("trim", value), "value"),
         exp.alias_(exp.or_(*(_is_null(part.copy()) for part in [event_name, *identity])), "identity_missing"),
+        exp.alias_(_empty_column(meter, event_name, identity), "empty_column"),
+        exp.alias_(exp.func("trim", customer_value.copy()), "customer_key"),
+        exp.alias_(_partition_of(where, kind), "partition_bucket"),
     ).from_(exp.alias_(model.table(), "usage"))
     if legacy_sync:
         cast_identity = [_text(_column(name, "usage")) for name in meter.identity]
@@ -280,6 +318,26 @@ def events_query(
         moment = utc_moment(_column(where.column, "usage"), kind(where.column))
         rows = rows.where(where.condition(moment).transform(lambda node: _in_usage(node)))
     return _verdicts(rows.sql("duckdb"), ledger, account, now, meter.allow_negative_values, legacy_sync)
+
+
+def _empty_column(meter: MeterEventSettings, event_name: exp.Expression, identity: list[exp.Expression]) -> exp.Case:
+    """The first of the event name's and identity's columns that is empty in the row, by name:
+    what a `no_identity` rejection names."""
+    named = [(meter.event_name_column, event_name)] if meter.event_name_column else []
+    named += list(zip(meter.identity, identity, strict=True))
+    case = exp.Case()
+    for name, part in named:
+        case = case.when(_is_null(part.copy()), exp.Literal.string(name))
+    return case
+
+
+def _partition_of(where: ModelSlice | None, kind: Callable[[str], ColumnKind]) -> exp.Expression:
+    """The row's place in the run's partitions, for counting per partition (`ModelSlice.holds`):
+    the partition column's value, or for a time window its UTC day; NULL for a whole-model run."""
+    if where is None:
+        return exp.cast(exp.Null(), "text")
+    column = _column(where.column, "usage")
+    return _text(column) if where.values else day_text(utc_moment(column, kind(where.column)))
 
 
 def _in_usage(node: exp.Expression) -> exp.Expression:
@@ -320,9 +378,8 @@ def _verdicts(
 WITH usage_rows AS ({rows_sql}),
 counted AS (SELECT *, COUNT(*) OVER (PARTITION BY event_key) AS copies FROM usage_rows),
 judged AS (SELECT counted.*, {fields}{migrated} FROM counted {joins})
-SELECT event_key, event_name, stripe_customer_id, value, event_time, {", ".join(LEDGER_FIELDS)}{
-        ", legacy_key" if legacy_sync else ""
-    },
+SELECT event_key, event_name, stripe_customer_id, value, event_time, {", ".join(LEDGER_FIELDS)},
+  customer_key, empty_column, partition_bucket{", legacy_key" if legacy_sync else ""},
   CASE
     WHEN identity_missing THEN 'no_identity'
     WHEN copies > 1 THEN 'duplicate'

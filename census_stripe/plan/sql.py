@@ -81,6 +81,14 @@ class ModelSlice:
             return f"{self.column} in {', '.join(self.values)}"
         return f"{self.column} from {self.start:%Y-%m-%d} to {self.end:%Y-%m-%d}"
 
+    def holds(self, bucket: str) -> bool:
+        """Whether a row is in the slice, by its value, or for a time window its UTC day
+        (`2026-03-01`): partitions start at a midnight, so a day lies in one partition."""
+        if self.values:
+            return bucket in self.values
+        assert self.start is not None and self.end is not None, "a slice has values or a start and an end"
+        return self.start <= datetime.fromisoformat(bucket) < self.end
+
     def condition(self, moment_of: exp.Expression | None = None) -> exp.Condition:
         """`moment_of`: the column as a timestamp to compare the bounds with (by default, cast to one)."""
         column = exp.column(self.column, quoted=True)
