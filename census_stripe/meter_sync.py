@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from sqlglot import exp
+
 from census_stripe.apply.meter_events import SAMPLE, Chunk, DeliveryReport, deliver
 from census_stripe.plan import meter_events as plan
 from census_stripe.plan.meter_events import CustomerSource
@@ -113,7 +115,7 @@ class MeterEventReport:
             delivery=delivery,
             rejected_sample=[row for row in self.rejected_sample if held(row["partition_bucket"])],
             attention_sample=[row for row in self.attention_sample if held(row["partition_bucket"])],
-            billed=[row for row in self.billed if held(row["partition_bucket"])],
+            billed=[row for row in self.billed if row["partition_key"] == key],
             # Corrections are counted per run: a partition's events sent again are among its accepted ones.
             corrected=0,
             partition=key,
@@ -220,10 +222,10 @@ def run_meter_event_sync(
     report.rejected_sample = rejected  # all those recorded: a backfill's metadata shows each partition's own
     if verdicts.get(plan.CHANGED) or verdicts.get(plan.UNCONFIRMED):
         report.attention_sample = _rows(store, query, [plan.CHANGED, plan.UNCONFIRMED], SAMPLE)
-    log.info("meter event sync %s, account %s: %s", spec.name, account, verdicts)
+    log.info("meter event sync %s, account %s: %s", spec.name, account, report.verdicts)
     report.meter_problems = _check_meters(spec, store, query, verdicts, api, report)
     if options.dry_run:
-        report.billed = _billed(store, query, pending=(plan.NEW, plan.RESEND))
+        report.billed = _billed(store, query, options, pending=(plan.NEW, plan.RESEND))
         return report
     if report.meter_problems:
         raise MeterCheckError(spec.name, report.meter_problems)
@@ -259,14 +261,19 @@ def _after_sending(store: SyncStateStore, report: MeterEventReport, query: str, 
             for row in _lower_keys(delivered).to_dict("records")
         }
     if report.rows_read:
-        report.billed = _billed(store, query)
+        report.billed = _billed(store, query, report.options)
 
 
-def _billed(store: SyncStateStore, query: str, pending: tuple[str, ...] = ()) -> list[dict]:
-    rows = store.warehouse.query(in_dialect(store.warehouse, billed_sql(query, BILLED_SHOWN, pending)))
-    return [
-        row | {"partition_bucket": _bucket(row["partition_bucket"])} for row in _lower_keys(rows).to_dict("records")
-    ]
+def _billed(store: SyncStateStore, query: str, options: MeterRunOptions, pending: tuple[str, ...] = ()) -> list[dict]:
+    """The top customers billed per partition of the run and meter (`billed.billed_sql`)."""
+    bucket = exp.column("partition_bucket")
+    partition_key = exp.Case()
+    for key, rows in options.partitions:
+        partition_key = partition_key.when(rows.bucket_condition(bucket.copy()), exp.Literal.string(key))
+    key_sql = partition_key.sql("duckdb") if options.partitions else "CAST(NULL AS TEXT)"
+    found = store.warehouse.query(in_dialect(store.warehouse, billed_sql(query, BILLED_SHOWN, key_sql, pending)))
+    rows = _lower_keys(found).to_dict("records")
+    return [row | {"partition_key": _bucket(row["partition_key"])} for row in rows]
 
 
 def _bucket(value: object) -> str | None:

@@ -40,36 +40,37 @@ def ensure_billed_view(warehouse: Warehouse, ledger: Relation) -> None:
     warehouse.execute_ddl(in_dialect(warehouse, sql))
 
 
-def billed_sql(plan_query: str, top: int, pending: tuple[str, ...] = ()) -> str:
-    """Per partition (`partition_bucket`), meter and customer: events and units billed, with the
-    customer's rank by units and the meter's totals; only the `top` customers of each. `pending`:
-    the verdicts of the rows the run is about to send, counted too (a dry run's preview)."""
+def billed_sql(plan_query: str, top: int, partition_key: str, pending: tuple[str, ...] = ()) -> str:
+    """Per partition, meter and customer: events and units billed, with the customer's rank by
+    units and the meter's totals; only the `top` customers of each. `partition_key`: the partition
+    of a plan row, in SQL over its `partition_bucket`. `pending`: the verdicts of the rows the run
+    is about to send, counted too (a dry run's preview)."""
     verdicts = ", ".join(literal(verdict).sql("duckdb") for verdict in pending)
     will_send = f" WHEN verdict IN ({verdicts}) THEN {UNITS.format(value='value')}" if pending else ""
     return f"""
 WITH billed_rows AS (
-  SELECT partition_bucket, event_name, stripe_customer_id, customer_key,
+  SELECT {partition_key} AS partition_key, event_name, stripe_customer_id, customer_key,
     CASE WHEN accepted_at IS NOT NULL THEN {UNITS.format(value="sent_value")}{will_send} END AS units
   FROM ({plan_query}) AS planned
 ),
 per_customer AS (
-  SELECT partition_bucket, event_name, stripe_customer_id, MIN(customer_key) AS customer_key,
+  SELECT partition_key, event_name, stripe_customer_id, MIN(customer_key) AS customer_key,
     COUNT(*) AS events, SUM(units) AS units
   FROM billed_rows WHERE units IS NOT NULL
-  GROUP BY partition_bucket, event_name, stripe_customer_id
+  GROUP BY partition_key, event_name, stripe_customer_id
 ),
 ranked AS (
   SELECT *,
-    ROW_NUMBER() OVER (PARTITION BY partition_bucket, event_name ORDER BY units DESC, customer_key) AS customer_rank,
-    COUNT(*) OVER (PARTITION BY partition_bucket, event_name) AS customers,
-    SUM(events) OVER (PARTITION BY partition_bucket, event_name) AS meter_events,
-    SUM(units) OVER (PARTITION BY partition_bucket, event_name) AS meter_units
+    ROW_NUMBER() OVER (PARTITION BY partition_key, event_name ORDER BY units DESC, customer_key) AS customer_rank,
+    COUNT(*) OVER (PARTITION BY partition_key, event_name) AS customers,
+    SUM(events) OVER (PARTITION BY partition_key, event_name) AS meter_events,
+    SUM(units) OVER (PARTITION BY partition_key, event_name) AS meter_units
   FROM per_customer
 )
-SELECT partition_bucket, event_name, stripe_customer_id, customer_key, events, units, customer_rank, customers,
+SELECT partition_key, event_name, stripe_customer_id, customer_key, events, units, customer_rank, customers,
   meter_events, meter_units
 FROM ranked WHERE customer_rank <= {int(top)}
-ORDER BY partition_bucket, event_name, customer_rank
+ORDER BY partition_key, event_name, customer_rank
 """
 
 

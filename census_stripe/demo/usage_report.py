@@ -1,0 +1,94 @@
+"""What the demo prints of a usage sync's last run, read back from the Dagster instance: a line per
+partition (day) with its counts and what it billed, then why rows were rejected, with the first of
+them. A backfill records each partition's own materialization (orchestration/meter_event_asset.py)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import dagster as dg
+from dagster import DagsterEventType
+
+# The run's counts, its partitions' summed (the Stripe calls are the run's, on each partition).
+SUMMED = ("rows_read", "planned_events", "accepted", "already_sent", "rejected")
+ROWS_SHOWN = 5  # rejected rows in the terminal; the run's metadata in the UI has more
+# Per day: the counts shown, by metadata name, under their column's title.
+DAY_COLUMNS = {"rows_read": "rows", "accepted": "sent", "already_sent": "already sent", "rejected": "rejected"}
+
+
+def last_run_partitions(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> list[dg.AssetMaterialization]:
+    """The materializations of the asset's latest run: one per partition it covered, by partition."""
+    latest = instance.get_latest_materialization_event(asset_key)
+    if latest is None:
+        return []
+    found = [
+        entry.asset_materialization
+        for entry in instance.all_logs(latest.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+        if entry.asset_materialization and entry.asset_materialization.asset_key == asset_key
+    ]
+    return sorted(found, key=lambda materialization: materialization.partition or "")
+
+
+def _values(metadata: Mapping[str, dg.MetadataValue]) -> dict:
+    return {name: value.value for name, value in metadata.items()}
+
+
+def _records(value: object) -> Sequence[Mapping]:
+    return [record.data for record in value.records] if isinstance(value, dg.TableMetadataValue) else []
+
+
+def _count(metadata: Mapping[str, dg.MetadataValue], name: str) -> int:
+    value = metadata[name].value if name in metadata else 0
+    return value if isinstance(value, int) else 0
+
+
+def _billed(metadata: Mapping) -> str:
+    """`api_calls 12,345 units`: each meter's total of the partition."""
+    meters = _records(metadata["billed_per_meter"]) if "billed_per_meter" in metadata else []
+    return ", ".join(f"{meter['meter']} {meter['units']}" for meter in meters) or "-"
+
+
+def usage_lines(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> list[str]:
+    partitions = last_run_partitions(instance, asset_key)
+    if not partitions:
+        return ["  not run yet"]
+    per_day = [(materialization.partition or "(all)", materialization.metadata) for materialization in partitions]
+    rows = [
+        [day, *(str(metadata[name].value) if name in metadata else "-" for name in DAY_COLUMNS), _billed(metadata)]
+        for day, metadata in per_day
+    ]
+    header = ["partition", *DAY_COLUMNS.values(), "billed (units)"]
+    widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip() for cells in [header, *rows]
+    ]
+    first = _values(partitions[0].metadata)
+    totals = [f"  {name:>18}: {sum(_count(metadata, name) for _, metadata in per_day)}" for name in SUMMED]
+    lines = [*totals, f"  {'stripe_api_calls':>18}: {first.get('stripe_api_calls')}", *lines]
+    lines += [f"  Stripe account {first.get('stripe_account')}; every event sent: {first.get('ledger')}"]
+    lines += [f"  billed per customer and day: {first.get('billed_view')}"]
+    return lines + rejection_lines([metadata for _, metadata in per_day])
+
+
+def rejection_lines(per_partition: Sequence[Mapping[str, dg.MetadataValue]]) -> list[str]:
+    """The reasons rows were rejected over all partitions, most common first, then the first rows."""
+    reasons: Counter[tuple[str, str]] = Counter()
+    rejected: list[Mapping] = []
+    for metadata in per_partition:
+        values = _values(metadata)
+        for record in _records(values.get("rejection_reasons")):
+            reasons[(record["column"], record["reason"])] += int(record["rows"])
+        rejected += _records(values.get("rejected_rows"))
+    if not reasons:
+        return []
+    lines = [f"  rejected {sum(reasons.values())} rows before any call. Why:"]
+    lines += [f"    {n} x {column}: {reason}" for (column, reason), n in reasons.most_common()]
+    lines.append("  The first rows:")
+    lines += [
+        f"    {record['customer'] or '(no customer)'!s}: {record['column']}: {record['reason']}"
+        for record in rejected[:ROWS_SHOWN]
+    ]
+    if len(rejected) > ROWS_SHOWN or sum(reasons.values()) > len(rejected):
+        lines.append("    ... and more: the run's metadata in the UI, and the table sync_rejections")
+    return lines
