@@ -149,7 +149,7 @@ def test_a_backfill_records_each_partitions_own_counts_rejections_and_preview(do
 
 
 def test_a_dry_run_previews_per_partition_what_would_be_billed(double, week, tmp_path):
-    path, customers, days = week
+    path, _, days = week
     with dg.instance_for_test() as instance:
         result = backfill(path, double, tmp_path, days[:2], instance, dry_run=True)
     observed = {e.partition: e.asset_observation_data.asset_observation for e in result.get_asset_observation_events()}

@@ -186,9 +186,9 @@ def canonical_text(value: exp.Expression, kind: ColumnKind) -> exp.Expression:
     moment = utc_moment(value, kind)
     if kind is ColumnKind.DATE:
         return day_text(moment)
-    clock = ["T", _digits("HOUR", moment, 2), ":", _digits("MINUTE", moment, 2), ":", _digits("SECOND", moment, 2)]
-    fraction = [".", _digits("MICROSECOND", moment, 6), "Z"]
-    return exp.DPipe(this=day_text(moment), expression=_parts([*clock, *fraction]))
+    clock: list[exp.Expression | str] = ["T", _digits("HOUR", moment, 2), ":", _digits("MINUTE", moment, 2), ":"]
+    clock += [_digits("SECOND", moment, 2), ".", _digits("MICROSECOND", moment, 6), "Z"]
+    return exp.DPipe(this=day_text(moment), expression=_parts(clock))
 
 
 def day_text(moment: exp.Expression) -> exp.Expression:
