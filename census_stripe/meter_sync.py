@@ -36,8 +36,8 @@ from census_stripe.stripe_client.errors import StripeAccessError, StripeAccountM
 from census_stripe.stripe_client.meter_types import Delivery, MeterEvent, MeterEventApi
 from census_stripe.stripe_client.meters import MeterCheckError, meter_problems
 from census_stripe.stripe_client.values import StripeAccount
-from census_stripe.warehouse.base import Relation, Warehouse, literal
-from census_stripe.warehouse.billed import billed_sql, billed_view, delivered_sql, ensure_billed_view
+from census_stripe.warehouse.base import Relation, Warehouse, is_missing, literal
+from census_stripe.warehouse.billed import billed_sql, delivered_sql, ensure_billed_view
 from census_stripe.warehouse.ledger import MeterEventLedger, in_dialect
 from census_stripe.warehouse.state import Rejection, SyncStateStore, utc_now
 
@@ -186,7 +186,7 @@ def run_meter_event_sync(
         )
     ledger = MeterEventLedger(store.warehouse, store.ledger, spec.name, account.key)
     ledger.ensure_table()
-    ensure_billed_view(store.warehouse, store.ledger)
+    view = ensure_billed_view(store.warehouse, store.ledger)
     ledger.drop_queued()
     stored_spec, stored_model, where = as_stored(spec, model, options.model_slice, store.warehouse)
     store.warehouse.require_model(spec.model, stored_model)
@@ -215,7 +215,7 @@ def run_meter_event_sync(
         dict(verdicts),
         ledger_table=ledger.name,
         verdicts_by_partition=by_partition,
-        billed_view=billed_view(store.ledger).table().sql("duckdb"),
+        billed_view=view,
     )
     # Each query below evaluates the plan over the whole partition again: only those with rows to find run.
     rejected = _rows(store, query, list(plan.REJECTIONS), REJECTIONS_RECORDED) if report.rejected else []
@@ -278,7 +278,7 @@ def _billed(store: SyncStateStore, query: str, options: MeterRunOptions, pending
 
 def _bucket(value: object) -> str | None:
     """A partition's bucket as text, however the warehouse's driver returns a NULL."""
-    return None if value is None or value != value else str(value)  # NaN != NaN
+    return None if is_missing(value) else str(value)
 
 
 def _check_meters(

@@ -107,7 +107,7 @@ def headline(report: MeterEventReport) -> str:
         ),
         _shown(report),
         f"Stripe account {report.account}",
-        f"{counts['stripe_api_calls']} Stripe API calls"
+        f"{counts['stripe_api_calls']} Stripe API call{'' if counts['stripe_api_calls'] == 1 else 's'}"
         + (f" (the run's, for its {partitions} partitions)" if partitions > 1 else ""),
     ]
     items = "\n".join(f"- {_lines(fact, LIST_WIDTH)}" for fact in facts if fact)
@@ -118,7 +118,9 @@ def _shown(report: MeterEventReport) -> str | None:
     customers = sum(meter["customers"] for meter in meter_totals(report))
     if not customers:
         return None
-    return f"preview: showing {len(report.billed)} of {customers} customers; all of them: {report.billed_view}"
+    # The view's name is its own entry: too long for a line of the summary.
+    shown = len(report.billed)
+    return f"preview: showing {shown} of {customers} customers; the whole list is in the warehouse (billed_view)"
 
 
 def units_text(value: object) -> str:

@@ -22,15 +22,13 @@ BILLED_VIEW = "meter_event_ledger_billed"
 UNITS = "CAST({value} AS DECIMAL(38, 9))"
 
 
-def billed_view(ledger: Relation) -> Relation:
-    return Relation(ledger.schema, BILLED_VIEW, ledger.database)
-
-
-def ensure_billed_view(warehouse: Warehouse, ledger: Relation) -> None:
-    """(Re)create the view, so that it follows the ledger's columns of this version."""
+def ensure_billed_view(warehouse: Warehouse, ledger: Relation) -> str:
+    """(Re)create the view, so that it follows the ledger's columns of this version; returns its
+    name as a person types it (`census_stripe.meter_event_ledger_billed`)."""
+    view = Relation(ledger.schema, BILLED_VIEW, ledger.database)
     units = UNITS.format(value="value")
     sql = (
-        f"CREATE OR REPLACE VIEW {billed_view(ledger).table().sql('duckdb')} AS "
+        f"CREATE OR REPLACE VIEW {view.table().sql('duckdb')} AS "
         "SELECT stripe_account, sync_name, event_name, stripe_customer_id, "
         "CAST(event_time AS DATE) AS usage_date, COUNT(*) AS events, "
         f"SUM({units}) AS units, MAX(accepted_at) AS last_accepted_at "
@@ -38,6 +36,7 @@ def ensure_billed_view(warehouse: Warehouse, ledger: Relation) -> None:
         "GROUP BY stripe_account, sync_name, event_name, stripe_customer_id, CAST(event_time AS DATE)"
     )
     warehouse.execute_ddl(in_dialect(warehouse, sql))
+    return ".".join(filter(None, (view.database, view.schema, view.name)))
 
 
 def billed_sql(plan_query: str, top: int, partition_key: str, pending: tuple[str, ...] = ()) -> str:
