@@ -25,8 +25,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlglot import exp
-
 from census_stripe.apply.meter_events import SAMPLE, Chunk, DeliveryReport, deliver
 from census_stripe.plan import meter_events as plan
 from census_stripe.plan.meter_events import CustomerSource
@@ -75,7 +73,7 @@ class MeterEventReport:
     rate_limited: int = 0
     ledger_table: str = ""
     meter_problems: list[str] = field(default_factory=list)  # why a run would bill nothing; a dry run's to show
-    # Per partition of the run (`partition_bucket`, see plan.events_query; None for a whole-model run):
+    # Per partition of the run, by key (plan.events_query's `partition_key`; None for a whole-model run):
     verdicts_by_partition: dict[str | None, dict[str, int]] = field(default_factory=dict)
     delivered_by_partition: dict[str | None, dict[str, int]] = field(default_factory=dict)
     billed: list[dict] = field(default_factory=list)  # billed.billed_sql's rows: the top customers
@@ -90,31 +88,23 @@ class MeterEventReport:
     def rejected(self) -> int:
         return sum(count for verdict, count in self.verdicts.items() if verdict in plan.REJECTIONS)
 
-    def of_partition(self, key: str, rows: ModelSlice) -> MeterEventReport:
+    def of_partition(self, key: str) -> MeterEventReport:
         """What the run read and did in one of its partitions; the Stripe calls are the run's."""
-
-        def held(bucket: str | None) -> bool:
-            return bucket is not None and rows.holds(bucket)
-
-        verdicts: Counter[str] = Counter()
-        delivered: Counter[str] = Counter()
-        for bucket, counts in self.verdicts_by_partition.items():
-            verdicts.update(counts if held(bucket) else {})
-        for bucket, counts in self.delivered_by_partition.items():
-            delivered.update(counts if held(bucket) else {})
+        delivered = Counter(self.delivered_by_partition.get(key, {}))
         delivery = replace(
             self.delivery,
             accepted=delivered["accepted"],
             in_doubt=delivered["in_doubt"],
             refused=delivered["refused"],
+            # Stripe's answers name events, not partitions: a partition with refusals shows the run's.
             refused_sample=self.delivery.refused_sample if delivered["refused"] else [],
         )
         return replace(
             self,
-            verdicts=dict(verdicts),
+            verdicts=self.verdicts_by_partition.get(key, {}),
             delivery=delivery,
-            rejected_sample=[row for row in self.rejected_sample if held(row["partition_bucket"])],
-            attention_sample=[row for row in self.attention_sample if held(row["partition_bucket"])],
+            rejected_sample=[row for row in self.rejected_sample if row["partition_key"] == key],
+            attention_sample=[row for row in self.attention_sample if row["partition_key"] == key],
             billed=[row for row in self.billed if row["partition_key"] == key],
             # Corrections are counted per run: a partition's events sent again are among its accepted ones.
             corrected=0,
@@ -203,6 +193,7 @@ def run_meter_event_sync(
         now(),
         kinds,
         legacy_sync=spec.name if (legacy := ledger.has_legacy()) else None,
+        partitions=options.partitions,
     )
     by_partition = _verdict_counts(store, query)
     verdicts: Counter[str] = Counter()
@@ -225,7 +216,7 @@ def run_meter_event_sync(
     log.info("meter event sync %s, account %s: %s", spec.name, account, report.verdicts)
     report.meter_problems = _check_meters(spec, store, query, verdicts, api, report)
     if options.dry_run:
-        report.billed = _billed(store, query, options, pending=(plan.NEW, plan.RESEND))
+        report.billed = _billed(store, query, pending=(plan.NEW, plan.RESEND))
         return report
     if report.meter_problems:
         raise MeterCheckError(spec.name, report.meter_problems)
@@ -257,28 +248,26 @@ def _after_sending(store: SyncStateStore, report: MeterEventReport, query: str, 
             in_dialect(store.warehouse, delivered_sql(query, store.ledger, report.account.key, run_id, plan.NEW))
         )
         report.delivered_by_partition = {
-            _bucket(row["partition_bucket"]): {name: int(row[name]) for name in ("accepted", "in_doubt", "refused")}
+            _key(row["partition_key"]): {name: int(row[name]) for name in ("accepted", "in_doubt", "refused")}
             for row in _lower_keys(delivered).to_dict("records")
         }
     if report.rows_read:
-        report.billed = _billed(store, query, report.options)
+        report.billed = _billed(store, query)
 
 
-def _billed(store: SyncStateStore, query: str, options: MeterRunOptions, pending: tuple[str, ...] = ()) -> list[dict]:
+def _billed(store: SyncStateStore, query: str, pending: tuple[str, ...] = ()) -> list[dict]:
     """The top customers billed per partition of the run and meter (`billed.billed_sql`)."""
-    bucket = exp.column("partition_bucket")
-    partition_key = exp.Case()
-    for key, rows in options.partitions:
-        partition_key = partition_key.when(rows.bucket_condition(bucket.copy()), exp.Literal.string(key))
-    key_sql = partition_key.sql("duckdb") if options.partitions else "CAST(NULL AS TEXT)"
-    found = store.warehouse.query(in_dialect(store.warehouse, billed_sql(query, BILLED_SHOWN, key_sql, pending)))
-    rows = _lower_keys(found).to_dict("records")
-    return [row | {"partition_key": _bucket(row["partition_key"])} for row in rows]
+    found = store.warehouse.query(in_dialect(store.warehouse, billed_sql(query, BILLED_SHOWN, pending)))
+    return _keyed(_lower_keys(found).to_dict("records"))
 
 
-def _bucket(value: object) -> str | None:
-    """A partition's bucket as text, however the warehouse's driver returns a NULL."""
+def _key(value: object) -> str | None:
+    """A partition's key, however the warehouse's driver returns a NULL."""
     return None if is_missing(value) else str(value)
+
+
+def _keyed(rows: list[dict]) -> list[dict]:
+    return [row | {"partition_key": _key(row["partition_key"])} for row in rows]
 
 
 def _check_meters(
@@ -379,28 +368,27 @@ def _select(query: str, verdicts: list[str], columns: str) -> str:
 
 
 def _verdict_counts(store: SyncStateStore, query: str) -> dict[str | None, dict[str, int]]:
-    """Per partition of the run (`partition_bucket`), the rows of each verdict."""
+    """Per partition of the run (`partition_key`), the rows of each verdict."""
     counted = store.warehouse.query(
         in_dialect(
             store.warehouse,
-            f"SELECT partition_bucket, verdict, COUNT(*) AS events FROM ({query}) AS planned "
-            "GROUP BY partition_bucket, verdict",
+            f"SELECT partition_key, verdict, COUNT(*) AS events FROM ({query}) AS planned "
+            "GROUP BY partition_key, verdict",
         )
     )
     by_partition: dict[str | None, dict[str, int]] = {}
-    for bucket, verdict, count in zip(counted.iloc[:, 0], counted.iloc[:, 1], counted.iloc[:, 2], strict=True):
-        by_partition.setdefault(_bucket(bucket), {})[str(verdict)] = int(count)
+    for key, verdict, count in zip(counted.iloc[:, 0], counted.iloc[:, 1], counted.iloc[:, 2], strict=True):
+        by_partition.setdefault(_key(key), {})[str(verdict)] = int(count)
     return by_partition
 
 
 def _rows(store: SyncStateStore, query: str, verdicts: list[str], limit: int) -> list[dict]:
     columns = (
         "event_key, verdict, event_name, stripe_customer_id, value, sent_value, event_time, "
-        "customer_key, empty_column, partition_bucket"
+        "customer_key, empty_column, partition_key"
     )
     sql = f"{_select(query, verdicts, columns)} ORDER BY event_time, event_key LIMIT {limit}"
-    rows = _lower_keys(store.warehouse.query(in_dialect(store.warehouse, sql))).to_dict("records")
-    return [row | {"partition_bucket": _bucket(row["partition_bucket"])} for row in rows]
+    return _keyed(_lower_keys(store.warehouse.query(in_dialect(store.warehouse, sql))).to_dict("records"))
 
 
 def _record_rejections(

@@ -210,7 +210,7 @@ def test_the_warehouse_keeps_what_was_billed_per_customer_and_day(warehouse, sch
     assert billed == {(c, str(day), 1, Decimal(calls[c])) for c in customers for day in (yesterday, before)}
 
     # The run's preview of one day: the customers by units, the largest first, with the meter's total.
-    partition = report.of_partition(*days[1])
+    partition = report.of_partition(days[1][0])
     metadata = meter_event_metadata(partition)
     assert [row["stripe_customer_id"] for row in records(metadata["preview"])] == [
         customers[1],

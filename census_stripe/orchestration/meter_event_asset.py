@@ -336,7 +336,7 @@ def build_meter_event_asset(meter_sync: MeterEventSync, warehouse_kind: str) -> 
                 log=context.log,
             )
         # Each partition gets its own counts, rejections and preview, also from a backfill's one run.
-        per_partition = {key: meter_event_metadata(report.of_partition(key, rows)) for key, rows in options.partitions}
+        per_partition = {key: meter_event_metadata(report.of_partition(key)) for key, _ in options.partitions}
         metadata = {} if per_partition else meter_event_metadata(report)
         yield from sync_outcome(
             context, metadata, meter_event_checks(spec, report), options.dry_run, per_partition or None

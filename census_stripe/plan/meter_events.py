@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -252,6 +252,7 @@ def events_query(
     now: datetime,
     kinds: Mapping[str, ColumnKind],
     legacy_sync: str | None = None,
+    partitions: Sequence[tuple[str, ModelSlice]] = (),
 ) -> str:
     """Every usage row with its event, its ledger entry and its verdict, in DuckDB's SQL.
 
@@ -259,7 +260,8 @@ def events_query(
     the customer sync writes through another Stripe resource. `kinds`: the model's columns
     (`column_kinds`), so that every time is read as the same instant on every warehouse.
     `legacy_sync`: the sync whose ledger rows still carry keys of an earlier version
-    (`legacy_key_sql`); they are found under those keys too, and the result names them (`legacy_key`)."""
+    (`legacy_key_sql`); they are found under those keys too, and the result names them (`legacy_key`).
+    `partitions`: the partitions `where` covers, by key; the result names each row's (`partition_key`)."""
 
     def kind(name: str) -> ColumnKind:
         return kinds.get(name, ColumnKind.TEXT)
@@ -282,7 +284,7 @@ def events_query(
         exp.alias_(exp.or_(*(_is_null(part.copy()) for part in [event_name, *identity])), "identity_missing"),
         exp.alias_(_empty_column(meter, event_name, identity), "empty_column"),
         exp.alias_(exp.func("trim", customer_value.copy()), "customer_key"),
-        exp.alias_(_partition_of(where, kind), "partition_bucket"),
+        exp.alias_(_partition_of(where, partitions, kind), "partition_key"),
     ).from_(exp.alias_(model.table(), "usage"))
     if legacy_sync:
         cast_identity = [_text(_column(name, "usage")) for name in meter.identity]
@@ -331,13 +333,20 @@ def _empty_column(meter: MeterEventSettings, event_name: exp.Expression, identit
     return case
 
 
-def _partition_of(where: ModelSlice | None, kind: Callable[[str], ColumnKind]) -> exp.Expression:
-    """The row's place in the run's partitions, for counting per partition (`ModelSlice.holds`):
-    the partition column's value, or for a time window its UTC day; NULL for a whole-model run."""
-    if where is None:
+def _partition_of(
+    where: ModelSlice | None, partitions: Sequence[tuple[str, ModelSlice]], kind: Callable[[str], ColumnKind]
+) -> exp.Expression:
+    """The key of the row's partition among the run's, so that a run over many reports each: found
+    by the partition column's value, or for a time window by its UTC day (partitions start at a
+    midnight, so a day lies in one). NULL for a run over the whole model."""
+    if where is None or not partitions:
         return exp.cast(exp.Null(), "text")
     column = _column(where.column, "usage")
-    return _text(column) if where.values else day_text(utc_moment(column, kind(where.column)))
+    bucket = _text(column) if where.values else day_text(utc_moment(column, kind(where.column)))
+    case = exp.Case()
+    for key, rows in partitions:
+        case = case.when(rows.bucket_condition(bucket.copy()), exp.Literal.string(key))
+    return case
 
 
 def _in_usage(node: exp.Expression) -> exp.Expression:
@@ -379,7 +388,7 @@ WITH usage_rows AS ({rows_sql}),
 counted AS (SELECT *, COUNT(*) OVER (PARTITION BY event_key) AS copies FROM usage_rows),
 judged AS (SELECT counted.*, {fields}{migrated} FROM counted {joins})
 SELECT event_key, event_name, stripe_customer_id, value, event_time, {", ".join(LEDGER_FIELDS)},
-  customer_key, empty_column, partition_bucket{", legacy_key" if legacy_sync else ""},
+  customer_key, empty_column, partition_key{", legacy_key" if legacy_sync else ""},
   CASE
     WHEN identity_missing THEN 'no_identity'
     WHEN copies > 1 THEN 'duplicate'

@@ -81,16 +81,9 @@ class ModelSlice:
             return f"{self.column} in {', '.join(self.values)}"
         return f"{self.column} from {self.start:%Y-%m-%d} to {self.end:%Y-%m-%d}"
 
-    def holds(self, bucket: str) -> bool:
-        """Whether a row is in the slice, by its value, or for a time window its UTC day
-        (`2026-03-01`): partitions start at a midnight, so a day lies in one partition."""
-        if self.values:
-            return bucket in self.values
-        assert self.start is not None and self.end is not None, "a slice has values or a start and an end"
-        return self.start <= datetime.fromisoformat(bucket) < self.end
-
     def bucket_condition(self, bucket: exp.Expression) -> exp.Condition:
-        """`holds`, in SQL: ISO days compare as text."""
+        """Whether a row is in the slice, by `bucket`: its value, or for a time window its UTC day as
+        text (`2026-03-01`; ISO days compare as text)."""
         if self.values:
             return exp.In(this=bucket, expressions=[exp.Literal.string(v) for v in self.values])
         assert self.start is not None and self.end is not None, "a slice has values or a start and an end"

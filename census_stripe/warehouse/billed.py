@@ -39,16 +39,15 @@ def ensure_billed_view(warehouse: Warehouse, ledger: Relation) -> str:
     return ".".join(filter(None, (view.database, view.schema, view.name)))
 
 
-def billed_sql(plan_query: str, top: int, partition_key: str, pending: tuple[str, ...] = ()) -> str:
+def billed_sql(plan_query: str, top: int, pending: tuple[str, ...] = ()) -> str:
     """Per partition, meter and customer: events and units billed, with the customer's rank by
-    units and the meter's totals; only the `top` customers of each. `partition_key`: the partition
-    of a plan row, in SQL over its `partition_bucket`. `pending`: the verdicts of the rows the run
-    is about to send, counted too (a dry run's preview)."""
+    units and the meter's totals; only the `top` customers of each. `pending`: the verdicts of the
+    rows the run is about to send, counted too (a dry run's preview)."""
     verdicts = ", ".join(literal(verdict).sql("duckdb") for verdict in pending)
     will_send = f" WHEN verdict IN ({verdicts}) THEN {UNITS.format(value='value')}" if pending else ""
     return f"""
 WITH billed_rows AS (
-  SELECT {partition_key} AS partition_key, event_name, stripe_customer_id, customer_key,
+  SELECT partition_key, event_name, stripe_customer_id, customer_key,
     CASE WHEN accepted_at IS NOT NULL THEN {UNITS.format(value="sent_value")}{will_send} END AS units
   FROM ({plan_query}) AS planned
 ),
@@ -78,12 +77,12 @@ def delivered_sql(plan_query: str, ledger: Relation, account: str, run_id: str, 
     those the plan still finds `unsent` although the run queued every one (Stripe refused them)."""
     of_run = f"stripe_account = {literal(account).sql('duckdb')} AND run_id = {literal(run_id).sql('duckdb')}"
     return f"""
-SELECT planned.partition_bucket,
+SELECT planned.partition_key,
   COUNT(sent.accepted_at) AS accepted,
   COUNT(CASE WHEN sent.attempted_at IS NOT NULL AND sent.accepted_at IS NULL THEN 1 END) AS in_doubt,
   COUNT(CASE WHEN planned.verdict = {literal(unsent).sql("duckdb")} THEN 1 END) AS refused
 FROM ({plan_query}) AS planned
 LEFT JOIN (SELECT event_key, attempted_at, accepted_at FROM {ledger.table().sql("duckdb")} WHERE {of_run}) AS sent
   ON sent.event_key = planned.event_key
-GROUP BY planned.partition_bucket
+GROUP BY planned.partition_key
 """
