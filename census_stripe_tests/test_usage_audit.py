@@ -145,7 +145,7 @@ def test_a_backfill_records_each_partitions_own_counts_rejections_and_preview(do
         assert any(line.split()[:5] == [str(day), str(5 + bad), "5", "0", str(bad)] for line in printed.splitlines())
     assert "2 x email: not a Stripe customer id (cus_...)" in printed
     assert "1 x api_calls: the value is empty" in printed
-    assert "cus_nobody: api_calls: the value is empty" in printed
+    assert f"cus_nobody, {days[2]}: api_calls: the value is empty" in printed
 
 
 def test_a_dry_run_previews_per_partition_what_would_be_billed(double, week, tmp_path):

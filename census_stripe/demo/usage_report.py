@@ -71,6 +71,10 @@ def usage_lines(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> list[st
     return lines + rejection_lines([metadata for _, metadata in per_day])
 
 
+def _day(record: Mapping) -> str:
+    return str(record.get("timestamp") or "no timestamp")[:10]
+
+
 def rejection_lines(per_partition: Sequence[Mapping[str, dg.MetadataValue]]) -> list[str]:
     """The reasons rows were rejected over all partitions, most common first, then the first rows."""
     reasons: Counter[tuple[str, str]] = Counter()
@@ -86,7 +90,8 @@ def rejection_lines(per_partition: Sequence[Mapping[str, dg.MetadataValue]]) -> 
     lines += [f"    {n} x {column}: {reason}" for (column, reason), n in reasons.most_common()]
     lines.append("  The first rows:")
     lines += [
-        f"    {record['customer'] or '(no customer)'!s}: {record['column']}: {record['reason']}"
+        # A table leaves out a column empty in all its rows: the customer's, when every key is missing.
+        f"    {record.get('customer') or '(no customer key)'}, {_day(record)}: {record['column']}: {record['reason']}"
         for record in rejected[:ROWS_SHOWN]
     ]
     if len(rejected) > ROWS_SHOWN or sum(reasons.values()) > len(rejected):
