@@ -246,7 +246,7 @@ def test_a_rejected_row_names_its_column_and_customer(double, tmp_path):
     metadata = meter_event_metadata(report)
     rows = {(row["customer"], row["column"], row["reason"]) for row in records(metadata["rejected_rows"].value)}
     assert rows == {
-        (customer, "day", "empty, and part of the event's identity (meter_event.identity, or the event name)"),
+        (customer, "day", "empty, and part of the event's identity"),
         (customer, "calls", "the value is negative (set meter_event.allow_negative_values to send credits)"),
         ("not-a-customer", "customer_id", "not a Stripe customer id (cus_...)"),
     }
@@ -262,7 +262,7 @@ def test_a_rejected_row_names_its_column_and_customer(double, tmp_path):
         ).fetchall()
     assert sorted(recorded) == sorted(
         [
-            (customer, "day: empty, and part of the event's identity (meter_event.identity, or the event name)"),
+            (customer, "day: empty, and part of the event's identity"),
             (customer, "calls: the value is negative (set meter_event.allow_negative_values to send credits)"),
             ("not-a-customer", "customer_id: not a Stripe customer id (cus_...)"),
         ]

@@ -197,14 +197,15 @@ def _rejection_reasons(report: MeterEventReport) -> dg.MetadataValue:
     )
     records = [
         {
-            "reason": REJECTIONS[verdict],
-            "column": ", ".join(empty) if verdict == "no_identity" and empty else rejected_column(meter, verdict),
             "rows": str(n),
+            "column": ", ".join(empty) if verdict == "no_identity" and empty else rejected_column(meter, verdict),
+            "reason": REJECTIONS[verdict],
         }
         for verdict, n in counted
     ]
+    # The counts first: a reason may be long enough to push what follows it off a 1280 px window.
     return metadata_table(
-        records, ("reason", ""), ("column", "The model column it is about"), ("rows", "Rows with this reason")
+        records, ("rows", "Rows with this reason"), ("column", "The model column it is about"), ("reason", "")
     )
 
 

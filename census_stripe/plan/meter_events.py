@@ -52,7 +52,7 @@ RESEND_WITHIN = timedelta(hours=23)
 NEW, SENT, CHANGED, RESEND, UNCONFIRMED = "new", "sent", "changed", "resend", "unconfirmed"
 REJECTIONS = {
     "duplicate": "several rows share this identity: make meter_event.identity name the columns that tell them apart",
-    "no_identity": "empty, and part of the event's identity (meter_event.identity, or the event name)",
+    "no_identity": "empty, and part of the event's identity",
     "customer_deleted": "the customer was deleted in Stripe (its customer sync found it gone): no usage is sent to it",
     "no_customer": "no Stripe customer for this key in the customer sync (not synced yet, or rejected there)",
     "not_a_customer_id": "not a Stripe customer id (cus_...)",
