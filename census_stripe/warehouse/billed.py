@@ -22,20 +22,28 @@ BILLED_VIEW = "meter_event_ledger_billed"
 UNITS = "CAST({value} AS DECIMAL(38, 9))"
 
 
-def ensure_billed_view(warehouse: Warehouse, ledger: Relation) -> str:
-    """(Re)create the view, so that it follows the ledger's columns of this version; returns its
-    name as a person types it (`census_stripe.meter_event_ledger_billed`)."""
-    view = Relation(ledger.schema, BILLED_VIEW, ledger.database)
+def billed_view(ledger: Relation) -> Relation:
+    return Relation(ledger.schema, BILLED_VIEW, ledger.database)
+
+
+def billed_view_sql(ledger: Relation) -> str:
+    """The view's definition, in DuckDB's SQL."""
     units = UNITS.format(value="value")
-    sql = (
-        f"CREATE OR REPLACE VIEW {view.table().sql('duckdb')} AS "
+    return (
+        f"CREATE OR REPLACE VIEW {billed_view(ledger).table().sql('duckdb')} AS "
         "SELECT stripe_account, sync_name, event_name, stripe_customer_id, "
         "CAST(event_time AS DATE) AS usage_date, COUNT(*) AS events, "
         f"SUM({units}) AS units, MAX(accepted_at) AS last_accepted_at "
         f"FROM {ledger.table().sql('duckdb')} WHERE accepted_at IS NOT NULL "
         "GROUP BY stripe_account, sync_name, event_name, stripe_customer_id, CAST(event_time AS DATE)"
     )
-    warehouse.execute_ddl(in_dialect(warehouse, sql))
+
+
+def ensure_billed_view(warehouse: Warehouse, ledger: Relation) -> str:
+    """(Re)create the view, so that it follows the ledger's columns of this version; returns its
+    name as a person types it (`census_stripe.meter_event_ledger_billed`)."""
+    warehouse.execute_ddl(in_dialect(warehouse, billed_view_sql(ledger)))
+    view = billed_view(ledger)
     return ".".join(filter(None, (view.database, view.schema, view.name)))
 
 
