@@ -30,60 +30,62 @@ def last_run_partitions(instance: dg.DagsterInstance, asset_key: dg.AssetKey) ->
     return sorted(found, key=lambda materialization: materialization.partition or "")
 
 
-def _values(metadata: Mapping[str, dg.MetadataValue]) -> dict:
-    return {name: value.value for name, value in metadata.items()}
-
-
 def _records(value: object) -> Sequence[Mapping]:
     return [record.data for record in value.records] if isinstance(value, dg.TableMetadataValue) else []
 
 
-def _count(metadata: Mapping[str, dg.MetadataValue], name: str) -> int:
-    value = metadata[name].value if name in metadata else 0
-    return value if isinstance(value, int) else 0
-
-
 def _billed(metadata: Mapping) -> str:
-    """`api_calls 12,345 units`: each meter's total of the partition."""
-    meters = _records(metadata["billed_per_meter"]) if "billed_per_meter" in metadata else []
-    return ", ".join(f"{meter['meter']} {meter['units']}" for meter in meters) or "-"
+    """`api_calls 12,345`: each meter's units billed in the partition."""
+    return (
+        ", ".join(f"{meter['meter']} {meter['units']}" for meter in _records(metadata.get("billed_per_meter"))) or "-"
+    )
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
 
 
 def usage_lines(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> list[str]:
-    partitions = last_run_partitions(instance, asset_key)
-    if not partitions:
+    """The run's counts (its partitions' summed), a line per partition, where the whole record is
+    kept, then why rows were rejected."""
+    materializations = last_run_partitions(instance, asset_key)
+    if not materializations:
         return ["  not run yet"]
-    per_day = [(materialization.partition or "(all)", materialization.metadata) for materialization in partitions]
-    rows = [
-        [day, *(str(metadata[name].value) if name in metadata else "-" for name in DAY_COLUMNS), _billed(metadata)]
-        for day, metadata in per_day
+    partitions: list[dict] = [{name: value.value for name, value in m.metadata.items()} for m in materializations]
+    first = partitions[0]
+    totals = [f"  {name:>18}: {sum(int(metadata.get(name, 0)) for metadata in partitions)}" for name in SUMMED]
+    table = [
+        ["partition", *DAY_COLUMNS.values(), "billed (units)"],
+        *(
+            [m.partition or "(all)", *(str(metadata.get(name, "-")) for name in DAY_COLUMNS), _billed(metadata)]
+            for m, metadata in zip(materializations, partitions, strict=True)
+        ),
     ]
-    header = ["partition", *DAY_COLUMNS.values(), "billed (units)"]
-    widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip() for cells in [header, *rows]
+    return [
+        *totals,
+        f"  {'stripe_api_calls':>18}: {first.get('stripe_api_calls')}",
+        *_aligned(table),
+        f"  Stripe account {first.get('stripe_account')}; every event sent: {first.get('ledger')}",
+        f"  billed per customer and day: {first.get('billed_view')}",
+        *rejection_lines(partitions),
     ]
-    first = _values(partitions[0].metadata)
-    totals = [f"  {name:>18}: {sum(_count(metadata, name) for _, metadata in per_day)}" for name in SUMMED]
-    lines = [*totals, f"  {'stripe_api_calls':>18}: {first.get('stripe_api_calls')}", *lines]
-    lines += [f"  Stripe account {first.get('stripe_account')}; every event sent: {first.get('ledger')}"]
-    lines += [f"  billed per customer and day: {first.get('billed_view')}"]
-    return lines + rejection_lines([metadata for _, metadata in per_day])
 
 
 def _day(record: Mapping) -> str:
     return str(record.get("timestamp") or "no timestamp")[:10]
 
 
-def rejection_lines(per_partition: Sequence[Mapping[str, dg.MetadataValue]]) -> list[str]:
+def rejection_lines(partitions: Sequence[Mapping]) -> list[str]:
     """The reasons rows were rejected over all partitions, most common first, then the first rows."""
     reasons: Counter[tuple[str, str]] = Counter()
     rejected: list[Mapping] = []
-    for metadata in per_partition:
-        values = _values(metadata)
-        for record in _records(values.get("rejection_reasons")):
+    for metadata in partitions:
+        for record in _records(metadata.get("rejection_reasons")):
             reasons[(record["column"], record["reason"])] += int(record["rows"])
-        rejected += _records(values.get("rejected_rows"))
+        rejected += _records(metadata.get("rejected_rows"))
     if not reasons:
         return []
     lines = [f"  rejected {sum(reasons.values())} rows before any call. Why:"]
