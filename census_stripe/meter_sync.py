@@ -10,6 +10,8 @@
    doubt from a run that died are claimed; changed ones are corrected if the sync opts in.
 3. The run's events are read back in chunks and sent (apply/meter_events.py), each chunk marked
    attempted before its first request and settled after its last answer.
+4. The plan is judged once more against the answers, per partition of the run: what each sent,
+   and what its customers are billed (warehouse/billed.py; the view there keeps the whole list).
 
 Sent once: the ledger remembers every accepted event for ever, and an event whose fate is unknown
 is sent again only while Stripe's 24-hour deduplication still covers it.

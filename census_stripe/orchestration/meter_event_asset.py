@@ -1,8 +1,10 @@
 """The asset of a meter event sync: usage rows of a partition sent to Stripe Billing as meter events.
 
 It runs downstream of its usage model and of the customer sync whose writeback names the
-customers; each materialization sends the partition's events Stripe does not have yet and records
-what it did as metadata, with the same two checks as every sync (rows rejected, writes refused).
+customers; a run sends the events of its partitions (a backfill's range, in one run) that Stripe
+does not have yet, and records per partition what it read, sent, rejected and billed, each in its
+own materialization, with the same two checks as every sync (rows rejected, writes refused), judged
+over the run.
 """
 
 from dataclasses import dataclass
