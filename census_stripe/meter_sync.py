@@ -10,6 +10,8 @@
    doubt from a run that died are claimed; changed ones are corrected if the sync opts in.
 3. The run's events are read back in chunks, each whole, and sent (apply/meter_events.py): events
    are marked attempted right before their request is sent, and a chunk settled after its last answer.
+4. The plan is judged once more against the answers, per partition of the run: what each sent,
+   and what its customers are billed (warehouse/billed.py; the view there keeps the whole list).
 
 Sent once: the ledger remembers every accepted event for ever, and an event whose fate is unknown
 is sent again only while Stripe's 24-hour deduplication still covers it.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -33,7 +36,8 @@ from census_stripe.stripe_client.errors import StripeAccessError, StripeAccountM
 from census_stripe.stripe_client.meter_types import Delivery, MeterEvent, MeterEventApi
 from census_stripe.stripe_client.meters import MeterCheckError, meter_problems
 from census_stripe.stripe_client.values import StripeAccount
-from census_stripe.warehouse.base import Relation, Warehouse
+from census_stripe.warehouse.base import Relation, Warehouse, is_missing
+from census_stripe.warehouse.billed import billed_sql, delivered_sql, ensure_billed_view
 from census_stripe.warehouse.ledger import MeterEventLedger, in_dialect
 from census_stripe.warehouse.state import Rejection, SyncStateStore, utc_now
 
@@ -46,10 +50,15 @@ CHUNK_EVENTS = 50_000
 REJECTIONS_RECORDED = 10_000  # per run, in sync_rejections; the counts cover them all
 
 
+BILLED_SHOWN = 20  # customers per partition and meter in a run's preview; the view has them all
+
+
 @dataclass(frozen=True)
 class MeterRunOptions:
     dry_run: bool = False
     model_slice: ModelSlice | None = None
+    # The partitions the slice covers, each reported on its own (a backfill's days): key, its rows.
+    partitions: tuple[tuple[str, ModelSlice], ...] = ()
 
 
 @dataclass
@@ -66,6 +75,12 @@ class MeterEventReport:
     rate_limited: int = 0
     ledger_table: str = ""
     meter_problems: list[str] = field(default_factory=list)  # why a run would bill nothing; a dry run's to show
+    # Per partition of the run, by key (plan.events_query's `partition_key`; None for a whole-model run):
+    verdicts_by_partition: dict[str | None, dict[str, int]] = field(default_factory=dict)
+    delivered_by_partition: dict[str | None, dict[str, int]] = field(default_factory=dict)
+    billed: list[dict] = field(default_factory=list)  # billed.billed_sql's rows: the top customers
+    billed_view: str = ""
+    partition: str | None = None  # set on a report of one partition of the run (`of_partition`)
 
     @property
     def rows_read(self) -> int:
@@ -74,6 +89,29 @@ class MeterEventReport:
     @property
     def rejected(self) -> int:
         return sum(count for verdict, count in self.verdicts.items() if verdict in plan.REJECTIONS)
+
+    def of_partition(self, key: str) -> MeterEventReport:
+        """What the run read and did in one of its partitions; the Stripe calls are the run's."""
+        delivered = Counter(self.delivered_by_partition.get(key, {}))
+        delivery = replace(
+            self.delivery,
+            accepted=delivered["accepted"],
+            in_doubt=delivered["in_doubt"],
+            refused=delivered["refused"],
+            # Stripe's answers name events, not partitions: a partition with refusals shows the run's.
+            refused_sample=self.delivery.refused_sample if delivered["refused"] else [],
+        )
+        return replace(
+            self,
+            verdicts=self.verdicts_by_partition.get(key, {}),
+            delivery=delivery,
+            rejected_sample=[row for row in self.rejected_sample if row["partition_key"] == key],
+            attention_sample=[row for row in self.attention_sample if row["partition_key"] == key],
+            billed=[row for row in self.billed if row["partition_key"] == key],
+            # Corrections are counted per run: a partition's events sent again are among its accepted ones.
+            corrected=0,
+            partition=key,
+        )
 
     def counts(self) -> dict[str, int]:
         """Stable names: the UI plots each over runs."""
@@ -146,6 +184,7 @@ def run_meter_event_sync(
         )
     ledger = MeterEventLedger(store.warehouse, store.ledger, spec.name, account.key)
     ledger.ensure_table()
+    view = ensure_billed_view(store.warehouse, store.ledger)
     ledger.drop_queued()
     ledger.expire_corrections(now() - plan.RESEND_WITHIN)
     stored_spec, stored_model, where = as_stored(spec, model, options.model_slice, store.warehouse)
@@ -163,17 +202,30 @@ def run_meter_event_sync(
         now(),
         kinds,
         legacy_sync=spec.name if (legacy := ledger.has_legacy()) else None,
+        partitions=options.partitions,
     )
-    verdicts = _verdict_counts(store, query)
-    report = MeterEventReport(spec, options, account, verdicts, ledger_table=ledger.name)
+    by_partition = _verdict_counts(store, query)
+    verdicts: Counter[str] = Counter()
+    for counts in by_partition.values():
+        verdicts.update(counts)
+    report = MeterEventReport(
+        spec,
+        options,
+        account,
+        dict(verdicts),
+        ledger_table=ledger.name,
+        verdicts_by_partition=by_partition,
+        billed_view=view,
+    )
     # Each query below evaluates the plan over the whole partition again: only those with rows to find run.
     rejected = _rows(store, query, list(plan.REJECTIONS), REJECTIONS_RECORDED) if report.rejected else []
-    report.rejected_sample = rejected[:SAMPLE]
+    report.rejected_sample = rejected  # all those recorded: a backfill's metadata shows each partition's own
     if verdicts.get(plan.CHANGED) or verdicts.get(plan.UNCONFIRMED):
         report.attention_sample = _rows(store, query, [plan.CHANGED, plan.UNCONFIRMED], SAMPLE)
-    log.info("meter event sync %s, account %s: %s", spec.name, account, verdicts)
+    log.info("meter event sync %s, account %s: %s", spec.name, account, report.verdicts)
     report.meter_problems = _check_meters(spec, store, query, verdicts, api, report)
     if options.dry_run:
+        report.billed = _billed(store, query, pending=(plan.NEW, plan.RESEND))
         return report
     if report.meter_problems:
         raise MeterCheckError(spec.name, report.meter_problems)
@@ -192,7 +244,39 @@ def run_meter_event_sync(
         asyncio.run(_send(spec, ledger, api, report, run_id, query, concurrency, now))
     finally:
         ledger.forget_unsent(run_id)
+    _after_sending(store, report, query, run_id)
     return report
+
+
+def _after_sending(store: SyncStateStore, report: MeterEventReport, query: str, run_id: str) -> None:
+    """What the run left in Stripe, per partition, judged by the plan again now that the ledger has
+    the answers: its events' outcomes, and what the partitions' customers are billed. Skipped for a
+    run that sent nothing and had nothing billed before (an empty partition)."""
+    if report.counts()["planned_events"]:
+        delivered = store.warehouse.query(
+            in_dialect(store.warehouse, delivered_sql(query, store.ledger, report.account.key, run_id, plan.NEW))
+        )
+        report.delivered_by_partition = {
+            _key(row["partition_key"]): {name: int(row[name]) for name in ("accepted", "in_doubt", "refused")}
+            for row in _lower_keys(delivered).to_dict("records")
+        }
+    if report.rows_read:
+        report.billed = _billed(store, query)
+
+
+def _billed(store: SyncStateStore, query: str, pending: tuple[str, ...] = ()) -> list[dict]:
+    """The top customers billed per partition of the run and meter (`billed.billed_sql`)."""
+    found = store.warehouse.query(in_dialect(store.warehouse, billed_sql(query, BILLED_SHOWN, pending)))
+    return _keyed(_lower_keys(found).to_dict("records"))
+
+
+def _key(value: object) -> str | None:
+    """A partition's key, however the warehouse's driver returns a NULL."""
+    return None if is_missing(value) else str(value)
+
+
+def _keyed(rows: list[dict]) -> list[dict]:
+    return [row | {"partition_key": _key(row["partition_key"])} for row in rows]
 
 
 def _check_meters(
@@ -311,28 +395,40 @@ def _select(query: str, verdicts: list[str], columns: str) -> str:
     return f"SELECT {columns} FROM ({query}) AS planned WHERE verdict IN ({chosen})"
 
 
-def _verdict_counts(store: SyncStateStore, query: str) -> dict[str, int]:
+def _verdict_counts(store: SyncStateStore, query: str) -> dict[str | None, dict[str, int]]:
+    """Per partition of the run (`partition_key`), the rows of each verdict."""
     counted = store.warehouse.query(
-        in_dialect(store.warehouse, f"SELECT verdict, COUNT(*) AS events FROM ({query}) AS planned GROUP BY verdict")
+        in_dialect(
+            store.warehouse,
+            f"SELECT partition_key, verdict, COUNT(*) AS events FROM ({query}) AS planned "
+            "GROUP BY partition_key, verdict",
+        )
     )
-    return {str(verdict): int(count) for verdict, count in zip(counted.iloc[:, 0], counted.iloc[:, 1], strict=True)}
+    by_partition: dict[str | None, dict[str, int]] = {}
+    for key, verdict, count in zip(counted.iloc[:, 0], counted.iloc[:, 1], counted.iloc[:, 2], strict=True):
+        by_partition.setdefault(_key(key), {})[str(verdict)] = int(count)
+    return by_partition
 
 
 def _rows(store: SyncStateStore, query: str, verdicts: list[str], limit: int) -> list[dict]:
-    columns = "event_key, verdict, event_name, stripe_customer_id, value, sent_value, event_time"
+    columns = (
+        "event_key, verdict, event_name, stripe_customer_id, value, sent_value, event_time, "
+        "customer_key, empty_column, partition_key"
+    )
     sql = f"{_select(query, verdicts, columns)} ORDER BY event_time, event_key LIMIT {limit}"
-    return _lower_keys(store.warehouse.query(in_dialect(store.warehouse, sql))).to_dict("records")
+    return _keyed(_lower_keys(store.warehouse.query(in_dialect(store.warehouse, sql))).to_dict("records"))
 
 
 def _record_rejections(
     store: SyncStateStore, spec: MeterEventSpec, account: StripeAccount, run_id: str, rows: list[dict]
 ) -> None:
+    meter = spec.meter_event
     rejections = [
         Rejection(
             row["event_key"],
-            None,
+            row["customer_key"],
             "rejected",
-            plan.REJECTIONS[row["verdict"]],
+            f"{plan.rejected_column(meter, row['verdict'], row['empty_column'])}: {plan.REJECTIONS[row['verdict']]}",
             {name: None if value is None else str(value) for name, value in row.items() if name != "verdict"},
         )
         for row in rows

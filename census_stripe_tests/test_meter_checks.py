@@ -248,7 +248,8 @@ def test_a_dry_run_reports_a_missing_meter_in_its_metadata(double, usage, tmp_pa
     [observation] = [event.asset_observation_data.asset_observation for event in result.get_asset_observation_events()]
     metadata = {name: value.value for name, value in observation.metadata.items()}
     assert metadata["meter_check"].startswith("- no meter has the event name 'api_calls'")
-    assert "a real run would stop before sending: no meter bills them (meter_check)" in metadata["summary"]
+    summary = " ".join(metadata["summary"].split())  # wrapped to what the UI shows of a line
+    assert "a real run would stop before sending: no meter bills them (meter_check)" in summary
     assert (metadata["planned_events"], metadata["stripe_api_calls"]) == (100, 1)
     assert nothing_sent(double)
 

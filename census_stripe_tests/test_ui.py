@@ -4,7 +4,9 @@ dbt and the local Stripe server.
 
 A person looks at the lineage, previews the sync with a dry run from the Launchpad (Stripe is
 untouched), materializes it (Stripe gets the customers, the page shows the counts and the
-preview), and, after the data changes twice, reads the counts plotted over the runs.
+preview), and, after the data changes twice, reads the counts plotted over the runs. Then a
+week of usage is billed in one run, as the demo bills it, and one day's page shows that day's
+counts and what it billed.
 
 With CENSUS_STRIPE_SCREENSHOTS=docs (`make screenshots`) the screenshots land in docs/ for the
 README's tour; otherwise in the test's temporary folder.
@@ -14,11 +16,13 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -26,8 +30,12 @@ import pytest
 from playwright.sync_api import Locator, Page, sync_playwright
 
 from census_stripe.demo.local_stripe import stop_process_group
+from census_stripe.demo.seed_data import USAGE_DAYS
+from census_stripe.demo.stripe_double import StripeDoubleServer
 from census_stripe.settings import PROJECT_ROOT
-from census_stripe_tests.conftest import Processes, dagster_process_env, start_on_a_free_port
+from census_stripe.warehouse.state import utc_now
+from census_stripe_tests.conftest import API_KEY, Processes, dagster_process_env, start_on_a_free_port
+from census_stripe_tests.meters import create_meter
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the networking switches, Chromium keeps dialling Google from this closed network.
@@ -48,6 +56,7 @@ INSTANCE = (
     "concurrency:\n  pools:\n    default_limit: 1\n"
 )
 SYNC_PAGE = "/assets/stripe/customers"
+USAGE_PAGE = "/assets/stripe/api_usage"
 # A laptop's window: the metadata must read without scrolling sideways at this width.
 WIDTH = 1280
 # Text is laid out in fractions of a pixel and boxes in whole ones: a line that fills its box may
@@ -61,6 +70,7 @@ UI_DEADLINE_SECONDS = 300
 class Webserver:
     url: str
     warehouse: Path
+    env: dict[str, str]
 
     def graphql(self, query: str) -> dict:
         request = urllib.request.Request(
@@ -87,14 +97,22 @@ class Webserver:
 
 
 @pytest.fixture(scope="module")
-def webserver(built_warehouse, local_stripe_server, tmp_path_factory):
+def billing():
+    """The usage's Stripe Billing, as the demo has it: the Stripe double, beside localstripe's customers."""
+    with StripeDoubleServer(meter_customers_elsewhere=True) as double:
+        create_meter(double.url, api_key=API_KEY)
+        yield double
+
+
+@pytest.fixture(scope="module")
+def webserver(built_warehouse, local_stripe_server, billing, tmp_path_factory):
     work = tmp_path_factory.mktemp("ui")
     warehouse = work / "warehouse.duckdb"
     shutil.copyfile(built_warehouse.path, warehouse)
     home = work / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(INSTANCE)
-    env = dagster_process_env(home, warehouse, local_stripe_server.url)
+    env = dagster_process_env(home, warehouse, local_stripe_server.url) | {"STRIPE_BILLING_API_BASE": billing.url}
     webserver = str(Path(sys.executable).parent / "dagster-webserver")
     processes = Processes()
     try:
@@ -105,7 +123,7 @@ def webserver(built_warehouse, local_stripe_server, tmp_path_factory):
             env=env,
             cwd=PROJECT_ROOT,
         )
-        server = Webserver(f"http://127.0.0.1:{port}", warehouse)
+        server = Webserver(f"http://127.0.0.1:{port}", warehouse, env)
         deadline = time.monotonic() + UI_DEADLINE_SECONDS
         while not server.graphql("{ assetNodes { id } }")["assetNodes"]:  # the code location is loading
             assert time.monotonic() < deadline, (work / "webserver.log").read_text()[-3000:]
@@ -262,6 +280,17 @@ def change_the_model(webserver: Webserver, plan: str, rows: int) -> None:
         )
 
 
+def bill_a_week_of_usage(webserver: Webserver) -> list[str]:
+    """The demo's usage sync over its days, in one run, as the demo launches it; returns the days."""
+    today = utc_now().date()
+    days = [str(today - timedelta(days=n)) for n in range(USAGE_DAYS, 0, -1)]
+    command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "census_stripe.definitions"]
+    command += ["--select", "stripe/api_usage", "--partition-range", f"{days[0]}...{days[-1]}"]
+    done = subprocess.run(command, env=webserver.env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return days
+
+
 def test_a_person_previews_runs_and_reads_the_sync_in_the_ui(webserver, page, screenshots, stripe_customers):
     # The lineage: dbt's models upstream of the Stripe sync, with their kinds.
     open_page(page, webserver.url + SYNC_PAGE + "?view=lineage&lineageScope=upstream&lineageDepth=5")
@@ -333,3 +362,21 @@ def test_a_person_previews_runs_and_reads_the_sync_in_the_ui(webserver, page, sc
     page.get_by_text("planned_creates", exact=True).first.scroll_into_view_if_needed()
     page.wait_for_timeout(2_000)
     tall_screenshot(page, screenshots / "counts-over-runs.png")
+
+    # A week of usage, billed in one run: a day's page has that day's own counts and what it billed,
+    # the customers by units, the largest first; all without scrolling sideways.
+    days = bill_a_week_of_usage(webserver)
+    day = days[-2]
+    open_page(page, f"{webserver.url}{USAGE_PAGE}?view=partitions&partition={day}")
+    page.get_by_text(f"one of {USAGE_DAYS} in this run").first.wait_for()
+    summary = markdown(metadata_entry(page, "summary"))
+    said = words(summary.inner_text())
+    assert f"partition {day}, one of {USAGE_DAYS} in this run" in said
+    assert "100 usage rows read" in said and "billed to api_calls: " in said
+    assert_shown_whole(summary)
+    first_customer = first_row_cells(metadata_entry(page, "preview"))
+    customer, units = first_customer.nth(0), first_customer.nth(1)
+    assert "@" in customer.inner_text() and units.inner_text().replace(",", "").isdigit()
+    for cell in (customer, units):
+        assert_shown_whole(cell)
+    tall_screenshot(page, screenshots / "usage-partition.png")

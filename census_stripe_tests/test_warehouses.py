@@ -288,13 +288,15 @@ def test_the_redshift_adapter_runs_its_statements_over_the_postgres_protocol(pos
     postgres_sql(f'drop schema "{postgres_schema}_redshift_path" cascade')
 
 
-def usage_plan_sql(dialect: str) -> str:
-    """A meter event sync's plan, for a partition, with every kind of identity column and a ledger
-    still holding keys of the former scheme: its most involved query."""
+def usage_sql() -> list[str]:
+    """In DuckDB's SQL: a meter event sync's plan, for a partition, with every kind of identity
+    column and a ledger still holding keys of the former scheme (its most involved query), then
+    the queries over it of what was billed, and the view over the ledger."""
     from datetime import datetime
 
     from census_stripe.plan.meter_events import ColumnKind, CustomerSource, events_query
     from census_stripe.spec import parse_sync_spec
+    from census_stripe.warehouse.billed import billed_sql, billed_view_sql, delivered_sql
 
     spec = parse_sync_spec(
         """
@@ -328,8 +330,15 @@ meter_event:
         datetime(2026, 1, 3),
         kinds,
         legacy_sync="api_usage",
+        partitions=(("2026-01-01", sql.ModelSlice("at", datetime(2026, 1, 1), datetime(2026, 1, 2))),),
     )
-    return sqlglot.transpile(query, read="duckdb", write=dialect, identify=True)[0]
+    ledger = Relation("census_stripe", "meter_event_ledger")
+    return [
+        query,
+        billed_sql(query, 20, ("new", "resend")),
+        delivered_sql(query, ledger, "acct_1/test", "run-1", "new"),
+        billed_view_sql(ledger),
+    ]
 
 
 @pytest.mark.parametrize("dialect", ["redshift", "bigquery", "snowflake", "postgres"])
@@ -351,7 +360,7 @@ def test_generated_sql_parses_in_each_dialect(dialect):
         _create_table(Relation("census_stripe", "sync_rejections"), _REJECTION_COLUMNS).sql(dialect),
         _create_table(Relation("census_stripe", "sync_row_counts"), _ROW_COUNT_COLUMNS).sql(dialect),
         sql.live_objects_query(spec, state, "acct_1/test", dialect),
-        usage_plan_sql(dialect),
+        *(sqlglot.transpile(usage, read="duckdb", write=dialect, identify=True)[0] for usage in usage_sql()),
     ]
     for statement in statements:
         parsed = sqlglot.parse_one(statement, read=dialect)

@@ -309,18 +309,13 @@ def _print_summary(dagster_home: str) -> None:
     )
 
 
-USAGE_COUNTS = ("rows_read", "planned_events", "accepted", "already_sent", "rejected", "stripe_api_calls")
-
-
 def _print_usage_summary(instance, path: Path, name: str) -> None:
-    metadata = _latest_metadata(instance, ["stripe", name])
-    print(
-        f"\nSync {name!r} ({path.relative_to(PROJECT_ROOT)}), meter events, "
-        f"Stripe account {metadata.get('stripe_account')}:"
-    )
-    for count in USAGE_COUNTS:
-        print(f"  {count:>18}: {metadata.get(count)}")
-    print(f"  {'ledger':>18}: {metadata.get('ledger')}")
+    import dagster as dg
+
+    from census_stripe.demo.usage_report import usage_lines
+
+    print(f"\nSync {name!r} ({path.relative_to(PROJECT_ROOT)}), meter events, per partition of its last run:")
+    print("\n".join(usage_lines(instance, dg.AssetKey(["stripe", name]))))
 
 
 def _print_failure(env: Mapping[str, str], started: datetime) -> None:

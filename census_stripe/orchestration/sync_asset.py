@@ -10,7 +10,7 @@ guards' thresholds can be overridden there for one run. A partitioned sync write
 rows again on every run.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -187,6 +187,22 @@ def model_slice(partitions: PartitionsSpec, context: dg.AssetExecutionContext) -
     return ModelSlice(partitions.column, start=window.start.replace(tzinfo=None), end=window.end.replace(tzinfo=None))
 
 
+def partition_slices(
+    partitions: PartitionsSpec, context: dg.AssetExecutionContext
+) -> tuple[tuple[str, ModelSlice], ...]:
+    """Each partition of the run with its rows, for a run that reports per partition (`model_slice`
+    is their union)."""
+    if partitions.values:
+        return tuple((key, ModelSlice(partitions.column, values=(key,))) for key in context.partition_keys)
+    definition = context.assets_def.partitions_def
+    assert isinstance(definition, dg.TimeWindowPartitionsDefinition), "a time partitions setting makes time windows"
+    windows = ((key, definition.time_window_for_partition_key(key)) for key in context.partition_keys)
+    return tuple(
+        (key, ModelSlice(partitions.column, start=w.start.replace(tzinfo=None), end=w.end.replace(tzinfo=None)))
+        for key, w in windows
+    )
+
+
 def guard_description(spec: SyncSpec, guard: str) -> str:
     if guard == MAX_ARCHIVE_RATE:
         return (
@@ -297,15 +313,32 @@ def check_results(spec: SyncSpec, report: SyncReport) -> list[dg.AssetCheckResul
 
 
 def sync_outcome(
-    context: dg.AssetExecutionContext, metadata: dict, checks: list[dg.AssetCheckResult], wrote_nothing: bool
+    context: dg.AssetExecutionContext,
+    metadata: dict,
+    checks: list[dg.AssetCheckResult],
+    wrote_nothing: bool,
+    per_partition: Mapping[str, dict] | None = None,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """A run's materialization with its checks; an observation instead for a run that wrote nothing
     by design (a dry run, or a run a guard refused), since nothing in Stripe changed. Its checks
-    judge the plan: no write failed, since none was made; a failed blocking guard fails the run."""
+    judge the plan: no write failed, since none was made; a failed blocking guard fails the run.
+    `per_partition`: each partition's own metadata, in place of `metadata` (a backfill's partitions
+    each get their own counts, not the run's)."""
     if wrote_nothing:
-        context.log_event(dg.AssetObservation(asset_key=context.asset_key, metadata=metadata))
+        events = (
+            [
+                dg.AssetObservation(asset_key=context.asset_key, metadata=own, partition=key)
+                for key, own in per_partition.items()
+            ]
+            if per_partition
+            else [dg.AssetObservation(asset_key=context.asset_key, metadata=metadata)]
+        )
+        for event in events:
+            context.log_event(event)
         yield from checks
         return
+    for key, own in (per_partition or {}).items():
+        context.add_asset_metadata(own, partition_key=key)
     yield dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -38,7 +38,7 @@ from sqlglot import exp
 
 from census_stripe.plan.keys import key_sql
 from census_stripe.plan.sql import ModelSlice
-from census_stripe.spec import MeterEventSpec
+from census_stripe.spec import MeterEventSettings, MeterEventSpec
 from census_stripe.warehouse.base import Relation, literal
 from census_stripe.warehouse.ledger import IN_STRIPE_OR_CORRECTING
 from census_stripe.warehouse.state import StateStatus
@@ -57,7 +57,7 @@ NEW, SENT, CHANGED, RESEND, UNCONFIRMED = "new", "sent", "changed", "resend", "u
 CORRECTING = "correcting"
 REJECTIONS = {
     "duplicate": "several rows share this identity: make meter_event.identity name the columns that tell them apart",
-    "no_identity": "an identity column is empty",
+    "no_identity": "empty, and part of the event's identity",
     "customer_deleted": "the customer was deleted in Stripe (its customer sync found it gone): no usage is sent to it",
     "no_customer": "no Stripe customer for this key in the customer sync (not synced yet, or rejected there)",
     "not_a_customer_id": "not a Stripe customer id (cus_...)",
@@ -69,6 +69,34 @@ REJECTIONS = {
     "too_old": "older than Stripe accepts (35 days)",
     "in_future": "more than 5 minutes in the future, which Stripe refuses",
 }
+
+# The column each rejection is about, by the setting that names it (no_identity's: the row's empty one).
+_REJECTED_SETTING = {
+    "customer_deleted": "customer",
+    "no_customer": "customer",
+    "not_a_customer_id": "customer",
+    "no_value": "value",
+    "bad_value": "value",
+    "negative_value": "value",
+    "no_timestamp": "timestamp",
+    "bad_timestamp": "timestamp",
+    "too_old": "timestamp",
+    "in_future": "timestamp",
+}
+
+
+def rejected_column(meter: MeterEventSettings, verdict: str, empty_column: str | None = None) -> str:
+    """The model column a rejection is about, as a person finds it in the sync file."""
+    if verdict == "no_identity":
+        return empty_column or ", ".join(meter.identity)
+    if verdict == "duplicate":
+        return ", ".join(meter.identity)
+    setting = _REJECTED_SETTING[verdict]
+    return {
+        "customer": meter.customer.column,
+        "value": meter.value_column,
+        "timestamp": meter.timestamp_column,
+    }[setting]
 
 
 class ColumnKind(Enum):
@@ -161,12 +189,19 @@ def canonical_text(value: exp.Expression, kind: ColumnKind) -> exp.Expression:
     if kind is ColumnKind.TEXT:
         return _text(value)
     moment = utc_moment(value, kind)
-    day = [_digits("YEAR", moment, 4), "-", _digits("MONTH", moment, 2), "-", _digits("DAY", moment, 2)]
     if kind is ColumnKind.DATE:
-        return _joined([part if isinstance(part, exp.Expression) else exp.Literal.string(part) for part in day])
-    clock = ["T", _digits("HOUR", moment, 2), ":", _digits("MINUTE", moment, 2), ":", _digits("SECOND", moment, 2)]
-    fraction = [".", _digits("MICROSECOND", moment, 6), "Z"]
-    parts = [*day, *clock, *fraction]
+        return day_text(moment)
+    clock: list[exp.Expression | str] = ["T", _digits("HOUR", moment, 2), ":", _digits("MINUTE", moment, 2), ":"]
+    clock += [_digits("SECOND", moment, 2), ".", _digits("MICROSECOND", moment, 6), "Z"]
+    return exp.DPipe(this=day_text(moment), expression=_parts(clock))
+
+
+def day_text(moment: exp.Expression) -> exp.Expression:
+    """The UTC day of `moment` (`utc_moment`) as `2026-03-01`, on every warehouse."""
+    return _parts([_digits("YEAR", moment, 4), "-", _digits("MONTH", moment, 2), "-", _digits("DAY", moment, 2)])
+
+
+def _parts(parts: list[exp.Expression | str]) -> exp.Expression:
     return _joined([part if isinstance(part, exp.Expression) else exp.Literal.string(part) for part in parts])
 
 
@@ -222,6 +257,7 @@ def events_query(
     now: datetime,
     kinds: Mapping[str, ColumnKind],
     legacy_sync: str | None = None,
+    partitions: Sequence[tuple[str, ModelSlice]] = (),
 ) -> str:
     """Every usage row with its event, its ledger entry and its verdict, in DuckDB's SQL.
 
@@ -229,7 +265,8 @@ def events_query(
     the customer sync writes through another Stripe resource. `kinds`: the model's columns
     (`column_kinds`), so that every time is read as the same instant on every warehouse.
     `legacy_sync`: the sync whose ledger rows still carry keys of an earlier version
-    (`legacy_key_sql`); they are found under those keys too, and the result names them (`legacy_key`)."""
+    (`legacy_key_sql`); they are found under those keys too, and the result names them (`legacy_key`).
+    `partitions`: the partitions `where` covers, by key; the result names each row's (`partition_key`)."""
 
     def kind(name: str) -> ColumnKind:
         return kinds.get(name, ColumnKind.TEXT)
@@ -250,6 +287,9 @@ def events_query(
         exp.alias_(exp.Not(this=_is_null(_column(meter.timestamp_column, "usage"))), "timestamp_given"),
         exp.alias_(exp.func("trim", value), "value"),
         exp.alias_(exp.or_(*(_is_null(part.copy()) for part in [event_name, *identity])), "identity_missing"),
+        exp.alias_(_empty_column(meter, event_name, identity), "empty_column"),
+        exp.alias_(exp.func("trim", customer_value.copy()), "customer_key"),
+        exp.alias_(_partition_of(where, partitions, kind), "partition_key"),
     ).from_(exp.alias_(model.table(), "usage"))
     if legacy_sync:
         cast_identity = [_text(_column(name, "usage")) for name in meter.identity]
@@ -285,6 +325,33 @@ def events_query(
         moment = utc_moment(_column(where.column, "usage"), kind(where.column))
         rows = rows.where(where.condition(moment).transform(lambda node: _in_usage(node)))
     return _verdicts(rows.sql("duckdb"), ledger, account, now, meter.allow_negative_values, legacy_sync)
+
+
+def _empty_column(meter: MeterEventSettings, event_name: exp.Expression, identity: list[exp.Expression]) -> exp.Case:
+    """The first of the event name's and identity's columns that is empty in the row, by name:
+    what a `no_identity` rejection names."""
+    named = [(meter.event_name_column, event_name)] if meter.event_name_column else []
+    named += list(zip(meter.identity, identity, strict=True))
+    case = exp.Case()
+    for name, part in named:
+        case = case.when(_is_null(part.copy()), exp.Literal.string(name))
+    return case
+
+
+def _partition_of(
+    where: ModelSlice | None, partitions: Sequence[tuple[str, ModelSlice]], kind: Callable[[str], ColumnKind]
+) -> exp.Expression:
+    """The key of the row's partition among the run's, so that a run over many reports each: found
+    by the partition column's value, or for a time window by its UTC day (partitions start at a
+    midnight, so a day lies in one). NULL for a run over the whole model."""
+    if where is None or not partitions:
+        return exp.cast(exp.Null(), "text")
+    column = _column(where.column, "usage")
+    bucket = _text(column) if where.values else day_text(utc_moment(column, kind(where.column)))
+    case = exp.Case()
+    for key, rows in partitions:
+        case = case.when(rows.bucket_condition(bucket.copy()), exp.Literal.string(key))
+    return case
 
 
 def _in_usage(node: exp.Expression) -> exp.Expression:
@@ -333,9 +400,8 @@ def _verdicts(
 WITH usage_rows AS ({rows_sql}),
 counted AS (SELECT *, COUNT(*) OVER (PARTITION BY event_key) AS copies FROM usage_rows),
 judged AS (SELECT counted.*, {fields}{migrated} FROM counted {joins})
-SELECT event_key, event_name, stripe_customer_id, value, event_time, {", ".join(LEDGER_FIELDS)}{
-        ", legacy_key" if legacy_sync else ""
-    },
+SELECT event_key, event_name, stripe_customer_id, value, event_time, {", ".join(LEDGER_FIELDS)},
+  customer_key, empty_column, partition_key{", legacy_key" if legacy_sync else ""},
   CASE
     WHEN identity_missing THEN 'no_identity'
     WHEN copies > 1 THEN 'duplicate'

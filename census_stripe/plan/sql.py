@@ -81,6 +81,17 @@ class ModelSlice:
             return f"{self.column} in {', '.join(self.values)}"
         return f"{self.column} from {self.start:%Y-%m-%d} to {self.end:%Y-%m-%d}"
 
+    def bucket_condition(self, bucket: exp.Expression) -> exp.Condition:
+        """Whether a row is in the slice, by `bucket`: its value, or for a time window its UTC day as
+        text (`2026-03-01`; ISO days compare as text)."""
+        if self.values:
+            return exp.In(this=bucket, expressions=[exp.Literal.string(v) for v in self.values])
+        assert self.start is not None and self.end is not None, "a slice has values or a start and an end"
+        return exp.and_(
+            exp.GTE(this=bucket, expression=exp.Literal.string(f"{self.start:%Y-%m-%d}")),
+            exp.LT(this=bucket.copy(), expression=exp.Literal.string(f"{self.end:%Y-%m-%d}")),
+        )
+
     def condition(self, moment_of: exp.Expression | None = None) -> exp.Condition:
         """`moment_of`: the column as a timestamp to compare the bounds with (by default, cast to one)."""
         column = exp.column(self.column, quoted=True)
