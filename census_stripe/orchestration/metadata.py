@@ -23,8 +23,8 @@ from census_stripe.sync import SyncReport
 
 PREVIEW_ROWS = 50
 LINKS = 5
-SUMMARY_WIDTH = 36  # characters: what the Overview tab shows of a line at a 1280 px window
-LIST_WIDTH = 30  # the same, for an item of a list
+SUMMARY_WIDTH = 34  # characters: what the Overview tab shows of a line at a 1280 px window
+LIST_WIDTH = 28  # the same, for an item of a list
 # A created object's fields in the preview: the first few in the object's own order (its version first),
 # then how many more, so that each row is one line and its Stripe id stays in view at 1280 px.
 CREATE_FIELDS_SHOWN = 2
