@@ -2,6 +2,7 @@
 local Stripe server, checked by reading Stripe back through the API."""
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import duckdb
 import pytest
 
 from census_stripe.demo.seed_data import BAD_ROWS, DEFAULT_CUSTOMERS, generate
+from census_stripe.orchestration.metadata import NO_KEY
 from census_stripe.orchestration.sync_asset import load_sync
 from census_stripe.stripe_client.client import StripeObjects
 from census_stripe_tests.conftest import DEMO_SYNC, SyncRunner
@@ -102,7 +104,7 @@ def test_bad_rows_are_rejected_with_reasons_while_the_good_rows_sync(sync_runner
     assert rejected == {
         ("not-an-email", "invalid email: 'not-an-email'"),
         ("jane.doe@", "invalid email: 'jane.doe@'"),
-        (None, "null key: column 'email' is empty"),
+        (NO_KEY, "null key: column 'email' is empty"),
         ("Casey.Jordan@Example.com", "duplicate key: 2 model rows share email 'casey.jordan@example.com'"),
         ("casey.jordan@example.com", "duplicate key: 2 model rows share email 'casey.jordan@example.com'"),
         ("maximilian.long@example.com", "value too long: name has 315 characters, Stripe allows 256"),
@@ -462,5 +464,7 @@ def test_personal_data_can_be_masked_in_the_metadata(sync_runner, warehouse_path
     emails = [email.partition("@") for email, *_ in personal if email and "@" in email]
     assert keys and set(keys) <= {f"{local[:1]}***@{domain}" for local, _, domain in emails}
     assert "invalid email: 'n***'" in shown  # reasons quote values; masked too
-    # Non-personal fields stay readable.
-    assert "metadata.plan: free" in shown
+    # What is not personal stays readable: a create's field names, and the reasons' own words.
+    changes = [record.data["changes"] for record in metadata["preview"].records]
+    assert changes and all(re.fullmatch(r"create — name: \w\*\*\*; .*\+\d+ more", change) for change in changes)
+    assert "value too long: name has 315 characters, Stripe allows 256" in shown
