@@ -135,7 +135,8 @@ class MeterEventReport:
         }
 
 
-def _chunk(columns: dict[str, list], batch_size: int) -> Chunk:
+def chunk_of(columns: dict[str, list], batch_size: int) -> Chunk:
+    """The events of one chunk the ledger read (`MeterEventLedger.to_send`), as the sender takes them."""
     events = list(
         map(
             MeterEvent._make,
@@ -337,7 +338,7 @@ async def _send(
                 run_id, first, last, now(), [(event.identifier, kind.value) for event, kind, _ in open_events]
             )
 
-        chunks = (_chunk(columns, api.batch_size) for columns in ledger.to_send(run_id, CHUNK_EVENTS))
+        chunks = (chunk_of(columns, api.batch_size) for columns in ledger.to_send(run_id, CHUNK_EVENTS))
         try:
             await deliver(
                 chunks,

@@ -16,21 +16,19 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from functools import wraps
 
 import duckdb
 
 from census_stripe import meter_sync
-from census_stripe.meter_sync import MeterEventReport, run_meter_event_sync
-from census_stripe.plan.meter_events import CustomerSource
-from census_stripe.spec import MeterEventSpec, parse_sync_spec
-from census_stripe.stripe_client.meter_events import MeterEventStream, V1MeterEvents
+from census_stripe.meter_sync import MeterEventReport
 from census_stripe.warehouse.base import Relation, Warehouse
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.ledger import MeterEventLedger
-from census_stripe.warehouse.state import SyncStateStore, utc_now
-from census_stripe_tests.usage import ACCOUNT, API_KEY, UNLIMITED
+from census_stripe.warehouse.state import utc_now
+from census_stripe_tests.usage import UNLIMITED, meter_spec, run_usage_sync_on
 
 SCHEMA = "usage_model"
 STATE_SCHEMA = "usage_state"
@@ -59,26 +57,6 @@ def connect(target: dict) -> Iterator[Warehouse]:
             yield SnowflakeWarehouse(connection)
 
 
-def spec(api: str = "v1", correct_changed: bool = False) -> MeterEventSpec:
-    parsed = parse_sync_spec(
-        f"""
-model: usage
-object: meter_event
-meter_event:
-  event_name: api_calls
-  customer: {{column: customer_id}}
-  value_column: calls
-  timestamp_column: day
-  identity: [customer_id, day]
-  api: {api}
-  correct_changed: {str(correct_changed).lower()}
-""",
-        "defs/api_usage/defs.yaml",
-    )
-    assert isinstance(parsed, MeterEventSpec)
-    return parsed
-
-
 def run(
     target: dict,
     url: str,
@@ -88,19 +66,16 @@ def run(
     concurrency: int = 4,
     now: Callable[[], datetime] = utc_now,
 ) -> MeterEventReport:
-    meter = spec(api, correct_changed)
-    endpoint = MeterEventStream if api == "stream" else V1MeterEvents
     with connect(target) as warehouse:
-        return run_meter_event_sync(
-            meter,
-            model=Relation(SCHEMA, "usage"),
-            store=SyncStateStore(warehouse, STATE_SCHEMA),
-            api=lambda: endpoint(API_KEY, url, UNLIMITED, ("stripe_customer_id", "value")),
-            account_of=lambda: ACCOUNT,
-            customers=CustomerSource(),
-            run_id=run_id,
-            concurrency=concurrency,
+        return run_usage_sync_on(
+            warehouse,
+            url,
+            meter_spec(api, correct_changed, partitioned=False),
+            run_id,
             now=now,
+            limits=replace(UNLIMITED, concurrency=concurrency),
+            model=Relation(SCHEMA, "usage"),
+            state_schema=STATE_SCHEMA,
         )
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from census_stripe.apply.meter_events import Chunk, DeliveryReport, deliver
-from census_stripe.meter_sync import run_meter_event_sync
+from census_stripe.meter_sync import chunk_of, run_meter_event_sync
 from census_stripe.plan.meter_events import CustomerSource
 from census_stripe.stripe_client.meter_types import BatchOutcome, Delivery, MeterEvent
 from census_stripe.stripe_client.meters import BillingMeter
@@ -27,8 +27,7 @@ from census_stripe.warehouse.base import Relation
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
 from census_stripe.warehouse.ledger import OUTCOME_ROWS_PER_INSERT, MeterEventLedger
 from census_stripe.warehouse.state import SyncStateStore
-from census_stripe_tests.ledger_process import spec
-from census_stripe_tests.usage import ACCOUNT
+from census_stripe_tests.usage import ACCOUNT, meter_spec
 
 DAY = timedelta(hours=24)
 START = datetime(2026, 3, 10, 12, 0)
@@ -159,7 +158,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.stripe.faults = deque(faults)
         try:
             run_meter_event_sync(
-                spec("v1", correct),
+                meter_spec("v1", correct, partitioned=False),
                 model=Relation("main", "usage"),
                 store=SyncStateStore(self.warehouse),
                 api=lambda: self.stripe,
@@ -268,7 +267,7 @@ def test_no_ledger_statement_grows_with_the_chunk(events):
             first, last = chunk.identifiers(0, chunk.marked)
             ledger.settle("run", first, last, START, [(event.identifier, kind.value) for event, kind, _ in open_events])
 
-        chunks = (Chunk(*_events(columns)) for columns in ledger.to_send("run", events))
+        chunks = (chunk_of(columns, Unanswered.batch_size) for columns in ledger.to_send("run", events))
         report = asyncio.run(
             deliver(
                 chunks, Unanswered(), concurrency=8, before_sending=mark, after_answers=settle, report=DeliveryReport()
@@ -284,21 +283,6 @@ def test_no_ledger_statement_grows_with_the_chunk(events):
     # The outcomes' inserts are the longest: OUTCOME_ROWS_PER_INSERT rows of about 60 characters.
     assert longest < OUTCOME_ROWS_PER_INSERT * 100, longest
     assert len(warehouse.statements) > events // OUTCOME_ROWS_PER_INSERT  # the inserts are split, not one
-
-
-def _events(columns: dict[str, list]) -> tuple[list[MeterEvent], int]:
-    events = [
-        MeterEvent(*row)
-        for row in zip(
-            columns["identifier"],
-            columns["event_name"],
-            columns["stripe_customer_id"],
-            columns["value"],
-            columns["event_time"],
-            strict=True,
-        )
-    ]
-    return events, Unanswered.batch_size
 
 
 def ledger_statements() -> list[str]:

@@ -21,7 +21,7 @@ from census_stripe.stripe_client.rate_limit import RateLimits
 from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.warehouse.base import Relation, Warehouse
 from census_stripe.warehouse.duckdb import DuckDBWarehouse
-from census_stripe.warehouse.state import SyncStateStore, utc_now
+from census_stripe.warehouse.state import DEFAULT_SCHEMA, SyncStateStore, utc_now
 
 API_KEY = "sk_test_usage"
 MODEL = Relation("main", "usage")
@@ -102,15 +102,17 @@ def run_usage_sync_on(
     now: Callable[[], datetime] = utc_now,
     limits: MeterLimits = UNLIMITED,
     api_key: str = API_KEY,
+    model: Relation = MODEL,
+    state_schema: str = DEFAULT_SCHEMA,
 ) -> MeterEventReport:
-    """The same run on any warehouse holding the model `main.usage`."""
+    """The same run on any warehouse holding the model (`main.usage` unless told)."""
     meter = spec.meter_event
     endpoint = MeterEventStream if meter.api == "stream" else V1MeterEvents
     payload_keys = (meter.customer_payload_key, meter.value_payload_key)
     return run_meter_event_sync(
         spec,
-        model=MODEL,
-        store=SyncStateStore(warehouse),
+        model=model,
+        store=SyncStateStore(warehouse, state_schema),
         api=lambda: endpoint(api_key, url, limits, payload_keys),
         account_of=lambda: ACCOUNT,
         customers=CustomerSource(),
