@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import textwrap
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import dagster as dg
 
@@ -293,6 +293,13 @@ def _catalog_facts(counts: dict[str, int], dry_run: bool) -> list[str | None]:
     ]
 
 
+def summary_markdown(headline: str, facts: Iterable[str | None]) -> str:
+    """A run's summary: the headline in bold, then its facts (those given) a line each, every line
+    as wide as the Overview tab shows at a 1280 px window."""
+    items = "\n".join(f"- {_lines(fact, LIST_WIDTH)}" for fact in facts if fact)
+    return f"**{_lines(headline, SUMMARY_WIDTH)}**\n\n{items}"
+
+
 def summary(report: SyncReport, counts: dict[str, int], shown: int, total: int) -> str:
     """The headline, then one short fact a line."""
     dry_run = report.options.dry_run
@@ -316,8 +323,7 @@ def summary(report: SyncReport, counts: dict[str, int], shown: int, total: int) 
         if total and report.changes_query
         else None,
     ]
-    items = "\n".join(f"- {_lines(fact, LIST_WIDTH)}" for fact in facts if fact)
-    return f"**{_lines(headline(report, counts), SUMMARY_WIDTH)}**\n\n{items}"
+    return summary_markdown(headline(report, counts), facts)
 
 
 def _links(stripe_ids: list[str], object_url: Callable[[str], str | None], object_name: str) -> str:

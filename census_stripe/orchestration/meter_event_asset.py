@@ -15,7 +15,7 @@ import dagster as dg
 from pydantic import Field
 
 from census_stripe.meter_sync import MeterEventReport, MeterRunOptions, run_meter_event_sync
-from census_stripe.orchestration.metadata import LIST_WIDTH, SUMMARY_WIDTH, _lines, metadata_table
+from census_stripe.orchestration.metadata import metadata_table, summary_markdown
 from census_stripe.orchestration.resources import StripeResource
 from census_stripe.orchestration.sync_asset import (
     SYNC_FILE_METADATA,
@@ -115,8 +115,7 @@ def headline(report: MeterEventReport) -> str:
         f"{counts['stripe_api_calls']} Stripe API call{'' if counts['stripe_api_calls'] == 1 else 's'}"
         + (f" (the run's, for its {partitions} partitions)" if partitions > 1 else ""),
     ]
-    items = "\n".join(f"- {_lines(fact, LIST_WIDTH)}" for fact in facts if fact)
-    return f"**{_lines(did + '.', SUMMARY_WIDTH)}**\n\n{items}"
+    return summary_markdown(did + ".", facts)
 
 
 def _shown(report: MeterEventReport) -> str | None:
