@@ -105,7 +105,7 @@ async def deliver(
     before_sending: Callable[[Chunk, int, int], None],
     after_answers: Callable[[Chunk, list[tuple[MeterEvent, Delivery, str]]], None],
     report: DeliveryReport,
-) -> DeliveryReport:
+) -> None:
     """Send every chunk; `before_sending(chunk, start, end)` runs right before batches `start` to
     `end` (excluded) are sent, as many as there are free senders (once a quarter of them, or what
     is left of the chunk, are free); `after_answers` once Stripe has answered for all of a chunk, or
@@ -155,4 +155,3 @@ async def deliver(
             if chunk.marked:
                 settle(chunk)
         report.seconds = time.perf_counter() - started
-    return report
