@@ -268,10 +268,9 @@ def test_no_ledger_statement_grows_with_the_chunk(events):
             ledger.settle("run", first, last, START, [(event.identifier, kind.value) for event, kind, _ in open_events])
 
         chunks = (chunk_of(columns, Unanswered.batch_size) for columns in ledger.to_send("run", events))
-        report = asyncio.run(
-            deliver(
-                chunks, Unanswered(), concurrency=8, before_sending=mark, after_answers=settle, report=DeliveryReport()
-            )
+        report = DeliveryReport()
+        asyncio.run(
+            deliver(chunks, Unanswered(), concurrency=8, before_sending=mark, after_answers=settle, report=report)
         )
         assert report.in_doubt == events
         in_doubt = connection.execute(
