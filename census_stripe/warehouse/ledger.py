@@ -144,7 +144,7 @@ class MeterEventLedger:
             "stripe_customer_id, value, event_time, run_id, key_scheme) "
             f"SELECT {_text(self.sync_name)}, {_text(self.account)}, event_key, event_key, 0, event_name, "
             f"stripe_customer_id, value, event_time, {_text(run_id)}, {KEY_SCHEME} "
-            f"FROM ({new_events_sql}) AS new_events"
+            f"FROM ({new_events_sql}) AS new_events ORDER BY event_key"
         )
 
     def claim(self, event_keys_sql: str, run_id: str) -> None:
