@@ -138,7 +138,9 @@ class MeterEventLedger:
 
     def queue(self, new_events_sql: str, run_id: str) -> None:
         """Queue the events `new_events_sql` selects (columns event_key, event_name, stripe_customer_id,
-        value, event_time), in one statement, inside the warehouse."""
+        value, event_time), in one statement, inside the warehouse. In identifier order: a mark or
+        a settle of a range of identifiers then touches the storage blocks holding that range only
+        (DuckDB's zone maps, Snowflake's micro-partitions), however large the ledger has grown."""
         self._execute(
             f"INSERT INTO {self.name} (sync_name, stripe_account, event_key, identifier, revision, event_name, "
             "stripe_customer_id, value, event_time, run_id, key_scheme) "
