@@ -410,3 +410,34 @@ def test_a_customer_deleted_in_stripe_gets_no_more_usage(double, tmp_path):
     assert (rejected["verdict"], rejected["stripe_customer_id"]) == ("customer_deleted", gone)
     assert gone not in double.meter_events()["sums"]["api_calls"]
     assert report.counts()["accepted"] == 2
+
+
+def test_on_postgresql_a_runs_marks_and_reads_use_the_ledgers_index_not_a_scan_of_it(tmp_path):
+    """PostgreSQL has no zone maps: without an index, every mark of a group of requests reads the
+    whole ledger, which holds every event ever sent. With scans disabled for the session, the
+    planner says what it would do when the ledger is large."""
+    with open_warehouse("postgres_c", tmp_path) as warehouse:
+        store = SyncStateStore(warehouse)
+        store.ensure_tables()
+        ledger = MeterEventLedger(warehouse, store.ledger, "usage", ACCOUNT.key)
+        ledger.ensure_table()
+        ledger.ensure_table()  # every run ensures it: the index is made once
+        mark = in_dialect(
+            warehouse,
+            f"UPDATE {ledger.name} SET attempted_at = TIMESTAMP '2026-12-06 00:00:00' "
+            f"WHERE {ledger._range('run-1', 'a', 'b')} AND attempted_at IS NULL",
+        )
+        read = in_dialect(
+            warehouse,
+            f"SELECT identifier FROM {ledger.name} WHERE {ledger.of_sync} AND run_id = 'run-1' "
+            "AND accepted_at IS NULL AND identifier > 'a' ORDER BY identifier LIMIT 50000",
+        )
+        warehouse.execute("SET enable_seqscan = off")
+        plans = {
+            name: "\n".join(warehouse.query(f"EXPLAIN {sql}").iloc[:, 0])
+            for name, sql in (("mark", mark), ("read", read))
+        }
+        indexes = warehouse.query(f"SELECT indexname FROM pg_indexes WHERE tablename = '{store.ledger.name}'")
+    assert list(indexes["indexname"]) == ["meter_event_ledger_run_id_identifier"]
+    for name, plan_text in plans.items():
+        assert "meter_event_ledger_run_id_identifier" in plan_text, f"the {name} does not use the index:\n{plan_text}"

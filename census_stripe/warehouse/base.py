@@ -96,6 +96,12 @@ class Warehouse(ABC):
         transaction (Snowflake commits around it, BigQuery refuses it), each runs on its own."""
         self.execute(*statements)
 
+    def ensure_index(self, table: Relation, columns: tuple[str, ...]) -> None:
+        """An index on `columns` of `table`, where the warehouse has indexes. Those without them
+        skip the storage a filter rules out by their own statistics (DuckDB's zone maps,
+        Snowflake's micro-partitions, Redshift's sort keys), so by default there is nothing to do."""
+        return
+
     def model_identifier(self, name: str) -> str:
         """How the warehouse stores a name dbt created unquoted (Snowflake upper-cases them)."""
         return name

@@ -65,6 +65,7 @@ OUTCOME_ROWS_PER_INSERT = 500
 IN_STRIPE_OR_CORRECTING = "(attempted_at IS NOT NULL OR revision > 0)"
 # A row queued and never sent, which no correction left behind: the model plans it again.
 UNSENT_EVENT = "attempted_at IS NULL AND revision = 0 AND cancel_identifier IS NULL"
+RUN_EVENTS_INDEX = ("run_id", "identifier")
 SEND_COLUMNS = ("identifier", "event_name", "stripe_customer_id", "value", "event_time")
 
 
@@ -119,6 +120,9 @@ class MeterEventLedger:
     def ensure_table(self) -> None:
         ensure_table(self.warehouse, self.table, LEDGER_COLUMNS)
         ensure_table(self.warehouse, self.outcomes, OUTCOME_COLUMNS)
+        # A run's reads, marks and settles select its events by identifier range: on a warehouse
+        # with indexes they then read that range, not the whole ledger, which only grows.
+        self.warehouse.ensure_index(self.table, RUN_EVENTS_INDEX)
 
     def has_legacy(self) -> bool:
         """Whether this sync has rows under the key of an earlier version."""
