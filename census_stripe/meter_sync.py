@@ -4,14 +4,16 @@
 
 1. Every row of the model (or of the partition) is judged against the ledger in one query
    (plan/meter_events.py): new, already sent, changed since, in doubt, or rejected with a reason.
-   Before anything is queued, the account's meters are checked (stripe_client/meters.py): an event
-   name without an active meter reading the sync's payload keys stops the run (a dry run reports it).
 2. New events are queued in the ledger (one INSERT ... SELECT, inside the warehouse); events in
    doubt from a run that died are claimed; changed ones are corrected if the sync opts in.
+   Meanwhile the account's meters are listed (stripe_client/meters.py): an event name without an
+   active meter reading the sync's payload keys stops the run before its first event, and what it
+   queued is forgotten (a dry run reports it).
 3. The run's events are read back in chunks, each whole, and sent (apply/meter_events.py): events
    are marked attempted right before their request is sent, and a chunk settled after its last answer.
-4. The plan is judged once more against the answers, per partition of the run: what each sent,
-   and what its customers are billed (warehouse/billed.py; the view there keeps the whole list).
+4. The plan is judged once more against the answers, per partition of the run: what its customers
+   are billed (warehouse/billed.py; the view there keeps the whole list), and, for a run over
+   several partitions, what each sent.
 
 Sent once: the ledger remembers every accepted event for ever, and an event whose fate is unknown
 is sent again only while Stripe's 24-hour deduplication still covers it.
@@ -23,6 +25,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -224,45 +227,59 @@ def run_meter_event_sync(
     if verdicts.get(plan.CHANGED) or verdicts.get(plan.UNCONFIRMED):
         report.attention_sample = _rows(store, query, [plan.CHANGED, plan.UNCONFIRMED], SAMPLE)
     log.info("meter event sync %s, account %s: %s", spec.name, account, report.verdicts)
-    report.meter_problems = _check_meters(spec, store, query, verdicts, api, report)
-    if options.dry_run:
-        report.billed = _billed(store, query, pending=(plan.NEW, plan.RESEND))
-        return report
-    if report.meter_problems:
-        raise MeterCheckError(spec.name, report.meter_problems)
-    _record_rejections(store, spec, account, run_id, rejected)
-    if legacy:
-        # Upgrading: the events this sync sent under an earlier version's key are filed under their
-        # event's key, before anything below looks them up by it.
-        ledger.adopt_legacy(
-            f"SELECT DISTINCT event_key, legacy_key FROM ({query}) AS planned WHERE legacy_key IS NOT NULL"
-        )
-    if verdicts.get(plan.NEW):
-        ledger.queue(_select(query, [plan.NEW], "event_key, event_name, stripe_customer_id, value, event_time"), run_id)
-    if verdicts.get(plan.RESEND) or verdicts.get(plan.CORRECTING):
-        ledger.claim(_select(query, [plan.RESEND, plan.CORRECTING], "event_key"), run_id)
-    try:
-        asyncio.run(_send(spec, ledger, api, report, run_id, query, concurrency, now))
-    finally:
-        ledger.forget_unsent(run_id)
-    _after_sending(store, report, query, run_id)
+    event_names = _event_names_to_send(spec, store, query, verdicts)
+    with ThreadPoolExecutor(max_workers=1) as background:
+        # Stripe lists the meters while the warehouse prepares the run; no event leaves before the answer.
+        checked = background.submit(_meter_problems, spec, event_names, api, report)
+        if options.dry_run:
+            report.billed = _billed(store, query, pending=(plan.NEW, plan.RESEND))
+            report.meter_problems = checked.result()
+            return report
+        try:
+            if legacy:
+                # Upgrading: the events this sync sent under an earlier version's key are filed under
+                # their event's key, before anything below looks them up by it.
+                ledger.adopt_legacy(
+                    f"SELECT DISTINCT event_key, legacy_key FROM ({query}) AS planned WHERE legacy_key IS NOT NULL"
+                )
+            if verdicts.get(plan.NEW):
+                columns = "event_key, event_name, stripe_customer_id, value, event_time"
+                ledger.queue(_select(query, [plan.NEW], columns), run_id)
+            if verdicts.get(plan.RESEND) or verdicts.get(plan.CORRECTING):
+                ledger.claim(_select(query, [plan.RESEND, plan.CORRECTING], "event_key"), run_id)
+            report.meter_problems = checked.result()
+            if report.meter_problems:
+                raise MeterCheckError(spec.name, report.meter_problems)  # what it queued is forgotten below
+            _record_rejections(store, spec, account, run_id, rejected)
+            asyncio.run(_send(spec, ledger, api, report, run_id, query, concurrency, now))
+            if report.counts()["planned_events"]:
+                # Before the unsent events are forgotten: until then the ledger tells them from refused ones.
+                report.delivered_by_partition = _delivered(store, report, query, run_id)
+        finally:
+            ledger.forget_unsent(run_id)
+    if report.rows_read:  # an empty partition has nothing billed
+        report.billed = _billed(store, query)
     return report
 
 
-def _after_sending(store: SyncStateStore, report: MeterEventReport, query: str, run_id: str) -> None:
-    """What the run left in Stripe, per partition, judged by the plan again now that the ledger has
-    the answers: its events' outcomes, and what the partitions' customers are billed. Skipped for a
-    run that sent nothing and had nothing billed before (an empty partition)."""
-    if report.counts()["planned_events"]:
-        delivered = store.warehouse.query(
-            in_dialect(store.warehouse, delivered_sql(query, store.ledger, report.account.key, run_id, plan.NEW))
-        )
-        report.delivered_by_partition = {
-            _key(row["partition_key"]): {name: int(row[name]) for name in ("accepted", "in_doubt", "refused")}
-            for row in _lower_keys(delivered).to_dict("records")
-        }
-    if report.rows_read:
-        report.billed = _billed(store, query)
+def _delivered(
+    store: SyncStateStore, report: MeterEventReport, query: str, run_id: str
+) -> dict[str | None, dict[str, int]]:
+    """Per partition of a run that sent, its events Stripe accepted, left in doubt or refused. A run
+    over one partition (or none) sent that partition's events only: the delivery's own counts. Over
+    several, the plan is judged again against the ledger's answers, to tell the partitions apart."""
+    partitions = report.options.partitions
+    if len(partitions) <= 1:
+        delivery = report.delivery
+        key = partitions[0][0] if partitions else None
+        return {key: {"accepted": delivery.accepted, "in_doubt": delivery.in_doubt, "refused": delivery.refused}}
+    delivered = store.warehouse.query(
+        in_dialect(store.warehouse, delivered_sql(query, store.ledger, report.account.key, run_id, plan.NEW))
+    )
+    return {
+        _key(row["partition_key"]): {name: int(row[name]) for name in ("accepted", "in_doubt", "refused")}
+        for row in _lower_keys(delivered).to_dict("records")
+    }
 
 
 def _billed(store: SyncStateStore, query: str, pending: tuple[str, ...] = ()) -> list[dict]:
@@ -280,25 +297,27 @@ def _keyed(rows: list[dict]) -> list[dict]:
     return [row | {"partition_key": _key(row["partition_key"])} for row in rows]
 
 
-def _check_meters(
-    spec: MeterEventSpec,
-    store: SyncStateStore,
-    query: str,
-    verdicts: dict[str, int],
-    make_api: Callable[[], MeterEventApi],
-    report: MeterEventReport,
-) -> list[str]:
-    """The pre-send step: what keeps the event names this run would send from being billed, by the
-    account's meters. A run with nothing to send asks Stripe nothing."""
+def _event_names_to_send(spec: MeterEventSpec, store: SyncStateStore, query: str, verdicts: dict[str, int]) -> set[str]:
+    """The event names of the events this run would send: none if it sends nothing."""
     meter = spec.meter_event
     sending = [plan.NEW, plan.RESEND, plan.CORRECTING, *([plan.CHANGED] if meter.correct_changed else [])]
     if not any(verdicts.get(verdict) for verdict in sending):
-        return []
+        return set()
     if meter.event_name:
-        event_names = {meter.event_name}
-    else:
-        found = store.warehouse.query(in_dialect(store.warehouse, _select(query, sending, "DISTINCT event_name")))
-        event_names = {str(name) for name in found.iloc[:, 0]}
+        return {meter.event_name}
+    found = store.warehouse.query(in_dialect(store.warehouse, _select(query, sending, "DISTINCT event_name")))
+    return {str(name) for name in found.iloc[:, 0]}
+
+
+def _meter_problems(
+    spec: MeterEventSpec, event_names: set[str], make_api: Callable[[], MeterEventApi], report: MeterEventReport
+) -> list[str]:
+    """The pre-send step: what keeps `event_names` from being billed, by the account's meters. A run
+    with nothing to send asks Stripe nothing. Runs on a thread of its own, beside the warehouse's
+    work: it touches only the report's Stripe call counts, which nothing else writes until it ends."""
+    if not event_names:
+        return []
+    meter = spec.meter_event
 
     async def listed() -> list[str]:
         api = make_api()

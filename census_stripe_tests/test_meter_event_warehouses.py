@@ -184,6 +184,46 @@ def test_a_daily_partition_holds_the_instants_of_its_utc_day(warehouse, schema, 
     assert sent == inside
 
 
+@pytest.mark.parametrize("days", [1, 2])
+def test_events_stripe_rate_limited_on_every_try_are_unsent_not_refused_in_each_partition(
+    warehouse, schema, double, customers, monkeypatch, days
+):
+    """Over one partition the run's own delivery is the partition's; over several, each partition's
+    is judged against the ledger: an event whose 429s ran out is unsent there too, never refused."""
+    from census_stripe.stripe_client import meter_events
+
+    first = (utc_now() - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
+    dates = [first + timedelta(days=n) for n in range(days)]
+    make_model(
+        warehouse,
+        schema,
+        "customer_id TEXT, day DATE, calls BIGINT",
+        [f"('{customer}', DATE '{day:%Y-%m-%d}', 3)" for day in dates for customer in customers[:2]],
+    )
+    spec = usage_spec(extra="partitions: {time: {column: day, granularity: daily, start: '2026-01-01'}}")
+    options = MeterRunOptions(
+        model_slice=ModelSlice("day", start=first, end=dates[-1] + timedelta(days=1)),
+        partitions=tuple(
+            (f"{day:%Y-%m-%d}", ModelSlice("day", start=day, end=day + timedelta(days=1))) for day in dates
+        ),
+    )
+    monkeypatch.setattr(meter_events, "MAX_ATTEMPTS", 1)
+    double.configure(meter_event_stream_rate=0.001)  # the stream answers every request 429
+    limited = run(warehouse, schema, double, spec, "limited", options)
+    assert (limited.delivery.unsent, limited.delivery.refused, limited.delivery.accepted) == (2 * days, 0, 0)
+    for key, _ in options.partitions:
+        delivery = limited.of_partition(key).delivery
+        assert (delivery.accepted, delivery.in_doubt, delivery.refused) == (0, 0, 0), key
+
+    double.configure(meter_event_stream_rate=0)
+    sent = run(warehouse, schema, double, spec, "sent", options)
+    assert sent.verdicts == {"new": 2 * days}
+    for key, _ in options.partitions:
+        delivery = sent.of_partition(key).delivery
+        assert (delivery.accepted, delivery.in_doubt, delivery.refused) == (2, 0, 0), key
+    assert double.meter_events()["counted"] == 2 * days
+
+
 def test_bad_values_and_times_are_rejections_with_their_reason_on_every_warehouse(warehouse, schema, double, customers):
     now = utc_now()
 

@@ -81,14 +81,15 @@ ORDER BY partition_key, event_name, customer_rank
 
 
 def delivered_sql(plan_query: str, ledger: Relation, account: str, run_id: str, unsent: str) -> str:
-    """After a run that sent: per partition, its events Stripe accepted, those left in doubt, and
-    those the plan still finds `unsent` although the run queued every one (Stripe refused them)."""
+    """After a run sent, before it forgets what it never sent: per partition, its events Stripe
+    accepted, those left in doubt, and those the plan still finds `unsent` although the run queued
+    every one, with no row of the run left (Stripe refused them; a row never sent is still there)."""
     of_run = f"stripe_account = {literal(account).sql('duckdb')} AND run_id = {literal(run_id).sql('duckdb')}"
     return f"""
 SELECT planned.partition_key,
   COUNT(sent.accepted_at) AS accepted,
   COUNT(CASE WHEN sent.attempted_at IS NOT NULL AND sent.accepted_at IS NULL THEN 1 END) AS in_doubt,
-  COUNT(CASE WHEN planned.verdict = {literal(unsent).sql("duckdb")} THEN 1 END) AS refused
+  COUNT(CASE WHEN planned.verdict = {literal(unsent).sql("duckdb")} AND sent.event_key IS NULL THEN 1 END) AS refused
 FROM ({plan_query}) AS planned
 LEFT JOIN (SELECT event_key, attempted_at, accepted_at FROM {ledger.table().sql("duckdb")} WHERE {of_run}) AS sent
   ON sent.event_key = planned.event_key
