@@ -284,6 +284,29 @@ def test_no_ledger_statement_grows_with_the_chunk(events):
     assert len(warehouse.statements) > events // OUTCOME_ROWS_PER_INSERT  # the inserts are split, not one
 
 
+@pytest.mark.parametrize(("events", "sizes"), [(25, [10, 10, 5]), (20, [10, 10]), (3, [3]), (0, [])])
+def test_a_run_reads_its_events_in_whole_chunks_in_identifier_order(events, sizes):
+    """Each chunk is read between bounds found once: `chunk_rows` events each, the last one what is
+    left, no empty chunk; every event once, in identifier order; another run's events never."""
+    with duckdb.connect() as connection:
+        warehouse = DuckDBWarehouse(connection)
+        ledger = MeterEventLedger(warehouse, Relation("census_stripe", "meter_event_ledger"), "usage", "acct")
+        SyncStateStore(warehouse).ensure_tables()
+        ledger.ensure_table()
+        for run, count in (("run", events), ("other", 7)):
+            ledger.queue(
+                f"SELECT md5('{run}' || i) AS event_key, 'api_calls' AS event_name, 'cus_a' AS stripe_customer_id, "
+                f"'1' AS value, TIMESTAMP '{START}' AS event_time FROM range({count}) AS t(i)",
+                run,
+            )
+        chunks = [columns["identifier"] for columns in ledger.to_send("run", 10)]
+        queued = connection.execute(
+            "SELECT identifier FROM census_stripe.meter_event_ledger WHERE run_id = 'run' ORDER BY identifier"
+        ).fetchall()
+    assert [len(chunk) for chunk in chunks] == sizes
+    assert [identifier for chunk in chunks for identifier in chunk] == [identifier for (identifier,) in queued]
+
+
 def ledger_statements() -> list[str]:
     """Every statement the ledger issues, in DuckDB's SQL, as it writes them."""
     captured: list[str] = []
@@ -294,7 +317,8 @@ def ledger_statements() -> list[str]:
 
         def fetch_columns(self, sql: str) -> dict[str, list]:
             captured.append(sql)
-            return {"identifier": [], "event_key": [], "event_name": [], "cancel_identifier": []}
+            # One identifier found each time: a chunk bound, then the chunks before and after it.
+            return {"identifier": ["m"], "event_key": [], "event_name": [], "cancel_identifier": []}
 
     with duckdb.connect() as connection:
         ledger = MeterEventLedger(

@@ -462,20 +462,15 @@ def test_on_postgresql_a_runs_marks_and_reads_use_the_ledgers_index_not_a_scan_o
         ledger = MeterEventLedger(warehouse, store.ledger, "usage", ACCOUNT.key)
         ledger.ensure_table()
         ledger.ensure_table()  # every run ensures it: the index is made once
-        mark = in_dialect(
-            warehouse,
-            f"UPDATE {ledger.name} SET attempted_at = TIMESTAMP '2026-12-06 00:00:00' "
-            f"WHERE {ledger._range('run-1', 'a', 'b')} AND attempted_at IS NULL",
-        )
-        read = in_dialect(
-            warehouse,
-            f"SELECT identifier FROM {ledger.name} WHERE {ledger.of_sync} AND run_id = 'run-1' "
-            "AND accepted_at IS NULL AND identifier > 'a' ORDER BY identifier LIMIT 50000",
-        )
+        statements = {
+            "mark": ledger.mark_sql("run-1", "a", "b", datetime(2026, 12, 6)),
+            "chunk bounds": ledger.chunk_bounds_sql("run-1", 50_000),
+            "chunk read": ledger.chunk_sql("run-1", "a", "b"),
+        }
         warehouse.execute("SET enable_seqscan = off")
         plans = {
-            name: "\n".join(warehouse.query(f"EXPLAIN {sql}").iloc[:, 0])
-            for name, sql in (("mark", mark), ("read", read))
+            name: "\n".join(warehouse.query(f"EXPLAIN {in_dialect(warehouse, sql)}").iloc[:, 0])
+            for name, sql in statements.items()
         }
         indexes = warehouse.query(f"SELECT indexname FROM pg_indexes WHERE tablename = '{store.ledger.name}'")
     assert list(indexes["indexname"]) == ["meter_event_ledger_run_id_identifier"]

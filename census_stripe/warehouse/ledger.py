@@ -222,24 +222,40 @@ class MeterEventLedger:
             f"cancel_sent_at = NULL WHERE {self._correction(event_key)}"
         )
 
+    def _to_send(self, run_id: str) -> str:
+        return f"{self.of_sync} AND run_id = {_text(run_id)} AND accepted_at IS NULL AND cancel_identifier IS NULL"
+
+    def chunk_bounds_sql(self, run_id: str, chunk_rows: int) -> str:
+        """Every `chunk_rows`-th identifier of the run's events to send: where each chunk ends."""
+        return (
+            "SELECT identifier FROM (SELECT identifier, ROW_NUMBER() OVER (ORDER BY identifier) AS position "
+            f"FROM {self.name} WHERE {self._to_send(run_id)}) AS numbered "
+            f"WHERE position % {int(chunk_rows)} = 0 ORDER BY identifier"
+        )
+
+    def chunk_sql(self, run_id: str, after: str | None, until: str | None) -> str:
+        """The run's events to send after identifier `after` up to `until` (either open if None)."""
+        above = "" if after is None else f" AND identifier > {_text(after)}"
+        below = "" if until is None else f" AND identifier <= {_text(until)}"
+        return (
+            f"SELECT {', '.join(SEND_COLUMNS)}, attempted_at IS NOT NULL AS resent FROM {self.name} "
+            f"WHERE {self._to_send(run_id)}{above}{below} ORDER BY identifier"
+        )
+
     def to_send(self, run_id: str, chunk_rows: int) -> Iterator[dict[str, list]]:
-        """The run's events to send, in identifier order, a chunk of columns at a time. Each chunk is
-        read whole, one query of its own after the identifier the last ended at: no read stays open
-        while the ledger is written (on PostgreSQL a cursor held open would make every mark a
-        savepoint of the read's transaction, committed only when the read ends). `resent`: an
-        earlier run attempted the event."""
-        after = ""
-        while True:
-            query = (
-                f"SELECT {', '.join(SEND_COLUMNS)}, attempted_at IS NOT NULL AS resent FROM {self.name} "
-                f"WHERE {self.of_sync} AND run_id = {_text(run_id)} AND accepted_at IS NULL "
-                f"AND cancel_identifier IS NULL AND identifier > {_text(after)} ORDER BY identifier LIMIT {chunk_rows}"
-            )
-            chunk = self.warehouse.fetch_columns(self._sql(query))
-            if not chunk["identifier"]:
-                return
-            yield chunk
-            after = chunk["identifier"][-1]
+        """The run's events to send, in identifier order, a chunk of columns at a time. The chunks'
+        bounds are found first, in one query; each chunk is then read whole, one query of its own
+        that reads its range only (paging with LIMIT would read all the rows left each time). No
+        read stays open while the ledger is written (on PostgreSQL a cursor held open would make
+        every mark a savepoint of the read's transaction, committed only when the read ends).
+        `resent`: an earlier run attempted the event."""
+        bounds = self.warehouse.fetch_columns(self._sql(self.chunk_bounds_sql(run_id, chunk_rows)))["identifier"]
+        after = None
+        for until in [*bounds, None]:
+            chunk = self.warehouse.fetch_columns(self._sql(self.chunk_sql(run_id, after, until)))
+            if chunk["identifier"]:
+                yield chunk
+            after = until
 
     def _range(self, run_id: str, first: str, last: str) -> str:
         """The run's events from `first` to `last`, as `to_send` read them: a correction waiting on
@@ -252,7 +268,10 @@ class MeterEventLedger:
     def mark_attempted(self, run_id: str, first: str, last: str, now: datetime) -> None:
         """Right before the requests carrying events `first` to `last` are sent: from now on they may
         be in Stripe. An event in doubt keeps the moment of its first attempt."""
-        self._execute(
+        self._execute(self.mark_sql(run_id, first, last, now))
+
+    def mark_sql(self, run_id: str, first: str, last: str, now: datetime) -> str:
+        return (
             f"UPDATE {self.name} SET attempted_at = {_moment(now)} WHERE {self._range(run_id, first, last)} "
             "AND attempted_at IS NULL"
         )
