@@ -371,6 +371,36 @@ def test_generated_sql_parses_in_each_dialect(dialect):
         assert "TO_HEX(MD5(" in statements[0] and "`analytics`.`stripe_customers`" in statements[0]
 
 
+@pytest.mark.parametrize("kind", ["duckdb", "postgres_c"])
+def test_columns_are_read_as_plain_python_values(kind, tmp_path):
+    """What the meter event sender reads (`fetch_columns`): naive timestamps as datetimes to the
+    microsecond (DuckDB's go through numpy, PostgreSQL's skip pandas), zoned ones the same
+    instant, NULLs None; an empty result still names its columns."""
+    from datetime import UTC, datetime
+
+    from census_stripe_tests.key_warehouses import open_warehouse
+
+    select = (
+        "SELECT naive, CAST(zoned AS TIMESTAMPTZ) AS zoned, text, flag, number FROM (VALUES "
+        "(CAST(NULL AS TIMESTAMP), '2026-03-08 06:00:00+00', 'a', TRUE, 1), "
+        "(TIMESTAMP '2026-03-08 01:59:59.123456', '2026-03-08 07:00:00+00', NULL, FALSE, 2)) "
+        "AS t(naive, zoned, text, flag, number) ORDER BY number"
+    )
+    with open_warehouse(kind, tmp_path) as warehouse:
+        warehouse.execute("SET TimeZone = 'America/New_York'")
+        read = warehouse.fetch_columns(select)
+        empty = warehouse.fetch_columns(f"SELECT * FROM ({select}) AS rows WHERE number > 2")
+    assert read == {
+        "naive": [None, datetime(2026, 3, 8, 1, 59, 59, 123456)],
+        "zoned": [datetime(2026, 3, 8, 6, tzinfo=UTC), datetime(2026, 3, 8, 7, tzinfo=UTC)],
+        "text": ["a", None],
+        "flag": [True, False],
+        "number": [1, 2],
+    }
+    assert all(type(value) is datetime for value in read["naive"][1:] + read["zoned"])
+    assert empty == {name: [] for name in read}
+
+
 def test_duckdb_plans_within_its_memory_limit(tmp_path, monkeypatch):
     """DuckDB's own default is 80 % of the machine's memory; the sync's connection is bounded."""
     monkeypatch.setenv("CENSUS_STRIPE_DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))

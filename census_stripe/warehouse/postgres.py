@@ -34,6 +34,16 @@ class PostgresWarehouse(Warehouse):
             cursor.execute(sql)
             return pd.DataFrame(cursor.fetchall(), columns=_column_names(cursor))
 
+    def fetch_columns(self, sql: str) -> dict[str, list]:
+        # The driver's Python values as they come: a frame in between would turn every datetime
+        # into numpy's and back, most of the time of reading a chunk of meter events.
+        with self._connection.cursor() as cursor:
+            cursor.execute(sql)
+            rows = cursor.fetchall()
+            names = _column_names(cursor)
+        columns = zip(*rows, strict=True) if rows else ((),) * len(names)
+        return {name.lower(): list(values) for name, values in zip(names, columns, strict=True)}
+
     def query_chunks(self, sql: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
         # A server-side cursor: the warehouse holds the result, the sync takes it a chunk at a time.
         with self._connection.transaction(), self._connection.cursor(name="census_stripe_rows") as cursor:
