@@ -4,6 +4,7 @@
 
 1. Every row of the model (or of the partition) is judged against the ledger in one query
    (plan/meter_events.py): new, already sent, changed since, in doubt, or rejected with a reason.
+   The same scan counts the verdicts and what each customer is billed (warehouse/billed.py).
 2. New events are queued in the ledger (one INSERT ... SELECT, inside the warehouse); events in
    doubt from a run that died are claimed; changed ones are corrected if the sync opts in.
    Meanwhile the account's meters are listed (stripe_client/meters.py): an event name without an
@@ -11,9 +12,9 @@
    queued is forgotten (a dry run reports it).
 3. The run's events are read back in chunks, each whole, and sent (apply/meter_events.py): events
    are marked attempted right before their request is sent, and a chunk settled after its last answer.
-4. The plan is judged once more against the answers, per partition of the run: what its customers
-   are billed (warehouse/billed.py; the view there keeps the whole list), and, for a run over
-   several partitions, what each sent.
+4. A run that sent judges the plan once more against the answers, per partition of the run: what
+   its customers are billed (the view in warehouse/billed.py keeps the whole list), and, for a run
+   over several partitions, what each sent. A run that sent nothing bills what step 1 found.
 
 Sent once: the ledger remembers every accepted event for ever, and an event whose fate is unknown
 is sent again only while Stripe's 24-hour deduplication still covers it.
@@ -40,7 +41,7 @@ from census_stripe.stripe_client.meter_types import Delivery, MeterEvent, MeterE
 from census_stripe.stripe_client.meters import MeterCheckError, meter_problems
 from census_stripe.stripe_client.values import StripeAccount
 from census_stripe.warehouse.base import Relation, Warehouse, is_missing
-from census_stripe.warehouse.billed import billed_sql, delivered_sql, ensure_billed_view
+from census_stripe.warehouse.billed import delivered_sql, ensure_billed_view, summary_sql
 from census_stripe.warehouse.ledger import MeterEventLedger, in_dialect
 from census_stripe.warehouse.state import Rejection, SyncStateStore, utc_now
 
@@ -81,7 +82,7 @@ class MeterEventReport:
     # Per partition of the run, by key (plan.events_query's `partition_key`; None for a whole-model run):
     verdicts_by_partition: dict[str | None, dict[str, int]] = field(default_factory=dict)
     delivered_by_partition: dict[str | None, dict[str, int]] = field(default_factory=dict)
-    billed: list[dict] = field(default_factory=list)  # billed.billed_sql's rows: the top customers
+    billed: list[dict] = field(default_factory=list)  # billed.summary_sql's rows: the top customers
     billed_view: str = ""
     partition: str | None = None  # set on a report of one partition of the run (`of_partition`)
 
@@ -208,7 +209,8 @@ def run_meter_event_sync(
         legacy_sync=spec.name if (legacy := ledger.has_legacy()) else None,
         partitions=options.partitions,
     )
-    by_partition = _verdict_counts(store, query)
+    pending = (plan.NEW, plan.RESEND) if options.dry_run else ()
+    by_partition, billed = _summary(store, query, pending)
     verdicts: Counter[str] = Counter()
     for counts in by_partition.values():
         verdicts.update(counts)
@@ -220,6 +222,7 @@ def run_meter_event_sync(
         ledger_table=ledger.name,
         verdicts_by_partition=by_partition,
         billed_view=view,
+        billed=billed,
     )
     # Each query below evaluates the plan over the whole partition again: only those with rows to find run.
     rejected = _rows(store, query, list(plan.REJECTIONS), REJECTIONS_RECORDED) if report.rejected else []
@@ -227,12 +230,12 @@ def run_meter_event_sync(
     if verdicts.get(plan.CHANGED) or verdicts.get(plan.UNCONFIRMED):
         report.attention_sample = _rows(store, query, [plan.CHANGED, plan.UNCONFIRMED], SAMPLE)
     log.info("meter event sync %s, account %s: %s", spec.name, account, report.verdicts)
-    event_names = _event_names_to_send(spec, store, query, verdicts)
+    sends = _sends(spec, verdicts)
+    event_names = _event_names_to_send(spec, store, query) if sends else set()
     with ThreadPoolExecutor(max_workers=1) as background:
         # Stripe lists the meters while the warehouse prepares the run; no event leaves before the answer.
         checked = background.submit(_meter_problems, spec, event_names, api, report)
         if options.dry_run:
-            report.billed = _billed(store, query, pending=(plan.NEW, plan.RESEND))
             report.meter_problems = checked.result()
             return report
         try:
@@ -257,8 +260,8 @@ def run_meter_event_sync(
                 report.delivered_by_partition = _delivered(store, report, query, run_id)
         finally:
             ledger.forget_unsent(run_id)
-    if report.rows_read:  # an empty partition has nothing billed
-        report.billed = _billed(store, query)
+    if legacy or sends:  # the ledger changed since the plan was judged: what it bills, once more
+        report.billed = _summary(store, query)[1]
     return report
 
 
@@ -282,10 +285,18 @@ def _delivered(
     }
 
 
-def _billed(store: SyncStateStore, query: str, pending: tuple[str, ...] = ()) -> list[dict]:
-    """The top customers billed per partition of the run and meter (`billed.billed_sql`)."""
-    found = store.warehouse.query(in_dialect(store.warehouse, billed_sql(query, BILLED_SHOWN, pending)))
-    return _keyed(_lower_keys(found).to_dict("records"))
+def _summary(
+    store: SyncStateStore, query: str, pending: tuple[str, ...] = ()
+) -> tuple[dict[str | None, dict[str, int]], list[dict]]:
+    """Per partition of the run (`partition_key`), the rows of each verdict; and the top customers
+    billed per partition and meter (`billed.summary_sql`), `pending` counted as billed."""
+    found = _lower_keys(store.warehouse.query(in_dialect(store.warehouse, summary_sql(query, BILLED_SHOWN, pending))))
+    by_partition: dict[str | None, dict[str, int]] = {}
+    counted = found[found["part"] == "verdicts"]
+    for key, verdict, count in zip(counted["partition_key"], counted["verdict"], counted["rows_judged"], strict=True):
+        by_partition.setdefault(_key(key), {})[str(verdict)] = int(count)
+    billed = found[found["part"] == "billed"].drop(columns=["part", "verdict", "rows_judged"])
+    return by_partition, _keyed(billed.to_dict("records"))
 
 
 def _key(value: object) -> str | None:
@@ -297,12 +308,19 @@ def _keyed(rows: list[dict]) -> list[dict]:
     return [row | {"partition_key": _key(row["partition_key"])} for row in rows]
 
 
-def _event_names_to_send(spec: MeterEventSpec, store: SyncStateStore, query: str, verdicts: dict[str, int]) -> set[str]:
-    """The event names of the events this run would send: none if it sends nothing."""
+def _sending(spec: MeterEventSpec) -> list[str]:
+    """The verdicts of the rows a run sends (or cancels and sends again)."""
+    return [plan.NEW, plan.RESEND, plan.CORRECTING, *([plan.CHANGED] if spec.meter_event.correct_changed else [])]
+
+
+def _sends(spec: MeterEventSpec, verdicts: dict[str, int]) -> bool:
+    return any(verdicts.get(verdict) for verdict in _sending(spec))
+
+
+def _event_names_to_send(spec: MeterEventSpec, store: SyncStateStore, query: str) -> set[str]:
+    """The event names of the events this run sends (it sends some)."""
     meter = spec.meter_event
-    sending = [plan.NEW, plan.RESEND, plan.CORRECTING, *([plan.CHANGED] if meter.correct_changed else [])]
-    if not any(verdicts.get(verdict) for verdict in sending):
-        return set()
+    sending = _sending(spec)
     if meter.event_name:
         return {meter.event_name}
     found = store.warehouse.query(in_dialect(store.warehouse, _select(query, sending, "DISTINCT event_name")))
@@ -413,21 +431,6 @@ async def _correct(
 def _select(query: str, verdicts: list[str], columns: str) -> str:
     chosen = ", ".join(f"'{verdict}'" for verdict in verdicts)
     return f"SELECT {columns} FROM ({query}) AS planned WHERE verdict IN ({chosen})"
-
-
-def _verdict_counts(store: SyncStateStore, query: str) -> dict[str | None, dict[str, int]]:
-    """Per partition of the run (`partition_key`), the rows of each verdict."""
-    counted = store.warehouse.query(
-        in_dialect(
-            store.warehouse,
-            f"SELECT partition_key, verdict, COUNT(*) AS events FROM ({query}) AS planned "
-            "GROUP BY partition_key, verdict",
-        )
-    )
-    by_partition: dict[str | None, dict[str, int]] = {}
-    for key, verdict, count in zip(counted.iloc[:, 0], counted.iloc[:, 1], counted.iloc[:, 2], strict=True):
-        by_partition.setdefault(_key(key), {})[str(verdict)] = int(count)
-    return by_partition
 
 
 def _rows(store: SyncStateStore, query: str, verdicts: list[str], limit: int) -> list[dict]:

@@ -221,6 +221,16 @@ def test_the_warehouse_keeps_what_was_billed_per_customer_and_day(warehouse, sch
     assert records(metadata["billed_per_meter"])[0]["units"] == "332"
     assert "preview: showing 3 of 3 customers" in words(metadata["summary"].value)
 
+    # A rerun sends nothing; its preview, read in the same scan that judged the rows, is the same.
+    again = run(warehouse, schema, double, spec, "billed-again", MeterRunOptions(model_slice=start, partitions=days))
+    assert (again.counts()["already_sent"], again.counts()["accepted"], again.counts()["rejected"]) == (6, 0, 0)
+    for key, _ in days:
+        shown_again = meter_event_metadata(again.of_partition(key))
+        shown = meter_event_metadata(report.of_partition(key))
+        for name in ("preview", "billed_per_meter"):
+            assert records(shown_again[name]) == records(shown[name])
+    assert double.meter_events()["counted"] == 6
+
 
 def _midnight(day: date):
     from datetime import datetime

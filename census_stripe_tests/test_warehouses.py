@@ -296,7 +296,7 @@ def usage_sql() -> list[str]:
 
     from census_stripe.plan.meter_events import ColumnKind, CustomerSource, events_query
     from census_stripe.spec import parse_sync_spec
-    from census_stripe.warehouse.billed import billed_sql, billed_view_sql, delivered_sql
+    from census_stripe.warehouse.billed import billed_view_sql, delivered_sql, summary_sql
 
     spec = parse_sync_spec(
         """
@@ -335,7 +335,7 @@ meter_event:
     ledger = Relation("census_stripe", "meter_event_ledger")
     return [
         query,
-        billed_sql(query, 20, ("new", "resend")),
+        summary_sql(query, 20, ("new", "resend")),
         delivered_sql(query, ledger, "acct_1/test", "run-1", "new"),
         billed_view_sql(ledger),
     ]

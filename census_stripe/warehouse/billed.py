@@ -3,9 +3,9 @@
 - The view `<state schema>.meter_event_ledger_billed`, over the ledger: per Stripe account, sync,
   meter (event name), customer and UTC day of the events, the events Stripe accepted and their
   units (the values summed). The whole list, where a run's metadata shows its top customers.
-- A run's preview (`billed_sql`): per partition, meter and customer of the run's usage rows, the
+- A run's preview (`summary_sql`): per partition, meter and customer of the run's usage rows, the
   events and units Stripe has (after a run), or will have once the run sends (a dry run), ranked
-  by units, with the meter's totals.
+  by units, with the meter's totals; in the same scan, the count of each verdict per partition.
 - A run's outcome per partition (`delivered_sql`): the events it got accepted, left in doubt, or
   saw refused.
 
@@ -47,36 +47,43 @@ def ensure_billed_view(warehouse: Warehouse, ledger: Relation) -> str:
     return ".".join(filter(None, (view.database, view.schema, view.name)))
 
 
-def billed_sql(plan_query: str, top: int, pending: tuple[str, ...] = ()) -> str:
-    """Per partition, meter and customer: events and units billed, with the customer's rank by
-    units and the meter's totals; only the `top` customers of each. `pending`: the verdicts of the
-    rows the run is about to send, counted too (a dry run's preview)."""
+def summary_sql(plan_query: str, top: int, pending: tuple[str, ...] = ()) -> str:
+    """The plan judged once for two answers, each row tagged by `part`:
+
+    - `verdicts`: per partition, the rows of each verdict (`rows`);
+    - `billed`: per partition, meter and customer, the events and units billed, with the customer's
+      rank by units and the meter's totals; only the `top` customers of each. `pending`: the
+      verdicts of the rows the run is about to send, counted too (a dry run's preview).
+
+    One scan of the plan, grouped two ways: evaluating the plan is what a rerun of a sent partition
+    spends its time on."""
     verdicts = ", ".join(literal(verdict).sql("duckdb") for verdict in pending)
     will_send = f" WHEN verdict IN ({verdicts}) THEN {UNITS.format(value='value')}" if pending else ""
     return f"""
 WITH billed_rows AS (
-  SELECT partition_key, event_name, stripe_customer_id, customer_key,
+  SELECT partition_key, verdict, event_name, stripe_customer_id, customer_key,
     CASE WHEN accepted_at IS NOT NULL THEN {UNITS.format(value="sent_value")}{will_send} END AS units
   FROM ({plan_query}) AS planned
 ),
-per_customer AS (
-  SELECT partition_key, event_name, stripe_customer_id, MIN(customer_key) AS customer_key,
-    COUNT(*) AS events, SUM(units) AS units
-  FROM billed_rows WHERE units IS NOT NULL
-  GROUP BY partition_key, event_name, stripe_customer_id
+grouped AS (
+  SELECT CASE WHEN GROUPING(verdict) = 0 THEN 'verdicts' ELSE 'billed' END AS part,
+    partition_key, verdict, event_name, stripe_customer_id, MIN(customer_key) AS customer_key,
+    COUNT(*) AS rows_judged, COUNT(units) AS events, SUM(units) AS units
+  FROM billed_rows
+  GROUP BY GROUPING SETS ((partition_key, verdict), (partition_key, event_name, stripe_customer_id))
 ),
 ranked AS (
   SELECT *,
-    ROW_NUMBER() OVER (PARTITION BY partition_key, event_name ORDER BY units DESC, customer_key) AS customer_rank,
-    COUNT(*) OVER (PARTITION BY partition_key, event_name) AS customers,
-    SUM(events) OVER (PARTITION BY partition_key, event_name) AS meter_events,
-    SUM(units) OVER (PARTITION BY partition_key, event_name) AS meter_units
-  FROM per_customer
+    ROW_NUMBER() OVER (PARTITION BY part, partition_key, event_name ORDER BY units DESC, customer_key) AS customer_rank,
+    COUNT(*) OVER (PARTITION BY part, partition_key, event_name) AS customers,
+    SUM(events) OVER (PARTITION BY part, partition_key, event_name) AS meter_events,
+    SUM(units) OVER (PARTITION BY part, partition_key, event_name) AS meter_units
+  FROM grouped WHERE part = 'verdicts' OR events > 0
 )
-SELECT partition_key, event_name, stripe_customer_id, customer_key, events, units, customer_rank, customers,
-  meter_events, meter_units
-FROM ranked WHERE customer_rank <= {int(top)}
-ORDER BY partition_key, event_name, customer_rank
+SELECT part, partition_key, verdict, rows_judged, event_name, stripe_customer_id, customer_key, events, units,
+  customer_rank, customers, meter_events, meter_units
+FROM ranked WHERE part = 'verdicts' OR customer_rank <= {int(top)}
+ORDER BY part, partition_key, event_name, customer_rank
 """
 
 
