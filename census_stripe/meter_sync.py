@@ -4,7 +4,8 @@
 
 1. Every row of the model (or of the partition) is judged against the ledger in one query
    (plan/meter_events.py): new, already sent, changed since, in doubt, or rejected with a reason.
-   The same scan counts the verdicts and what each customer is billed (warehouse/billed.py).
+   The same scan counts the verdicts and what each customer is billed once Stripe accepts what
+   the run sends (warehouse/billed.py).
 2. New events are queued in the ledger (one INSERT ... SELECT, inside the warehouse); events in
    doubt from a run that died are claimed; changed ones are corrected if the sync opts in.
    Meanwhile the account's meters are listed (stripe_client/meters.py): an event name without an
@@ -12,9 +13,10 @@
    queued is forgotten (a dry run reports it).
 3. The run's events are read back in chunks, each whole, and sent (apply/meter_events.py): events
    are marked attempted right before their request is sent, and a chunk settled after its last answer.
-4. A run that sent judges the plan once more against the answers, per partition of the run: what
-   its customers are billed (the view in warehouse/billed.py keeps the whole list), and, for a run
-   over several partitions, what each sent. A run that sent nothing bills what step 1 found.
+4. What the run's customers are billed, per partition (the view in warehouse/billed.py keeps the
+   whole list), is step 1's count once Stripe accepted all the run sent; otherwise (a refusal, an
+   event in doubt or unsent, a correction) the plan is judged once more against the answers. A run
+   over several partitions judges it again for what each partition sent.
 
 Sent once: the ledger remembers every accepted event for ever, and an event whose fate is unknown
 is sent again only while Stripe's 24-hour deduplication still covers it.
@@ -55,6 +57,7 @@ REJECTIONS_RECORDED = 10_000  # per run, in sync_rejections; the counts cover th
 
 
 BILLED_SHOWN = 20  # customers per partition and meter in a run's preview; the view has them all
+PENDING = (plan.NEW, plan.RESEND)  # the verdicts of the events a run sends, billed once Stripe accepts them
 
 
 @dataclass(frozen=True)
@@ -209,8 +212,7 @@ def run_meter_event_sync(
         legacy_sync=spec.name if (legacy := ledger.has_legacy()) else None,
         partitions=options.partitions,
     )
-    pending = (plan.NEW, plan.RESEND) if options.dry_run else ()
-    by_partition, billed = _summary(store, query, pending)
+    by_partition, billed = _summary(store, query, pending=PENDING)
     verdicts: Counter[str] = Counter()
     for counts in by_partition.values():
         verdicts.update(counts)
@@ -260,9 +262,17 @@ def run_meter_event_sync(
                 report.delivered_by_partition = _delivered(store, report, query, run_id)
         finally:
             ledger.forget_unsent(run_id)
-    if legacy or sends:  # the ledger changed since the plan was judged: what it bills, once more
-        report.billed = _summary(store, query)[1]
+    if legacy or (sends and not _billed_as_planned(report)):
+        report.billed = _summary(store, query)[1]  # the ledger is not as the plan foresaw: judged again
     return report
+
+
+def _billed_as_planned(report: MeterEventReport) -> bool:
+    """Whether Stripe accepted every event the run planned to send, and the run corrected nothing:
+    then what the run bills is what its plan counted as pending (`PENDING`)."""
+    verdicts = report.verdicts
+    corrects = verdicts.get(plan.CORRECTING) or (report.spec.meter_event.correct_changed and verdicts.get(plan.CHANGED))
+    return not corrects and report.delivery.accepted == sum(verdicts.get(verdict, 0) for verdict in PENDING)
 
 
 def _delivered(

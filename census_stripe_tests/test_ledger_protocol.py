@@ -18,6 +18,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 import sqlglot
@@ -141,6 +142,14 @@ def rerun_later(target: dict, double, advance: float, since_start: float, run_id
     return run(target, double.url, run_id, now=lambda: utc_now() + timedelta(hours=since_start), **options)
 
 
+def previewed(report) -> dict[str, int]:
+    """Per customer, the units the run's preview says were billed (all four customers are shown)."""
+    units: dict[str, int] = {}
+    for row in report.billed:
+        units[row["stripe_customer_id"]] = units.get(row["stripe_customer_id"], 0) + int(Decimal(str(row["units"])))
+    return units
+
+
 def assert_billed_once(double, values: dict[tuple[str, int], int]) -> None:
     summary = double.meter_events()
     assert (summary["counted"], summary["counted_more_than_once"]) == (len(values), 0), summary
@@ -167,16 +176,22 @@ def test_a_run_killed_at_each_step_then_rerun_bills_every_event_once(target, dou
     write_model(target, values)
     killed_run(target, double, kill, pause, concurrency=concurrency)
 
-    rerun = rerun_later(target, double, hours, hours, "rerun").counts()
+    report = rerun_later(target, double, hours, hours, "rerun")
+    rerun = report.counts()
     assert (rerun["in_doubt"], rerun["unsent"], rerun["refused"]) == (0, 0, 0), rerun
     # Each event either was in Stripe before (in the ledger as accepted, or in doubt past the 24
     # hours: reported, not sent), or is sent now.
     assert rerun["already_sent"] + rerun["unconfirmed"] + rerun["accepted"] == len(values), rerun
     assert_billed_once(double, values)
     # A day later still: nothing is sent again, nothing is lost.
-    quiet = rerun_later(target, double, 25, hours + 25, "a-day-later").counts()
+    quiet_report = rerun_later(target, double, 25, hours + 25, "a-day-later")
+    quiet = quiet_report.counts()
     assert (quiet["accepted"], quiet["resent_in_doubt"]) == (0, 0), quiet
     assert_billed_once(double, values)
+    # The rerun's preview, counted before it sent, is what the ledger bills once Stripe accepted it all.
+    assert previewed(report) == previewed(quiet_report)
+    if not rerun["unconfirmed"]:
+        assert previewed(report) == billed(values)
 
 
 CORRECTION_KILLS = {
@@ -199,9 +214,11 @@ def test_a_correction_killed_at_each_step_then_rerun_bills_the_models_values_exa
     killed_run(target, double, kill, pause, correct_changed=True)
 
     # Within Stripe's 24 hours, while it can still cancel what the correction began with.
-    rerun = rerun_later(target, double, 1, 1, "rerun", correct_changed=True).counts()
+    report = rerun_later(target, double, 1, 1, "rerun", correct_changed=True)
+    rerun = report.counts()
     assert (rerun["in_doubt"], rerun["unconfirmed"], rerun["changed_after_sent"]) == (0, 0, 0), rerun
     assert_billed_once(double, changed)
+    assert previewed(report) == billed(changed)  # the corrected values, not those the run began with
     quiet = rerun_later(target, double, 25, 26, "a-day-later", correct_changed=True).counts()
     assert (quiet["already_sent"], quiet["stripe_api_calls"]) == (len(changed), 0), quiet
     assert_billed_once(double, changed)

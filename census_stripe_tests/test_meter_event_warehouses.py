@@ -211,6 +211,7 @@ def test_events_stripe_rate_limited_on_every_try_are_unsent_not_refused_in_each_
     double.configure(meter_event_stream_rate=0.001)  # the stream answers every request 429
     limited = run(warehouse, schema, double, spec, "limited", options)
     assert (limited.delivery.unsent, limited.delivery.refused, limited.delivery.accepted) == (2 * days, 0, 0)
+    assert limited.billed == []  # planned, never accepted: nothing billed
     for key, _ in options.partitions:
         delivery = limited.of_partition(key).delivery
         assert (delivery.accepted, delivery.in_doubt, delivery.refused) == (0, 0, 0), key
@@ -221,6 +222,9 @@ def test_events_stripe_rate_limited_on_every_try_are_unsent_not_refused_in_each_
     for key, _ in options.partitions:
         delivery = sent.of_partition(key).delivery
         assert (delivery.accepted, delivery.in_doubt, delivery.refused) == (2, 0, 0), key
+    assert {row["partition_key"]: float(row["meter_units"]) for row in sent.billed} == {
+        key: 6.0 for key, _ in options.partitions
+    }
     assert double.meter_events()["counted"] == 2 * days
 
 

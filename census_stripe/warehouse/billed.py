@@ -53,12 +53,15 @@ def summary_sql(plan_query: str, top: int, pending: tuple[str, ...] = ()) -> str
     - `verdicts`: per partition, the rows of each verdict (`rows`);
     - `billed`: per partition, meter and customer, the events and units billed, with the customer's
       rank by units and the meter's totals; only the `top` customers of each. `pending`: the
-      verdicts of the rows the run is about to send, counted too (a dry run's preview).
+      verdicts of the rows the run is about to send, counted too, at the value it sends: the
+      ledger's for an event sent again, the model's for a new one (a dry run's preview, or a run's
+      once Stripe accepts all it sends).
 
     One scan of the plan, grouped two ways: evaluating the plan is what a rerun of a sent partition
     spends its time on."""
     verdicts = ", ".join(literal(verdict).sql("duckdb") for verdict in pending)
-    will_send = f" WHEN verdict IN ({verdicts}) THEN {UNITS.format(value='value')}" if pending else ""
+    sent_with = UNITS.format(value="COALESCE(sent_value, value)")
+    will_send = f" WHEN verdict IN ({verdicts}) THEN {sent_with}" if pending else ""
     return f"""
 WITH billed_rows AS (
   SELECT partition_key, verdict, event_name, stripe_customer_id, customer_key,
