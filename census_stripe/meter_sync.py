@@ -271,7 +271,7 @@ def _billed_as_planned(report: MeterEventReport) -> bool:
     """Whether Stripe accepted every event the run planned to send, and the run corrected nothing:
     then what the run bills is what its plan counted as pending (`PENDING`)."""
     verdicts = report.verdicts
-    corrects = verdicts.get(plan.CORRECTING) or (report.spec.meter_event.correct_changed and verdicts.get(plan.CHANGED))
+    corrects = any(verdicts.get(verdict) for verdict in _sending(report.spec) if verdict not in PENDING)
     return not corrects and report.delivery.accepted == sum(verdicts.get(verdict, 0) for verdict in PENDING)
 
 

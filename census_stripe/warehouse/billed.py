@@ -50,7 +50,7 @@ def ensure_billed_view(warehouse: Warehouse, ledger: Relation) -> str:
 def summary_sql(plan_query: str, top: int, pending: tuple[str, ...] = ()) -> str:
     """The plan judged once for two answers, each row tagged by `part`:
 
-    - `verdicts`: per partition, the rows of each verdict (`rows`);
+    - `verdicts`: per partition, the rows of each verdict (`rows_judged`);
     - `billed`: per partition, meter and customer, the events and units billed, with the customer's
       rank by units and the meter's totals; only the `top` customers of each. `pending`: the
       verdicts of the rows the run is about to send, counted too, at the value it sends: the
